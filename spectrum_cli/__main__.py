@@ -1,0 +1,3 @@
+from spectrum_cli.cli.app import main
+
+main()

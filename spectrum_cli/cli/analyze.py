@@ -1,0 +1,167 @@
+"""``spectrum analyze``: spectra of every weight matrix in one checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from spectrum_cli.cli.console import exit_codes, stderr_console, stdout_console
+
+_SAFETY = "Loading safety (command line only)"
+_SELECT = "Selection"
+_OUTPUT = "Output and CI"
+_NUMERICS = "Numerics"
+
+
+def analyze(
+    path: Annotated[Path, typer.Argument(
+        help="A checkpoint: torch.save file (.pt/.pth/.bin/.ckpt), .safetensors, "
+             "*.index.json shards, .npy/.npz, or an HF model folder.", show_default=False)],
+    report: Annotated[Optional[Path], typer.Option(
+        "--report", help="Also write an HDF5 report here (atomically).",
+        rich_help_panel=_OUTPUT)] = None,
+    json_out: Annotated[bool, typer.Option(
+        "--json", help="Print one JSON document on stdout instead of the table.",
+        rich_help_panel=_OUTPUT)] = False,
+    fail_on: Annotated[Optional[list[str]], typer.Option(
+        "--fail-on", metavar="COND", help="Exit 1 if any tensor violates METRIC OP NUMBER"
+        "[@GLOB], e.g. 'kappa>1e4' or 'kappa>1e4@*.attention.*'. Repeatable.",
+        rich_help_panel=_OUTPUT)] = None,
+    exit_zero: Annotated[bool, typer.Option(
+        "--exit-zero", help="Exit 0 even when a --fail-on threshold is violated.",
+        rich_help_panel=_OUTPUT)] = False,
+    top: Annotated[Optional[int], typer.Option(
+        min=1, help="Show only the N largest κ in the table.", rich_help_panel=_OUTPUT)]
+    = None,
+    no_progress: Annotated[bool, typer.Option(
+        "--no-progress", help="No progress bar (it only shows on a terminal anyway).",
+        rich_help_panel=_OUTPUT)] = False,
+    include: Annotated[Optional[list[str]], typer.Option(
+        metavar="GLOB", help="Analyse only tensors matching this glob ('*' crosses dots) "
+        "or 're:REGEX'. Repeatable.", rich_help_panel=_SELECT)] = None,
+    exclude: Annotated[Optional[list[str]], typer.Option(
+        metavar="GLOB", help="Skip tensors matching this glob or 're:REGEX'. Repeatable.",
+        rich_help_panel=_SELECT)] = None,
+    weights_key: Annotated[Optional[str], typer.Option(
+        help="Dotted key of the weights inside a training checkpoint (default: the first "
+        "of state_dict, model_state_dict, model, module, net, network; '' = everything).",
+        rich_help_panel=_SELECT)] = None,
+    conv: Annotated[Optional[str], typer.Option(
+        help="k-D kernels: 'reshape' to (out, in·k1·k2…) or 'skip'. [default: reshape]",
+        rich_help_panel=_SELECT)] = None,
+    square: Annotated[Optional[str], typer.Option(
+        help="Eigenvalues of square matrices: 'auto' (up to --square-max-dim), 'all', "
+        "'none'. [default: auto]", rich_help_panel=_NUMERICS)] = None,
+    square_max_dim: Annotated[Optional[int], typer.Option(
+        help="Largest square matrix eigen-analysed under --square auto. [default: 256]",
+        rich_help_panel=_NUMERICS)] = None,
+    effective_rank_tau: Annotated[Optional[float], typer.Option(
+        help="effective_rank counts singular values above tau·σ_max. [default: 0.01]",
+        rich_help_panel=_NUMERICS)] = None,
+    svd_route: Annotated[Optional[str], typer.Option(
+        help="'auto', 'gram' (checked, falls back to gesdd) or 'gesdd'. [default: auto]",
+        rich_help_panel=_NUMERICS)] = None,
+    allow_global: Annotated[Optional[list[str]], typer.Option(
+        metavar="MODULE.NAME", help="Admit this global when unpickling. Repeatable.",
+        rich_help_panel=_SAFETY)] = None,
+    trust_checkpoint: Annotated[bool, typer.Option(
+        "--trust-checkpoint", help="Load with weights_only=False: runs code from the file. "
+        "Only for files you made yourself.", rich_help_panel=_SAFETY)] = False,
+) -> None:
+    """Spectra of every weight matrix in a checkpoint: κ, entropy, ranks, norms."""
+    err = stderr_console()
+    with exit_codes(err):
+        code = _run(**locals())
+    raise typer.Exit(code)
+
+
+def _run(*, path: Path, report: Path | None, json_out: bool, fail_on, exit_zero: bool,
+         top, no_progress: bool, include, exclude, weights_key, conv, square, square_max_dim,
+         effective_rank_tau, svd_route, allow_global, trust_checkpoint, err) -> int:
+    from spectrum_cli import config
+    from spectrum_cli.core.analyze import AnalyzeOptions, analyze_source
+    from spectrum_cli.core.errors import ExitCode
+    from spectrum_cli.core.thresholds import evaluate, parse_conditions
+    from spectrum_cli.io import LoadPolicy, open_source
+    from spectrum_cli.io.base import sha256_files, total_size
+    from spectrum_cli.report.document import build_document
+
+    cfg = config.resolve({"include": include, "exclude": exclude, "fail_on": fail_on,
+                          "conv": conv, "square": square, "square_max_dim": square_max_dim,
+                          "effective_rank_tau": effective_rank_tau, "svd_route": svd_route})
+    v = cfg.values
+    conditions = parse_conditions(v.get("fail_on", []))
+    options = AnalyzeOptions(
+        include=tuple(v.get("include", ())), exclude=tuple(v.get("exclude", ())),
+        **{k: v[k] for k in ("conv", "square", "square_max_dim", "effective_rank_tau",
+                             "svd_route") if k in v})
+    policy = LoadPolicy(tuple(allow_global or ()), trust_checkpoint, weights_key)
+    if trust_checkpoint:
+        err.print("[yellow]warning:[/] --trust-checkpoint: unpickling with "
+                  "weights_only=False runs code from the file")
+    source = open_source(str(path), policy)
+    try:
+        from spectrum_cli.core.results import SourceInfo
+
+        digest = sha256_files(source.files) if (report or json_out) else None
+        info = SourceInfo(str(path), source.format, source.files, total_size(source.files),
+                          digest, tuple(source.notes))
+        with _progress(err, enabled=not no_progress) as progress:
+            result = analyze_source(source, info, options, on_progress=progress)
+    finally:
+        source.close()
+    violations = evaluate(conditions, result.tensors)
+    doc = build_document(result, conditions, violations)
+    doc["settings"]["config_file"] = cfg.file
+    if report is not None:
+        from spectrum_cli.report.hdf5 import write_report
+
+        write_report(str(report), doc, result)
+        err.print(f"report written to {report}")
+    if json_out:
+        from spectrum_cli.report.document import dumps
+
+        print(dumps(doc))
+    else:
+        from spectrum_cli.cli.summary import render
+
+        render(doc, stdout_console(), top=top)
+    if not result.tensors and not result.errors:
+        err.print("[bold red]error:[/] no matrix matched (nothing to analyse: see 'skipped')")
+        return int(ExitCode.NOTHING_MATCHED)
+    if result.errors:
+        return int(ExitCode.USAGE_OR_INPUT_ERROR)
+    if violations and not exit_zero:
+        return int(ExitCode.THRESHOLD_VIOLATED)
+    return int(ExitCode.OK)
+
+
+class _progress:
+    """A rich progress bar on stderr, only when stderr is a terminal."""
+
+    def __init__(self, console, enabled: bool) -> None:
+        self.console = console
+        self.enabled = enabled and console.is_terminal
+        self.bar = None
+        self.task = None
+
+    def __enter__(self):
+        if not self.enabled:
+            return None
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+        self.bar = Progress(TextColumn("{task.description}"), BarColumn(),
+                            MofNCompleteColumn(), console=self.console, transient=True)
+        self.bar.__enter__()
+        return self.update
+
+    def update(self, done: int, total: int, name: str) -> None:
+        if self.task is None:
+            self.task = self.bar.add_task("analysing", total=total)
+        self.bar.update(self.task, completed=done, description=name[-30:] or "done")
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(*exc)

@@ -1,0 +1,140 @@
+"""The terminal summary of a report document (the same for ``analyze`` and
+``report show``): a table sorted by κ that fits 80 columns, then footnotes."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from typing import Any
+
+from rich import box
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from spectrum_cli.report.document import from_json_value
+
+#: Width taken by every column but the tensor name (with separators).
+OTHER_COLUMNS = 46
+EXTREME_KAPPA = 1e6
+
+
+def fmt(x: Any) -> str:
+    """Compact number: 3 significant digits, exponent without padding (8.18e4)."""
+    x = from_json_value(x)
+    if x is None:
+        return "-"
+    if isinstance(x, int):
+        return str(x)
+    if math.isnan(x):
+        return "nan"
+    if math.isinf(x):
+        return "inf" if x > 0 else "-inf"
+    if x == 0:
+        return "0"
+    if 1e-2 <= abs(x) < 1e3:
+        return f"{x:.3g}"
+    if 1e3 <= abs(x) < 1e5:
+        return f"{x:.0f}"
+    mant, exp = f"{x:.2e}".split("e")
+    return f"{mant.rstrip('0').rstrip('.')}e{int(exp)}"
+
+
+def short_name(name: str, width: int) -> str:
+    """Keep the end of long dotted names, where the layer's identity is."""
+    return name if len(name) <= width else "…" + name[-(width - 1):]
+
+
+def _sort_key(t: dict) -> tuple:
+    if t["status"] != "ok":
+        return (0, 0.0)
+    k = from_json_value(t["metrics"].get("kappa"))
+    return (1, -(k if k is not None else -1.0))
+
+
+def _row_style(t: dict) -> str:
+    if t["status"] != "ok":
+        return "bold red"
+    k = from_json_value(t["metrics"].get("kappa"))
+    if k is not None and math.isinf(k):
+        return "yellow"
+    if k is not None and k >= EXTREME_KAPPA:
+        return "red"
+    return ""
+
+
+def render(doc: dict[str, Any], console: Console, top: int | None = None) -> None:
+    """Print the summary of ``doc`` to ``console``."""
+    src = doc["source"]
+    tensors = sorted(doc["tensors"], key=_sort_key)
+    shown = tensors if top is None else tensors[:top]
+    console.print(Text.assemble(("spectrum ", "bold"), f"{src['path']} ",
+                                (f"[{src['format']}]", "dim")))
+    width = max(20, console.width - OTHER_COLUMNS)
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1), show_edge=False,
+                  collapse_padding=True)
+    table.add_column("tensor", no_wrap=True, overflow="ellipsis", max_width=width + 1)
+    table.add_column("shape", no_wrap=True)
+    for title in ("κ", "σmax", "σmin", "Hnorm", "srank"):
+        table.add_column(title, justify="right", no_wrap=True)
+    for t in shown:
+        m = t["metrics"]
+        name = short_name(t["name"], width) + ("†" if t["kind"] == "conv_reshaped" else "")
+        shape = "x".join(str(d) for d in t["matrix_shape"])
+        if t["status"] != "ok":
+            table.add_row(name, shape, Text(f"{m.get('nonfinite_count', '?')} NaN/Inf"),
+                          "-", "-", "-", "-", style=_row_style(t))
+            continue
+        table.add_row(name, shape, fmt(m["kappa"]), fmt(m["sigma_max"]), fmt(m["sigma_min"]),
+                      fmt(m["spectral_entropy_normalized"]), fmt(m["stable_rank"]),
+                      style=_row_style(t))
+    if shown:
+        console.print(table)
+    for line in footnotes(doc, tensors, shown):
+        console.print(line)
+
+
+def footnotes(doc: dict, tensors: list[dict], shown: list[dict]) -> list[Text]:
+    out: list[Text] = []
+    s = doc["summary"]
+    out.append(Text(f"{s['analysed']} matrices analysed, {s['skipped']} tensors skipped, "
+                    f"{s['errors']} errors in {s['time_s']:.2f} s"))
+    if len(shown) < len(tensors):
+        out.append(Text(f"(showing the {len(shown)} largest κ of {len(tensors)}; --top "
+                        "to change)", style="dim"))
+    for note in doc["source"]["notes"]:
+        out.append(Text(f"note: {note}", style="dim"))
+    if any(t["kind"] == "conv_reshaped" for t in tensors):
+        out.append(Text("† k-D kernel reshaped to (out, in·k1·k2…); --conv skip to skip",
+                        style="dim"))
+    routes = Counter(t["method"].get("route") for t in tensors if t["method"])
+    if routes:
+        text = ", ".join(f"{n} {r}" for r, n in sorted(routes.items()))
+        out.append(Text(f"singular values: dense float64 ({text}); exact to rounding",
+                        style="dim"))
+    n_square = sum(1 for t in tensors if t["status"] == "ok"
+                   and t["matrix_shape"][0] == t["matrix_shape"][1])
+    n_eig = sum(1 for t in tensors if "spectral_radius" in t["metrics"])
+    if n_square > n_eig:
+        out.append(Text(f"eigenvalues: {n_square - n_eig} of {n_square} square matrices not "
+                        f"eigen-analysed (--square {doc['settings'].get('square')}, max dim "
+                        f"{doc['settings'].get('square_max_dim')}; --square all for all)",
+                        style="dim"))
+    for t in tensors:
+        if t["status"] != "ok":
+            out.append(Text(f"non-finite: {t['name']}: {'; '.join(t['notes'])}", style="red"))
+        elif from_json_value(t["metrics"].get("kappa")) == math.inf:
+            out.append(Text(f"singular: {t['name']} has σ_min = 0 (κ = inf)", style="yellow"))
+    if doc["skipped"]:
+        reasons = Counter(r["reason"] for r in doc["skipped"])
+        text = ", ".join(f"{n} {r}" for r, n in reasons.most_common())
+        out.append(Text(f"skipped: {text}", style="dim"))
+    for e in doc["errors"]:
+        out.append(Text(f"error: {e['name']}: {e['message']}", style="bold red"))
+    violations = doc["fail_on"]["violations"]
+    for v in violations[:20]:
+        out.append(Text(f"✗ {v['condition']}: {v['tensor']} = {fmt(v['value'])}",
+                        style="bold red"))
+    if len(violations) > 20:
+        out.append(Text(f"✗ … and {len(violations) - 20} more violations", style="bold red"))
+    return out

@@ -1,0 +1,128 @@
+"""Configuration: command line > ``SPECTRUM_*`` environment > file > defaults.
+
+The file is the nearest ``spectrum.toml`` (top-level keys) or ``pyproject.toml`` with a
+``[tool.spectrum]`` table, searching from the working directory upwards and stopping at
+the repository root (a directory holding ``.git``). Keys may be written ``snake_case``
+or ``kebab-case``. Loading safety can never come from here: ``trust_checkpoint`` and
+``allow_global`` in a file or the environment are an error, not a silent no-op.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from spectrum_cli.core.errors import UsageError
+
+#: key -> kind; "list" values are lists in TOML and comma-separated in the environment.
+KEYS: dict[str, str] = {
+    "include": "list",
+    "exclude": "list",
+    "fail_on": "list",
+    "conv": "str",
+    "square": "str",
+    "square_max_dim": "int",
+    "effective_rank_tau": "float",
+    "svd_route": "str",
+}
+FORBIDDEN = ("trust_checkpoint", "allow_global", "allow_globals", "weights_only")
+
+
+def _load_toml(path: Path) -> dict[str, Any]:
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise UsageError(f"{path}: cannot read configuration ({exc})") from None
+
+
+def find_config(start: Path | None = None) -> tuple[Path | None, dict[str, Any]]:
+    """The nearest configuration file and its ``spectrum`` table."""
+    here = (start or Path.cwd()).resolve()
+    for d in (here, *here.parents):
+        st = d / "spectrum.toml"
+        if st.is_file():
+            return st, _load_toml(st)
+        pp = d / "pyproject.toml"
+        if pp.is_file():
+            table = _load_toml(pp).get("tool", {}).get("spectrum")
+            if table is not None:
+                return pp, table
+        if (d / ".git").exists():
+            break
+    return None, {}
+
+
+def _coerce(key: str, value: Any, origin: str) -> Any:
+    kind = KEYS[key]
+    try:
+        if kind == "list":
+            if isinstance(value, str):
+                return [v.strip() for v in value.split(",") if v.strip()] if key != "fail_on" \
+                    else [value]
+            if isinstance(value, list) and all(isinstance(v, str) for v in value):
+                return value
+            raise TypeError("expected a list of strings")
+        if kind == "int":
+            if isinstance(value, bool):
+                raise TypeError("expected an integer")
+            return int(value)
+        if kind == "float":
+            return float(value)
+        if not isinstance(value, str):
+            raise TypeError("expected a string")
+        return value
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"{origin}: bad value {value!r} for {key} ({exc})") from None
+
+
+def _normalize(table: Mapping[str, Any], origin: str, strict: bool = True) -> dict[str, Any]:
+    out = {}
+    for raw_key, value in table.items():
+        key = raw_key.replace("-", "_").lower()
+        if key in FORBIDDEN:
+            raise UsageError(f"{origin}: {raw_key!r} cannot be set in a configuration file "
+                             "or the environment; unsafe loading is only enabled from the "
+                             "command line (--trust-checkpoint, --allow-global)")
+        if key not in KEYS:
+            if not strict:  # unrelated SPECTRUM_* variables are not ours to judge
+                continue
+            raise UsageError(f"{origin}: unknown key {raw_key!r}; known: {', '.join(KEYS)}")
+        out[key] = _coerce(key, value, origin)
+    return out
+
+
+@dataclass
+class Config:
+    """Resolved values and where each came from (for ``--show-config`` and reports)."""
+
+    values: dict[str, Any] = field(default_factory=dict)
+    origins: dict[str, str] = field(default_factory=dict)
+    file: str | None = None
+
+
+def resolve(cli: Mapping[str, Any], environ: Mapping[str, str] | None = None,
+            start: Path | None = None) -> Config:
+    """Merge ``cli`` (None or empty list = not given) over environment and file."""
+    environ = os.environ if environ is None else environ
+    path, table = find_config(start)
+    file_values = _normalize(table, str(path)) if path else {}
+    env_table = {k[len("SPECTRUM_"):]: v for k, v in environ.items()
+                 if k.startswith("SPECTRUM_")}
+    env_values = _normalize(env_table, "environment (SPECTRUM_*)", strict=False)
+    cfg = Config(file=str(path) if path else None)
+    for key in KEYS:
+        given = cli.get(key)
+        if given is not None and given != [] and given != ():
+            cfg.values[key], cfg.origins[key] = given, "command line"
+        elif key in env_values:
+            cfg.values[key], cfg.origins[key] = env_values[key], f"SPECTRUM_{key.upper()}"
+        elif key in file_values:
+            cfg.values[key], cfg.origins[key] = file_values[key], str(path)
+    return cfg

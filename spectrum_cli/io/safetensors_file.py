@@ -1,0 +1,159 @@
+"""safetensors reader files, numpy only.
+
+The format is an 8-byte little-endian header length N, N bytes of JSON
+(``name -> {dtype, shape, data_offsets}``), then the raw little-endian data
+(https://huggingface.co/docs/safetensors). We parse it ourselves so that reading needs
+neither torch nor a whole-file load: every offset is checked against the file size up
+front (a truncated file fails at open, naming the first tensor it cuts), and each tensor
+is read with one ``pread`` when asked for. bfloat16 and float8 are upcast exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+
+from spectrum_cli.core.errors import InputError
+from spectrum_cli.io.base import SourceBase, TensorInfo
+
+_MAX_HEADER = 100 * 1024 * 1024
+
+# safetensors dtype -> (our dtype name, numpy storage dtype)
+_DTYPES: dict[str, tuple[str, str]] = {
+    "F64": ("float64", "<f8"),
+    "F32": ("float32", "<f4"),
+    "F16": ("float16", "<f2"),
+    "BF16": ("bfloat16", "<u2"),
+    "F8_E4M3": ("float8_e4m3fn", "u1"),
+    "F8_E5M2": ("float8_e5m2", "u1"),
+    "I64": ("int64", "<i8"),
+    "I32": ("int32", "<i4"),
+    "I16": ("int16", "<i2"),
+    "I8": ("int8", "i1"),
+    "U64": ("uint64", "<u8"),
+    "U32": ("uint32", "<u4"),
+    "U16": ("uint16", "<u2"),
+    "U8": ("uint8", "u1"),
+    "BOOL": ("bool", "?"),
+    "C64": ("complex64", "<c8"),
+}
+
+
+def looks_like_safetensors(head: bytes, size: int) -> bool:
+    """True when the first bytes are a plausible safetensors header."""
+    if len(head) < 9:
+        return False
+    (n,) = struct.unpack("<Q", head[:8])
+    return 2 <= n <= min(size - 8, _MAX_HEADER) and head[8:9] == b"{"
+
+
+@dataclass(frozen=True)
+class _Entry:
+    info: TensorInfo
+    file: str
+    start: int
+    nbytes: int
+    storage: str
+
+
+def _float8_table(exp_bits: int, man_bits: int, bias: int, ieee_special: bool) -> np.ndarray:
+    """float64 value of every byte of an 8-bit float (OCP FP8 spec, 2023)."""
+    codes = np.arange(256)
+    sign = np.where(codes & 0x80, -1.0, 1.0)
+    exp = (codes >> man_bits) & ((1 << exp_bits) - 1)
+    man = codes & ((1 << man_bits) - 1)
+    normal = (1.0 + man / (1 << man_bits)) * np.exp2(exp - bias)
+    subnormal = (man / (1 << man_bits)) * np.exp2(1 - bias)
+    val = sign * np.where(exp == 0, subnormal, normal)
+    top = (1 << exp_bits) - 1
+    if ieee_special:  # e5m2: exponent all ones is inf (mantissa 0) or NaN
+        val = np.where((exp == top) & (man == 0), sign * np.inf, val)
+        val = np.where((exp == top) & (man != 0), np.nan, val)
+    else:  # e4m3fn: no infinities, only S.1111.111 is NaN
+        val = np.where((exp == top) & (man == (1 << man_bits) - 1), np.nan, val)
+    return val
+
+
+_F8 = {
+    "float8_e4m3fn": _float8_table(4, 3, 7, ieee_special=False),
+    "float8_e5m2": _float8_table(5, 2, 15, ieee_special=True),
+}
+
+
+def decode(raw: np.ndarray, dtype: str) -> np.ndarray:
+    """Exact float64 values of raw stored elements."""
+    if dtype == "bfloat16":
+        return (raw.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+    if dtype in _F8:
+        return _F8[dtype][raw]
+    return raw.astype(np.float64)
+
+
+def read_header(path: str) -> list[_Entry]:
+    """Parse and validate one safetensors file's header."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+        if len(head) < 8:
+            raise InputError(f"{path}: too short to be a safetensors file ({size} bytes)")
+        (n,) = struct.unpack("<Q", head)
+        if n > min(size - 8, _MAX_HEADER):
+            raise InputError(f"{path}: truncated or not safetensors (header of {n} bytes "
+                             f"in a {size}-byte file)")
+        raw = fh.read(n)
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"{path}: corrupt safetensors header ({exc})") from None
+    if not isinstance(header, dict):
+        raise InputError(f"{path}: corrupt safetensors header (not a JSON object)")
+    data_start = 8 + n
+    entries = []
+    for name, spec in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            st_dtype, shape, (begin, end) = spec["dtype"], spec["shape"], spec["data_offsets"]
+            dtype, storage = _DTYPES[st_dtype]
+            shape = tuple(int(d) for d in shape)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InputError(f"{path}: corrupt header entry for {name!r} ({exc!r})") from None
+        itemsize = np.dtype(storage).itemsize
+        nbytes = int(np.prod(shape, dtype=np.int64)) * itemsize
+        if end - begin != nbytes or begin < 0:
+            raise InputError(f"{path}: header entry for {name!r} has {end - begin} bytes, "
+                             f"shape {shape} of {st_dtype} needs {nbytes}")
+        if data_start + end > size:
+            raise InputError(f"{path}: truncated: tensor {name!r} ends at byte "
+                             f"{data_start + end} but the file has {size} bytes")
+        entries.append(_Entry(TensorInfo(name, shape, dtype), path, data_start + begin,
+                              nbytes, storage))
+    entries.sort(key=lambda e: e.start)  # file order: sequential reads
+    return entries
+
+
+class SafetensorsSource(SourceBase):
+    """One safetensors file (shards are combined by :mod:`spectrum_cli.io.composite`)."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path, "safetensors", (path,))
+        self._entries = {e.info.name: e for e in read_header(path)}
+
+    def entries(self) -> Iterator[TensorInfo]:
+        for e in self._entries.values():
+            yield e.info
+
+    def read(self, name: str) -> np.ndarray:
+        e = self._entries[name]
+        with open(e.file, "rb") as fh:
+            buf = os.pread(fh.fileno(), e.nbytes, e.start)
+        if len(buf) != e.nbytes:
+            raise InputError(f"{e.file}: short read of {name!r} (file changed underneath?)")
+        raw = np.frombuffer(buf, dtype=e.storage).reshape(e.info.shape)
+        return decode(raw, e.info.dtype)
+
