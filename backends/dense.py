@@ -81,7 +81,7 @@ def singular_values(a: np.ndarray, route: str = "auto") -> SingularValues:
         values, reason = _gram_route(a)
         if values is not None:
             s_max = float(values[0])
-            err = 0.5 * math.sqrt(k) * EPS * s_max**2 / float(values[-1])
+            err = 0.5 * math.sqrt(k) * EPS * s_max * (s_max / float(values[-1]))
             return SingularValues(values, "dense", "gram", "exact", err,
                                   time.perf_counter() - t0)
         notes.append(f"gram route rejected ({reason}); fell back to gesdd")

@@ -132,6 +132,8 @@ def _run(*, path: Path, report: Path | None, json_out: bool, fail_on, exit_zero:
         err.print("[bold red]error:[/] no matrix matched (nothing to analyse: see 'skipped')")
         return int(ExitCode.NOTHING_MATCHED)
     if result.errors:
+        err.print(f"[bold red]error:[/] {len(result.errors)} tensor(s) could not be read "
+                  "or analysed: " + "; ".join(f"{e.name}: {e.message}" for e in result.errors))
         return int(ExitCode.USAGE_OR_INPUT_ERROR)
     if violations and not exit_zero:
         return int(ExitCode.THRESHOLD_VIOLATED)

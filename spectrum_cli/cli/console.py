@@ -24,7 +24,8 @@ def stdout_console() -> Console:
 
 
 def stderr_console() -> Console:
-    return Console(stderr=True, highlight=False)
+    # soft_wrap: error and log lines stay whole for grep and CI logs.
+    return Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 @contextlib.contextmanager
@@ -37,6 +38,10 @@ def exit_codes(err: Console) -> Iterator[None]:
     except SpectrumError as exc:
         err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
         raise typer.Exit(int(exc.exit_code)) from None
+    except BrokenPipeError:  # `spectrum ... | head`: the reader left; stop quietly
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        raise typer.Exit(int(ExitCode.USAGE_OR_INPUT_ERROR)) from None
     except KeyboardInterrupt:
         err.print("[red]interrupted[/]")
         raise typer.Exit(130) from None

@@ -104,7 +104,9 @@ def analyze_matrix(planned: _Planned, a: np.ndarray, options: AnalyzeOptions,
                 kind=planned.kind)
     # Any NaN/Inf makes the sum non-finite; only then count (a finite sum that
     # overflowed is caught by the count being zero).
-    if not math.isfinite(float(a.sum())) and not np.isfinite(a).all():
+    with np.errstate(over="ignore", invalid="ignore"):
+        total = float(a.sum())
+    if not math.isfinite(total) and not np.isfinite(a).all():
         n_nan = int(np.count_nonzero(np.isnan(a)))
         n_inf = int(np.count_nonzero(np.isinf(a)))
         return TensorResult(**base, status="nonfinite",

@@ -95,10 +95,19 @@ def singular_value_metrics(
 def entry_metrics(a: np.ndarray) -> dict[str, Any]:
     """Frobenius norm and row/column norms, straight from the entries (float64)."""
     row_sq = np.einsum("ij,ij->i", a, a)  # no temporaries of a's size
-    row = np.sqrt(row_sq)
-    col = np.sqrt(np.einsum("ij,ij->j", a, a))
+    total = float(row_sq.sum())
+    scale = 0
+    if not 1e-290 < total < 1e290:  # squares under- or overflowed: rescale by 2^-e (exact)
+        amax = max(float(a.max()), -float(a.min()))
+        if amax > 0.0:
+            scale = math.frexp(amax)[1]
+            a = np.ldexp(a, -scale)
+            row_sq = np.einsum("ij,ij->i", a, a)
+            total = float(row_sq.sum())
+    row = np.ldexp(np.sqrt(row_sq), scale)
+    col = np.ldexp(np.sqrt(np.einsum("ij,ij->j", a, a)), scale)
     return {
-        "frobenius_norm": float(np.sqrt(row_sq.sum())),
+        "frobenius_norm": math.ldexp(math.sqrt(total), scale),
         "row_norm_min": float(row.min()),
         "row_norm_max": float(row.max()),
         "row_norm_mean": float(row.mean()),

@@ -6,6 +6,7 @@ data; a bare ``.npy`` is memory-mapped and is one tensor named after the file.
 
 from __future__ import annotations
 
+import math
 import os
 import zipfile
 from typing import Iterator
@@ -35,8 +36,14 @@ class NpySource(SourceBase):
         try:
             with open(path, "rb") as fh:
                 self._shape, self._dtype = _read_header(fh)
+                data_start = fh.tell()
         except (ValueError, OSError) as exc:
             raise InputError(f"{path}: corrupt .npy file ({exc})") from None
+        need = data_start + math.prod(self._shape) * self._dtype.itemsize
+        size = os.path.getsize(path)
+        if not self._dtype.hasobject and size < need:
+            raise InputError(f"{path}: truncated: the header needs {need} bytes, the file "
+                             f"has {size}")
 
     def entries(self) -> Iterator[TensorInfo]:
         skip = "object dtype (would need unpickling)" if self._dtype.hasobject else None

@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib
 import pickle
 import re
+import warnings
 import zipfile
 from collections.abc import Mapping
 from typing import Any, Iterator
@@ -43,14 +44,45 @@ def resolve_global(spec: str) -> Any:
     return obj
 
 
+def _static_globals(path: str) -> list[str]:
+    """Every global a (legacy or raw) pickle file names, by static disassembly with
+    :mod:`pickletools`: nothing is unpickled. Legacy torch files hold several pickles."""
+    import pickletools
+
+    found: list[str] = []
+    with open(path, "rb") as fh:
+        for _ in range(8):
+            strings: list[str] = []
+            try:
+                for op, arg, _pos in pickletools.genops(fh):
+                    if op.name == "GLOBAL":
+                        found.append(str(arg).replace(" ", "."))
+                    elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                        found.append(f"{strings[-2]}.{strings[-1]}")
+                    elif isinstance(arg, str):
+                        strings.append(arg)
+            except Exception:  # end of file, or bytes that are not a pickle
+                break
+    return found
+
+
 def _unsafe_globals(path: str, message: str) -> list[str]:
     import torch
 
     try:
         found = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-    except Exception:  # legacy files: torch can only tell us through its message
+    except Exception:  # not a zip file: disassemble it ourselves
         found = []
-    return found or sorted(set(re.findall(r"GLOBAL ([\w.]+)", message)))
+    if not found:
+        try:
+            from torch._weights_only_unpickler import _get_allowed_globals
+
+            allowed = set(_get_allowed_globals())
+        except Exception:  # private API moved: list everything rather than nothing
+            allowed = set()
+        found = [g for g in _static_globals(path) if g not in allowed]
+    found = found or re.findall(r"GLOBAL ([\w.]+)", message)
+    return sorted(set(found))
 
 
 def _load(path: str, policy: LoadPolicy, is_zip: bool) -> Any:
@@ -61,7 +93,8 @@ def _load(path: str, policy: LoadPolicy, is_zip: bool) -> Any:
         if policy.trust_checkpoint:
             return torch.load(path, weights_only=False, **kwargs)
         allowed = [resolve_global(g) for g in policy.allow_globals]
-        with torch.serialization.safe_globals(allowed):
+        with torch.serialization.safe_globals(allowed), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
             return torch.load(path, weights_only=True, **kwargs)
     except pickle.UnpicklingError as exc:
         if policy.trust_checkpoint:

@@ -1,0 +1,62 @@
+from types import SimpleNamespace
+
+import pytest
+
+from spectrum_cli import config
+from spectrum_cli.core.errors import ExitCode, UsageError
+from spectrum_cli.core.selection import Selector
+from spectrum_cli.core.thresholds import Condition, evaluate, parse_conditions
+
+
+def test_exit_codes_are_public_and_stable():
+    from spectrum_cli import ExitCode as Public
+
+    assert Public is ExitCode
+    assert [int(c) for c in ExitCode] == [0, 1, 2, 3, 5]
+
+
+def test_parse_conditions():
+    got = parse_conditions(["kappa>1e4@*.attention.*,stable_rank <= 2", "kappa!=inf"])
+    assert got == [Condition("kappa", ">", 1e4, "*.attention.*"),
+                   Condition("stable_rank", "<=", 2.0, None),
+                   Condition("kappa", "!=", float("inf"), None)]
+    assert str(got[0]) == "kappa>10000@*.attention.*"
+
+
+def test_evaluate_scopes_none_and_inf():
+    tensors = [SimpleNamespace(name="a.attention.q", metrics={"kappa": float("inf")}),
+               SimpleNamespace(name="b.ffn", metrics={"kappa": 50.0}),
+               SimpleNamespace(name="c", metrics={"kappa": None})]
+    v = evaluate(parse_conditions(["kappa>100"]), tensors)
+    assert [x.tensor for x in v] == ["a.attention.q"]
+    v = evaluate(parse_conditions(["kappa>10@*.ffn"]), tensors)
+    assert [x.tensor for x in v] == ["b.ffn"]
+    assert evaluate(parse_conditions(["kappa<1e300"]), tensors)[0].tensor == "b.ffn"
+
+
+def test_selector_globs_cross_dots_and_regexes():
+    s = Selector(include=["*.attention.*"], exclude=["re:key$"])
+    assert s("enc.layer.0.attention.self.query")
+    assert not s("enc.layer.0.attention.self.key")
+    assert not s("enc.ffn")
+    with pytest.raises(UsageError, match="invalid regular expression"):
+        Selector(include=["re:("])
+
+
+def test_config_types_and_forbidden_keys(tmp_path):
+    (tmp_path / ".git").mkdir()
+    (tmp_path / "spectrum.toml").write_text("square-max-dim = 64\nexclude = ['a', 'b']\n")
+    cfg = config.resolve({}, environ={"SPECTRUM_SQUARE": "all", "SPECTRUM_HOME": "/x"},
+                         start=tmp_path)
+    assert cfg.values == {"square_max_dim": 64, "exclude": ["a", "b"], "square": "all"}
+    assert cfg.origins["square"] == "SPECTRUM_SQUARE"
+    cfg = config.resolve({"square": "none"}, environ={"SPECTRUM_SQUARE": "all"}, start=tmp_path)
+    assert cfg.values["square"] == "none" and cfg.origins["square"] == "command line"
+    with pytest.raises(UsageError, match="only enabled from the command line"):
+        config.resolve({}, environ={"SPECTRUM_ALLOW_GLOBAL": "posix.system"}, start=tmp_path)
+    (tmp_path / "spectrum.toml").write_text("include = 3\n")
+    with pytest.raises(UsageError, match="list of strings"):
+        config.resolve({}, environ={}, start=tmp_path)
+    (tmp_path / "spectrum.toml").write_text("include = [\n")
+    with pytest.raises(UsageError, match="cannot read configuration"):
+        config.resolve({}, environ={}, start=tmp_path)
