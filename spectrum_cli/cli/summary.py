@@ -70,12 +70,14 @@ def render(doc: dict[str, Any], console: Console, top: int | None = None) -> Non
     shown = tensors if top is None else tensors[:top]
     console.print(Text.assemble(("spectrum ", "bold"), f"{src['path']} ",
                                 (f"[{src['format']}]", "dim")))
-    width = max(20, console.width - OTHER_COLUMNS)
+    with_rho = any("spectral_radius" in t["metrics"] for t in shown)
+    width = max(20, console.width - OTHER_COLUMNS - (6 if with_rho else 0))
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1), show_edge=False,
                   collapse_padding=True)
     table.add_column("tensor", no_wrap=True, overflow="ellipsis", max_width=width + 1)
     table.add_column("shape", no_wrap=True)
-    for title in ("κ", "σmax", "σmin", "Hnorm", "srank"):
+    titles = ["κ", "σmax", "σmin", "Hnorm", "srank"] + (["ρ"] if with_rho else [])
+    for title in titles:
         table.add_column(title, justify="right", no_wrap=True)
     for t in shown:
         m = t["metrics"]
@@ -83,11 +85,13 @@ def render(doc: dict[str, Any], console: Console, top: int | None = None) -> Non
         shape = "x".join(str(d) for d in t["matrix_shape"])
         if t["status"] != "ok":
             table.add_row(name, shape, Text(f"{m.get('nonfinite_count', '?')} NaN/Inf"),
-                          "-", "-", "-", "-", style=_row_style(t))
+                          *["-"] * (len(titles) - 1), style=_row_style(t))
             continue
-        table.add_row(name, shape, fmt(m["kappa"]), fmt(m["sigma_max"]), fmt(m["sigma_min"]),
-                      fmt(m["spectral_entropy_normalized"]), fmt(m["stable_rank"]),
-                      style=_row_style(t))
+        cells = [fmt(m[k]) for k in ("kappa", "sigma_max", "sigma_min",
+                                     "spectral_entropy_normalized", "stable_rank")]
+        if with_rho:
+            cells.append(fmt(m.get("spectral_radius")))
+        table.add_row(name, shape, *cells, style=_row_style(t))
     if shown:
         console.print(table)
     for line in footnotes(doc, tensors, shown):

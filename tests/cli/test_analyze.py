@@ -83,7 +83,9 @@ def test_table_sorted_by_kappa_and_fits_80_columns(ckpt):
     expected = [t["name"] for t in sorted(doc["tensors"], key=lambda t: -t["metrics"]["kappa"])]
     rows = [line.split()[0].rstrip("†") for line in lines
             if len(line.split()) > 1 and re.fullmatch(r"\d+x\d+", line.split()[1])]
-    assert rows == expected
+    assert len(rows) == len(expected)
+    for row, name in zip(rows, expected):  # long names keep their end: "…attention.q…"
+        assert name == row or (row.startswith("…") and name.endswith(row[1:])), (row, name)
     assert "† k-D kernel reshaped" in result.stdout
     assert "optimizer state" in result.stdout
 
