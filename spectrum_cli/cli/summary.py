@@ -69,7 +69,7 @@ def render(doc: dict[str, Any], console: Console, top: int | None = None) -> Non
     tensors = sorted(doc["tensors"], key=_sort_key)
     shown = tensors if top is None else tensors[:top]
     console.print(Text.assemble(("spectrum ", "bold"), f"{src['path']} ",
-                                (f"[{src['format']}]", "dim")))
+                                (f"[{src['format']}]", "dim")), soft_wrap=True)
     with_rho = any("spectral_radius" in t["metrics"] for t in shown)
     width = max(20, console.width - OTHER_COLUMNS - (6 if with_rho else 0))
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1), show_edge=False,

@@ -213,3 +213,23 @@ def test_version_and_help():
     assert run_cli("--version").stdout.startswith("spectrum ")
     out = run_cli("analyze", "--help").stdout
     assert "--fail-on" in out and "--trust-checkpoint" in out
+
+
+def test_progress_bar_only_on_a_terminal(ckpt):
+    import io
+
+    from rich.console import Console
+
+    from spectrum_cli.cli.analyze import _progress
+
+    plain = Console(file=io.StringIO(), force_terminal=False)
+    with _progress(plain, enabled=True) as cb:
+        assert cb is None
+    tty_out = io.StringIO()
+    tty = Console(file=tty_out, force_terminal=True, width=80)
+    with _progress(tty, enabled=True) as cb:
+        cb(0, 2, "a.weight")
+        cb(2, 2, "")
+    assert "2/2" in tty_out.getvalue()
+    with _progress(tty, enabled=False) as cb:  # --no-progress
+        assert cb is None
