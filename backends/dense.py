@@ -1,6 +1,9 @@
-"""Dense LAPACK backend: full singular spectra and eigenvalues in float64.
+"""Dense LAPACK backend: full singular spectra and eigenvalues, exact to rounding.
 
-Two routes to the singular values of an ``m x n`` matrix ``W`` (``k = min(m, n)``):
+CPU: numpy's LAPACK (scipy only for the ``gesvd`` fallback). CUDA (``device="cuda"``):
+``torch.linalg`` on the GPU. float64 by default, float32 on request.
+
+Two CPU routes to the singular values of an ``m x n`` matrix ``W`` (``k = min(m, n)``):
 
 ``gram``
     ``eigvalsh`` of the ``k x k`` Gram matrix (``WᵀW`` or ``WWᵀ``), ``sigma = sqrt(lambda)``.
@@ -26,9 +29,13 @@ from __future__ import annotations
 
 import math
 import time
+from typing import Any
 
 import numpy as np
 
+from spectrum_backends._common import as_torch, check_options, cuda_note, select
+from spectrum_cli.core.backend import Capabilities, check_which
+from spectrum_cli.core.operators import as_operator
 from spectrum_cli.core.results import Eigenvalues, SingularValues
 
 EPS = float(np.finfo(np.float64).eps)
@@ -37,19 +44,94 @@ GRAM_KAPPA_REL_ERR = 1e-9
 #: ``auto`` uses the Gram route only when max(m, n) >= GRAM_MIN_ASPECT * min(m, n).
 GRAM_MIN_ASPECT = 2.0
 ROUTES = ("auto", "gram", "gesdd")
+ALL = ("all", "largest", "smallest")
 
 
 class DenseBackend:
-    """LAPACK through numpy (scipy only for the gesvd fallback), float64, CPU. Exact to rounding."""
+    """LAPACK in float64 (float32 on request), CPU or CUDA. Exact to rounding."""
 
     name = "dense"
-    description = "LAPACK in float64 (Gram shortcut with a checked fallback to gesdd)"
+    description = "LAPACK full spectra, float64 (Gram shortcut checked, falls back to gesdd)"
+    capabilities = Capabilities(singular_values=ALL, eigenvalues_symmetric=ALL,
+                                eigenvalues=ALL, devices=("cpu", "cuda"),
+                                dtypes=("float64", "float32"), accuracy="exact")
 
-    def singular_values(self, a: np.ndarray, route: str = "auto") -> SingularValues:
-        return singular_values(a, route=route)
+    def available(self) -> tuple[bool, str]:
+        return True, ""
 
-    def eigenvalues(self, a: np.ndarray) -> Eigenvalues:
-        return eigenvalues(a)
+    def device_support(self) -> str:
+        return f"cpu, {cuda_note()}"
+
+    def singular_values(self, op: Any, k: int | None = None, which: str = "all", *,
+                        route: str = "auto", dtype: str = "float64", device: str = "cpu",
+                        **_: Any) -> SingularValues:
+        """The singular values of ``op`` (all, or the k largest/smallest), descending."""
+        check_which(which, ALL, "singular values", self.name)
+        check_options(self.name, dtype, device, self.capabilities.devices)
+        a = _explicit(op)
+        if device == "cpu" and dtype == "float64" and not _is_torch(a):
+            sv = singular_values(a, route=route)
+        else:
+            sv = _torch_svdvals(a, dtype, device)
+        if which == "all":
+            return sv
+        return _replace(sv, values=select(sv.values, k, which), which=which)
+
+    def eigenvalues_symmetric(self, op: Any, k: int | None = None, which: str = "all",
+                              **_: Any) -> Eigenvalues:
+        """Eigenvalues of a symmetric operator, descending (LAPACK ``syevd``)."""
+        check_which(which, ALL, "eigenvalues", self.name)
+        a = np.asarray(_numpy(_explicit(op)), dtype=np.float64)
+        t0 = time.perf_counter()
+        lam = np.linalg.eigvalsh(a)[::-1].copy()
+        return Eigenvalues(select(lam, k, which), self.name, "syevd", "exact",
+                           time.perf_counter() - t0, which=which)
+
+    def eigenvalues(self, op: Any, k: int | None = None, which: str = "all",
+                    **_: Any) -> Eigenvalues:
+        """Eigenvalues of a square operator by decreasing modulus (LAPACK ``geev``)."""
+        check_which(which, ALL, "eigenvalues", self.name)
+        ev = eigenvalues(np.asarray(_numpy(_explicit(op)), dtype=np.float64))
+        if which == "all":
+            return ev
+        return _replace(ev, values=select(ev.values, k, which), which=which)
+
+
+def _replace(obj, **changes):
+    from dataclasses import replace
+
+    return replace(obj, **changes)
+
+
+def _is_torch(a: Any) -> bool:
+    return type(a).__module__.startswith("torch")
+
+
+def _numpy(a: Any) -> np.ndarray:
+    return a.detach().cpu().double().numpy() if _is_torch(a) else a
+
+
+def _explicit(op: Any) -> Any:
+    a = as_operator(op).dense()
+    if a is None:
+        raise NotImplementedError("the dense backend needs an explicit matrix; use "
+                                  "'lanczos' for matrix-free operators")
+    return a
+
+
+def _torch_svdvals(a: Any, dtype: str, device: str) -> SingularValues:
+    import torch
+
+    t0 = time.perf_counter()
+    t = as_torch(a, device, dtype)
+    s = torch.linalg.svdvals(t)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    values = s.cpu().double().numpy()
+    eps = float(torch.finfo(t.dtype).eps)
+    return SingularValues(values, "dense", f"torch-svdvals-{device}", "exact",
+                          max(t.shape) * eps * float(values[0]), time.perf_counter() - t0,
+                          settings={"dtype": dtype, "device": device})
 
 
 def gram_kappa_limit(k: int, rel_err: float = GRAM_KAPPA_REL_ERR) -> float:
@@ -94,7 +176,6 @@ def singular_values(a: np.ndarray, route: str = "auto") -> SingularValues:
 
 
 def _gram_route(a: np.ndarray) -> tuple[np.ndarray | None, str]:
-    k = min(a.shape)
     # Scale by a power of two (exact) so that squaring neither overflows nor underflows.
     amax = max(float(a.max()), -float(a.min()))  # no |a| temporary: it costs page faults
     if amax == 0.0:
@@ -106,7 +187,7 @@ def _gram_route(a: np.ndarray) -> tuple[np.ndarray | None, str]:
     if lam[0] <= 0.0:
         return None, "Gram matrix is numerically singular"
     kappa = math.sqrt(lam[-1] / lam[0])
-    limit = gram_kappa_limit(k)
+    limit = gram_kappa_limit(min(a.shape))
     if kappa > limit:
         return None, f"estimated kappa {kappa:.3g} > {limit:.3g}"
     values = np.sqrt(lam[::-1])

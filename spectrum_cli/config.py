@@ -26,6 +26,11 @@ KEYS: dict[str, str] = {
     "square_max_dim": "int",
     "effective_rank_tau": "float",
     "svd_route": "str",
+    "backend": "str",
+    "device": "str",
+    "dtype": "str",
+    "top_k": "int",
+    "seed": "int",
 }
 FORBIDDEN = ("trust_checkpoint", "allow_global", "allow_globals", "weights_only")
 

@@ -61,8 +61,28 @@ def analyze(
         help="effective_rank counts singular values above tau·σ_max. [default: 0.01]",
         rich_help_panel=_NUMERICS)] = None,
     svd_route: Annotated[Optional[str], typer.Option(
-        help="'auto', 'gram' (checked, falls back to gesdd) or 'gesdd'. [default: auto]",
+        help="dense backend: 'auto', 'gram' (checked, falls back to gesdd) or 'gesdd'. "
+        "[default: auto]", rich_help_panel=_NUMERICS)] = None,
+    backend: Annotated[Optional[str], typer.Option(
+        help="'dense', 'lanczos', 'randomized-svd', a plugin (see `spectrum backends`) or "
+        "'auto': dense up to 2^26 entries and min side 8192, else lanczos. [default: auto]",
         rich_help_panel=_NUMERICS)] = None,
+    device: Annotated[Optional[str], typer.Option(
+        help="'cpu' or 'cuda' (dense and randomized-svd). [default: cpu]",
+        rich_help_panel=_NUMERICS)] = None,
+    dtype: Annotated[Optional[str], typer.Option(
+        help="Working precision: 'float64' or 'float32'. [default: float64]",
+        rich_help_panel=_NUMERICS)] = None,
+    top_k: Annotated[Optional[int], typer.Option(
+        help="How many of the largest singular values backends of extremes compute (2 "
+        "give σ_max and the spectral gap). [default: 2]",
+        rich_help_panel=_NUMERICS)] = None,
+    seed: Annotated[Optional[int], typer.Option(
+        help="Seed of start vectors and probes (iterative backends). [default: 0]",
+        rich_help_panel=_NUMERICS)] = None,
+    strict: Annotated[bool, typer.Option(
+        "--strict", help="Exit 2 if an iterative method did not converge or a --fail-on "
+        "condition could not be checked.", rich_help_panel=_OUTPUT)] = False,
     allow_global: Annotated[Optional[list[str]], typer.Option(
         metavar="MODULE.NAME", help="Admit this global when unpickling. Repeatable.",
         rich_help_panel=_SAFETY)] = None,
@@ -79,7 +99,8 @@ def analyze(
 
 def _run(*, path: Path, report: Path | None, json_out: bool, fail_on, exit_zero: bool,
          top, no_progress: bool, include, exclude, weights_key, conv, square, square_max_dim,
-         effective_rank_tau, svd_route, allow_global, trust_checkpoint, err) -> int:
+         effective_rank_tau, svd_route, backend, device, dtype, top_k, seed, strict: bool,
+         allow_global, trust_checkpoint, err) -> int:
     from spectrum_cli import config
     from spectrum_cli.core.analyze import AnalyzeOptions, analyze_source
     from spectrum_cli.core.errors import ExitCode
@@ -90,13 +111,16 @@ def _run(*, path: Path, report: Path | None, json_out: bool, fail_on, exit_zero:
 
     cfg = config.resolve({"include": include, "exclude": exclude, "fail_on": fail_on,
                           "conv": conv, "square": square, "square_max_dim": square_max_dim,
-                          "effective_rank_tau": effective_rank_tau, "svd_route": svd_route})
+                          "effective_rank_tau": effective_rank_tau, "svd_route": svd_route,
+                          "backend": backend, "device": device, "dtype": dtype,
+                          "top_k": top_k, "seed": seed})
     v = cfg.values
     conditions = parse_conditions(v.get("fail_on", []))
     options = AnalyzeOptions(
         include=tuple(v.get("include", ())), exclude=tuple(v.get("exclude", ())),
         **{k: v[k] for k in ("conv", "square", "square_max_dim", "effective_rank_tau",
-                             "svd_route") if k in v})
+                             "svd_route", "backend", "device", "dtype", "top_k", "seed")
+           if k in v})
     policy = LoadPolicy(tuple(allow_global or ()), trust_checkpoint, weights_key)
     if trust_checkpoint:
         err.print("[yellow]warning:[/] --trust-checkpoint: unpickling with "
@@ -128,6 +152,7 @@ def _run(*, path: Path, report: Path | None, json_out: bool, fail_on, exit_zero:
         from spectrum_cli.cli.summary import render
 
         render(doc, stdout_console(), top=top)
+    problems = _warn_unfinished(doc, err)
     if not result.tensors and not result.errors:
         err.print("[bold red]error:[/] no matrix matched (nothing to analyse: see 'skipped')")
         return int(ExitCode.NOTHING_MATCHED)
@@ -135,9 +160,27 @@ def _run(*, path: Path, report: Path | None, json_out: bool, fail_on, exit_zero:
         err.print(f"[bold red]error:[/] {len(result.errors)} tensor(s) could not be read "
                   "or analysed: " + "; ".join(f"{e.name}: {e.message}" for e in result.errors))
         return int(ExitCode.USAGE_OR_INPUT_ERROR)
+    if problems and strict:
+        err.print("[bold red]error:[/] --strict: unconverged results or unchecked conditions")
+        return int(ExitCode.USAGE_OR_INPUT_ERROR)
     if violations and not exit_zero:
         return int(ExitCode.THRESHOLD_VIOLATED)
     return int(ExitCode.OK)
+
+
+def _warn_unfinished(doc: dict, err) -> int:
+    """Warn about non-convergence and conditions no backend could check; count them."""
+    late = [t["name"] for t in doc["tensors"] if not t.get("converged", True)]
+    if late:
+        err.print(f"[yellow]warning:[/] {len(late)} tensor(s) did not converge (their error "
+                  f"bars say how far): {', '.join(late[:5])}" + (" …" if len(late) > 5 else ""))
+    unchecked = doc["fail_on"]["unchecked"]
+    for u in unchecked[:5]:
+        err.print(f"[yellow]warning:[/] {u['condition']} not checked on {u['tensor']}: "
+                  f"{u['reason']}")
+    if len(unchecked) > 5:
+        err.print(f"[yellow]warning:[/] … and {len(unchecked) - 5} more unchecked conditions")
+    return len(late) + len(unchecked)
 
 
 class _progress:

@@ -45,6 +45,15 @@ def short_name(name: str, width: int) -> str:
     return name if len(name) <= width else "…" + name[-(width - 1):]
 
 
+def _cell(t: dict, metric: str) -> str:
+    """The metric's value; '~' marks a bound or an estimate, 'n/a' an unavailable one."""
+    if metric in t.get("unavailable", {}):
+        return "n/a"
+    text = fmt(t["metrics"].get(metric))
+    kind = t.get("accuracy", {}).get(metric, {}).get("accuracy", "exact")
+    return ("~" + text) if kind != "exact" else text
+
+
 def _sort_key(t: dict) -> tuple:
     if t["status"] != "ok":
         return (0, 0.0)
@@ -87,10 +96,9 @@ def render(doc: dict[str, Any], console: Console, top: int | None = None) -> Non
             table.add_row(name, shape, Text(f"{m.get('nonfinite_count', '?')} NaN/Inf"),
                           *["-"] * (len(titles) - 1), style=_row_style(t))
             continue
-        cells = [fmt(m[k]) for k in ("kappa", "sigma_max", "sigma_min",
-                                     "spectral_entropy_normalized", "stable_rank")]
-        if with_rho:
-            cells.append(fmt(m.get("spectral_radius")))
+        keys = ["kappa", "sigma_max", "sigma_min", "spectral_entropy_normalized",
+                "stable_rank"] + (["spectral_radius"] if with_rho else [])
+        cells = [_cell(t, k) for k in keys]
         table.add_row(name, shape, *cells, style=_row_style(t))
     if shown:
         console.print(table)
@@ -111,11 +119,18 @@ def footnotes(doc: dict, tensors: list[dict], shown: list[dict]) -> list[Text]:
     if any(t["kind"] == "conv_reshaped" for t in tensors):
         out.append(Text("† k-D kernel reshaped to (out, in·k1·k2…); --conv skip to skip",
                         style="dim"))
-    routes = Counter(t["method"].get("route") for t in tensors if t["method"])
+    routes = Counter((t["method"].get("backend"), t["method"].get("route"))
+                     for t in tensors if t["method"])
     if routes:
-        text = ", ".join(f"{n} {r}" for r, n in sorted(routes.items()))
-        out.append(Text(f"singular values: dense float64 ({text}); exact to rounding",
-                        style="dim"))
+        text = ", ".join(f"{n} {b}/{r}" for (b, r), n in sorted(routes.items()))
+        out.append(Text(f"singular values: {text}", style="dim"))
+    if any(t.get("accuracy") for t in tensors):
+        out.append(Text("~ bound or estimate (error bars in --json/--report); n/a: the "
+                        "backend cannot compute it", style="dim"))
+    late = [t["name"] for t in tensors if not t.get("converged", True)]
+    if late:
+        out.append(Text(f"not converged: {', '.join(late[:5])}" + (" …" if len(late) > 5
+                                                                   else ""), style="yellow"))
     n_square = sum(1 for t in tensors if t["status"] == "ok"
                    and t["matrix_shape"][0] == t["matrix_shape"][1])
     n_eig = sum(1 for t in tensors if "spectral_radius" in t["metrics"])

@@ -41,6 +41,11 @@ class AnalyzeOptions:
     square_max_dim: int = DEFAULT_SQUARE_MAX_DIM
     effective_rank_tau: float = M.DEFAULT_EFFECTIVE_RANK_TAU
     svd_route: str = "auto"
+    backend: str = "auto"
+    device: str = "cpu"
+    dtype: str = "float64"
+    top_k: int = 2
+    seed: int = 0
 
     def __post_init__(self) -> None:
         if self.conv not in CONV_MODES:
@@ -57,6 +62,12 @@ class AnalyzeOptions:
 
         if self.svd_route not in ROUTES:
             raise UsageError(f"svd_route: expected one of {ROUTES}, got {self.svd_route!r}")
+        if self.device not in ("cpu", "cuda"):
+            raise UsageError(f"device: expected 'cpu' or 'cuda', got {self.device!r}")
+        if self.dtype not in ("float64", "float32"):
+            raise UsageError(f"dtype: expected 'float64' or 'float32', got {self.dtype!r}")
+        if not (isinstance(self.top_k, int) and self.top_k >= 1):
+            raise UsageError(f"top_k: expected a positive integer, got {self.top_k!r}")
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -95,52 +106,49 @@ def _plan(info, selector: Selector, conv: str) -> _Planned | str:
                     "conv_reshaped")
 
 
-def analyze_matrix(planned: _Planned, a: np.ndarray, options: AnalyzeOptions,
-                   backend: Any) -> TensorResult:
-    """All metrics of one float64 matrix ``a`` (already reshaped)."""
-    t0 = time.perf_counter()
-    base = dict(name=planned.name, shape=tuple(planned.shape),
-                matrix_shape=tuple(planned.matrix_shape), dtype=planned.dtype,
-                kind=planned.kind)
-    # Any NaN/Inf makes the sum non-finite; only then count (a finite sum that
-    # overflowed is caught by the count being zero).
-    with np.errstate(over="ignore", invalid="ignore"):
-        total = float(a.sum())
-    if not math.isfinite(total) and not np.isfinite(a).all():
-        n_nan = int(np.count_nonzero(np.isnan(a)))
-        n_inf = int(np.count_nonzero(np.isinf(a)))
-        return TensorResult(**base, status="nonfinite",
-                            metrics={"nonfinite_count": n_nan + n_inf},
-                            notes=(f"{n_nan} NaN and {n_inf} Inf entries: spectra not computed",),
-                            time_s=time.perf_counter() - t0)
-    sv = backend.singular_values(a, route=options.svd_route)
-    metrics = M.singular_value_metrics(sv.values, a.shape, options.effective_rank_tau)
-    metrics.update(M.entry_metrics(a))
-    eig = None
-    notes = list(sv.notes)
-    m, n = a.shape
-    if m == n and (options.square == "all" or
-                             (options.square == "auto" and m <= options.square_max_dim)):
-        eig = backend.eigenvalues(a)
-        metrics.update(M.eigenvalue_metrics(eig.values))
-    metrics["nonfinite_count"] = 0
-    return TensorResult(**base, status="ok", metrics=metrics, singular_values=sv,
-                        eigenvalues=eig, notes=tuple(notes), time_s=time.perf_counter() - t0)
+#: ``--backend auto``: dense (exact, every metric) while the matrix has at most this
+#: many entries (512 MiB in float64) and its smaller side at most AUTO_DENSE_MAX_DIM;
+#: beyond, lanczos (bounds for σ_max and σ_min, an SLQ estimate of the entropy), or on
+#: a GPU randomized-svd (lanczos runs on the CPU only).
+AUTO_DENSE_MAX_ENTRIES = 2**26
+AUTO_DENSE_MAX_DIM = 8192
+AUTO_RULE = (f"dense if m*n <= {AUTO_DENSE_MAX_ENTRIES} and min(m, n) <= {AUTO_DENSE_MAX_DIM},"
+             " else lanczos (randomized-svd on --device cuda)")
+
+
+def choose_backend(shape: tuple[int, int], options: AnalyzeOptions) -> str:
+    """The backend ``options.backend`` names, or the :data:`AUTO_RULE` choice."""
+    if options.backend != "auto":
+        return options.backend
+    m, n = shape
+    if m * n <= AUTO_DENSE_MAX_ENTRIES and min(m, n) <= AUTO_DENSE_MAX_DIM:
+        return "dense"
+    return "randomized-svd" if options.device == "cuda" else "lanczos"
+
+
+def _default_backends(name: str) -> Any:
+    from spectrum_cli.plugins import get_backend
+
+    return get_backend(name)
 
 
 def analyze_source(
     source: Any,
     source_info: SourceInfo,
     options: AnalyzeOptions,
-    backend: Any = None,
+    backends: Callable[[str], Any] = _default_backends,
     on_progress: Callable[[int, int, str], None] | None = None,
 ) -> AnalysisResult:
-    """Analyse every selected matrix of ``source``; per-tensor failures are recorded."""
-    if backend is None:
-        from spectrum_backends.dense import DenseBackend
+    """Analyse every selected matrix of ``source``; per-tensor failures are recorded.
 
-        backend = DenseBackend()
+    ``backends`` maps a backend name to a backend object (the entry-point registry by
+    default); :func:`choose_backend` picks the name per tensor.
+    """
+    from spectrum_cli.core.measure import analyze_matrix
+
     t0 = time.perf_counter()
+    if options.backend != "auto":
+        backends(options.backend)  # an unknown or unavailable backend fails here, once
     selector = Selector(options.include, options.exclude)
     planned: list[_Planned] = []
     skipped: list[SkippedTensor] = []
@@ -156,15 +164,19 @@ def analyze_source(
         if on_progress:
             on_progress(i, len(planned), p.name)
         try:
+            backend = backends(choose_backend(p.matrix_shape, options))
             a = np.asarray(source.read(p.name), dtype=np.float64).reshape(p.matrix_shape)
             tensors.append(analyze_matrix(p, a, options, backend))
-        except (SpectrumError, np.linalg.LinAlgError, MemoryError) as exc:
+        except (SpectrumError, np.linalg.LinAlgError, MemoryError, NotImplementedError) as exc:
             errors.append(TensorError(p.name, str(exc) or type(exc).__name__))
         finally:
             a = None
     if on_progress:
         on_progress(len(planned), len(planned), "")
-    return AnalysisResult(source=source_info, settings=options.as_dict(), tensors=tensors,
+    settings = options.as_dict()
+    if options.backend == "auto":
+        settings["auto_rule"] = AUTO_RULE
+    return AnalysisResult(source=source_info, settings=settings, tensors=tensors,
                           skipped=skipped, errors=errors, time_s=time.perf_counter() - t0)
 
 

@@ -18,10 +18,14 @@ import numpy as np
 class SingularValues:
     """Singular values in descending order, and how they were computed.
 
-    ``error_estimate`` is an absolute error scale for every value (for LAPACK
-    ``gesdd``: ``max(m, n) * eps * sigma_max``; for the Gram route the first-order
-    perturbation bound of Demmel, *Applied Numerical Linear Algebra* (1997), Thm 5.5
-    carried through the square root at the smallest value).
+    ``which`` is ``"all"`` (the full spectrum), ``"largest"`` or ``"smallest"`` (the k
+    extreme values, still in descending order). ``error_estimate`` is an absolute error
+    scale for every value (for LAPACK ``gesdd``: ``max(m, n) * eps * sigma_max``; for the
+    Gram route the first-order perturbation bound of Demmel, *Applied Numerical Linear
+    Algebra* (1997), Thm 5.5, carried through the square root at the smallest value).
+    ``error_bounds``, when given, bound each value's error individually (Lanczos and
+    randomized residual bounds). ``n_matvec`` counts products with the matrix or its
+    transpose (None for dense factorizations).
     """
 
     values: np.ndarray
@@ -31,17 +35,45 @@ class SingularValues:
     error_estimate: float
     time_s: float
     notes: tuple[str, ...] = ()
+    which: str = "all"
+    converged: bool = True
+    n_matvec: int | None = None
+    error_bounds: np.ndarray | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class Eigenvalues:
-    """Eigenvalues of a square matrix, sorted by decreasing modulus."""
+    """Eigenvalues, sorted by decreasing modulus (``which="all"``) or the k extreme
+    ones (``"largest"``/``"smallest"``, by algebraic value for symmetric operators)."""
 
     values: np.ndarray
     backend: str
     route: str
     accuracy: str
     time_s: float
+    which: str = "all"
+    converged: bool = True
+    n_matvec: int | None = None
+    error_bounds: np.ndarray | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A stochastic estimate: ``value`` ± ``error_bar`` (half-width of a ``confidence``
+    interval), e.g. a trace function by stochastic Lanczos quadrature."""
+
+    value: float
+    error_bar: float
+    confidence: float
+    method: str
+    backend: str
+    time_s: float
+    n_matvec: int
+    converged: bool = True
+    settings: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -65,6 +97,15 @@ class TensorResult:
     eigenvalues: Eigenvalues | None = None
     notes: tuple[str, ...] = ()
     time_s: float = 0.0
+    #: metric -> {"accuracy": "estimate"|"bound", "error_bar": ..., "method": ...} for
+    #: every metric that is not exact to rounding.
+    accuracy: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: metric -> why the backend that ran could not compute it.
+    unavailable: dict[str, str] = field(default_factory=dict)
+    #: True when an iterative method stopped before meeting its tolerance.
+    converged: bool = True
+    #: The smallest singular values, when a backend of extremes computed them separately.
+    smallest: SingularValues | None = None
 
 
 @dataclass(frozen=True)

@@ -28,12 +28,21 @@ SCHEMA = "spectrum.analysis"
 SCHEMA_VERSION = "1.0.0"
 
 
+def _run(sv: Any) -> dict[str, Any]:
+    out = {"backend": sv.backend, "route": sv.route, "accuracy": sv.accuracy,
+           "which": sv.which, "error_estimate": sv.error_estimate, "converged": sv.converged,
+           "n_matvec": sv.n_matvec, "time_s": sv.time_s}
+    if sv.settings:
+        out["settings"] = dict(sv.settings)
+    return out
+
+
 def _method(t: TensorResult) -> dict[str, Any]:
     if t.singular_values is None:
         return {}
-    sv = t.singular_values
-    out = {"backend": sv.backend, "route": sv.route, "accuracy": sv.accuracy,
-           "error_estimate": sv.error_estimate}
+    out = _run(t.singular_values)
+    if t.smallest is not None:
+        out["smallest"] = _run(t.smallest)
     if t.eigenvalues is not None:
         out["eigenvalues_route"] = t.eigenvalues.route
     return out
@@ -43,6 +52,8 @@ def tensor_entry(t: TensorResult) -> dict[str, Any]:
     return {
         "name": t.name, "shape": list(t.shape), "matrix_shape": list(t.matrix_shape),
         "dtype": t.dtype, "kind": t.kind, "status": t.status, "metrics": dict(t.metrics),
+        "accuracy": {k: dict(v) for k, v in t.accuracy.items()},
+        "unavailable": dict(t.unavailable), "converged": t.converged,
         "method": _method(t), "notes": list(t.notes), "time_s": t.time_s,
     }
 
@@ -69,11 +80,28 @@ def build_document(result: AnalysisResult, conditions: Sequence[Any] = (),
             "violations": [{"condition": str(v.condition), "tensor": v.tensor,
                             "metric": v.condition.metric, "value": v.value}
                            for v in violations],
+            "unchecked": unchecked(conditions, result.tensors),
         },
         "summary": {"analysed": len(result.tensors), "skipped": len(result.skipped),
                     "errors": len(result.errors), "violations": len(violations),
+                    "not_converged": sum(1 for t in result.tensors if not t.converged),
                     "time_s": result.time_s},
     }
+
+
+def unchecked(conditions: Sequence[Any], tensors: Sequence[TensorResult]) -> list[dict]:
+    """Conditions that could not be checked on a tensor because its backend could not
+    compute the metric (an unavailable metric never passes silently)."""
+    from spectrum_cli.core.selection import compile_pattern
+
+    out = []
+    for c in conditions:
+        match = compile_pattern(c.scope) if c.scope else None
+        for t in tensors:
+            if c.metric in t.unavailable and (match is None or match(t.name)):
+                out.append({"condition": str(c), "tensor": t.name,
+                            "reason": t.unavailable[c.metric]})
+    return out
 
 
 def json_safe(obj: Any) -> Any:

@@ -9,9 +9,11 @@ Layout::
     /tensors/<name>        one group per matrix, in analysis order; '/' in a tensor name
                            becomes '|' (the original is the ``name`` attribute)
         attrs              name, shape, matrix_shape, dtype, kind, status, time_s,
-                           notes and method (JSON), one attribute per defined metric,
-                           undefined_metrics (names whose value is null)
-        singular_values    float64, descending
+                           converged, notes, method, accuracy and unavailable (JSON),
+                           one attribute per defined metric, undefined_metrics (names
+                           whose value is null)
+        singular_values    float64, descending; attribute ``which``: all | largest
+        singular_values_smallest   float64 (backends of extremes only)
         eigenvalues        complex128, by decreasing modulus (square matrices)
     /skipped/{name,shape,dtype,reason}    one row per skipped tensor (strings)
     /errors/{name,message}                one row per failed tensor (strings)
@@ -36,6 +38,7 @@ from spectrum_cli.core.errors import InputError
 from spectrum_cli.core.results import AnalysisResult
 from spectrum_cli.report.document import SCHEMA, json_safe
 
+SPECTRA = ("singular_values", "singular_values_smallest", "eigenvalues")
 _TABLES = {"skipped": ("name", "shape", "dtype", "reason"), "errors": ("name", "message")}
 
 
@@ -122,8 +125,9 @@ def write_report(path: str, doc: dict[str, Any], result: AnalysisResult) -> None
                 g.attrs["shape"] = np.array(entry["shape"], dtype=np.int64)
                 g.attrs["matrix_shape"] = np.array(entry["matrix_shape"], dtype=np.int64)
                 g.attrs["time_s"] = entry["time_s"]
-                g.attrs["notes"] = json.dumps(entry["notes"])
-                g.attrs["method"] = json.dumps(entry["method"])
+                for key in ("notes", "method", "accuracy", "unavailable"):
+                    g.attrs[key] = json.dumps(entry[key])
+                g.attrs["converged"] = entry["converged"]
                 undefined = []
                 for metric, value in t.metrics.items():
                     if value is None:
@@ -133,6 +137,9 @@ def write_report(path: str, doc: dict[str, Any], result: AnalysisResult) -> None
                 g.attrs["undefined_metrics"] = json.dumps(undefined)
                 if t.singular_values is not None:
                     _spectrum_dataset(g, "singular_values", t.singular_values.values)
+                    g["singular_values"].attrs["which"] = t.singular_values.which
+                if t.smallest is not None:
+                    _spectrum_dataset(g, "singular_values_smallest", t.smallest.values)
                 if t.eigenvalues is not None:
                     _spectrum_dataset(g, "eigenvalues", t.eigenvalues.values)
             for table, columns in _TABLES.items():
@@ -196,12 +203,14 @@ def read_report(path: str, spectra: bool = False) -> dict[str, Any]:
                      "dtype": _str(g.attrs["dtype"]), "kind": _str(g.attrs["kind"]),
                      "status": _str(g.attrs["status"]),
                      "metrics": {m: metrics[m] for m in METRICS if m in metrics},
+                     "accuracy": json.loads(g.attrs["accuracy"]),
+                     "unavailable": json.loads(g.attrs["unavailable"]),
+                     "converged": bool(g.attrs["converged"]),
                      "method": json.loads(g.attrs["method"]),
                      "notes": json.loads(g.attrs["notes"]),
                      "time_s": float(g.attrs["time_s"])}
             if spectra:
-                entry["spectra"] = {k: g[k][()] for k in ("singular_values", "eigenvalues")
-                                    if k in g}
+                entry["spectra"] = {k: g[k][()] for k in SPECTRA if k in g}
             doc["tensors"].append(entry)
         for table, columns in _TABLES.items():
             grp = f[table]

@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from spectrum_backends.dense import DenseBackend
-from spectrum_cli.core.analyze import AnalyzeOptions, _Planned, analyze_matrix
+from spectrum_cli.core.analyze import AnalyzeOptions, _Planned
+from spectrum_cli.core.measure import analyze_matrix
 from spectrum_cli.core.metrics import METRICS, singular_value_metrics
 from tests.helpers import spectrum_of, with_spectrum
 

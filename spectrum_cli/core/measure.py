@@ -1,0 +1,161 @@
+"""Measure one matrix with one backend: every metric it can honestly provide.
+
+A backend with the full spectrum (``"all"`` in its singular-value capabilities) gives
+every metric exactly. A backend of extremes gives σ_max (and σ_min if it can reach the
+bottom) with error bounds, the metrics that follow from them by interval arithmetic
+(κ, spectral gap, stable rank; ‖W‖_F is exact from the entries) and, if it estimates
+trace functions, the spectral entropy with an error bar. What it cannot give is listed
+in ``unavailable`` with the reason: never silently a different number.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import zlib
+from typing import Any
+
+import numpy as np
+
+from spectrum_cli.core import metrics as M
+from spectrum_cli.core.results import TensorResult
+
+FULL_SPECTRUM_ONLY = ("numerical_rank", "effective_rank", "spectral_entropy_normalized")
+
+
+def _interval(value: float, lo: float, hi: float) -> float:
+    """Half-width that covers [lo, hi] around value."""
+    return max(abs(hi - value), abs(value - lo))
+
+
+def analyze_matrix(planned: Any, a: np.ndarray, options: Any, backend: Any) -> TensorResult:
+    """All metrics of one float64 matrix ``a`` (already reshaped) with ``backend``."""
+    t0 = time.perf_counter()
+    base = dict(name=planned.name, shape=tuple(planned.shape),
+                matrix_shape=tuple(planned.matrix_shape), dtype=planned.dtype,
+                kind=planned.kind)
+    # Any NaN/Inf makes the sum non-finite; only then count (a finite sum that
+    # overflowed is caught by the count being zero).
+    with np.errstate(over="ignore", invalid="ignore"):
+        total = float(a.sum())
+    if not math.isfinite(total) and not np.isfinite(a).all():
+        n_nan = int(np.count_nonzero(np.isnan(a)))
+        n_inf = int(np.count_nonzero(np.isinf(a)))
+        return TensorResult(**base, status="nonfinite",
+                            metrics={"nonfinite_count": n_nan + n_inf},
+                            notes=(f"{n_nan} NaN and {n_inf} Inf entries: spectra not computed",),
+                            time_s=time.perf_counter() - t0)
+    caps = backend.capabilities
+    common = {"dtype": options.dtype, "device": options.device}
+    entries = M.entry_metrics(a)
+    extra: dict[str, Any] = {}
+    if "all" in caps.singular_values:
+        sv = backend.singular_values(a, which="all", route=options.svd_route, **common)
+        metrics = M.singular_value_metrics(sv.values, a.shape, options.effective_rank_tau)
+    else:
+        sv, extra = _extremes(a, options, backend, entries["frobenius_norm"] ** 2, common,
+                              planned.name)
+        metrics = extra.pop("metrics")
+    metrics.update(entries)
+    unavailable: dict[str, str] = extra.get("unavailable", {})
+    eig = None
+    m, n = a.shape
+    if m == n and (options.square == "all" or
+                   (options.square == "auto" and m <= options.square_max_dim)):
+        if "all" in caps.eigenvalues:
+            eig = backend.eigenvalues(a, which="all")
+            metrics.update(M.eigenvalue_metrics(eig.values))
+        else:
+            unavailable["spectral_radius"] = (f"backend {backend.name!r} computes no "
+                                              "eigenvalues of non-symmetric matrices")
+    metrics["nonfinite_count"] = 0
+    converged = sv.converged and extra.get("converged", True)
+    notes = list(sv.notes) + extra.get("notes", [])
+    return TensorResult(**base, status="ok", metrics=metrics, singular_values=sv,
+                        eigenvalues=eig, notes=tuple(notes),
+                        time_s=time.perf_counter() - t0,
+                        accuracy=extra.get("accuracy", {}), unavailable=unavailable,
+                        converged=converged, smallest=extra.get("smallest"))
+
+
+def _extremes(a: np.ndarray, options: Any, backend: Any, fro_sq: float,
+              common: dict[str, Any], name: str = "") -> tuple[Any, dict[str, Any]]:
+    """Metrics from the extreme singular values (and trace estimates) of ``a``."""
+    caps = backend.capabilities
+    kmin = min(a.shape)
+    # Independent random draws per tensor, reproducible from (seed, tensor name).
+    seed = zlib.crc32(name.encode(), options.seed) if name else options.seed
+    notes: list[str] = []
+    try:
+        top = backend.singular_values(a, k=min(max(options.top_k, 2), kmin),
+                                      which="largest", seed=seed, **common)
+    except NotImplementedError as exc:  # a backend that only gives σ_max
+        top = backend.singular_values(a, k=1, which="largest", seed=seed, **common)
+        notes.append(f"only σ_max: {exc}")
+    s = top.values
+    e = top.error_bounds if top.error_bounds is not None else np.full(s.size,
+                                                                      top.error_estimate)
+    s1, e1 = float(s[0]), float(e[0])
+    metrics: dict[str, Any] = {"sigma_max": s1}
+    accuracy = {"sigma_max": {"accuracy": top.accuracy, "error_bar": e1, "method": top.route}}
+    unavailable: dict[str, str] = {}
+    converged = top.converged
+    if s1 > 0:
+        sr = fro_sq / s1**2
+        metrics["stable_rank"] = sr
+        lo_s1 = max(s1 - e1, 1e-300)
+        accuracy["stable_rank"] = {"accuracy": "bound", "method": "interval",
+                                   "error_bar": _interval(sr, fro_sq / (s1 + e1) ** 2,
+                                                          fro_sq / lo_s1**2)}
+    else:
+        metrics["stable_rank"] = None
+    if s.size >= 2 and s1 > 0:
+        s2, e2 = float(s[1]), float(e[1])
+        gap = (s1 - s2) / s1
+        metrics["spectral_gap"] = gap
+        lo = 1 - (s2 + e2) / max(s1 - e1, 1e-300)
+        hi = 1 - max(s2 - e2, 0.0) / (s1 + e1)
+        accuracy["spectral_gap"] = {"accuracy": "bound", "method": "interval",
+                                    "error_bar": _interval(gap, lo, hi)}
+    elif kmin < 2:
+        metrics["spectral_gap"] = None  # one singular value: undefined
+    else:
+        unavailable["spectral_gap"] = f"backend {backend.name!r} computed only σ_max"
+    smallest = None
+    if "smallest" in caps.singular_values:
+        smallest = backend.singular_values(a, k=1, which="smallest", seed=seed, **common)
+        converged = converged and smallest.converged
+        sn, en = float(smallest.values[-1]), float(smallest.error_bounds[-1])
+        metrics["sigma_min"] = sn
+        accuracy["sigma_min"] = {"accuracy": "bound", "error_bar": en,
+                                 "method": smallest.route}
+        kappa = s1 / sn if sn > 0 else math.inf
+        metrics["kappa"] = kappa
+        hi = (s1 + e1) / (sn - en) if sn > en else math.inf
+        lo = max(s1 - e1, 0.0) / (sn + en) if sn + en > 0 else math.inf
+        accuracy["kappa"] = {"accuracy": "bound", "method": "interval",
+                             "error_bar": _interval(kappa, lo, hi) if math.isfinite(kappa)
+                             else math.inf}
+    else:
+        why = f"backend {backend.name!r} cannot compute the smallest singular values"
+        unavailable.update(sigma_min=why, kappa=why)
+    if caps.trace_functions and hasattr(backend, "spectral_entropy") and fro_sq > 0:
+        est = backend.spectral_entropy(a, fro_sq, seed=seed)
+        h, bar = est.value, est.error_bar
+        metrics["spectral_entropy"] = h
+        metrics["entropy_effective_rank"] = math.exp(h)
+        for name, value, half in (("spectral_entropy", h, bar),
+                                  ("entropy_effective_rank", math.exp(h),
+                                   _interval(math.exp(h), math.exp(h - bar), math.exp(h + bar)))):
+            accuracy[name] = {"accuracy": "estimate", "error_bar": half,
+                              "confidence": est.confidence, "method": est.method,
+                              "settings": est.settings, "n_matvec": est.n_matvec}
+    else:
+        why = f"backend {backend.name!r} does not estimate trace functions"
+        unavailable.update(spectral_entropy=why, entropy_effective_rank=why)
+    for name in FULL_SPECTRUM_ONLY:
+        unavailable[name] = f"needs the full spectrum; backend {backend.name!r} computes extremes"
+    if not converged:
+        notes.append("did not converge: see error bars")
+    return top, {"metrics": metrics, "accuracy": accuracy, "unavailable": unavailable,
+                 "smallest": smallest, "converged": converged, "notes": notes}
