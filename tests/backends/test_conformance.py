@@ -3,6 +3,8 @@ prescribed spectra, checked against dense float64 LAPACK."""
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import scipy.sparse.linalg as spla
@@ -134,7 +136,9 @@ class BackendConformance:
             assert np.all(np.abs(ev.values - want) <= ev.error_bounds + 1e-14)
 
     def test_listed_with_capabilities(self, backend):
-        rows = {i.name: i for i in plugins.list_backends()}
+        with warnings.catch_warnings():  # the broken test plugins warn: not this test's topic
+            warnings.simplefilter("ignore", plugins.BackendWarning)
+            rows = {i.name: i for i in plugins.list_backends()}
         assert rows[self.name].available
         assert rows[self.name].backend.capabilities.singular_values
 
