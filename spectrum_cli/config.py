@@ -31,6 +31,9 @@ KEYS: dict[str, str] = {
     "dtype": "str",
     "top_k": "int",
     "seed": "int",
+    "eps": "list",
+    "eps_relative": "bool",
+    "power_max": "int",
 }
 FORBIDDEN = ("trust_checkpoint", "allow_global", "allow_globals", "weights_only")
 
@@ -73,6 +76,9 @@ def _coerce(key: str, value: Any, origin: str) -> Any:
                     else [value]
             if isinstance(value, list) and all(isinstance(v, str) for v in value):
                 return value
+            if key == "eps" and isinstance(value, list) and all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+                return [str(v) for v in value]
             raise TypeError("expected a list of strings")
         if kind == "int":
             if isinstance(value, bool):
@@ -80,6 +86,13 @@ def _coerce(key: str, value: Any, origin: str) -> Any:
             return int(value)
         if kind == "float":
             return float(value)
+        if kind == "bool":
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("1", "true", "yes", "0", "false",
+                                                             "no"):
+                return value.lower() in ("1", "true", "yes")
+            raise TypeError("expected true or false")
         if not isinstance(value, str):
             raise TypeError("expected a string")
         return value

@@ -52,10 +52,21 @@ def analyze(
         help="k-D kernels: 'reshape' to (out, in·k1·k2…) or 'skip'. [default: reshape]",
         rich_help_panel=_SELECT)] = None,
     square: Annotated[Optional[str], typer.Option(
-        help="Eigenvalues of square matrices: 'auto' (up to --square-max-dim), 'all', "
-        "'none'. [default: auto]", rich_help_panel=_NUMERICS)] = None,
+        help="Eigen and non-normal analysis of square matrices: 'auto' (recurrent gate "
+        "blocks and squares up to --square-max-dim), 'recurrent', 'all', 'none'. "
+        "[default: auto]", rich_help_panel=_NUMERICS)] = None,
     square_max_dim: Annotated[Optional[int], typer.Option(
         help="Largest square matrix eigen-analysed under --square auto. [default: 256]",
+        rich_help_panel=_NUMERICS)] = None,
+    eps: Annotated[Optional[list[str]], typer.Option(
+        metavar="EPS[,EPS...]", help="Pseudospectral radius ρ_ε for these ε (absolute; "
+        "see --eps-relative). Repeatable or comma-separated.", rich_help_panel=_NUMERICS)]
+    = None,
+    eps_relative: Annotated[bool, typer.Option(
+        "--eps-relative", help="Scale each --eps by ‖A‖₂.", rich_help_panel=_NUMERICS)]
+    = False,
+    power_max: Annotated[Optional[int], typer.Option(
+        help="Transient growth: ‖A^k‖₂ for k = 1..N. [default: 200]",
         rich_help_panel=_NUMERICS)] = None,
     effective_rank_tau: Annotated[Optional[float], typer.Option(
         help="effective_rank counts singular values above tau·σ_max. [default: 0.01]",
@@ -100,11 +111,11 @@ def analyze(
 def _run(*, path: Path, report: Path | None, json_out: bool, fail_on, exit_zero: bool,
          top, no_progress: bool, include, exclude, weights_key, conv, square, square_max_dim,
          effective_rank_tau, svd_route, backend, device, dtype, top_k, seed, strict: bool,
-         allow_global, trust_checkpoint, err) -> int:
+         eps, eps_relative: bool, power_max, allow_global, trust_checkpoint, err) -> int:
     from spectrum_cli import config
     from spectrum_cli.core.analyze import AnalyzeOptions, analyze_source
     from spectrum_cli.core.errors import ExitCode
-    from spectrum_cli.core.thresholds import evaluate, parse_conditions
+    from spectrum_cli.core.thresholds import evaluate, parse_conditions, parse_eps
     from spectrum_cli.io import LoadPolicy, open_source
     from spectrum_cli.io.base import sha256_files, total_size
     from spectrum_cli.report.document import build_document
@@ -113,13 +124,16 @@ def _run(*, path: Path, report: Path | None, json_out: bool, fail_on, exit_zero:
                           "conv": conv, "square": square, "square_max_dim": square_max_dim,
                           "effective_rank_tau": effective_rank_tau, "svd_route": svd_route,
                           "backend": backend, "device": device, "dtype": dtype,
-                          "top_k": top_k, "seed": seed})
+                          "top_k": top_k, "seed": seed, "eps": eps,
+                          "eps_relative": eps_relative or None, "power_max": power_max})
     v = cfg.values
     conditions = parse_conditions(v.get("fail_on", []))
     options = AnalyzeOptions(
         include=tuple(v.get("include", ())), exclude=tuple(v.get("exclude", ())),
+        eps=parse_eps(v.get("eps", [])),
         **{k: v[k] for k in ("conv", "square", "square_max_dim", "effective_rank_tau",
-                             "svd_route", "backend", "device", "dtype", "top_k", "seed")
+                             "svd_route", "backend", "device", "dtype", "top_k", "seed",
+                             "eps_relative", "power_max")
            if k in v})
     policy = LoadPolicy(tuple(allow_global or ()), trust_checkpoint, weights_key)
     if trust_checkpoint:

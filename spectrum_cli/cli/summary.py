@@ -102,8 +102,35 @@ def render(doc: dict[str, Any], console: Console, top: int | None = None) -> Non
         table.add_row(name, shape, *cells, style=_row_style(t))
     if shown:
         console.print(table)
+    square = [t for t in shown if t.get("nonnormal")]
+    if square:
+        console.print(nonnormal_table(square, console.width))
     for line in footnotes(doc, tensors, shown):
         console.print(line)
+
+
+def nonnormal_table(tensors: list[dict], total_width: int) -> Table:
+    """ρ, κ(V), the Kreiss lower bound, transient growth and ρ_ε per square matrix."""
+    eps = tensors[0]["nonnormal"]["pseudospectral_radius"]
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1), show_edge=False,
+                  collapse_padding=True, title="non-normal (square matrices)",
+                  title_justify="left")
+    width = max(16, total_width - 50 - 8 * min(len(eps), 2))
+    table.add_column("tensor", no_wrap=True, overflow="ellipsis", max_width=width + 1)
+    titles = ["ρ", "κ(V)", "K≥", "max‖Aᵏ‖", "k*"] + [f"ρ_ε={fmt(e['eps'])}" for e in eps[:2]]
+    for title in titles:
+        table.add_column(title, justify="right", no_wrap=True)
+    for t in tensors:
+        m, nn = t["metrics"], t["nonnormal"]
+        kv = ("?" + str(nn["eigenvalue_clusters"]) if not m.get("kappa_V_well_defined")
+              and m.get("kappa_V") is None else fmt(m.get("kappa_V")))
+        growth = fmt(m.get("max_power_norm")) + ("" if nn["max_power_norm_exact"] else "+")
+        cells = [fmt(m.get("spectral_radius")), kv, fmt(m.get("kreiss_lower_bound")), growth,
+                 fmt(m.get("argmax_power"))]
+        cells += [fmt(p["value"]) + ("" if p["kind"] == "exact" else "≥")
+                  for p in nn["pseudospectral_radius"][:2]]
+        table.add_row(short_name(t["name"], width), *cells)
+    return table
 
 
 def footnotes(doc: dict, tensors: list[dict], shown: list[dict]) -> list[Text]:
@@ -139,6 +166,10 @@ def footnotes(doc: dict, tensors: list[dict], shown: list[dict]) -> list[Text]:
                         f"eigen-analysed (--square {doc['settings'].get('square')}, max dim "
                         f"{doc['settings'].get('square_max_dim')}; --square all for all)",
                         style="dim"))
+    if any(t.get("nonnormal") for t in tensors):
+        out.append(Text("κ(V) ?[sizes]: eigenvalue clusters make κ(V) undefined; K≥: Kreiss "
+                        "lower bound; max‖Aᵏ‖ for k ≤ power_max ('+' = not the proven "
+                        "sup); ρ_ε exact unless marked ≥", style="dim"))
     for t in tensors:
         if t["status"] != "ok":
             out.append(Text(f"non-finite: {t['name']}: {'; '.join(t['notes'])}", style="red"))

@@ -8,6 +8,7 @@ is in memory at a time (its float64 copy), so peak memory tracks the largest ten
 from __future__ import annotations
 
 import math
+import re
 import time
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Iterable
@@ -22,7 +23,11 @@ from spectrum_cli.core.results import (
 from spectrum_cli.core.selection import Selector
 
 CONV_MODES = ("reshape", "skip")
-SQUARE_MODES = ("auto", "all", "none")
+SQUARE_MODES = ("auto", "all", "recurrent", "none")
+#: PyTorch recurrent weights: ``weight_hh_l{k}`` (``_reverse`` for bidirectional).
+RECURRENT = re.compile(r"(^|\.)weight_hh_l\d+(_reverse)?$")
+#: Gate order of PyTorch's stacked hidden-hidden weights, by number of gates.
+GATES = {4: ("i", "f", "g", "o"), 3: ("r", "z", "n")}
 #: ``--square auto`` computes eigenvalues of square matrices up to this size: LAPACK
 #: ``geev`` costs about 4x an SVD of the same matrix (25n³ vs ~6n³ flops, Golub & Van
 #: Loan §7.5.6), and a layer's eigenvalues mean something only when its output space
@@ -46,6 +51,9 @@ class AnalyzeOptions:
     dtype: str = "float64"
     top_k: int = 2
     seed: int = 0
+    eps: tuple[float, ...] = ()
+    eps_relative: bool = False
+    power_max: int = 200
 
     def __post_init__(self) -> None:
         if self.conv not in CONV_MODES:
@@ -68,10 +76,15 @@ class AnalyzeOptions:
             raise UsageError(f"dtype: expected 'float64' or 'float32', got {self.dtype!r}")
         if not (isinstance(self.top_k, int) and self.top_k >= 1):
             raise UsageError(f"top_k: expected a positive integer, got {self.top_k!r}")
+        if not all(isinstance(e, (int, float)) and e > 0 for e in self.eps):
+            raise UsageError(f"eps: expected positive numbers, got {list(self.eps)!r}")
+        if not (isinstance(self.power_max, int) and self.power_max >= 1):
+            raise UsageError(f"power_max: expected a positive integer, got {self.power_max!r}")
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["include"], d["exclude"] = list(self.include), list(self.exclude)
+        d["eps"] = list(self.eps)
         return d
 
 
@@ -82,10 +95,24 @@ class _Planned:
     dtype: str
     matrix_shape: tuple[int, int]
     kind: str
+    source: str = ""  # the tensor to read (gate blocks share their parent's)
+    rows: tuple[int, int] | None = None  # row block of the parent (gate blocks)
+
+    def wants_eigen(self, options: AnalyzeOptions) -> bool:
+        """Whether ``--square`` asks for the eigen/non-normal analysis of this matrix."""
+        m, n = self.matrix_shape
+        if m != n or options.square == "none":
+            return False
+        recurrent = self.kind == "recurrent_gate" or bool(RECURRENT.search(self.name))
+        if options.square == "all" or recurrent:
+            return True
+        return options.square == "auto" and m <= options.square_max_dim
 
 
-def _plan(info, selector: Selector, conv: str) -> _Planned | str:
-    """The matrix to analyse, or the reason to skip the tensor."""
+def _plan(info, selector: Selector, options: AnalyzeOptions) -> list[_Planned] | str:
+    """The matrices to analyse in one tensor, or the reason to skip it. A recurrent
+    ``weight_hh`` of an LSTM (4h x h) or GRU (3h x h) gives the whole matrix plus one
+    square block per gate, named ``<tensor>[gate]``."""
     if info.skip:
         return info.skip
     if not selector(info.name):
@@ -97,13 +124,19 @@ def _plan(info, selector: Selector, conv: str) -> _Planned | str:
         return f"{nd}-D"
     if 0 in info.shape:
         return "empty"
-    if nd == 2:
-        return _Planned(info.name, info.shape, info.dtype, info.shape, "matrix")
-    if conv == "skip":
-        return f"{nd}-D (--conv skip)"
-    rows = info.shape[0]
-    return _Planned(info.name, info.shape, info.dtype, (rows, math.prod(info.shape[1:])),
-                    "conv_reshaped")
+    if nd > 2:
+        if options.conv == "skip":
+            return f"{nd}-D (--conv skip)"
+        shape = (info.shape[0], math.prod(info.shape[1:]))
+        return [_Planned(info.name, info.shape, info.dtype, shape, "conv_reshaped", info.name)]
+    m, n = info.shape
+    whole = _Planned(info.name, info.shape, info.dtype, (m, n), "matrix", info.name)
+    gates = GATES.get(m // n) if m % n == 0 else None
+    if not RECURRENT.search(info.name) or gates is None or options.square == "none":
+        return [whole]
+    return [whole] + [_Planned(f"{info.name}[{g}]", info.shape, info.dtype, (n, n),
+                               "recurrent_gate", info.name, (i * n, (i + 1) * n))
+                      for i, g in enumerate(gates)]
 
 
 #: ``--backend auto``: dense (exact, every metric) while the matrix has at most this
@@ -153,24 +186,31 @@ def analyze_source(
     planned: list[_Planned] = []
     skipped: list[SkippedTensor] = []
     for info in source.entries():
-        p = _plan(info, selector, options.conv)
+        p = _plan(info, selector, options)
         if isinstance(p, str):
             skipped.append(SkippedTensor(info.name, tuple(info.shape), info.dtype, p))
         else:
-            planned.append(p)
+            planned.extend(p)
     tensors: list[TensorResult] = []
     errors: list[TensorError] = []
+    loaded: tuple[str, np.ndarray | None] = ("", None)  # gate blocks reuse their parent
     for i, p in enumerate(planned):
         if on_progress:
             on_progress(i, len(planned), p.name)
         try:
             backend = backends(choose_backend(p.matrix_shape, options))
-            a = np.asarray(source.read(p.name), dtype=np.float64).reshape(p.matrix_shape)
-            tensors.append(analyze_matrix(p, a, options, backend))
+            if loaded[0] != p.source:
+                loaded = ("", None)  # free the previous tensor before reading the next
+                loaded = (p.source, np.asarray(source.read(p.source), dtype=np.float64))
+            full = loaded[1]
+            a = (full.reshape(-1, full.shape[-1])[p.rows[0]:p.rows[1]] if p.rows
+                 else full.reshape(p.matrix_shape))
+            tensors.append(analyze_matrix(p, np.ascontiguousarray(a), options, backend))
         except (SpectrumError, np.linalg.LinAlgError, MemoryError, NotImplementedError) as exc:
             errors.append(TensorError(p.name, str(exc) or type(exc).__name__))
         finally:
-            a = None
+            a = full = None
+    loaded = ("", None)
     if on_progress:
         on_progress(len(planned), len(planned), "")
     settings = options.as_dict()

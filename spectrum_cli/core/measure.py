@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from spectrum_cli.core import metrics as M
-from spectrum_cli.core.results import TensorResult
+from spectrum_cli.core.results import Eigenvalues, TensorResult
 
 FULL_SPECTRUM_ONLY = ("numerical_rank", "effective_rank", "spectral_entropy_normalized")
 
@@ -58,16 +58,21 @@ def analyze_matrix(planned: Any, a: np.ndarray, options: Any, backend: Any) -> T
         metrics = extra.pop("metrics")
     metrics.update(entries)
     unavailable: dict[str, str] = extra.get("unavailable", {})
-    eig = None
-    m, n = a.shape
-    if m == n and (options.square == "all" or
-                   (options.square == "auto" and m <= options.square_max_dim)):
+    eig = nonnormal = None
+    if planned.wants_eigen(options):
         if "all" in caps.eigenvalues:
-            eig = backend.eigenvalues(a, which="all")
-            metrics.update(M.eigenvalue_metrics(eig.values))
+            from spectrum_cli.core.nonnormal import analyze_square
+
+            t_eig = time.perf_counter()
+            nonnormal = analyze_square(a, options.eps, options.eps_relative,
+                                       options.power_max, metrics.get("sigma_max"))
+            eig = Eigenvalues(nonnormal.eigen.eigenvalues, "dense", "geev (with vectors)",
+                              "exact", time.perf_counter() - t_eig)
+            metrics.update(nonnormal.metrics())
         else:
-            unavailable["spectral_radius"] = (f"backend {backend.name!r} computes no "
-                                              "eigenvalues of non-symmetric matrices")
+            why = (f"backend {backend.name!r} computes no eigenvalues of non-symmetric "
+                   "matrices")
+            unavailable.update({k: why for k in ("spectral_radius", *M.NONNORMAL_METRICS)})
     metrics["nonfinite_count"] = 0
     converged = sv.converged and extra.get("converged", True)
     notes = list(sv.notes) + extra.get("notes", [])
@@ -75,7 +80,8 @@ def analyze_matrix(planned: Any, a: np.ndarray, options: Any, backend: Any) -> T
                         eigenvalues=eig, notes=tuple(notes),
                         time_s=time.perf_counter() - t0,
                         accuracy=extra.get("accuracy", {}), unavailable=unavailable,
-                        converged=converged, smallest=extra.get("smallest"))
+                        converged=converged, smallest=extra.get("smallest"),
+                        nonnormal=nonnormal)
 
 
 def _extremes(a: np.ndarray, options: Any, backend: Any, fro_sq: float,

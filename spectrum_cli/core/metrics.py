@@ -49,6 +49,17 @@ METRICS: dict[str, str] = {
     "col_norm_max": "largest column 2-norm",
     "col_norm_mean": "mean column 2-norm",
     "spectral_radius": "max |eigenvalue| (square matrices with eigen-analysis)",
+    "kappa_V": "eigenvector condition number, unit columns (null if not well defined)",
+    "kappa_V_well_defined": "1 unless eigenvalues cluster at working precision",
+    "kappa_V_cluster_orthonormal": "kappa_V with an orthonormal basis inside each cluster",
+    "max_eig_condition": "max 1/|y_i^H x_i| (unit left/right eigenvectors)",
+    "henrici": "Henrici departure from normality ||N||_F (complex Schur form)",
+    "henrici_relative": "henrici / ||A||_F",
+    "kreiss_lower_bound": "lower bound of the Kreiss constant (inf when rho >= 1)",
+    "max_power_norm": "max_k ||A^k||_2 over k = 1..power_max",
+    "argmax_power": "the k of max_power_norm",
+    "power_above_one_until": "last k <= power_max with ||A^k||_2 > 1",
+    "transient_window": "ln kappa_V / (-ln rho) when rho < 1",
     "nonfinite_count": "number of NaN or Inf entries (0 for analysed matrices)",
 }
 
@@ -120,3 +131,10 @@ def entry_metrics(a: np.ndarray) -> dict[str, Any]:
 def eigenvalue_metrics(lam: np.ndarray) -> dict[str, Any]:
     """Metrics of the eigenvalues of a square matrix."""
     return {"spectral_radius": float(np.max(np.abs(lam)))}
+
+
+#: Metrics of the non-normal analysis of square matrices (see core/nonnormal.py).
+NONNORMAL_METRICS = ("kappa_V", "kappa_V_well_defined", "kappa_V_cluster_orthonormal",
+                     "max_eig_condition", "henrici", "henrici_relative",
+                     "kreiss_lower_bound", "max_power_norm", "argmax_power",
+                     "power_above_one_until", "transient_window")

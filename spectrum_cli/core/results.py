@@ -106,6 +106,8 @@ class TensorResult:
     converged: bool = True
     #: The smallest singular values, when a backend of extremes computed them separately.
     smallest: SingularValues | None = None
+    #: The non-normal analysis of a square matrix (spectrum_cli.core.nonnormal.NonNormal).
+    nonnormal: Any = None
 
 
 @dataclass(frozen=True)

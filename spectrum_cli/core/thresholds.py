@@ -88,3 +88,21 @@ def evaluate(conditions: Sequence[Condition], tensors: Iterable[Any]) -> list[Vi
             if _OPS[cond.op](float(value), cond.value):
                 found.append(Violation(cond, t.name, float(value)))
     return found
+
+
+def parse_eps(specs: Iterable[str]) -> tuple[float, ...]:
+    """``--eps`` values: numbers, repeated or comma-separated, each > 0."""
+    out = []
+    for spec in specs:
+        for part in str(spec).split(","):
+            part = part.strip()
+            if not part:
+                continue
+            try:
+                value = float(part)
+            except ValueError:
+                raise UsageError(f"--eps: {part!r} is not a number") from None
+            if not (value > 0 and math.isfinite(value)):
+                raise UsageError(f"--eps: expected positive numbers, got {part!r}")
+            out.append(value)
+    return tuple(out)

@@ -5,8 +5,8 @@ this document, so they cannot disagree. Schema (``spectrum.analysis`` v1, semver
 
 ``schema``, ``schema_version``, ``tool`` {name, version}, ``created`` (ISO 8601, UTC),
 ``source`` {path, format, files, size_bytes, sha256, notes}, ``settings``,
-``tensors`` [{name, shape, matrix_shape, dtype, kind, status, metrics, method, notes,
-time_s}], ``skipped`` [{name, shape, dtype, reason}], ``errors`` [{name, message}],
+``tensors`` [{name, shape, matrix_shape, dtype, kind, status, metrics, accuracy,
+unavailable, converged, nonnormal, method, notes, time_s}], ``skipped`` [{name, shape, dtype, reason}], ``errors`` [{name, message}],
 ``fail_on`` {conditions, violations [{condition, tensor, metric, value}]},
 ``summary`` {analysed, skipped, errors, violations, time_s}.
 
@@ -54,6 +54,7 @@ def tensor_entry(t: TensorResult) -> dict[str, Any]:
         "dtype": t.dtype, "kind": t.kind, "status": t.status, "metrics": dict(t.metrics),
         "accuracy": {k: dict(v) for k, v in t.accuracy.items()},
         "unavailable": dict(t.unavailable), "converged": t.converged,
+        "nonnormal": t.nonnormal.details() if t.nonnormal is not None else None,
         "method": _method(t), "notes": list(t.notes), "time_s": t.time_s,
     }
 

@@ -9,12 +9,15 @@ Layout::
     /tensors/<name>        one group per matrix, in analysis order; '/' in a tensor name
                            becomes '|' (the original is the ``name`` attribute)
         attrs              name, shape, matrix_shape, dtype, kind, status, time_s,
-                           converged, notes, method, accuracy and unavailable (JSON),
+                           converged, notes, method, accuracy, unavailable and
+                           nonnormal (JSON: pseudospectral radii, clusters, Kreiss),
                            one attribute per defined metric, undefined_metrics (names
                            whose value is null)
         singular_values    float64, descending; attribute ``which``: all | largest
         singular_values_smallest   float64 (backends of extremes only)
         eigenvalues        complex128, by decreasing modulus (square matrices)
+        eig_conditions     float64, 1/|y_iᴴx_i| in the order of eigenvalues
+        power_norms        float64, ‖A^k‖₂ for k = 1..power_max (the transient curve)
     /skipped/{name,shape,dtype,reason}    one row per skipped tensor (strings)
     /errors/{name,message}                one row per failed tensor (strings)
 
@@ -38,7 +41,8 @@ from spectrum_cli.core.errors import InputError
 from spectrum_cli.core.results import AnalysisResult
 from spectrum_cli.report.document import SCHEMA, json_safe
 
-SPECTRA = ("singular_values", "singular_values_smallest", "eigenvalues")
+SPECTRA = ("singular_values", "singular_values_smallest", "eigenvalues", "eig_conditions",
+           "power_norms")
 _TABLES = {"skipped": ("name", "shape", "dtype", "reason"), "errors": ("name", "message")}
 
 
@@ -125,7 +129,7 @@ def write_report(path: str, doc: dict[str, Any], result: AnalysisResult) -> None
                 g.attrs["shape"] = np.array(entry["shape"], dtype=np.int64)
                 g.attrs["matrix_shape"] = np.array(entry["matrix_shape"], dtype=np.int64)
                 g.attrs["time_s"] = entry["time_s"]
-                for key in ("notes", "method", "accuracy", "unavailable"):
+                for key in ("notes", "method", "accuracy", "unavailable", "nonnormal"):
                     g.attrs[key] = json.dumps(entry[key])
                 g.attrs["converged"] = entry["converged"]
                 undefined = []
@@ -142,6 +146,9 @@ def write_report(path: str, doc: dict[str, Any], result: AnalysisResult) -> None
                     _spectrum_dataset(g, "singular_values_smallest", t.smallest.values)
                 if t.eigenvalues is not None:
                     _spectrum_dataset(g, "eigenvalues", t.eigenvalues.values)
+                if t.nonnormal is not None:
+                    _spectrum_dataset(g, "eig_conditions", t.nonnormal.eigen.eig_conditions)
+                    _spectrum_dataset(g, "power_norms", t.nonnormal.powers.norms)
             for table, columns in _TABLES.items():
                 _write_table(f, table, doc[table], columns)
         os.replace(tmp, path)
@@ -206,6 +213,7 @@ def read_report(path: str, spectra: bool = False) -> dict[str, Any]:
                      "accuracy": json.loads(g.attrs["accuracy"]),
                      "unavailable": json.loads(g.attrs["unavailable"]),
                      "converged": bool(g.attrs["converged"]),
+                     "nonnormal": json.loads(g.attrs["nonnormal"]),
                      "method": json.loads(g.attrs["method"]),
                      "notes": json.loads(g.attrs["notes"]),
                      "time_s": float(g.attrs["time_s"])}
