@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from spectrum_cli.cli.console import exit_codes, stderr_console, stdout_console
+from spectrum_cli.cli.console import escape, exit_codes, stderr_console, stdout_console
 
 _SAFETY = "Loading safety (command line only)"
 _SELECT = "Selection"
@@ -157,7 +157,7 @@ def _run(*, path: Path, report: Path | None, json_out: bool, fail_on, exit_zero:
         from spectrum_cli.report.hdf5 import write_report
 
         write_report(str(report), doc, result)
-        err.print(f"report written to {report}")
+        err.print(f"report written to {report}", markup=False)
     if json_out:
         from spectrum_cli.report.document import dumps
 
@@ -172,7 +172,8 @@ def _run(*, path: Path, report: Path | None, json_out: bool, fail_on, exit_zero:
         return int(ExitCode.NOTHING_MATCHED)
     if result.errors:
         err.print(f"[bold red]error:[/] {len(result.errors)} tensor(s) could not be read "
-                  "or analysed: " + "; ".join(f"{e.name}: {e.message}" for e in result.errors))
+                  "or analysed: " + escape("; ".join(f"{e.name}: {e.message}"
+                                                     for e in result.errors)))
         return int(ExitCode.USAGE_OR_INPUT_ERROR)
     if problems and strict:
         err.print("[bold red]error:[/] --strict: unconverged results or unchecked conditions")
@@ -187,11 +188,12 @@ def _warn_unfinished(doc: dict, err) -> int:
     late = [t["name"] for t in doc["tensors"] if not t.get("converged", True)]
     if late:
         err.print(f"[yellow]warning:[/] {len(late)} tensor(s) did not converge (their error "
-                  f"bars say how far): {', '.join(late[:5])}" + (" …" if len(late) > 5 else ""))
+                  f"bars say how far): {escape(', '.join(late[:5]))}"
+                  + (" …" if len(late) > 5 else ""))
     unchecked = doc["fail_on"]["unchecked"]
     for u in unchecked[:5]:
-        err.print(f"[yellow]warning:[/] {u['condition']} not checked on {u['tensor']}: "
-                  f"{u['reason']}")
+        err.print("[yellow]warning:[/] " + escape(f"{u['condition']} not checked on "
+                                                   f"{u['tensor']}: {u['reason']}"))
     if len(unchecked) > 5:
         err.print(f"[yellow]warning:[/] … and {len(unchecked) - 5} more unchecked conditions")
     return len(late) + len(unchecked)

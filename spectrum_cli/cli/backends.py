@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from spectrum_cli.cli.console import exit_codes, stderr_console, stdout_console
+from spectrum_cli.cli.console import escape, exit_codes, stderr_console, stdout_console
 
 
 def backends(
@@ -23,7 +23,7 @@ def backends(
             warnings.simplefilter("always")
             infos = list_backends()
         for w in caught:
-            err.print(f"[yellow]warning:[/] {w.message}")
+            err.print(f"[yellow]warning:[/] {escape(str(w.message))}")
         rows = []
         for info in infos:
             b = info.backend
@@ -48,6 +48,7 @@ def backends(
             state = "available" if r["available"] else f"not available: {r['reason']}"
             console.print(Text.assemble((r["name"], "bold"), f"  [{r['accuracy']}; "
                                         f"{r['devices']}; {state}]"))
-            console.print(f"  {r['description']}", highlight=False)
+            console.print(f"  {r['description']}", highlight=False, markup=False)
             if r["capabilities"]:
-                console.print(f"  {r['capabilities']}", style="dim", highlight=False)
+                console.print(f"  {r['capabilities']}", style="dim", highlight=False,
+                              markup=False)

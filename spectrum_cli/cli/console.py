@@ -15,6 +15,7 @@ from typing import Iterator
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from spectrum_cli.core.errors import ExitCode, SpectrumError
 
@@ -36,7 +37,7 @@ def exit_codes(err: Console) -> Iterator[None]:
     except typer.Exit:
         raise
     except SpectrumError as exc:
-        err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
         raise typer.Exit(int(exc.exit_code)) from None
     except BrokenPipeError:  # `spectrum ... | head`: the reader left; stop quietly
         devnull = os.open(os.devnull, os.O_WRONLY)
@@ -48,7 +49,7 @@ def exit_codes(err: Console) -> Iterator[None]:
     except Exception as exc:  # a bug of ours: say so, hide the traceback unless asked
         if os.environ.get("SPECTRUM_DEBUG"):
             traceback.print_exc(file=sys.stderr)
-        err.print(f"[bold red]internal error:[/] {type(exc).__name__}: {exc}\n"
+        err.print(f"[bold red]internal error:[/] {type(exc).__name__}: {escape(str(exc))}\n"
                   "  This is a bug in spectrum; rerun with SPECTRUM_DEBUG=1 for a traceback "
                   "and report it.", markup=True, highlight=False)
         raise typer.Exit(int(ExitCode.INTERNAL_ERROR)) from None

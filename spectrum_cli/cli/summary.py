@@ -93,13 +93,13 @@ def render(doc: dict[str, Any], console: Console, top: int | None = None) -> Non
         name = short_name(t["name"], width) + ("†" if t["kind"] == "conv_reshaped" else "")
         shape = "x".join(str(d) for d in t["matrix_shape"])
         if t["status"] != "ok":
-            table.add_row(name, shape, Text(f"{m.get('nonfinite_count', '?')} NaN/Inf"),
+            table.add_row(Text(name), shape, Text(f"{m.get('nonfinite_count', '?')} NaN/Inf"),
                           *["-"] * (len(titles) - 1), style=_row_style(t))
             continue
         keys = ["kappa", "sigma_max", "sigma_min", "spectral_entropy_normalized",
                 "stable_rank"] + (["spectral_radius"] if with_rho else [])
         cells = [_cell(t, k) for k in keys]
-        table.add_row(name, shape, *cells, style=_row_style(t))
+        table.add_row(Text(name), shape, *cells, style=_row_style(t))
     if shown:
         console.print(table)
     square = [t for t in shown if t.get("nonnormal")]
@@ -129,7 +129,7 @@ def nonnormal_table(tensors: list[dict], total_width: int) -> Table:
                  fmt(m.get("argmax_power"))]
         cells += [fmt(p["value"]) + ("" if p["kind"] == "exact" else "≥")
                   for p in nn["pseudospectral_radius"][:2]]
-        table.add_row(short_name(t["name"], width), *cells)
+        table.add_row(Text(short_name(t["name"], width)), *cells)
     return table
 
 
