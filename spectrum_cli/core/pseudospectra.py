@@ -16,7 +16,7 @@ Numer. Anal. 25 (2005). Alternate
   search, which sees every arc at the new radius);
 
 until the radius stops growing (the iteration converges quadratically). A final polish
-refines the angle of the maximum by parabolic interpolation of the boundary radius.
+takes one parabolic step in angle on the boundary radius.
 
 ``rank_one_iteration`` (large or matrix-free A, a lower bound): Guglielmi & Overton,
 "Fast algorithms for the approximation of the pseudospectral abscissa and pseudospectral
@@ -138,8 +138,10 @@ def criss_cross(a: np.ndarray, eps: float, tol: float = 1e-12,
 
 def _polish(a: np.ndarray, eps: float, psi: float, r: float,
             r_max: float) -> tuple[float, float]:
-    """Refine the angle of the maximum by parabolic interpolation of the boundary
-    radius R(ψ) (flat at the maximum, so the angle needs only a few steps)."""
+    """One parabolic step on the boundary radius R(ψ) around the final angle. R is flat
+    at the maximum, so after the criss-cross has converged (the circle at r(1 + 1e-13)
+    enters no arc) this moves the radius by rounding only; it matters when the loop
+    stopped at max_iter."""
     def radius(angle: float) -> float:
         start = r * (1 - 1e-6)
         if sigma_min(start * np.exp(1j * angle), a) >= eps:
@@ -147,19 +149,17 @@ def _polish(a: np.ndarray, eps: float, psi: float, r: float,
         return _outer_crossing(a, eps, angle, start, r_max)
 
     best = radius(psi)
-    h = 1e-4
-    for _ in range(6):
-        left, right = radius(psi - h), radius(psi + h)
-        denom = left - 2 * best + right
-        if math.isfinite(left) and math.isfinite(right) and denom < 0:
-            shift = 0.5 * h * (left - right) / denom
-            cand = psi + max(-h, min(h, shift))
-            val = radius(cand)
-            if val > best:
-                psi, best = cand, val
-        elif max(left, right) > best:
-            psi, best = (psi - h, left) if left > right else (psi + h, right)
-        h /= 10
+    h = 1e-5
+    left, right = radius(psi - h), radius(psi + h)
+    denom = left - 2 * best + right
+    if math.isfinite(left) and math.isfinite(right) and denom < 0:
+        cand = psi + max(-h, min(h, 0.5 * h * (left - right) / denom))
+        val = radius(cand)
+        if val > best:
+            psi, best = cand, val
+    for angle, val in ((psi - h, left), (psi + h, right)):
+        if val > best:
+            psi, best = angle, val
     return max(best, r), psi
 
 
