@@ -148,54 +148,59 @@ def gkl(op: Any, k: int, which: str, tol: float = DEFAULT_TOL, max_steps: int | 
     return {"values": values, "bounds": bounds, "steps": steps, "converged": ok or exhausted}
 
 
-def lanczos_symmetric(op: Any, k: int, which: str, tol: float = DEFAULT_TOL,
-                      max_steps: int | None = None, seed: int = 0) -> dict[str, Any]:
-    """Symmetric Lanczos for the k algebraically largest or smallest eigenvalues."""
+def _tridiagonalize(op: Any, q0: np.ndarray, max_steps: int,
+                    done: Any = None) -> tuple[list[float], list[float], int]:
+    """Symmetric Lanczos from the unit vector q0 (full reorthogonalization); ``done``
+    is asked on the same geometric schedule as in :func:`_bidiagonalize`."""
     n = op.shape[0]
-    max_steps = min(n, max_steps or DEFAULT_MAX_STEPS)
-    k = min(k, n)
-    rng = np.random.default_rng(seed)
-    q = rng.standard_normal(n)
     Q = np.empty((n, max_steps + 1))
-    Q[:, 0] = q / np.linalg.norm(q)
+    Q[:, 0] = q0
     alpha: list[float] = []
     beta: list[float] = []
-    theta = bounds = np.zeros(0)
-    next_check = max(k + 2, 8)
-    converged = False
+    next_check = 8
     j = 0
     for j in range(1, max_steps + 1):
         w = op.matmat(Q[:, j - 1:j]).ravel()
-        a = float(Q[:, j - 1] @ w)
-        alpha.append(a)
+        alpha.append(float(Q[:, j - 1] @ w))
         w = _reorth(w, Q[:, :j])
         b = float(np.linalg.norm(w))
         beta.append(b)
         if b == 0.0 or j == max_steps:
             break
         Q[:, j] = w / b
-        if j >= next_check:
-            theta, s = np.linalg.eigh(np.diag(alpha) + np.diag(beta[:-1], 1) +
-                                      np.diag(beta[:-1], -1))
-            bounds = gap_refined(theta, b * np.abs(s[-1, :]))
-            sel = slice(len(theta) - k, None) if which == "largest" else slice(0, k)
-            scale = max(abs(theta[0]), abs(theta[-1]))
-            if len(theta) >= k and np.all(bounds[sel] <= tol * scale):
-                converged = True
+        if done is not None and j >= next_check:
+            if done(alpha, beta):
                 break
             next_check = j + max(5, j // 8)
+    return alpha, beta, j
+
+
+def _lanczos_bounds(alpha: list[float], beta: list[float], k: int, which: str, tol: float):
+    """Ritz values (descending), their gap-refined bounds, and whether they converged."""
     t = np.diag(alpha) + np.diag(beta[:-1], 1) + np.diag(beta[:-1], -1)
     theta, s = np.linalg.eigh(t)
-    scale0 = max(abs(theta[0]), abs(theta[-1]))
-    bounds = (gap_refined(theta, beta[-1] * np.abs(s[-1, :]))
-              + ROUNDING * math.sqrt(len(alpha)) * scale0)
-    sel = slice(len(theta) - k, None) if which == "largest" else slice(0, k)
     scale = max(abs(theta[0]), abs(theta[-1]))
-    converged = converged or beta[-1] == 0.0 or len(theta) == n or bool(
-        np.all(bounds[sel] <= tol * scale))
+    resid = gap_refined(theta, beta[-1] * np.abs(s[-1, :]))
+    sel = slice(len(theta) - k, None) if which == "largest" else slice(0, k)
+    ok = len(theta) >= k and bool(np.all(resid[sel] <= tol * scale))
+    bounds = resid + ROUNDING * math.sqrt(len(alpha)) * scale
     order = np.argsort(-theta[sel])
-    return {"values": theta[sel][order], "bounds": bounds[sel][order], "steps": j,
-            "converged": converged}
+    return theta[sel][order], bounds[sel][order], ok
+
+
+def lanczos_symmetric(op: Any, k: int, which: str, tol: float = DEFAULT_TOL,
+                      max_steps: int | None = None, seed: int = 0) -> dict[str, Any]:
+    """Symmetric Lanczos for the k algebraically largest or smallest eigenvalues."""
+    n = op.shape[0]
+    max_steps = min(n, max_steps or DEFAULT_MAX_STEPS)
+    k = min(k, n)
+    q0 = np.random.default_rng(seed).standard_normal(n)
+    alpha, beta, steps = _tridiagonalize(
+        op, q0 / np.linalg.norm(q0), max_steps,
+        done=lambda a, b: len(a) >= k + 2 and _lanczos_bounds(a, b, k, which, tol)[2])
+    values, bounds, ok = _lanczos_bounds(alpha, beta, k, which, tol)
+    exhausted = beta[-1] == 0.0 or len(alpha) == n
+    return {"values": values, "bounds": bounds, "steps": steps, "converged": ok or exhausted}
 
 
 def slq_entropy(op: Any, frobenius_sq: float, probes: int = 24, steps: int = 40,

@@ -35,13 +35,16 @@ class BackendInfo:
 
 
 _cache: dict[str, Any] = {}
+_table: dict[str, EntryPoint] = {}
 
 
 def _entry_points() -> dict[str, EntryPoint]:
-    eps: dict[str, EntryPoint] = {}
-    for ep in entry_points(group=GROUP):
-        eps.setdefault(ep.name, ep)  # first registration of a name wins
-    return eps
+    """The group's entry points, scanned once per process (a scan reads every installed
+    distribution's metadata: tens of milliseconds)."""
+    if not _table:
+        for ep in entry_points(group=GROUP):
+            _table.setdefault(ep.name, ep)  # first registration of a name wins
+    return _table
 
 
 def names() -> list[str]:
@@ -94,5 +97,6 @@ def list_backends() -> list[BackendInfo]:
 
 
 def clear_cache() -> None:
-    """Forget loaded backends (tests that patch the entry points use this)."""
+    """Forget the scanned entry points and loaded backends (for tests that patch them)."""
     _cache.clear()
+    _table.clear()

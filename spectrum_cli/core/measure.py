@@ -34,11 +34,11 @@ def analyze_matrix(planned: Any, a: np.ndarray, options: Any, backend: Any) -> T
     base = dict(name=planned.name, shape=tuple(planned.shape),
                 matrix_shape=tuple(planned.matrix_shape), dtype=planned.dtype,
                 kind=planned.kind)
-    # Any NaN/Inf makes the sum non-finite; only then count (a finite sum that
-    # overflowed is caught by the count being zero).
+    # Row norms first: any NaN/Inf entry makes ‖A‖_F² non-finite, so that one pass also
+    # screens the entries (a finite matrix whose squares overflowed gets the full check).
     with np.errstate(over="ignore", invalid="ignore"):
-        total = float(a.sum())
-    if not math.isfinite(total) and not np.isfinite(a).all():
+        entries = M.entry_metrics(a)
+    if not math.isfinite(entries["frobenius_norm"]) and not np.isfinite(a).all():
         n_nan = int(np.count_nonzero(np.isnan(a)))
         n_inf = int(np.count_nonzero(np.isinf(a)))
         return TensorResult(**base, status="nonfinite",
@@ -47,10 +47,10 @@ def analyze_matrix(planned: Any, a: np.ndarray, options: Any, backend: Any) -> T
                             time_s=time.perf_counter() - t0)
     caps = backend.capabilities
     common = {"dtype": options.dtype, "device": options.device}
-    entries = M.entry_metrics(a)
     extra: dict[str, Any] = {}
     if "all" in caps.singular_values:
-        sv = backend.singular_values(a, which="all", route=options.svd_route, **common)
+        sv = backend.singular_values(a, which="all", route=options.svd_route,
+                                     frobenius_norm=entries["frobenius_norm"], **common)
         metrics = M.singular_value_metrics(sv.values, a.shape, options.effective_rank_tau)
     else:
         sv, extra = _extremes(a, options, backend, entries["frobenius_norm"] ** 2, common,
