@@ -1,8 +1,8 @@
 """Configuration: command line > ``SPECTRUM_*`` environment > file > defaults.
 
 The file is the nearest ``spectrum.toml`` (top-level keys) or ``pyproject.toml`` with a
-``[tool.spectrum]`` table, searching from the working directory upwards and stopping at
-the repository root (a directory holding ``.git``). Keys may be written ``snake_case``
+``[tool.spectrum]`` table, searching upwards from the checkpoint's folder, then from the
+working directory, each search stopping at a repository root (a folder holding ``.git``). Keys may be written ``snake_case``
 or ``kebab-case``. Loading safety can never come from here: ``trust_checkpoint`` and
 ``allow_global`` in a file or the environment are an error, not a silent no-op.
 """
@@ -34,6 +34,13 @@ KEYS: dict[str, str] = {
     "eps": "list",
     "eps_relative": "bool",
     "power_max": "int",
+    "model": "str",
+    "data": "str",
+    "loss": "str",
+    "dense_max": "int",
+    "params": "list",
+    "coordinates": "str",
+    "step_convention": "str",
 }
 FORBIDDEN = ("trust_checkpoint", "allow_global", "allow_globals", "weights_only")
 
@@ -126,10 +133,14 @@ class Config:
 
 
 def resolve(cli: Mapping[str, Any], environ: Mapping[str, str] | None = None,
-            start: Path | None = None) -> Config:
-    """Merge ``cli`` (None or empty list = not given) over environment and file."""
+            start: Path | None = None, near: Path | None = None) -> Config:
+    """Merge ``cli`` (None or empty list = not given) over environment and file. The file
+    is searched from ``near`` (the checkpoint's folder) first, then from ``start`` (the
+    working directory)."""
     environ = os.environ if environ is None else environ
-    path, table = find_config(start)
+    path, table = find_config(near) if near is not None else (None, {})
+    if path is None:
+        path, table = find_config(start)
     file_values = _normalize(table, str(path)) if path else {}
     env_table = {k[len("SPECTRUM_"):]: v for k, v in environ.items()
                  if k.startswith("SPECTRUM_")}

@@ -13,6 +13,7 @@ _SAFETY = "Loading safety (command line only)"
 _SELECT = "Selection"
 _OUTPUT = "Output and CI"
 _NUMERICS = "Numerics"
+_OPTIM = "Optimizer state and Hessian"
 
 
 def analyze(
@@ -94,6 +95,28 @@ def analyze(
     strict: Annotated[bool, typer.Option(
         "--strict", help="Exit 2 if an iterative method did not converge or a --fail-on "
         "condition could not be checked.", rich_help_panel=_OUTPUT)] = False,
+    model: Annotated[Optional[str], typer.Option(
+        metavar="MODULE:FACTORY", help="Your model: a function returning the nn.Module the "
+        "checkpoint's weights load into (enables the update-operator analysis).",
+        rich_help_panel=_OPTIM)] = None,
+    data: Annotated[Optional[str], typer.Option(
+        metavar="MODULE:FN", help="Your data: returns (inputs, targets) or an iterable of "
+        "such batches.", rich_help_panel=_OPTIM)] = None,
+    loss: Annotated[Optional[str], typer.Option(
+        metavar="mse|cross_entropy|MODULE:FN", help="The loss (mean reduction). "
+        "[default: mse]", rich_help_panel=_OPTIM)] = None,
+    dense_max: Annotated[Optional[int], typer.Option(
+        help="Dense Hessian up to this many parameters, matrix-free Lanczos beyond. "
+        "[default: 2000]", rich_help_panel=_OPTIM)] = None,
+    params: Annotated[Optional[list[str]], typer.Option(
+        metavar="GLOB", help="Restrict the operator to these parameters (their Hessian "
+        "block). Repeatable.", rich_help_panel=_OPTIM)] = None,
+    coordinates: Annotated[Optional[str], typer.Option(
+        help="SGD state coordinates: 'stored' (θ, buf) or 'scaled' (θ, lr·buf). "
+        "[default: stored]", rich_help_panel=_OPTIM)] = None,
+    step_convention: Annotated[Optional[str], typer.Option(
+        help="Adam bias correction with the snapshot's t ('snapshot') or t+1 ('next'). "
+        "[default: snapshot]", rich_help_panel=_OPTIM)] = None,
     allow_global: Annotated[Optional[list[str]], typer.Option(
         metavar="MODULE.NAME", help="Admit this global when unpickling. Repeatable.",
         rich_help_panel=_SAFETY)] = None,
@@ -111,7 +134,8 @@ def analyze(
 def _run(*, path: Path, report: Path | None, json_out: bool, fail_on, exit_zero: bool,
          top, no_progress: bool, include, exclude, weights_key, conv, square, square_max_dim,
          effective_rank_tau, svd_route, backend, device, dtype, top_k, seed, strict: bool,
-         eps, eps_relative: bool, power_max, allow_global, trust_checkpoint, err) -> int:
+         eps, eps_relative: bool, power_max, model, data, loss, dense_max, params,
+         coordinates, step_convention, allow_global, trust_checkpoint, err) -> int:
     from spectrum_cli import config
     from spectrum_cli.core.analyze import AnalyzeOptions, analyze_source
     from spectrum_cli.core.errors import ExitCode
@@ -125,7 +149,11 @@ def _run(*, path: Path, report: Path | None, json_out: bool, fail_on, exit_zero:
                           "effective_rank_tau": effective_rank_tau, "svd_route": svd_route,
                           "backend": backend, "device": device, "dtype": dtype,
                           "top_k": top_k, "seed": seed, "eps": eps,
-                          "eps_relative": eps_relative or None, "power_max": power_max})
+                          "eps_relative": eps_relative or None, "power_max": power_max,
+                          "model": model, "data": data, "loss": loss, "dense_max": dense_max,
+                          "params": params, "coordinates": coordinates,
+                          "step_convention": step_convention},
+                         near=path.resolve().parent if path.exists() else None)
     v = cfg.values
     conditions = parse_conditions(v.get("fail_on", []))
     options = AnalyzeOptions(
@@ -148,15 +176,26 @@ def _run(*, path: Path, report: Path | None, json_out: bool, fail_on, exit_zero:
                           digest, tuple(source.notes))
         with _progress(err, enabled=not no_progress) as progress:
             result = analyze_source(source, info, options, on_progress=progress)
+        optim = _optimizer_report(source, policy, v, options, err)
     finally:
         source.close()
-    violations = evaluate(conditions, result.tensors)
+    operators = optim.operators if optim else []
+    checked = list(result.tensors) + [_Checkable(o) for o in operators]
+    violations = evaluate(conditions, checked)
     doc = build_document(result, conditions, violations)
     doc["settings"]["config_file"] = cfg.file
+    if optim is not None:
+        from spectrum_cli.report.document import unchecked
+
+        doc["optimizer"] = dict(optim.optimizer, notes=optim.notes)
+        doc["operators"] = operators
+        doc["fail_on"]["unchecked"] += unchecked(conditions, [_Checkable(o)
+                                                               for o in operators])
+        doc["summary"]["operators"] = len(operators)
     if report is not None:
         from spectrum_cli.report.hdf5 import write_report
 
-        write_report(str(report), doc, result)
+        write_report(str(report), doc, result, optim.arrays if optim else ())
         err.print(f"report written to {report}", markup=False)
     if json_out:
         from spectrum_cli.report.document import dumps
@@ -181,6 +220,42 @@ def _run(*, path: Path, report: Path | None, json_out: bool, fail_on, exit_zero:
     if violations and not exit_zero:
         return int(ExitCode.THRESHOLD_VIOLATED)
     return int(ExitCode.OK)
+
+
+class _Checkable:
+    """An operator entry seen as a tensor by --fail-on (name, metrics, unavailable)."""
+
+    def __init__(self, entry: dict) -> None:
+        self.name = entry["name"]
+        self.metrics = entry["metrics"]
+        self.unavailable = entry.get("unavailable", {})
+
+
+def _optimizer_report(source, policy, v: dict, options, err):
+    """The optimizer-state analysis, when the checkpoint has an optimizer state."""
+    from spectrum_cli.core.errors import UsageError
+    from spectrum_cli.io.optimizer import locate
+    from spectrum_cli.optimizer import HessianSource, OperatorOptions, analyze_optimizer
+
+    if bool(v.get("model")) != bool(v.get("data")):
+        raise UsageError("--model and --data go together (a Hessian needs both)")
+    hess = HessianSource(v["model"], v["data"], v.get("loss", "mse")) if v.get("model") \
+        else None
+    state, where, weights = locate(source, policy)
+    if state is None:
+        if hess is not None:
+            err.print("[yellow]warning:[/] --model/--data given but the checkpoint holds no "
+                      "optimizer state: there is no update operator to build")
+        return None
+    opts = OperatorOptions(eps=options.eps, power_max=options.power_max,
+                           seed=options.seed, params=tuple(v.get("params", ())),
+                           **{k: v[k] for k in ("dense_max", "coordinates",
+                                                "step_convention") if k in v})
+    report = analyze_optimizer(state, weights, hess, opts)
+    report.optimizer["found_in"] = where
+    report.optimizer["hessian_source"] = None if hess is None else {
+        "model": hess.model, "data": hess.data, "loss": hess.loss}
+    return report
 
 
 def _warn_unfinished(doc: dict, err) -> int:

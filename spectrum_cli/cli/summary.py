@@ -105,8 +105,54 @@ def render(doc: dict[str, Any], console: Console, top: int | None = None) -> Non
     square = [t for t in shown if t.get("nonnormal")]
     if square:
         console.print(nonnormal_table(square, console.width))
+    if doc.get("optimizer") is not None:
+        render_optimizer(doc, console)
     for line in footnotes(doc, tensors, shown):
         console.print(line)
+
+
+def render_optimizer(doc: dict[str, Any], console: Console) -> None:
+    """The optimizer state and, with a Hessian source, its update operators."""
+    o = doc["optimizer"]
+    groups = o.get("groups", [])
+    hyper = ", ".join(f"{k}={fmt(v) if isinstance(v, float) else v}"
+                      for k, v in (groups[0].items() if groups else ())
+                      if k not in ("maximize",) and v not in (False, 0.0))
+    console.print(Text.assemble(("optimizer ", "bold"), f"{o['optimizer']} ({hyper}), step "
+                                f"{o.get('step')}, {len(o.get('tensors', []))} tensors",
+                                (f" [found in {o.get('found_in')}]", "dim")))
+    if "preconditioner_spread" in o:
+        console.print(Text(f"  preconditioner spread sqrt(max P/min P) = "
+                           f"{fmt(o['preconditioner_spread'])} (bounds κ(V) of Adam's "
+                           "reduced operator)"))
+    ops = doc.get("operators", [])
+    if ops:
+        table = Table(box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1), show_edge=False,
+                      collapse_padding=True, title="update operators", title_justify="left")
+        for col in ("form", "n", "ρ(J)", "κ(V)", "max‖Jᵏ‖", "k*", "K≥", "EoS", "λmax(H)"):
+            table.add_column(col, justify="left" if col == "form" else "right", no_wrap=True)
+        for e in ops:
+            m = e["metrics"]
+            eos = m.get("eos_ratio_momentum", m.get("eos_ratio_adam"))
+            table.add_row(Text(e["form"]), str(e["n_params"]),
+                          *[_cell(e, k) for k in ("spectral_radius", "kappa_V",
+                                                  "max_power_norm", "argmax_power",
+                                                  "kreiss_lower_bound")],
+                          fmt(eos), _cell(e, "hessian_lambda_max"))
+        console.print(table)
+        for e in ops:
+            ps = e.get("details", {}).get("pseudospectral_radius", [])
+            if ps:
+                console.print(Text(f"  {e['form']}: " + ", ".join(
+                    f"ρ_ε({fmt(p['eps'])}) = {fmt(p['value'])}"
+                    + ("" if p["kind"] == "exact" else "≥") for p in ps), style="dim"))
+        console.print(Text(f"  coordinates: {ops[0]['coordinates']}; EoS: edge-of-stability "
+                           "ratio (1 = the threshold)", style="dim"))
+        notes = {e.get("details", {}).get("rho_note") for e in ops} - {None}
+        for note in notes:
+            console.print(Text(f"  ρ(J): {note}", style="dim"))
+    for note in o.get("notes", []):
+        console.print(Text(f"  note: {note}", style="dim"))
 
 
 def nonnormal_table(tensors: list[dict], total_width: int) -> Table:

@@ -63,6 +63,25 @@ METRICS: dict[str, str] = {
     "nonfinite_count": "number of NaN or Inf entries (0 for analysed matrices)",
 }
 
+#: Metrics of update operators (the contract names, beside the per-tensor ones).
+OPERATOR_METRICS = {
+    "spectral_radius": "ρ(J)",
+    "kappa_V": "eigenvector condition number of J in the stated coordinates",
+    "kappa_V_euclidean": "κ(V) of Adam's J in the optimizer's own (θ, m) coordinates",
+    "max_power_norm": "max_k ‖J^k‖₂, k = 1..power_max",
+    "argmax_power": "the k of max_power_norm",
+    "power_above_one_until": "last k <= power_max with ‖J^k‖₂ > 1",
+    "transient_window": "ln κ(V)/(-ln ρ) when ρ < 1",
+    "kreiss_lower_bound": "lower bound of the Kreiss constant of J",
+    "hessian_lambda_max": "largest eigenvalue of the (L2-shifted) Hessian",
+    "hessian_lambda_min": "smallest eigenvalue of the (L2-shifted) Hessian",
+    "eos_ratio_gd": "lr·λ_max/2 (gradient descent's edge of stability at 1)",
+    "eos_ratio_momentum": "lr(1-d)λ_max/(2(1+μ)) (heavy ball; Nesterov: lr λ_max (1+2μ)/(2(1+μ)))",
+    "eos_ratio_adam": "c(1-β1)λ_max(P⁻¹H)/(2(1+β1)), c = lr/(1-β1^t)",
+    "commutator_norm_relative": "‖[P⁻¹, H]‖_F/(‖P⁻¹‖_F‖H‖_F)",
+    "preconditioner_spread": "sqrt(max P / min P), a bound on κ(V) of Adam's reduced operator",
+}
+
 DEFAULT_EFFECTIVE_RANK_TAU = 0.01
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
 
 from spectrum_cli.core.errors import UsageError
-from spectrum_cli.core.metrics import METRICS
+from spectrum_cli.core.metrics import METRICS, OPERATOR_METRICS
 from spectrum_cli.core.selection import compile_pattern
 
 _OPS: dict[str, Callable[[float, float], bool]] = {
@@ -58,9 +58,9 @@ def parse_conditions(specs: Iterable[str]) -> list[Condition]:
                 raise UsageError(f"--fail-on: cannot parse {part!r}; expected METRIC OP NUMBER"
                                  " like 'kappa>1e4' or 'kappa>1e4@*.attention.*'")
             metric = m["metric"]
-            if metric not in METRICS:
+            if metric not in METRICS and metric not in OPERATOR_METRICS:
                 raise UsageError(f"--fail-on: unknown metric {metric!r}; known: "
-                                 + ", ".join(METRICS))
+                                 + ", ".join(dict.fromkeys([*METRICS, *OPERATOR_METRICS])))
             try:
                 value = float(m["value"])
             except ValueError:

@@ -162,6 +162,7 @@ class TorchSource(SourceBase):
         if not is_zip:
             self.notes.append("legacy (pre-zip) torch file: loaded without mmap")
         obj = _load(path, policy, is_zip)
+        self.raw = obj  # the loaded object (tensors memory-mapped), for the optimizer state
         key, notes = _pick_weights(obj, policy.weights_key)
         self.notes.extend(notes)
         flat: dict[str, tuple[Any, str | None]] = {}
@@ -190,5 +191,10 @@ class TorchSource(SourceBase):
             return np.array(t, dtype=np.float64)
         return t.detach().to(device="cpu", dtype=torch.float64).numpy()
 
+    def weights(self) -> dict[str, Any]:
+        """The weights' tensors as stored (for loading into the user's model)."""
+        return {n: t for n, (t, skip) in self._tensors.items() if skip is None}
+
     def close(self) -> None:
         self._tensors = {}
+        self.raw = None

@@ -20,6 +20,10 @@ Layout::
         power_norms        float64, ‖A^k‖₂ for k = 1..power_max (the transient curve)
     /skipped/{name,shape,dtype,reason}    one row per skipped tensor (strings)
     /errors/{name,message}                one row per failed tensor (strings)
+    /operators/<NN name>   one group per update operator (with an optimizer state):
+        attrs              entry (JSON: optimizer, form, coordinates, metrics, ...)
+        power_norms, eigenvalues, hessian_eigenvalues   (dense runs)
+    root attr ``optimizer`` (JSON): optimizer-only metrics, hyper-parameters, notes
 
 The file is written to a temporary name in the target's directory and moved into place
 with ``os.replace``: a killed run leaves the previous report intact (a direct write
@@ -98,8 +102,10 @@ def _spectrum_dataset(grp, name: str, data: np.ndarray) -> None:
     grp.create_dataset(name, data=data, **kwargs)
 
 
-def write_report(path: str, doc: dict[str, Any], result: AnalysisResult) -> None:
-    """Write ``doc`` (from :func:`build_document`) and ``result``'s spectra to ``path``."""
+def write_report(path: str, doc: dict[str, Any], result: AnalysisResult,
+                 operator_arrays: Any = ()) -> None:
+    """Write ``doc`` (from :func:`build_document`) and ``result``'s spectra to ``path``;
+    ``operator_arrays`` holds each operator's arrays (power norms, eigenvalues)."""
     h5py = _h5()
     doc = json_safe(doc)
     _sweep_stale(path)
@@ -151,6 +157,15 @@ def write_report(path: str, doc: dict[str, Any], result: AnalysisResult) -> None
                     _spectrum_dataset(g, "power_norms", t.nonnormal.powers.norms)
             for table, columns in _TABLES.items():
                 _write_table(f, table, doc[table], columns)
+            if "optimizer" in doc:
+                f.attrs["optimizer"] = json.dumps(doc["optimizer"])
+                ogroup = f.create_group("operators", track_order=True)
+                arrays = list(operator_arrays) or [{}] * len(doc["operators"])
+                for i, (entry, arr) in enumerate(zip(doc["operators"], arrays)):
+                    g = ogroup.create_group(f"{i:02d} {entry['name']}", track_order=True)
+                    g.attrs["entry"] = json.dumps(entry)
+                    for key, value in arr.items():
+                        _spectrum_dataset(g, key, np.asarray(value))
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -220,6 +235,9 @@ def read_report(path: str, spectra: bool = False) -> dict[str, Any]:
             if spectra:
                 entry["spectra"] = {k: g[k][()] for k in SPECTRA if k in g}
             doc["tensors"].append(entry)
+        if "optimizer" in a:
+            doc["optimizer"] = json.loads(a["optimizer"])
+            doc["operators"] = [json.loads(g.attrs["entry"]) for g in f["operators"].values()]
         for table, columns in _TABLES.items():
             grp = f[table]
             cols = {c: [_str(v) for v in grp[c][()]] for c in columns}

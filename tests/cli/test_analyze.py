@@ -171,10 +171,22 @@ def test_config_precedence_cli_env_file(ckpt):
 
 def test_config_search_stops_at_repository_root(ckpt, tmp_path):
     path, _ = ckpt
-    # The fixture's cwd is a git root below tmp_path; a config above it must not apply.
+    # Both searches (from the checkpoint's folder, then from the cwd) stop at a git root;
+    # a configuration above both roots must not apply.
+    repo = tmp_path / "repo"
+    (repo / ".git").mkdir(parents=True)
+    moved = repo / path.name
+    path.rename(moved)
     (tmp_path / "pyproject.toml").write_text('[tool.spectrum]\ninclude = ["nothing"]\n')
-    doc, result = run_json(path)
+    doc, result = run_json(moved)
     assert result.exit_code == 0 and len(doc["tensors"]) == 4
+
+
+def test_spectrum_toml_beside_the_checkpoint_applies(ckpt, tmp_path):
+    path, _ = ckpt
+    (path.parent / "spectrum.toml").write_text('include = ["conv.*"]\n')
+    doc, _ = run_json(path)
+    assert [t["name"] for t in doc["tensors"]] == ["conv.weight"]
 
 
 def test_bad_config_is_a_usage_error(ckpt):
