@@ -253,6 +253,13 @@ def _optimizer_report(source, policy, v: dict, options, err):
                                                 "step_convention") if k in v})
     report = analyze_optimizer(state, weights, hess, opts)
     report.optimizer["found_in"] = where
+    raw = getattr(source, "raw", None)
+    if report.optimizer.get("step") is None and isinstance(raw, dict):
+        for key in ("step", "global_step"):  # SGD keeps no step: take the checkpoint's
+            if isinstance(raw.get(key), (int, float)):
+                report.optimizer["step"] = int(raw[key])
+                report.optimizer["step_from"] = f"checkpoint[{key!r}]"
+                break
     report.optimizer["hessian_source"] = None if hess is None else {
         "model": hess.model, "data": hess.data, "loss": hess.loss}
     return report

@@ -19,9 +19,11 @@ OTHER_COLUMNS = 46
 EXTREME_KAPPA = 1e6
 
 
-def fmt(x: Any) -> str:
-    """Compact number: 3 significant digits, exponent without padding (8.18e4)."""
+def fmt(x: Any, digits: int = 3) -> str:
+    """Compact number: 3 significant digits (or ``digits``), exponent unpadded (8.18e4)."""
     x = from_json_value(x)
+    if digits != 3 and isinstance(x, float) and math.isfinite(x) and 1e-2 <= abs(x) < 1e3:
+        return f"{x:.{digits}g}"
     if x is None:
         return "-"
     if isinstance(x, int):
@@ -45,11 +47,11 @@ def short_name(name: str, width: int) -> str:
     return name if len(name) <= width else "…" + name[-(width - 1):]
 
 
-def _cell(t: dict, metric: str) -> str:
+def _cell(t: dict, metric: str, digits: int = 3) -> str:
     """The metric's value; '~' marks a bound or an estimate, 'n/a' an unavailable one."""
     if metric in t.get("unavailable", {}):
         return "n/a"
-    text = fmt(t["metrics"].get(metric))
+    text = fmt(t["metrics"].get(metric), digits)
     kind = t.get("accuracy", {}).get(metric, {}).get("accuracy", "exact")
     return ("~" + text) if kind != "exact" else text
 
@@ -118,8 +120,10 @@ def render_optimizer(doc: dict[str, Any], console: Console) -> None:
     hyper = ", ".join(f"{k}={fmt(v) if isinstance(v, float) else v}"
                       for k, v in (groups[0].items() if groups else ())
                       if k not in ("maximize",) and v not in (False, 0.0))
+    step = o.get("step")
     console.print(Text.assemble(("optimizer ", "bold"), f"{o['optimizer']} ({hyper}), step "
-                                f"{o.get('step')}, {len(o.get('tensors', []))} tensors",
+                                f"{'n/a' if step is None else step}, "
+                                f"{len(o.get('tensors', []))} tensors",
                                 (f" [found in {o.get('found_in')}]", "dim")))
     if "preconditioner_spread" in o:
         console.print(Text(f"  preconditioner spread sqrt(max P/min P) = "
@@ -135,8 +139,8 @@ def render_optimizer(doc: dict[str, Any], console: Console) -> None:
             m = e["metrics"]
             eos = m.get("eos_ratio_momentum", m.get("eos_ratio_adam"))
             table.add_row(Text(e["form"]), str(e["n_params"]),
-                          *[_cell(e, k) for k in ("spectral_radius", "kappa_V",
-                                                  "max_power_norm", "argmax_power",
+                          _cell(e, "spectral_radius", digits=7),
+                          *[_cell(e, k) for k in ("kappa_V", "max_power_norm", "argmax_power",
                                                   "kreiss_lower_bound")],
                           fmt(eos), _cell(e, "hessian_lambda_max"))
         console.print(table)
@@ -144,7 +148,7 @@ def render_optimizer(doc: dict[str, Any], console: Console) -> None:
             ps = e.get("details", {}).get("pseudospectral_radius", [])
             if ps:
                 console.print(Text(f"  {e['form']}: " + ", ".join(
-                    f"ρ_ε({fmt(p['eps'])}) = {fmt(p['value'])}"
+                    f"ρ_ε({fmt(p['eps'])}) = {fmt(p['value'], 7)}"
                     + ("" if p["kind"] == "exact" else "≥") for p in ps), style="dim"))
         console.print(Text(f"  coordinates: {ops[0]['coordinates']}; EoS: edge-of-stability "
                            "ratio (1 = the threshold)", style="dim"))

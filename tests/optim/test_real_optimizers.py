@@ -273,3 +273,17 @@ def test_fail_on_operator_metrics(tmp_path):
     hit = run_cli("analyze", path, *args, "--fail-on", "eos_ratio_gd>0@optimizer:*")
     assert hit.exit_code == 1 and "optimizer:momentum" in hit.stdout
     assert run_cli("analyze", path, *args, "--fail-on", "eos_ratio_gd>1e9").exit_code == 0
+
+
+def test_matrix_free_adam_commutator_estimate_within_its_bar(tmp_path):
+    path, _, _ = save_run(tmp_path, lambda m: torch.optim.Adam(m.parameters(), lr=0.02))
+    args = ["--model", f"{M}:small_mlp", "--data", f"{M}:small_data"]
+    dense, _ = run_json(path, *args)
+    free, result = run_json(path, *args, "--dense-max", "5")
+    assert result.exit_code == 0, result.stderr
+    exact = dense["operators"][0]["metrics"]["commutator_norm_relative"]
+    est = free["operators"][0]["metrics"]["commutator_norm_relative"]
+    bar = free["operators"][0]["accuracy"]["commutator_norm_relative"]["error_bar"]
+    assert 0 < bar < exact and abs(est - exact) <= bar
+    assert free["operators"][0]["metrics"]["spectral_radius"] == pytest.approx(
+        dense["operators"][0]["metrics"]["spectral_radius"], rel=1e-6)

@@ -24,6 +24,19 @@ def step(model, opt, n=3):
         opt.step()
 
 
+def saved(path, model, opt, **extra):
+    """Train 3 steps, save {model, optimizer, **extra} to path, return path."""
+    step(model, opt)
+    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), **extra}, path)
+    return path
+
+
+def sgd_checkpoint(path, **extra):
+    model = models.small_mlp()
+    return saved(path, model, torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9),
+                 **extra)
+
+
 def test_param_names_and_two_groups(tmp_path):
     model = models.small_mlp()
     decay = [(n, p) for n, p in model.named_parameters() if n.endswith("weight")]
@@ -58,18 +71,15 @@ def test_groups_with_different_lr_need_params(tmp_path):
 
 def test_frozen_parameters_left_out_and_passed_in(tmp_path):
     model = models.partly_frozen()
-    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=0.01)
-    step(model, opt)
-    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict()}, tmp_path / "a.pt")
+    saved(tmp_path / "a.pt", model,
+          torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=0.01))
     doc, result = run_json(tmp_path / "a.pt", "--model", f"{M}:partly_frozen", "--data",
                            f"{M}:small_data")
     assert result.exit_code == 0, result.stderr
     assert "0.bias" not in [t["name"] for t in doc["optimizer"]["tensors"]]
     assert doc["operators"][0]["n_params"] == 27
-    model = models.partly_frozen()
-    opt = torch.optim.Adam(model.parameters(), lr=0.01)  # the frozen bias passed in
-    step(model, opt)
-    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict()}, tmp_path / "b.pt")
+    model = models.partly_frozen()  # the frozen bias passed in:
+    saved(tmp_path / "b.pt", model, torch.optim.Adam(model.parameters(), lr=0.01))
     bad = run_cli("analyze", tmp_path / "b.pt", "--model", f"{M}:partly_frozen", "--data",
                   f"{M}:small_data")
     assert bad.exit_code == 2 and "4 parameters but the model has 3" in bad.stderr
@@ -106,9 +116,7 @@ def test_shape_mismatch_is_refused(tmp_path):
 
 def test_unsupported_optimizer_is_named(tmp_path):
     model = models.small_mlp()
-    opt = torch.optim.RMSprop(model.parameters(), lr=0.01)
-    step(model, opt)
-    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict()}, tmp_path / "r.pt")
+    saved(tmp_path / "r.pt", model, torch.optim.RMSprop(model.parameters(), lr=0.01))
     bad = run_cli("analyze", tmp_path / "r.pt")
     assert bad.exit_code == 2 and "RMSprop" in bad.stderr and "SGD, Adam and AdamW" in bad.stderr
 
@@ -133,10 +141,7 @@ def test_lightning_and_hf_layouts(tmp_path):
 
 
 def test_model_and_data_go_together_and_user_code_errors(tmp_path):
-    model = models.small_mlp()
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    step(model, opt)
-    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict()}, tmp_path / "c.pt")
+    sgd_checkpoint(tmp_path / "c.pt")
     r = run_cli("analyze", tmp_path / "c.pt", "--model", f"{M}:small_mlp")
     assert r.exit_code == 2 and "--model and --data go together" in r.stderr
     r = run_cli("analyze", tmp_path / "c.pt", "--model", "no_such_pkg.x:y", "--data",
@@ -148,10 +153,7 @@ def test_model_and_data_go_together_and_user_code_errors(tmp_path):
 
 
 def test_hessian_source_from_spectrum_toml(tmp_path):
-    model = models.small_mlp()
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    step(model, opt)
-    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict()}, tmp_path / "c.pt")
+    sgd_checkpoint(tmp_path / "c.pt")
     (tmp_path / "spectrum.toml").write_text(
         f'model = "{M}:small_mlp"\ndata = "{M}:small_data"\nloss = "mse"\n')
     doc, result = run_json(tmp_path / "c.pt")
@@ -161,10 +163,6 @@ def test_hessian_source_from_spectrum_toml(tmp_path):
 
 def test_no_user_code_is_named_by_the_checkpoint(tmp_path):
     """A checkpoint cannot smuggle a model path in: only CLI/config name user code."""
-    model = models.small_mlp()
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    step(model, opt)
-    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
-                "spectrum": {"model": "os:system"}}, tmp_path / "c.pt")
+    sgd_checkpoint(tmp_path / "c.pt", spectrum={"model": "os:system"})
     doc, _ = run_json(tmp_path / "c.pt")
     assert doc["operators"] == [] and doc["optimizer"]["hessian_source"] is None
