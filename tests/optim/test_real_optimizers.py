@@ -287,3 +287,17 @@ def test_matrix_free_adam_commutator_estimate_within_its_bar(tmp_path):
     assert 0 < bar < exact and abs(est - exact) <= bar
     assert free["operators"][0]["metrics"]["spectral_radius"] == pytest.approx(
         dense["operators"][0]["metrics"]["spectral_radius"], rel=1e-6)
+
+
+def test_scaled_coordinates_from_the_cli(tmp_path):
+    path, _, _ = save_run(tmp_path, lambda m: torch.optim.SGD(m.parameters(), lr=0.1,
+                                                              momentum=0.9))
+    args = ["--model", f"{M}:small_mlp", "--data", f"{M}:small_data"]
+    stored, _ = run_json(path, *args)
+    scaled, _ = run_json(path, *args, "--coordinates", "scaled")
+    a, b = stored["operators"][0], scaled["operators"][0]
+    assert (a["coordinates"], b["coordinates"]) == ("(θ, buf)", "(θ, lr·buf)")
+    assert b["metrics"]["spectral_radius"] == pytest.approx(a["metrics"]["spectral_radius"],
+                                                            rel=1e-12)
+    assert b["metrics"]["kappa_V"] != pytest.approx(a["metrics"]["kappa_V"], rel=1e-3)
+    assert run_cli("analyze", path, *args, "--coordinates", "polar").exit_code == 2
