@@ -136,66 +136,28 @@ def _run(*, path: Path, report: Path | None, json_out: bool, fail_on, exit_zero:
          effective_rank_tau, svd_route, backend, device, dtype, top_k, seed, strict: bool,
          eps, eps_relative: bool, power_max, model, data, loss, dense_max, params,
          coordinates, step_convention, allow_global, trust_checkpoint, err) -> int:
-    from spectrum_cli import config
-    from spectrum_cli.core.analyze import AnalyzeOptions, analyze_source
     from spectrum_cli.core.errors import ExitCode
-    from spectrum_cli.core.thresholds import evaluate, parse_conditions, parse_eps
-    from spectrum_cli.io import LoadPolicy, open_source
-    from spectrum_cli.io.base import sha256_files, total_size
-    from spectrum_cli.report.document import build_document
+    from spectrum_cli.io import LoadPolicy
+    from spectrum_cli.pipeline import Job, analyze_checkpoint, config_values
 
-    cfg = config.resolve({"include": include, "exclude": exclude, "fail_on": fail_on,
-                          "conv": conv, "square": square, "square_max_dim": square_max_dim,
-                          "effective_rank_tau": effective_rank_tau, "svd_route": svd_route,
-                          "backend": backend, "device": device, "dtype": dtype,
-                          "top_k": top_k, "seed": seed, "eps": eps,
-                          "eps_relative": eps_relative or None, "power_max": power_max,
-                          "model": model, "data": data, "loss": loss, "dense_max": dense_max,
-                          "params": params, "coordinates": coordinates,
-                          "step_convention": step_convention},
-                         near=path.resolve().parent if path.exists() else None)
-    v = cfg.values
-    conditions = parse_conditions(v.get("fail_on", []))
-    options = AnalyzeOptions(
-        include=tuple(v.get("include", ())), exclude=tuple(v.get("exclude", ())),
-        eps=parse_eps(v.get("eps", [])),
-        **{k: v[k] for k in ("conv", "square", "square_max_dim", "effective_rank_tau",
-                             "svd_route", "backend", "device", "dtype", "top_k", "seed",
-                             "eps_relative", "power_max")
-           if k in v})
+    values, cfg = config_values(analysis_values(locals()),
+                                near=path.resolve().parent if path.exists() else None)
     policy = LoadPolicy(tuple(allow_global or ()), trust_checkpoint, weights_key)
+    job = Job.from_values(values, policy)
     if trust_checkpoint:
         err.print("[yellow]warning:[/] --trust-checkpoint: unpickling with "
                   "weights_only=False runs code from the file")
-    source = open_source(str(path), policy)
-    try:
-        from spectrum_cli.core.results import SourceInfo
-
-        digest = sha256_files(source.files) if (report or json_out) else None
-        info = SourceInfo(str(path), source.format, source.files, total_size(source.files),
-                          digest, tuple(source.notes))
-        with _progress(err, enabled=not no_progress) as progress:
-            result = analyze_source(source, info, options, on_progress=progress)
-        optim = _optimizer_report(source, policy, v, options, err)
-    finally:
-        source.close()
-    operators = optim.operators if optim else []
-    checked = list(result.tensors) + [_Checkable(o) for o in operators]
-    violations = evaluate(conditions, checked)
-    doc = build_document(result, conditions, violations)
+    with _progress(err, enabled=not no_progress) as progress:
+        out = analyze_checkpoint(str(path), job, digest=bool(report or json_out),
+                                 on_progress=progress)
+    doc, result = out.doc, out.result
     doc["settings"]["config_file"] = cfg.file
-    if optim is not None:
-        from spectrum_cli.report.document import unchecked
-
-        doc["optimizer"] = dict(optim.optimizer, notes=optim.notes)
-        doc["operators"] = operators
-        doc["fail_on"]["unchecked"] += unchecked(conditions, [_Checkable(o)
-                                                               for o in operators])
-        doc["summary"]["operators"] = len(operators)
+    for warning in out.warnings:
+        err.print(f"[yellow]warning:[/] {escape(warning)}")
     if report is not None:
         from spectrum_cli.report.hdf5 import write_report
 
-        write_report(str(report), doc, result, optim.arrays if optim else ())
+        write_report(str(report), doc, result, out.operator_arrays)
         err.print(f"report written to {report}", markup=False)
     if json_out:
         from spectrum_cli.report.document import dumps
@@ -217,52 +179,21 @@ def _run(*, path: Path, report: Path | None, json_out: bool, fail_on, exit_zero:
     if problems and strict:
         err.print("[bold red]error:[/] --strict: unconverged results or unchecked conditions")
         return int(ExitCode.USAGE_OR_INPUT_ERROR)
-    if violations and not exit_zero:
+    if out.violations and not exit_zero:
         return int(ExitCode.THRESHOLD_VIOLATED)
     return int(ExitCode.OK)
 
 
-class _Checkable:
-    """An operator entry seen as a tensor by --fail-on (name, metrics, unavailable)."""
-
-    def __init__(self, entry: dict) -> None:
-        self.name = entry["name"]
-        self.metrics = entry["metrics"]
-        self.unavailable = entry.get("unavailable", {})
+#: CLI parameters that are configuration values (resolved with env and files).
+VALUE_PARAMS = ("include", "exclude", "fail_on", "conv", "square", "square_max_dim",
+                "effective_rank_tau", "svd_route", "backend", "device", "dtype", "top_k",
+                "seed", "eps", "eps_relative", "power_max", "model", "data", "loss",
+                "dense_max", "params", "coordinates", "step_convention")
 
 
-def _optimizer_report(source, policy, v: dict, options, err):
-    """The optimizer-state analysis, when the checkpoint has an optimizer state."""
-    from spectrum_cli.core.errors import UsageError
-    from spectrum_cli.io.optimizer import locate
-    from spectrum_cli.optimizer import HessianSource, OperatorOptions, analyze_optimizer
-
-    if bool(v.get("model")) != bool(v.get("data")):
-        raise UsageError("--model and --data go together (a Hessian needs both)")
-    hess = HessianSource(v["model"], v["data"], v.get("loss", "mse")) if v.get("model") \
-        else None
-    state, where, weights = locate(source, policy)
-    if state is None:
-        if hess is not None:
-            err.print("[yellow]warning:[/] --model/--data given but the checkpoint holds no "
-                      "optimizer state: there is no update operator to build")
-        return None
-    opts = OperatorOptions(eps=options.eps, power_max=options.power_max,
-                           seed=options.seed, params=tuple(v.get("params", ())),
-                           **{k: v[k] for k in ("dense_max", "coordinates",
-                                                "step_convention") if k in v})
-    report = analyze_optimizer(state, weights, hess, opts)
-    report.optimizer["found_in"] = where
-    raw = getattr(source, "raw", None)
-    if report.optimizer.get("step") is None and isinstance(raw, dict):
-        for key in ("step", "global_step"):  # SGD keeps no step: take the checkpoint's
-            if isinstance(raw.get(key), (int, float)):
-                report.optimizer["step"] = int(raw[key])
-                report.optimizer["step_from"] = f"checkpoint[{key!r}]"
-                break
-    report.optimizer["hessian_source"] = None if hess is None else {
-        "model": hess.model, "data": hess.data, "loss": hess.loss}
-    return report
+def analysis_values(params: dict) -> dict:
+    """The configuration-valued CLI parameters (False flags count as not given)."""
+    return {k: (params[k] if params[k] is not False else None) for k in VALUE_PARAMS}
 
 
 def _warn_unfinished(doc: dict, err) -> int:

@@ -1,0 +1,168 @@
+"""One checkpoint, end to end: read, measure every matrix, analyse the optimizer state,
+check ``--fail-on``, build the report document. ``spectrum analyze`` runs it once;
+``spectrum batch`` runs it per checkpoint, possibly in worker processes (everything here
+is picklable and prints nothing)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from spectrum_cli.core.analyze import AnalyzeOptions
+from spectrum_cli.io.base import LoadPolicy
+
+#: Configuration keys that shape the analysis (and so the cache key of batch results).
+OPTION_KEYS = ("conv", "square", "square_max_dim", "effective_rank_tau", "svd_route",
+               "backend", "device", "dtype", "top_k", "seed", "eps_relative", "power_max")
+OPERATOR_KEYS = ("model", "data", "loss", "dense_max", "params", "coordinates",
+                 "step_convention")
+
+
+@dataclass(frozen=True)
+class Job:
+    """Everything that decides what analysing a checkpoint produces."""
+
+    options: AnalyzeOptions
+    operator_values: tuple[tuple[str, Any], ...] = ()
+    fail_on: tuple[str, ...] = ()
+    policy: LoadPolicy = field(default_factory=LoadPolicy)
+
+    @classmethod
+    def from_values(cls, values: Mapping[str, Any], policy: LoadPolicy) -> "Job":
+        from spectrum_cli.core.thresholds import parse_conditions, parse_eps
+
+        fail_on = tuple(values.get("fail_on", ()))
+        parse_conditions(fail_on)  # validate now: a bad condition is a usage error up front
+        options = AnalyzeOptions(
+            include=tuple(values.get("include", ())), exclude=tuple(values.get("exclude", ())),
+            eps=parse_eps(values.get("eps", [])),
+            **{k: values[k] for k in OPTION_KEYS if k in values})
+        ops = tuple((k, tuple(values[k]) if isinstance(values[k], list) else values[k])
+                    for k in OPERATOR_KEYS if k in values)
+        return cls(options, ops, fail_on, policy)
+
+    @property
+    def values(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in self.operator_values}
+
+    def settings_key(self) -> str:
+        """A hash of the settings and the tool version (for caching batch results)."""
+        from spectrum_cli import __version__
+
+        blob = json.dumps({"options": self.options.as_dict(), "ops": self.values,
+                           "fail_on": list(self.fail_on), "version": __version__,
+                           "policy": asdict(self.policy)}, sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@dataclass
+class Outcome:
+    doc: dict[str, Any]
+    result: Any
+    operator_arrays: list[dict[str, Any]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    violations: list[Any] = field(default_factory=list)
+
+
+class Checkable:
+    """An operator entry seen as a tensor by --fail-on (name, metrics, unavailable)."""
+
+    def __init__(self, entry: Mapping[str, Any]) -> None:
+        self.name = entry["name"]
+        self.metrics = entry["metrics"]
+        self.unavailable = entry.get("unavailable", {})
+
+
+def analyze_checkpoint(path: str, job: Job, digest: bool = True,
+                       on_progress: Callable[[int, int, str], None] | None = None) -> Outcome:
+    """Analyse one checkpoint (file or HF folder) as ``spectrum analyze`` does."""
+    from spectrum_cli.core.analyze import analyze_source
+    from spectrum_cli.core.results import SourceInfo
+    from spectrum_cli.core.thresholds import evaluate, parse_conditions
+    from spectrum_cli.io import open_source
+    from spectrum_cli.io.base import sha256_files, total_size
+    from spectrum_cli.report.document import build_document, unchecked
+
+    conditions = parse_conditions(job.fail_on)
+    warnings: list[str] = []
+    source = open_source(str(path), job.policy)
+    try:
+        info = SourceInfo(str(path), source.format, source.files, total_size(source.files),
+                          sha256_files(source.files) if digest else None, tuple(source.notes))
+        result = analyze_source(source, info, job.options, on_progress=on_progress)
+        optim = optimizer_report(source, job, warnings)
+    finally:
+        source.close()
+    operators = optim.operators if optim else []
+    checked = list(result.tensors) + [Checkable(o) for o in operators]
+    violations = evaluate(conditions, checked)
+    doc = build_document(result, conditions, violations)
+    if optim is not None:
+        doc["optimizer"] = dict(optim.optimizer, notes=optim.notes)
+        doc["operators"] = operators
+        doc["fail_on"]["unchecked"] += unchecked(conditions, [Checkable(o) for o in operators])
+        doc["summary"]["operators"] = len(operators)
+    return Outcome(doc, result, optim.arrays if optim else [], warnings, violations)
+
+
+def optimizer_report(source: Any, job: Job, warnings: list[str]) -> Any:
+    """The optimizer-state analysis, when the checkpoint has an optimizer state."""
+    from spectrum_cli.core.errors import UsageError
+    from spectrum_cli.io.optimizer import locate
+    from spectrum_cli.optimizer import HessianSource, OperatorOptions, analyze_optimizer
+
+    v = job.values
+    if bool(v.get("model")) != bool(v.get("data")):
+        raise UsageError("--model and --data go together (a Hessian needs both)")
+    hess = HessianSource(v["model"], v["data"], v.get("loss", "mse")) if v.get("model") \
+        else None
+    state, where, weights = locate(source, job.policy)
+    if state is None:
+        if hess is not None:
+            warnings.append("--model/--data given but the checkpoint holds no optimizer "
+                            "state: there is no update operator to build")
+        return None
+    o = job.options
+    opts = OperatorOptions(eps=o.eps, power_max=o.power_max, seed=o.seed,
+                           params=tuple(v.get("params", ())),
+                           **{k: v[k] for k in ("dense_max", "coordinates", "step_convention")
+                              if k in v})
+    report = analyze_optimizer(state, weights, hess, opts)
+    report.optimizer["found_in"] = where
+    report.optimizer["hessian_source"] = None if hess is None else {
+        "model": hess.model, "data": hess.data, "loss": hess.loss}
+    raw = getattr(source, "raw", None)
+    if report.optimizer.get("step") is None and isinstance(raw, dict):
+        for key in ("step", "global_step"):  # SGD keeps no step: take the checkpoint's
+            if isinstance(raw.get(key), (int, float)):
+                report.optimizer["step"] = int(raw[key])
+                report.optimizer["step_from"] = f"checkpoint[{key!r}]"
+                break
+    return report
+
+
+def checkpoint_scalars(source: Any) -> dict[str, Any]:
+    """Step and loss stored in a training checkpoint's top level, if any."""
+    raw = getattr(source, "raw", None)
+    out: dict[str, Any] = {}
+    if isinstance(raw, Mapping):
+        for key in ("step", "global_step", "iteration", "epoch"):
+            if isinstance(raw.get(key), (int, float)) and "step" not in out:
+                out["step"] = int(raw[key])
+        loss = raw.get("loss")
+        if hasattr(loss, "item"):
+            loss = loss.item()
+        if isinstance(loss, (int, float)):
+            out["loss"] = float(loss)
+    return out
+
+
+def config_values(cli: Mapping[str, Any], near: Path | None) -> tuple[dict[str, Any], Any]:
+    """Resolved configuration (CLI > env > file) and the Config object."""
+    from spectrum_cli import config
+
+    cfg = config.resolve(cli, near=near)
+    return cfg.values, cfg
