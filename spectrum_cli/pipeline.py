@@ -94,12 +94,14 @@ def analyze_checkpoint(path: str, job: Job, digest: bool = True,
                           sha256_files(source.files) if digest else None, tuple(source.notes))
         result = analyze_source(source, info, job.options, on_progress=on_progress)
         optim = optimizer_report(source, job, warnings)
+        scalars = checkpoint_scalars(source)
     finally:
         source.close()
     operators = optim.operators if optim else []
     checked = list(result.tensors) + [Checkable(o) for o in operators]
     violations = evaluate(conditions, checked)
     doc = build_document(result, conditions, violations)
+    doc["checkpoint"] = scalars
     if optim is not None:
         doc["optimizer"] = dict(optim.optimizer, notes=optim.notes)
         doc["operators"] = operators
@@ -145,9 +147,25 @@ def optimizer_report(source: Any, job: Job, warnings: list[str]) -> Any:
 
 
 def checkpoint_scalars(source: Any) -> dict[str, Any]:
-    """Step and loss stored in a training checkpoint's top level, if any."""
+    """Step and loss stored in a training checkpoint's top level, or in an HF
+    ``trainer_state.json`` beside the weights (its last logged loss at or before the
+    checkpoint's global step)."""
     raw = getattr(source, "raw", None)
     out: dict[str, Any] = {}
+    state_file = Path(source.path if Path(source.path).is_dir()
+                      else Path(source.path).parent) / "trainer_state.json"
+    if state_file.is_file():
+        try:
+            state = json.loads(state_file.read_text())
+            step = int(state.get("global_step"))
+            logged = [e for e in state.get("log_history", [])
+                      if "loss" in e and int(e.get("step", 0)) <= step]
+            out["step"] = step
+            if logged:
+                out["loss"] = float(logged[-1]["loss"])
+            out["from"] = "trainer_state.json"
+        except (ValueError, TypeError, OSError):
+            pass
     if isinstance(raw, Mapping):
         for key in ("step", "global_step", "iteration", "epoch"):
             if isinstance(raw.get(key), (int, float)) and "step" not in out:

@@ -10,6 +10,7 @@ import typer
 from spectrum_cli import __version__
 from spectrum_cli.cli import analyze as _analyze
 from spectrum_cli.cli import backends as _backends
+from spectrum_cli.cli import batch as _batch
 from spectrum_cli.cli import pseudospectrum as _pseudospectrum
 from spectrum_cli.cli import report as _report
 
@@ -39,6 +40,7 @@ def _root(
 
 
 app.command("analyze")(_analyze.analyze)
+app.command("batch")(_batch.batch)
 app.command("backends")(_backends.backends)
 app.command("pseudospectrum")(_pseudospectrum.pseudospectrum)
 report_app = typer.Typer(help="Read reports back.", no_args_is_help=True)

@@ -17,9 +17,22 @@ def show(
     top: Annotated[Optional[int], typer.Option(min=1, help="Show only the N largest κ.")]
     = None,
 ) -> None:
-    """Print an HDF5 report: the same summary (or JSON) that `analyze` printed."""
+    """Print an HDF5 report (of `analyze` or `batch`): the same summary or JSON."""
     err = stderr_console()
     with exit_codes(err):
+        from spectrum_cli.report import trajectory
+
+        if trajectory.is_trajectory(str(report)):  # a `spectrum batch --report` file
+            doc = trajectory.read(str(report))
+            if json_out:
+                from spectrum_cli.report.document import dumps
+
+                print(dumps(doc))
+            else:
+                from spectrum_cli.cli.batch import render as render_batch
+
+                render_batch(doc, stdout_console(), top or 12)
+            return
         from spectrum_cli.report.hdf5 import read_report
 
         doc = read_report(str(report))

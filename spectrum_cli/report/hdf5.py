@@ -24,6 +24,7 @@ Layout::
         attrs              entry (JSON: optimizer, form, coordinates, metrics, ...)
         power_norms, eigenvalues, hessian_eigenvalues   (dense runs)
     root attr ``optimizer`` (JSON): optimizer-only metrics, hyper-parameters, notes
+    root attr ``checkpoint`` (JSON): step and loss the checkpoint itself stores
 
 The file is written to a temporary name in the target's directory and moved into place
 with ``os.replace``: a killed run leaves the previous report intact (a direct write
@@ -157,6 +158,8 @@ def write_report(path: str, doc: dict[str, Any], result: AnalysisResult,
                     _spectrum_dataset(g, "power_norms", t.nonnormal.powers.norms)
             for table, columns in _TABLES.items():
                 _write_table(f, table, doc[table], columns)
+            if "checkpoint" in doc:
+                f.attrs["checkpoint"] = json.dumps(doc["checkpoint"])
             if "optimizer" in doc:
                 f.attrs["optimizer"] = json.dumps(doc["optimizer"])
                 ogroup = f.create_group("operators", track_order=True)
@@ -235,6 +238,8 @@ def read_report(path: str, spectra: bool = False) -> dict[str, Any]:
             if spectra:
                 entry["spectra"] = {k: g[k][()] for k in SPECTRA if k in g}
             doc["tensors"].append(entry)
+        if "checkpoint" in a:
+            doc["checkpoint"] = json.loads(a["checkpoint"])
         if "optimizer" in a:
             doc["optimizer"] = json.loads(a["optimizer"])
             doc["operators"] = [json.loads(g.attrs["entry"]) for g in f["operators"].values()]

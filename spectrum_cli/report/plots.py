@@ -69,3 +69,58 @@ def plot_pseudospectrum(path: str, a: np.ndarray, eps: Sequence[float],
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def _pick(doc: dict, suffixes: Sequence[str]) -> list[str]:
+    names = doc["indicators"]
+    return [n for s in suffixes for n in names if n.endswith(s)]
+
+
+def plot_trajectory(path: str, doc: dict) -> None:
+    """Stacked panels sharing the step axis: loss (log) with spikes, κ(V), ρ(J), the
+    edge-of-stability ratios with their threshold 1; instability windows shaded."""
+    plt = _pyplot()
+    ok = [c for c in doc["checkpoints"] if c["status"] == "ok"]
+    steps = np.array([c["step"] if c["step"] is not None else i for i, c in enumerate(ok)],
+                     dtype=float)
+
+    def series(name: str) -> np.ndarray:
+        return np.array([float(c["indicators"].get(name, np.nan)) for c in ok], dtype=float)
+
+    panels = [("loss", ["__loss__"], True, None),
+              ("κ(V)", _pick(doc, [".kappa_V"]), True, None),
+              ("ρ(J)", _pick(doc, [".spectral_radius"]), False, 1.0),
+              ("EoS ratio", _pick(doc, [".eos_ratio_gd", ".eos_ratio_momentum",
+                                        ".eos_ratio_adam"]), False, 1.0)]
+    panels = [p for p in panels if p[1]]
+    fig, axes = plt.subplots(len(panels), 1, sharex=True, figsize=(8, 2.1 * len(panels)),
+                             dpi=110)
+    axes = np.atleast_1d(axes)
+    windows = doc["spikes"]["windows"]
+    for ax, (title, names, log, threshold) in zip(axes, panels):
+        for name in names:
+            y = np.array([c["loss"] if c["loss"] is not None else np.nan for c in ok],
+                         dtype=float) if name == "__loss__" else series(name)
+            y = np.where(np.isfinite(y), y, np.nan)
+            label = "loss" if name == "__loss__" else name
+            if log and np.nanmin(np.where(y > 0, y, np.nan), initial=np.inf) < np.inf:
+                ax.semilogy(steps, np.where(y > 0, y, np.nan), lw=1.1, label=label)
+            else:
+                ax.plot(steps, y, lw=1.1, label=label)
+        if names == ["__loss__"] and doc["spikes"]["onsets"]:
+            on = np.array(doc["spikes"]["onsets"], dtype=float)
+            loss = np.array([c["loss"] if c["loss"] is not None else np.nan for c in ok])
+            idx = [int(np.nonzero(steps == s)[0][0]) for s in on if s in steps]
+            ax.plot(on[:len(idx)], loss[idx], "rv", ms=5, label="spike onset")
+        if threshold is not None:
+            ax.axhline(threshold, color="k", ls="--", lw=0.8)
+        for start, end in windows:
+            ax.axvspan(start, end, color="red", alpha=0.12, lw=0)
+        ax.set_ylabel(title)
+        ax.legend(loc="upper right", fontsize=6, ncol=2)
+        ax.grid(alpha=0.3)
+    axes[-1].set_xlabel("step")
+    axes[0].set_title(f"{doc['source']}: spikes ({doc['spikes']['rule']}) shaded", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
