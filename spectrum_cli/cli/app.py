@@ -11,6 +11,7 @@ from spectrum_cli import __version__
 from spectrum_cli.cli import analyze as _analyze
 from spectrum_cli.cli import backends as _backends
 from spectrum_cli.cli import batch as _batch
+from spectrum_cli.cli import diff as _diff
 from spectrum_cli.cli import pseudospectrum as _pseudospectrum
 from spectrum_cli.cli import report as _report
 
@@ -41,6 +42,7 @@ def _root(
 
 app.command("analyze")(_analyze.analyze)
 app.command("batch")(_batch.batch)
+app.command("diff")(_diff.diff)
 app.command("backends")(_backends.backends)
 app.command("pseudospectrum")(_pseudospectrum.pseudospectrum)
 report_app = typer.Typer(help="Read reports back.", no_args_is_help=True)

@@ -1,0 +1,73 @@
+"""``spectrum diff``: per-tensor differences between two reports or two checkpoints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from spectrum_cli.cli.console import exit_codes, stderr_console, stdout_console
+
+
+def diff(
+    a: Annotated[Path, typer.Argument(help="An HDF5 report or a checkpoint.")],
+    b: Annotated[Path, typer.Argument(help="The reference: report or checkpoint.")],
+    json_out: Annotated[bool, typer.Option("--json", help="JSON on stdout.")] = False,
+    md: Annotated[bool, typer.Option("--md", help="A Markdown table (for CI comments).")]
+    = False,
+    top: Annotated[int, typer.Option(help="Rows shown.")] = 20,
+    allow_global: Annotated[Optional[list[str]], typer.Option(metavar="MODULE.NAME")] = None,
+    trust_checkpoint: Annotated[bool, typer.Option("--trust-checkpoint")] = False,
+) -> None:
+    """Compare two reports or checkpoints: metric deltas, spectra, weights (A vs B)."""
+    err = stderr_console()
+    with exit_codes(err):
+        from spectrum_cli.core.errors import InputError
+        from spectrum_cli.diff import compare, markdown
+        from spectrum_cli.io import LoadPolicy
+        from spectrum_cli.pipeline import Job, config_values
+
+        for p in (a, b):
+            if not p.exists():
+                raise InputError(f"{p}: no such file or directory")
+        values, _ = config_values({}, near=a.resolve().parent)
+        job = Job.from_values(values, LoadPolicy(tuple(allow_global or ()), trust_checkpoint))
+        doc = compare(str(a), str(b), job)
+        if json_out:
+            from spectrum_cli.report.document import dumps
+
+            print(dumps(doc))
+        elif md:
+            print(markdown(doc, top), end="")
+        else:
+            _render(doc, stdout_console(), top)
+
+
+def _render(doc, console, top: int) -> None:
+    from rich import box
+    from rich.table import Table
+    from rich.text import Text
+
+    from spectrum_cli.cli.summary import fmt, short_name
+
+    console.print(Text.assemble(("spectrum diff ", "bold"), f"{doc['a']['path']} vs "
+                                f"{doc['b']['path']}"), soft_wrap=True)
+    if doc["weights_relative_overall"] is not None:
+        console.print(f"overall ‖W_A − W_B‖_F / ‖W_B‖_F = {fmt(doc['weights_relative_overall'])}",
+                      markup=False)
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1), show_edge=False,
+                  collapse_padding=True)
+    width = max(16, console.width - 50)
+    for col in ("tensor", "κ A", "κ B", "Δκ rel", "σ rel", "‖ΔW‖rel"):
+        table.add_column(col, justify="left" if col == "tensor" else "right", no_wrap=True,
+                         max_width=width + 1 if col == "tensor" else None)
+    for r in doc["tensors"][:top]:
+        k = r["metrics"].get("kappa", {})
+        table.add_row(Text(short_name(r["name"], width)), fmt(k.get("a")), fmt(k.get("b")),
+                      fmt(k.get("relative")), fmt(r.get("singular_values_relative")),
+                      fmt(r.get("weights_relative")))
+    console.print(table)
+    if doc["only_in_a"] or doc["only_in_b"]:
+        console.print(f"only in A: {len(doc['only_in_a'])}, only in B: {len(doc['only_in_b'])}",
+                      markup=False)

@@ -1,0 +1,190 @@
+"""spectrum batch: discovery, ordering, scorecard, broken files, resume after a kill."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from spectrum_cli.batch import discover
+from spectrum_cli.core.trajectory import SpikeRule, detect_spikes, roc_auc, score
+from tests.helpers import run_cli
+
+SAMPLE = Path(__file__).resolve().parents[2] / "sample_checkpoints" / "sgd-momentum"
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    """25 checkpoints of the sample SGD run around its first spike (step 155)."""
+    d = tmp_path / "run"
+    d.mkdir()
+    for step in range(105, 230, 5):
+        shutil.copy(SAMPLE / f"step-{step:05d}.pt", d)
+    shutil.copy(SAMPLE / "spectrum.toml", d)
+    return d
+
+
+def batch_json(*args, env=None):
+    result = run_cli("batch", *args, "--json", "--no-progress", env=env)
+    return (json.loads(result.stdout) if result.stdout.strip() else None), result
+
+
+def test_trajectory_document(run_dir, tmp_path):
+    doc, result = batch_json(run_dir, "--cache-dir", tmp_path / "cache")
+    assert result.exit_code == 0, result.stderr
+    assert doc["schema"] == "spectrum.trajectory"
+    steps = [c["step"] for c in doc["checkpoints"]]
+    assert steps == list(range(105, 230, 5))
+    assert all(c["loss"] > 0 for c in doc["checkpoints"])
+    for name in ("momentum.spectral_radius", "momentum.kappa_V", "momentum.eos_ratio_momentum",
+                 "momentum.hessian_lambda_max", "tensors.max_kappa"):
+        assert name in doc["indicators"]
+    assert doc["spikes"]["onsets"] == [155]
+    aucs = [r["auc"] for r in doc["scorecard"] if not isinstance(r["auc"], str)]
+    assert aucs and all(0.0 <= a <= 1.0 for a in aucs)
+    assert doc["summary"] == {"checkpoints": 25, "analysed": 25, "failed": 0,
+                              "from_cache": 0, "spike_onsets": 1, "violations": 0}
+    again, _ = batch_json(run_dir, "--cache-dir", tmp_path / "cache")
+    assert again["summary"]["from_cache"] == 25
+    assert _comparable(again) == _comparable(doc)
+
+
+def _comparable(doc):
+    out = json.loads(json.dumps(doc))
+    out.pop("created")
+    for c in out["checkpoints"]:
+        c.pop("cached")
+    out["summary"].pop("from_cache")
+    return out
+
+
+def test_report_plot_and_report_show(run_dir, tmp_path):
+    report, png = tmp_path / "traj.h5", tmp_path / "traj.png"
+    result = run_cli("batch", run_dir, "--report", report, "--plot", png, "--no-cache")
+    assert result.exit_code == 0, result.stderr
+    assert "scorecard" in result.stdout and "spikes: 1 onsets" in result.stdout
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    shown = json.loads(run_cli("report", "show", report, "--json").stdout)
+    doc, _ = batch_json(run_dir, "--no-cache")
+    assert shown["spikes"] == json.loads(json.dumps(doc["spikes"]))
+    assert [c["indicators"]["momentum.spectral_radius"] for c in shown["checkpoints"]] == \
+        pytest.approx([c["indicators"]["momentum.spectral_radius"] for c in doc["checkpoints"]])
+
+
+def test_fail_on_applies_to_every_step(run_dir):
+    doc, result = batch_json(run_dir, "--no-cache", "--fail-on",
+                             "eos_ratio_momentum>1@optimizer:*")
+    assert result.exit_code == 1
+    assert {v["step"] for v in doc["fail_on"]["violations"]} >= {150}
+    assert all(v["tensor"] == "optimizer:momentum" for v in doc["fail_on"]["violations"])
+
+
+def test_broken_file_is_skipped_and_the_batch_goes_on(run_dir):
+    (run_dir / "step-00999.pt").write_bytes(b"PK\x03\x04 truncated")
+    doc, result = batch_json(run_dir, "--no-cache")
+    assert result.exit_code == 2
+    assert doc["summary"]["failed"] == 1 and doc["summary"]["analysed"] == 25
+    bad = [c for c in doc["checkpoints"] if c["status"] != "ok"]
+    assert bad[0]["path"].endswith("step-00999.pt") and "corrupt" in bad[0]["error"]
+    assert "1 of 26 checkpoints failed" in result.stderr
+
+
+def test_ordering_by_stored_step_then_name(tmp_path):
+    d = tmp_path / "r"
+    d.mkdir()
+    for name, step in (("late.pt", 20), ("early.pt", 10)):
+        torch.save({"model": {"w": torch.randn(3, 3)}, "step": step, "loss": 1.0}, d / name)
+    for n in (9, 10):
+        torch.save({"w": torch.randn(2, 2)}, d / f"ckpt-{n}.pt")
+    assert [Path(c.path).name for c in discover(str(d))] == ["ckpt-9.pt", "ckpt-10.pt",
+                                                             "early.pt", "late.pt"]
+    doc, result = batch_json(d, "--no-cache")
+    assert result.exit_code == 0
+    assert [(Path(c["path"]).name, c["step"]) for c in doc["checkpoints"]] == [
+        ("ckpt-9.pt", 9), ("ckpt-10.pt", 10), ("early.pt", 10), ("late.pt", 20)]
+
+
+def test_hf_checkpoint_folders_and_trainer_state(tmp_path):
+    for step, loss in ((10, 0.5), (20, 0.4)):
+        d = tmp_path / f"checkpoint-{step}"
+        d.mkdir()
+        save_file({"w": torch.randn(4, 4)}, str(d / "model.safetensors"))
+        (d / "trainer_state.json").write_text(json.dumps(
+            {"global_step": step, "log_history": [{"step": step - 5, "loss": loss + 0.1},
+                                                  {"step": step, "loss": loss}]}))
+    doc, result = batch_json(tmp_path, "--no-cache")
+    assert result.exit_code == 0, result.stderr
+    assert [(c["step"], c["loss"]) for c in doc["checkpoints"]] == [(10, 0.5), (20, 0.4)]
+
+
+def test_jobs_two_gives_the_same_trajectory(run_dir):
+    """Workers get a share of the BLAS/torch threads, which changes the order of floating
+    point reductions: equal to rounding, not bit for bit."""
+    one, _ = batch_json(run_dir, "--no-cache")
+    two, result = batch_json(run_dir, "--no-cache", "--jobs", "2")
+    assert result.exit_code == 0, result.stderr
+    a, b = _comparable(one)["checkpoints"], _comparable(two)["checkpoints"]
+    assert [c["path"] for c in a] == [c["path"] for c in b]
+    for ca, cb in zip(a, b):
+        assert ca["indicators"].keys() == cb["indicators"].keys()
+        for k, v in ca["indicators"].items():
+            if isinstance(v, str):
+                assert cb["indicators"][k] == v
+            else:
+                assert cb["indicators"][k] == pytest.approx(v, rel=1e-9, abs=1e-12), k
+    assert two["spikes"] == one["spikes"]
+
+
+def test_changed_settings_do_not_reuse_the_cache(run_dir, tmp_path):
+    cache = tmp_path / "cache"
+    batch_json(run_dir, "--cache-dir", cache)
+    doc, _ = batch_json(run_dir, "--cache-dir", cache, "--eps", "1e-3")
+    assert doc["summary"]["from_cache"] == 0
+    assert "momentum.rho_eps[0.001]" in doc["indicators"]
+
+
+def test_killed_batch_resumes_and_matches_a_clean_run(run_dir, tmp_path):
+    cache = tmp_path / "cache"
+    cmd = [sys.executable, "-m", "spectrum_cli", "batch", str(run_dir), "--cache-dir",
+           str(cache), "--json", "--no-progress"]
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=env, cwd=tmp_path)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(cache.glob("*.json"))) < 5:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_before = len(list(cache.glob("*.json")))
+    assert 5 <= done_before < 25, done_before
+    resumed = json.loads(subprocess.run(cmd, capture_output=True, text=True, env=env,
+                                        cwd=tmp_path, check=False).stdout)
+    assert resumed["summary"]["from_cache"] == done_before
+    assert resumed["summary"]["analysed"] == 25
+    # An uninterrupted run in the same configuration gives identical numbers, bit for bit.
+    clean = json.loads(subprocess.run(cmd[:5] + ["--no-cache", "--json", "--no-progress"],
+                                      capture_output=True, text=True, env=env, cwd=tmp_path,
+                                      check=False).stdout)
+    assert _comparable(resumed) == _comparable(clean)
+
+
+def test_spike_rule_and_scores_unit():
+    loss = [1.0] * 10 + [3.0, 4.0, 1.0, 1.0, 1.0, 5.0]
+    s = detect_spikes(loss, SpikeRule(2.0, 10))
+    assert s.onsets == [10, 15] and s.windows == [(10, 11), (15, 15)]
+    assert not s.defined[:10].any() and s.defined[10:].all()
+    assert roc_auc(np.array([3, 4, 1, 2.0]), np.array([True, True, False, False])) == 1.0
+    assert roc_auc(np.array([1, 1.0]), np.array([True, False])) == 0.5
+    values = [0.5] * 8 + [0.9, 1.2, 1.3, 1.4, 0.5, 0.5, 0.5, 0.5]
+    sc = score("x.eos_ratio_gd", values, list(range(16)), s)
+    assert sc.threshold == 1.0 and sc.leads[0] == 1.0 and sc.warned == 1
