@@ -28,6 +28,10 @@ from spectrum_cli.core.errors import InputError, SpectrumError
 from spectrum_cli.pipeline import Job
 
 SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".safetensors")
+#: Operator metrics that describe the Hessian or the optimizer, not one operator form.
+SHARED = frozenset({"hessian_lambda_max", "hessian_lambda_min", "eos_ratio_gd",
+                    "eos_ratio_momentum", "eos_ratio_adam", "commutator_norm_relative",
+                    "preconditioner_spread"})
 HF_DIR = re.compile(r"checkpoint-\d+$")
 
 
@@ -98,6 +102,7 @@ def analyze_one(path: str, job: Job, cache_dir: str | None) -> dict[str, Any]:
         try:
             record = json.loads(cached.read_text())
             record.update(path=path, cached=True)
+            record["indicators"] = indicators(record["document"])
             return record
         except (OSError, ValueError):
             pass  # a damaged cache entry is recomputed
@@ -148,7 +153,9 @@ def indicators(doc: dict[str, Any]) -> dict[str, float]:
         for key, value in op["metrics"].items():
             v = _number(value)
             if v is not None:
-                out[f"{op['form']}.{key}"] = v
+                # Hessian-level metrics are the same for every operator of a checkpoint.
+                prefix = "optimizer" if key in SHARED else op["form"]
+                out[f"{prefix}.{key}"] = v
         for p in op.get("details", {}).get("pseudospectral_radius", []):
             v = _number(p["value"])
             if v is not None:

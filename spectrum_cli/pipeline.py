@@ -49,13 +49,31 @@ class Job:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in self.operator_values}
 
     def settings_key(self) -> str:
-        """A hash of the settings and the tool version (for caching batch results)."""
-        from spectrum_cli import __version__
-
+        """A hash of the settings and of spectrum's own code (for caching batch results:
+        a new version, or any edit of the code, invalidates them)."""
         blob = json.dumps({"options": self.options.as_dict(), "ops": self.values,
-                           "fail_on": list(self.fail_on), "version": __version__,
+                           "fail_on": list(self.fail_on), "code": code_fingerprint(),
                            "policy": asdict(self.policy)}, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+_FINGERPRINT: list[str] = []
+
+
+def code_fingerprint() -> str:
+    """SHA-256 of the version and every source file of spectrum_cli and its backends."""
+    if not _FINGERPRINT:
+        import spectrum_backends
+        import spectrum_cli
+
+        h = hashlib.sha256(spectrum_cli.__version__.encode())
+        for pkg in (spectrum_cli, spectrum_backends):
+            root = Path(pkg.__file__).parent
+            for f in sorted(root.rglob("*.py")):
+                h.update(str(f.relative_to(root)).encode())
+                h.update(f.read_bytes())
+        _FINGERPRINT.append(h.hexdigest()[:16])
+    return _FINGERPRINT[0]
 
 
 @dataclass

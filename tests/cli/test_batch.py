@@ -46,8 +46,8 @@ def test_trajectory_document(run_dir, tmp_path):
     steps = [c["step"] for c in doc["checkpoints"]]
     assert steps == list(range(105, 230, 5))
     assert all(c["loss"] > 0 for c in doc["checkpoints"])
-    for name in ("momentum.spectral_radius", "momentum.kappa_V", "momentum.eos_ratio_momentum",
-                 "momentum.hessian_lambda_max", "tensors.max_kappa"):
+    for name in ("momentum.spectral_radius", "momentum.kappa_V", "optimizer.eos_ratio_momentum",
+                 "optimizer.hessian_lambda_max", "tensors.max_kappa"):
         assert name in doc["indicators"]
     assert doc["spikes"]["onsets"] == [155]
     aucs = [r["auc"] for r in doc["scorecard"] if not isinstance(r["auc"], str)]
