@@ -177,45 +177,61 @@ def _worker_init(threads: int) -> None:
 
 def run(candidates: list[Candidate], job: Job, jobs: int = 1, cache_dir: str | None = None,
         on_result: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
-    """Analyse every candidate; records come back in the candidates' order."""
+    """Analyse every candidate; records come back ordered by step."""
     records: dict[str, dict[str, Any]] = {}
+
+    def done(c: Candidate, record: dict[str, Any]) -> None:
+        records[c.path] = record
+        if on_result:
+            on_result(record)
+
     if jobs <= 1 or len(candidates) <= 1:
         for c in candidates:
-            records[c.path] = analyze_one(c.path, job, cache_dir)
-            if on_result:
-                on_result(records[c.path])
+            done(c, analyze_one(c.path, job, cache_dir))
     else:
-        import multiprocessing
-
-        threads = max(1, (os.cpu_count() or 1) // jobs)
-        saved = {k: os.environ.get(k) for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
-                                                  "MKL_NUM_THREADS")}
-        os.environ.update({k: str(threads) for k in saved})  # inherited by the workers
-        try:
-            with ProcessPoolExecutor(max_workers=jobs, initializer=_worker_init,
-                                     initargs=(threads,),
-                                     mp_context=multiprocessing.get_context("spawn")) as pool:
-                pending = {pool.submit(analyze_one, c.path, job, cache_dir): c
-                           for c in candidates}
-                while pending:
-                    done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                    for future in done:
-                        c = pending.pop(future)
-                        try:
-                            records[c.path] = future.result()
-                        except Exception as exc:  # a worker died (OOM, signal)
-                            records[c.path] = {"path": c.path, "status": "error",
-                                               "error": f"worker failed: {exc}"}
-                        if on_result:
-                            on_result(records[c.path])
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
+        _run_parallel(candidates, job, jobs, cache_dir, done)
     ordered = [records[c.path] for c in candidates]
     for c, r in zip(candidates, ordered):
         if r.get("step") is None:
             r["step"] = c.name_step
     return sorted(ordered, key=lambda r: (r.get("step") is None, r.get("step") or 0))
+
+
+def _context():
+    """Workers fork from a server that imported torch and spectrum once (where the
+    platform has one): otherwise each worker pays an interpreter start and a ~2 s torch
+    import before its first result. BLAS is single-threaded there, so forking is safe."""
+    import multiprocessing
+
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(["torch", "spectrum_cli.pipeline", "spectrum_cli.optimizer",
+                                    "spectrum_backends.dense"])
+        return ctx
+    return multiprocessing.get_context("spawn")
+
+
+def _run_parallel(candidates, job, jobs, cache_dir, done) -> None:
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    names = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+    saved = {k: os.environ.get(k) for k in names}
+    os.environ.update({k: str(threads) for k in names})  # inherited by the workers
+    try:
+        with ProcessPoolExecutor(max_workers=jobs, initializer=_worker_init,
+                                 initargs=(threads,), mp_context=_context()) as pool:
+            pending = {pool.submit(analyze_one, c.path, job, cache_dir): c for c in candidates}
+            while pending:
+                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    c = pending.pop(future)
+                    try:
+                        done(c, future.result())
+                    except Exception as exc:  # a worker died (OOM, signal)
+                        done(c, {"path": c.path, "status": "error",
+                                 "error": f"worker failed: {exc}"})
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
