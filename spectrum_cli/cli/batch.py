@@ -75,6 +75,11 @@ def _run(*, target, report, json_out, plot, jobs, cache_dir, no_cache, spike_fac
         rule = SpikeRule(spike_factor, spike_window)
     except ValueError as exc:
         raise UsageError(f"--spike-{exc}") from None
+    if plot is not None:
+        import importlib.util
+
+        if importlib.util.find_spec("matplotlib") is None:  # fail before the long run
+            raise UsageError("--plot needs matplotlib: pip install 'spectrum-cli[plot]'")
     candidates = B.discover(target)
     cache = None if no_cache else str(cache_dir or B.default_cache_dir())
     with _Bar(err, len(candidates), enabled=not no_progress) as bar:
@@ -84,17 +89,17 @@ def _run(*, target, report, json_out, plot, jobs, cache_dir, no_cache, spike_fac
     if report is not None:
         T.write(str(report), doc, records)
         err.print(f"trajectory written to {report}", markup=False)
-    if plot is not None:
-        from spectrum_cli.report.plots import plot_trajectory
-
-        plot_trajectory(str(plot), doc)
-        err.print(f"plot written to {plot}", markup=False)
     if json_out:
         from spectrum_cli.report.document import dumps
 
         print(dumps(doc))
     else:
         render(doc, stdout_console(), top)
+    if plot is not None:  # last: a failing plot must not cost the results above
+        from spectrum_cli.report.plots import plot_trajectory
+
+        plot_trajectory(str(plot), doc)
+        err.print(f"plot written to {plot}", markup=False)
     failed = [c for c in doc["checkpoints"] if c["status"] != "ok"]
     for c in failed:
         err.print(f"[bold red]error:[/] {escape(c['path'])}: {escape(str(c['error']))}")

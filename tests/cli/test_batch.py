@@ -188,3 +188,13 @@ def test_spike_rule_and_scores_unit():
     values = [0.5] * 8 + [0.9, 1.2, 1.3, 1.4, 0.5, 0.5, 0.5, 0.5]
     sc = score("x.eos_ratio_gd", values, list(range(16)), s)
     assert sc.threshold == 1.0 and sc.leads[0] == 1.0 and sc.warned == 1
+
+
+def test_plot_without_matplotlib_fails_before_the_run(tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "matplotlib" else real(name, *a))
+    result = run_cli("batch", tmp_path / "no-such-dir", "--plot", tmp_path / "p.png")
+    assert result.exit_code == 2 and "pip install 'spectrum-cli[plot]'" in result.stderr
