@@ -64,7 +64,7 @@ class OptimizerReport:
     arrays: list[dict[str, np.ndarray]] = field(default_factory=list)
 
 
-def _model_and_weights(source: HessianSource, weights: Mapping[str, Any]) -> Any:
+def load_model(source: HessianSource, weights: Mapping[str, Any]) -> Any:
     """The user's model with the checkpoint's weights loaded (strict)."""
     import torch
 
@@ -119,7 +119,7 @@ def analyze_optimizer(state: Mapping, weights: Mapping[str, Any],
     param_shapes = {k: tuple(getattr(v, "shape", ())) for k, v in weights.items()}
     model_order = None
     if source is not None:
-        model = _model_and_weights(source, weights)
+        model = load_model(source, weights)
         model_order = [n for n, p in model.named_parameters() if p.requires_grad]
         param_shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
     snapshot = opt_io.parse(state, param_shapes, model_order if source else None)

@@ -12,6 +12,7 @@ from spectrum_cli.cli import analyze as _analyze
 from spectrum_cli.cli import backends as _backends
 from spectrum_cli.cli import batch as _batch
 from spectrum_cli.cli import diff as _diff
+from spectrum_cli.cli import model as _model
 from spectrum_cli.cli import pseudospectrum as _pseudospectrum
 from spectrum_cli.cli import report as _report
 
@@ -43,6 +44,7 @@ def _root(
 app.command("analyze")(_analyze.analyze)
 app.command("batch")(_batch.batch)
 app.command("diff")(_diff.diff)
+app.command("model")(_model.model)
 app.command("backends")(_backends.backends)
 app.command("pseudospectrum")(_pseudospectrum.pseudospectrum)
 report_app = typer.Typer(help="Read reports back.", no_args_is_help=True)

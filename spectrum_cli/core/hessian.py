@@ -28,6 +28,10 @@ class HessianProblem:
     loss_of: Callable[[Any], Any]
     n_hvp: int = 0
     notes: list[str] = field(default_factory=list)
+    #: f(flat_theta, inputs) -> outputs, the model as a function of the parameters.
+    forward: Callable[[Any, Any], Any] | None = None
+    batches: list[tuple[Any, Any]] = field(default_factory=list)
+    loss_fn: Callable[[Any, Any], Any] | None = None
 
     @property
     def n(self) -> int:
@@ -138,16 +142,19 @@ def build_problem(model: Any, data: Any, loss: str, names: Sequence[str],
     sizes = [math.prod(s) for s in shapes]
     theta = torch.cat([params[n].detach().reshape(-1) for n in names]).to(tdtype)
 
-    def loss_of(flat: Any) -> Any:
+    def forward(flat: Any, x: Any) -> Any:
         chunks = torch.split(flat, sizes)
         current = dict(fixed)
         current.update({n: c.reshape(s) for n, c, s in zip(names, chunks, shapes)})
+        return functional_call(model, (current, buffers), (x,))
+
+    def loss_of(flat: Any) -> Any:
         total = 0.0
         for x, y in batches:
-            out = functional_call(model, (current, buffers), (x,))
-            total = total + loss_fn(out, y)
+            total = total + loss_fn(forward(flat, x), y)
         return total / len(batches)
 
     notes = ["model in eval mode (BatchNorm running statistics, no Dropout)",
              f"loss = mean over {len(batches)} batch(es) of the {loss} loss"]
-    return HessianProblem(list(names), shapes, theta, loss_of, notes=notes)
+    return HessianProblem(list(names), shapes, theta, loss_of, notes=notes, forward=forward,
+                          batches=batches, loss_fn=loss_fn)

@@ -258,8 +258,11 @@ def locate(source: Any, policy: Any) -> tuple[Mapping | None, str, dict[str, Any
             where = f"{path}" + (f" [{where}]" if where and where != "(top level)" else "")
     if state is None:
         return None, "", {}
+    return state, where, weights_of(source)
+
+
+def weights_of(source: Any) -> dict[str, Any]:
+    """The checkpoint's weights (name -> tensor or array), for loading into a model."""
     if hasattr(source, "weights"):
-        weights = source.weights()
-    else:
-        weights = {i.name: source.read(i.name) for i in source.entries() if i.skip is None}
-    return state, where, weights
+        return source.weights()
+    return {i.name: source.read(i.name) for i in source.entries() if i.skip is None}

@@ -124,3 +124,49 @@ def plot_trajectory(path: str, doc: dict) -> None:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def plot_hessian_density(path: str, grid: np.ndarray, density: np.ndarray, lam_max: float,
+                         lam_min: float, lr: float | None, bandwidth: float,
+                         momentum: float = 0.0) -> None:
+    """The Hessian's spectral density (log scale) with λ_max, λ_min, 2/lr and, with
+    momentum μ, the heavy-ball edge 2(1+μ)/lr."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 3.6), dpi=110)
+    ax.semilogy(grid, np.maximum(density, 1e-300), lw=1.2, label="SLQ density")
+    ax.axvline(lam_max, color="C3", ls="--", lw=1, label=f"λ_max = {lam_max:.4g}")
+    ax.axvline(lam_min, color="C2", ls="--", lw=1, label=f"λ_min = {lam_min:.4g}")
+    if lr:
+        edge = 2 / lr
+        if edge <= 3 * max(float(grid[-1]), 1e-300):
+            ax.axvline(edge, color="k", ls=":", lw=1, label=f"2/lr = {edge:.4g} (EoS)")
+        else:  # far off scale: say where it is instead of squashing the density
+            ax.plot([], [], " ", label=f"2/lr = {edge:.4g} (off scale)")
+        if momentum and 2 * (1 + momentum) / lr <= 3 * max(float(grid[-1]), 1e-300):
+            ax.axvline(2 * (1 + momentum) / lr, color="0.4", ls="-.", lw=1,
+                       label=f"2(1+μ)/lr = {2 * (1 + momentum) / lr:.4g} (momentum EoS)")
+    peak = float(np.max(density))
+    ax.set_ylim(max(peak * 1e-8, 1e-300), peak * 10)
+    ax.set_xlabel("eigenvalue of the loss Hessian")
+    ax.set_ylabel("density")
+    ax.set_title(f"Hessian spectral density (Gaussian broadening, bandwidth {bandwidth:.3g})",
+                 fontsize=9)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_entropy_histogram(path: str, entropies: np.ndarray) -> None:
+    """Histogram of per-sample input-Jacobian spectral entropies."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.4), dpi=110)
+    ax.hist(entropies, bins=min(40, max(5, entropies.size // 4)), color="C0", alpha=0.8)
+    ax.set_xlabel("spectral entropy of J_f(x) (nats)")
+    ax.set_ylabel("samples")
+    ax.set_title(f"input-Jacobian entropy over {entropies.size} samples", fontsize=9)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
