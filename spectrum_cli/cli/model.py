@@ -116,30 +116,20 @@ def _document(path, src, options, body):
 
 def _write(path: str, doc: dict, arrays: dict) -> None:
     """HDF5: the document as root attributes (JSON per section), arrays as datasets;
-    written to a temporary file and moved into place."""
+    written atomically."""
     import json
-    import os
-    import secrets
 
-    import h5py
     import numpy as np
 
     from spectrum_cli.report.document import json_safe
+    from spectrum_cli.report.hdf5 import atomic_file
 
     doc = json_safe(doc)
-    d, base = os.path.split(os.path.abspath(path))
-    tmp = os.path.join(d, f".{base}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
-    try:
-        with h5py.File(tmp, "w", track_order=True) as f:
-            for key, value in doc.items():
-                f.attrs[key] = value if isinstance(value, str) else json.dumps(value)
-            for key, value in arrays.items():
-                f.create_dataset(key, data=np.asarray(value))
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_file(path) as f:
+        for key, value in doc.items():
+            f.attrs[key] = value if isinstance(value, str) else json.dumps(value)
+        for key, value in arrays.items():
+            f.create_dataset(key, data=np.asarray(value))
 
 
 def render(doc: dict, console) -> None:

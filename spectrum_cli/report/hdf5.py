@@ -34,11 +34,12 @@ number"; docs/ecosystem.md). Temporary files of dead runs are swept on the next 
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
 import secrets
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -103,72 +104,17 @@ def _spectrum_dataset(grp, name: str, data: np.ndarray) -> None:
     grp.create_dataset(name, data=data, **kwargs)
 
 
-def write_report(path: str, doc: dict[str, Any], result: AnalysisResult,
-                 operator_arrays: Any = ()) -> None:
-    """Write ``doc`` (from :func:`build_document`) and ``result``'s spectra to ``path``;
-    ``operator_arrays`` holds each operator's arrays (power norms, eigenvalues)."""
+@contextlib.contextmanager
+def atomic_file(path: str) -> Iterator[Any]:
+    """An ``h5py.File`` open for writing at a temporary name beside ``path``, moved into
+    place with ``os.replace`` when the block succeeds and removed when it fails; stale
+    temporaries of dead runs are swept first."""
     h5py = _h5()
-    doc = json_safe(doc)
     _sweep_stale(path)
     tmp = f"{_tmp_pattern(path)}{os.getpid()}-{secrets.token_hex(4)}"
     try:
         with h5py.File(tmp, "w", track_order=True) as f:
-            f.attrs["schema"] = doc["schema"]
-            f.attrs["schema_version"] = doc["schema_version"]
-            f.attrs["tool_name"] = doc["tool"]["name"]
-            f.attrs["tool_version"] = doc["tool"]["version"]
-            f.attrs["created"] = doc["created"]
-            src = doc["source"]
-            f.attrs["source_path"] = src["path"]
-            f.attrs["source_format"] = src["format"]
-            f.attrs["source_sha256"] = src["sha256"] or ""
-            f.attrs["source_size_bytes"] = src["size_bytes"]
-            f.attrs["source_files"] = json.dumps(src["files"])
-            f.attrs["source_notes"] = json.dumps(src["notes"])
-            for key in ("settings", "fail_on", "summary"):
-                f.attrs[key] = json.dumps(doc[key])
-            tgroup = f.create_group("tensors", track_order=True)
-            taken: set[str] = set()
-            for entry, t in zip(doc["tensors"], result.tensors):
-                g = tgroup.create_group(_group_name(entry["name"], taken), track_order=True)
-                for key in ("name", "dtype", "kind", "status"):
-                    g.attrs[key] = entry[key]
-                g.attrs["shape"] = np.array(entry["shape"], dtype=np.int64)
-                g.attrs["matrix_shape"] = np.array(entry["matrix_shape"], dtype=np.int64)
-                g.attrs["time_s"] = entry["time_s"]
-                for key in ("notes", "method", "accuracy", "unavailable", "nonnormal"):
-                    g.attrs[key] = json.dumps(entry[key])
-                g.attrs["converged"] = entry["converged"]
-                undefined = []
-                for metric, value in t.metrics.items():
-                    if value is None:
-                        undefined.append(metric)
-                    else:
-                        g.attrs[metric] = value
-                g.attrs["undefined_metrics"] = json.dumps(undefined)
-                if t.singular_values is not None:
-                    _spectrum_dataset(g, "singular_values", t.singular_values.values)
-                    g["singular_values"].attrs["which"] = t.singular_values.which
-                if t.smallest is not None:
-                    _spectrum_dataset(g, "singular_values_smallest", t.smallest.values)
-                if t.eigenvalues is not None:
-                    _spectrum_dataset(g, "eigenvalues", t.eigenvalues.values)
-                if t.nonnormal is not None:
-                    _spectrum_dataset(g, "eig_conditions", t.nonnormal.eigen.eig_conditions)
-                    _spectrum_dataset(g, "power_norms", t.nonnormal.powers.norms)
-            for table, columns in _TABLES.items():
-                _write_table(f, table, doc[table], columns)
-            if "checkpoint" in doc:
-                f.attrs["checkpoint"] = json.dumps(doc["checkpoint"])
-            if "optimizer" in doc:
-                f.attrs["optimizer"] = json.dumps(doc["optimizer"])
-                ogroup = f.create_group("operators", track_order=True)
-                arrays = list(operator_arrays) or [{}] * len(doc["operators"])
-                for i, (entry, arr) in enumerate(zip(doc["operators"], arrays)):
-                    g = ogroup.create_group(f"{i:02d} {entry['name']}", track_order=True)
-                    g.attrs["entry"] = json.dumps(entry)
-                    for key, value in arr.items():
-                        _spectrum_dataset(g, key, np.asarray(value))
+            yield f
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -176,6 +122,70 @@ def write_report(path: str, doc: dict[str, Any], result: AnalysisResult,
         except OSError:
             pass
         raise
+
+
+def write_report(path: str, doc: dict[str, Any], result: AnalysisResult,
+                 operator_arrays: Any = ()) -> None:
+    """Write ``doc`` (from :func:`build_document`) and ``result``'s spectra to ``path``;
+    ``operator_arrays`` holds each operator's arrays (power norms, eigenvalues)."""
+    doc = json_safe(doc)
+    with atomic_file(path) as f:
+        f.attrs["schema"] = doc["schema"]
+        f.attrs["schema_version"] = doc["schema_version"]
+        f.attrs["tool_name"] = doc["tool"]["name"]
+        f.attrs["tool_version"] = doc["tool"]["version"]
+        f.attrs["created"] = doc["created"]
+        src = doc["source"]
+        f.attrs["source_path"] = src["path"]
+        f.attrs["source_format"] = src["format"]
+        f.attrs["source_sha256"] = src["sha256"] or ""
+        f.attrs["source_size_bytes"] = src["size_bytes"]
+        f.attrs["source_files"] = json.dumps(src["files"])
+        f.attrs["source_notes"] = json.dumps(src["notes"])
+        for key in ("settings", "fail_on", "summary"):
+            f.attrs[key] = json.dumps(doc[key])
+        tgroup = f.create_group("tensors", track_order=True)
+        taken: set[str] = set()
+        for entry, t in zip(doc["tensors"], result.tensors):
+            g = tgroup.create_group(_group_name(entry["name"], taken), track_order=True)
+            for key in ("name", "dtype", "kind", "status"):
+                g.attrs[key] = entry[key]
+            g.attrs["shape"] = np.array(entry["shape"], dtype=np.int64)
+            g.attrs["matrix_shape"] = np.array(entry["matrix_shape"], dtype=np.int64)
+            g.attrs["time_s"] = entry["time_s"]
+            for key in ("notes", "method", "accuracy", "unavailable", "nonnormal"):
+                g.attrs[key] = json.dumps(entry[key])
+            g.attrs["converged"] = entry["converged"]
+            undefined = []
+            for metric, value in t.metrics.items():
+                if value is None:
+                    undefined.append(metric)
+                else:
+                    g.attrs[metric] = value
+            g.attrs["undefined_metrics"] = json.dumps(undefined)
+            if t.singular_values is not None:
+                _spectrum_dataset(g, "singular_values", t.singular_values.values)
+                g["singular_values"].attrs["which"] = t.singular_values.which
+            if t.smallest is not None:
+                _spectrum_dataset(g, "singular_values_smallest", t.smallest.values)
+            if t.eigenvalues is not None:
+                _spectrum_dataset(g, "eigenvalues", t.eigenvalues.values)
+            if t.nonnormal is not None:
+                _spectrum_dataset(g, "eig_conditions", t.nonnormal.eigen.eig_conditions)
+                _spectrum_dataset(g, "power_norms", t.nonnormal.powers.norms)
+        for table, columns in _TABLES.items():
+            _write_table(f, table, doc[table], columns)
+        if "checkpoint" in doc:
+            f.attrs["checkpoint"] = json.dumps(doc["checkpoint"])
+        if "optimizer" in doc:
+            f.attrs["optimizer"] = json.dumps(doc["optimizer"])
+            ogroup = f.create_group("operators", track_order=True)
+            arrays = list(operator_arrays) or [{}] * len(doc["operators"])
+            for i, (entry, arr) in enumerate(zip(doc["operators"], arrays)):
+                g = ogroup.create_group(f"{i:02d} {entry['name']}", track_order=True)
+                g.attrs["entry"] = json.dumps(entry)
+                for key, value in arr.items():
+                    _spectrum_dataset(g, key, np.asarray(value))
 
 
 def _str(value: Any) -> str:

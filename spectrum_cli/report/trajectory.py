@@ -19,8 +19,6 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import math
-import os
-import secrets
 from typing import Any, Sequence
 
 import numpy as np
@@ -84,39 +82,30 @@ def build(records: Sequence[dict[str, Any]], source: str, settings: dict[str, An
 def write(path: str, doc: dict[str, Any], records: Sequence[dict[str, Any]]) -> None:
     import h5py
 
+    from spectrum_cli.report.hdf5 import atomic_file
+
     doc = json_safe(doc)
-    d, base = os.path.split(os.path.abspath(path))
-    tmp = os.path.join(d, f".{base}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
     ok = [r for r in records if r["status"] == "ok"]
-    try:
-        with h5py.File(tmp, "w", track_order=True) as f:
-            for key in ("schema", "schema_version", "created", "source"):
-                f.attrs[key] = doc[key]
-            f.attrs["tool_version"] = doc["tool"]["version"]
-            for key in ("settings", "spikes", "scorecard", "fail_on", "summary", "indicators"):
-                f.attrs[key] = json.dumps(doc[key])
-            f.attrs["checkpoints"] = json.dumps([{k: v for k, v in c.items()
-                                                  if k != "indicators"}
-                                                 for c in doc["checkpoints"]])
-            f["steps"] = np.array([r.get("step") if r.get("step") is not None else -1
-                                   for r in ok], dtype=np.int64)
-            f["loss"] = np.array([r.get("loss") if r.get("loss") is not None else math.nan
-                                  for r in ok], dtype=np.float64)
-            f["unstable"] = np.array(doc["spikes"]["unstable"], dtype=bool)
-            g = f.create_group("indicators", track_order=True)
-            for name in doc["indicators"]:
-                g.create_dataset(name.replace("/", "|"), data=np.array(
-                    [_float(r["indicators"].get(name)) for r in ok], dtype=np.float64))
-            docs = [json.dumps(r.get("document", {})) for r in ok]
-            f.create_group("checkpoints").create_dataset(
-                "documents", data=np.array(docs, dtype=object), dtype=h5py.string_dtype())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.remove(tmp)
-        except OSError:
-            pass
-        raise
+    with atomic_file(path) as f:
+        for key in ("schema", "schema_version", "created", "source"):
+            f.attrs[key] = doc[key]
+        f.attrs["tool_version"] = doc["tool"]["version"]
+        for key in ("settings", "spikes", "scorecard", "fail_on", "summary", "indicators"):
+            f.attrs[key] = json.dumps(doc[key])
+        f.attrs["checkpoints"] = json.dumps([{k: v for k, v in c.items() if k != "indicators"}
+                                             for c in doc["checkpoints"]])
+        f["steps"] = np.array([r.get("step") if r.get("step") is not None else -1 for r in ok],
+                              dtype=np.int64)
+        f["loss"] = np.array([r.get("loss") if r.get("loss") is not None else math.nan
+                              for r in ok], dtype=np.float64)
+        f["unstable"] = np.array(doc["spikes"]["unstable"], dtype=bool)
+        g = f.create_group("indicators", track_order=True)
+        for name in doc["indicators"]:
+            g.create_dataset(name.replace("/", "|"), data=np.array(
+                [_float(r["indicators"].get(name)) for r in ok], dtype=np.float64))
+        docs = [json.dumps(r.get("document", {})) for r in ok]
+        f.create_group("checkpoints").create_dataset(
+            "documents", data=np.array(docs, dtype=object), dtype=h5py.string_dtype())
 
 
 def _float(value: Any) -> float:
