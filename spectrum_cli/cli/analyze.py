@@ -28,7 +28,7 @@ def analyze(
         rich_help_panel=_OUTPUT)] = False,
     fail_on: Annotated[Optional[list[str]], typer.Option(
         "--fail-on", metavar="COND", help="Exit 1 if any tensor violates METRIC OP NUMBER"
-        "[@GLOB], e.g. 'kappa>1e4' or 'kappa>1e4@*.attention.*'. Repeatable.",
+        "\\[@GLOB], e.g. 'kappa>1e4' or 'kappa>1e4@*.attention.*'. Repeatable.",
         rich_help_panel=_OUTPUT)] = None,
     exit_zero: Annotated[bool, typer.Option(
         "--exit-zero", help="Exit 0 even when a --fail-on threshold is violated.",
@@ -50,14 +50,14 @@ def analyze(
         "of state_dict, model_state_dict, model, module, net, network; '' = everything).",
         rich_help_panel=_SELECT)] = None,
     conv: Annotated[Optional[str], typer.Option(
-        help="k-D kernels: 'reshape' to (out, in·k1·k2…) or 'skip'. [default: reshape]",
+        help="k-D kernels: 'reshape' to (out, in·k1·k2…) or 'skip'. \\[default: reshape]",
         rich_help_panel=_SELECT)] = None,
     square: Annotated[Optional[str], typer.Option(
         help="Eigen and non-normal analysis of square matrices: 'auto' (recurrent gate "
         "blocks and squares up to --square-max-dim), 'recurrent', 'all', 'none'. "
-        "[default: auto]", rich_help_panel=_NUMERICS)] = None,
+        "\\[default: auto]", rich_help_panel=_NUMERICS)] = None,
     square_max_dim: Annotated[Optional[int], typer.Option(
-        help="Largest square matrix eigen-analysed under --square auto. [default: 256]",
+        help="Largest square matrix eigen-analysed under --square auto. \\[default: 256]",
         rich_help_panel=_NUMERICS)] = None,
     eps: Annotated[Optional[list[str]], typer.Option(
         metavar="EPS[,EPS...]", help="Pseudospectral radius ρ_ε for these ε (absolute; "
@@ -67,30 +67,30 @@ def analyze(
         "--eps-relative", help="Scale each --eps by ‖A‖₂.", rich_help_panel=_NUMERICS)]
     = False,
     power_max: Annotated[Optional[int], typer.Option(
-        help="Transient growth: ‖A^k‖₂ for k = 1..N. [default: 200]",
+        help="Transient growth: ‖A^k‖₂ for k = 1..N. \\[default: 200]",
         rich_help_panel=_NUMERICS)] = None,
     effective_rank_tau: Annotated[Optional[float], typer.Option(
-        help="effective_rank counts singular values above tau·σ_max. [default: 0.01]",
+        help="effective_rank counts singular values above tau·σ_max. \\[default: 0.01]",
         rich_help_panel=_NUMERICS)] = None,
     svd_route: Annotated[Optional[str], typer.Option(
         help="dense backend: 'auto', 'gram' (checked, falls back to gesdd) or 'gesdd'. "
-        "[default: auto]", rich_help_panel=_NUMERICS)] = None,
+        "\\[default: auto]", rich_help_panel=_NUMERICS)] = None,
     backend: Annotated[Optional[str], typer.Option(
         help="'dense', 'lanczos', 'randomized-svd', a plugin (see `spectrum backends`) or "
-        "'auto': dense up to 2^26 entries and min side 8192, else lanczos. [default: auto]",
+        "'auto': dense up to 2^26 entries and min side 8192, else lanczos. \\[default: auto]",
         rich_help_panel=_NUMERICS)] = None,
     device: Annotated[Optional[str], typer.Option(
-        help="'cpu' or 'cuda' (dense and randomized-svd). [default: cpu]",
+        help="'cpu' or 'cuda' (dense and randomized-svd). \\[default: cpu]",
         rich_help_panel=_NUMERICS)] = None,
     dtype: Annotated[Optional[str], typer.Option(
-        help="Working precision: 'float64' or 'float32'. [default: float64]",
+        help="Working precision: 'float64' or 'float32'. \\[default: float64]",
         rich_help_panel=_NUMERICS)] = None,
     top_k: Annotated[Optional[int], typer.Option(
         help="How many of the largest singular values backends of extremes compute (2 "
-        "give σ_max and the spectral gap). [default: 2]",
+        "give σ_max and the spectral gap). \\[default: 2]",
         rich_help_panel=_NUMERICS)] = None,
     seed: Annotated[Optional[int], typer.Option(
-        help="Seed of start vectors and probes (iterative backends). [default: 0]",
+        help="Seed of start vectors and probes (iterative backends). \\[default: 0]",
         rich_help_panel=_NUMERICS)] = None,
     strict: Annotated[bool, typer.Option(
         "--strict", help="Exit 2 if an iterative method did not converge or a --fail-on "
@@ -104,19 +104,19 @@ def analyze(
         "such batches.", rich_help_panel=_OPTIM)] = None,
     loss: Annotated[Optional[str], typer.Option(
         metavar="mse|cross_entropy|MODULE:FN", help="The loss (mean reduction). "
-        "[default: mse]", rich_help_panel=_OPTIM)] = None,
+        "\\[default: mse]", rich_help_panel=_OPTIM)] = None,
     dense_max: Annotated[Optional[int], typer.Option(
         help="Dense Hessian up to this many parameters, matrix-free Lanczos beyond. "
-        "[default: 2000]", rich_help_panel=_OPTIM)] = None,
+        "\\[default: 2000]", rich_help_panel=_OPTIM)] = None,
     params: Annotated[Optional[list[str]], typer.Option(
         metavar="GLOB", help="Restrict the operator to these parameters (their Hessian "
         "block). Repeatable.", rich_help_panel=_OPTIM)] = None,
     coordinates: Annotated[Optional[str], typer.Option(
         help="SGD state coordinates: 'stored' (θ, buf) or 'scaled' (θ, lr·buf). "
-        "[default: stored]", rich_help_panel=_OPTIM)] = None,
+        "\\[default: stored]", rich_help_panel=_OPTIM)] = None,
     step_convention: Annotated[Optional[str], typer.Option(
         help="Adam bias correction with the snapshot's t ('snapshot') or t+1 ('next'). "
-        "[default: snapshot]", rich_help_panel=_OPTIM)] = None,
+        "\\[default: snapshot]", rich_help_panel=_OPTIM)] = None,
     allow_global: Annotated[Optional[list[str]], typer.Option(
         metavar="MODULE.NAME", help="Admit this global when unpickling. Repeatable.",
         rich_help_panel=_SAFETY)] = None,

@@ -22,7 +22,7 @@ def batch(
     jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="Worker processes.")] = 1,
     cache_dir: Annotated[Optional[Path], typer.Option(
         help="Where per-checkpoint results are cached (by content hash and settings). "
-        "[default: $SPECTRUM_CACHE_DIR or ~/.cache/spectrum/batch]")] = None,
+        "\\[default: $SPECTRUM_CACHE_DIR or ~/.cache/spectrum/batch]")] = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Recompute everything.")]
     = False,
     spike_factor: Annotated[float, typer.Option(
@@ -47,7 +47,7 @@ def batch(
     trust_checkpoint: Annotated[bool, typer.Option("--trust-checkpoint")] = False,
 ) -> None:
     """Analyse every checkpoint of a run: trajectory, loss spikes, indicator scorecard.
-    The other `analyze` settings come from spectrum.toml / [tool.spectrum] / SPECTRUM_*."""
+    The other `analyze` settings come from spectrum.toml / \\[tool.spectrum] / SPECTRUM_*."""
     err = stderr_console()
     with exit_codes(err):
         code = _run(**locals())

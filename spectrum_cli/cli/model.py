@@ -19,11 +19,11 @@ def model(
     samples: Annotated[int, typer.Option(min=1, help="Samples for the Jacobians and the "
                                          "NTK (the first N of --data).")] = 256,
     dense_max: Annotated[Optional[int], typer.Option(
-        help="Dense Hessian up to this many parameters. [default: 2000]")] = None,
+        help="Dense Hessian up to this many parameters. \\[default: 2000]")] = None,
     slq_probes: Annotated[int, typer.Option(min=2)] = 16,
     slq_steps: Annotated[int, typer.Option(min=2)] = 60,
     bandwidth: Annotated[Optional[float], typer.Option(
-        help="Gaussian bandwidth of the density and f_h(0). [default: 0.01·max|λ|]")] = None,
+        help="Gaussian bandwidth of the density and f_h(0). \\[default: 0.01·max|λ|]")] = None,
     seed: Annotated[int, typer.Option()] = 0,
     plot: Annotated[Optional[Path], typer.Option(help="PNG of the Hessian density.")] = None,
     entropy_plot: Annotated[Optional[Path], typer.Option(

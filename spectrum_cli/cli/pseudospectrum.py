@@ -13,11 +13,11 @@ from spectrum_cli.cli.console import escape, exit_codes, stderr_console, stdout_
 def pseudospectrum(
     path: Annotated[Path, typer.Argument(help="A .npy/.npz file or a checkpoint.")],
     tensor: Annotated[Optional[str], typer.Option(
-        help="Which matrix (a tensor name, or '<weight_hh name>[gate]'); optional when "
+        help="Which matrix (a tensor name, or '<weight_hh name>\\[gate]'); optional when "
         "the file holds one 2-D array.")] = None,
     eps: Annotated[Optional[list[str]], typer.Option(
         metavar="EPS[,EPS...]", help="ε levels (absolute unless --eps-relative). "
-        "[default: 1e-1,1e-2,...,1e-8]")] = None,
+        "\\[default: 1e-1,1e-2,...,1e-8]")] = None,
     eps_relative: Annotated[bool, typer.Option("--eps-relative",
                                                help="Scale each ε by ‖A‖₂.")] = False,
     plot: Annotated[Optional[Path], typer.Option(help="Write a PNG of the contours.")]

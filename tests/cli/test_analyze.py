@@ -224,8 +224,11 @@ def test_sample_checkpoints_run(tmp_path):
 
 def test_version_and_help():
     assert run_cli("--version").stdout.startswith("spectrum ")
-    out = run_cli("analyze", "--help").stdout
+    out = run_cli("analyze", "--help", env={"COLUMNS": "200"}).stdout
     assert "--fail-on" in out and "--trust-checkpoint" in out
+    # Square brackets in help texts survive rich markup.
+    assert "NUMBER[@GLOB]" in out and "[default: reshape]" in out
+    assert "[tool.spectrum]" in run_cli("batch", "--help", env={"COLUMNS": "200"}).stdout
 
 
 def test_progress_bar_only_on_a_terminal(ckpt):
