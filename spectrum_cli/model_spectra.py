@@ -74,7 +74,6 @@ def sample_inputs(problem, n: int):
 
 def input_jacobians(problem, xs) -> tuple[np.ndarray, dict[str, Any]]:
     """Per-sample singular values of J_f(x) (N x min(C, D)) and the metrics."""
-    import torch
     from torch.func import jacrev, vmap
 
     theta = problem.theta.detach()

@@ -357,7 +357,6 @@ def _adam_euclidean_kappa(form, h: np.ndarray, l2: np.ndarray | None,
     kvals, q = np.linalg.eigh((k_mat + k_mat.T) / 2)
     b = form.blocks(kvals)
     vb = block_eigvectors(b, block_eigenvalues(b))
-    n = kvals.size
     top = (np.sqrt(1 / p))[:, None] * q   # D⁻¹ acting on the θ half: P^-½ Q
     bottom = np.sqrt(p)[:, None] * q      # and on the m half: P^½ Q
     x = np.concatenate([np.concatenate([top * vb[:, 0, j][None, :],

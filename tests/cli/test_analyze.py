@@ -9,7 +9,6 @@ import re
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import save_file
 
 from spectrum_cli.core.errors import ExitCode
 from spectrum_cli.core.metrics import METRICS
