@@ -11,7 +11,7 @@ import math
 import re
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -218,11 +218,3 @@ def analyze_source(
         settings["auto_rule"] = AUTO_RULE
     return AnalysisResult(source=source_info, settings=settings, tensors=tensors,
                           skipped=skipped, errors=errors, time_s=time.perf_counter() - t0)
-
-
-def count_by_reason(skipped: Iterable[SkippedTensor]) -> dict[str, int]:
-    """How many tensors were skipped for each reason (for summaries)."""
-    out: dict[str, int] = {}
-    for s in skipped:
-        out[s.reason] = out.get(s.reason, 0) + 1
-    return out

@@ -147,11 +147,6 @@ def entry_metrics(a: np.ndarray) -> dict[str, Any]:
     }
 
 
-def eigenvalue_metrics(lam: np.ndarray) -> dict[str, Any]:
-    """Metrics of the eigenvalues of a square matrix."""
-    return {"spectral_radius": float(np.max(np.abs(lam)))}
-
-
 #: Metrics of the non-normal analysis of square matrices (see core/nonnormal.py).
 NONNORMAL_METRICS = ("kappa_V", "kappa_V_well_defined", "kappa_V_cluster_orthonormal",
                      "max_eig_condition", "henrici", "henrici_relative",
