@@ -1,4 +1,4 @@
-from spectrum_cli.cli.app import main
+from spectrum_cli.cli.entry import main
 
 if __name__ == "__main__":
     main()

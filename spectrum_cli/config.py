@@ -9,6 +9,7 @@ or ``kebab-case``. Loading safety can never come from here: ``trust_checkpoint``
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +46,9 @@ KEYS: dict[str, str] = {
 FORBIDDEN = ("trust_checkpoint", "allow_global", "allow_globals", "weights_only")
 
 
+_MAX_CONFIG_BYTES = 1 << 20
+
+
 def _load_toml(path: Path) -> dict[str, Any]:
     try:
         import tomllib
@@ -52,9 +56,25 @@ def _load_toml(path: Path) -> dict[str, Any]:
         import tomli as tomllib
     try:
         with open(path, "rb") as fh:
-            return tomllib.load(fh)
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise UsageError(f"{path}: cannot read configuration ({exc})") from None
+            raw = fh.read(_MAX_CONFIG_BYTES + 1)
+        if len(raw) > _MAX_CONFIG_BYTES:
+            raise ValueError(f"larger than {_MAX_CONFIG_BYTES} bytes")
+        return tomllib.loads(raw.decode("utf-8"))
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read configuration ({exc.strerror or exc})") \
+            from None
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{path}: not a UTF-8 TOML file ({exc.reason} at byte "
+                         f"{exc.start})") from None
+    except (tomllib.TOMLDecodeError, ValueError, RecursionError) as exc:
+        raise UsageError(f"{path}: not a valid TOML configuration "
+                         f"({type(exc).__name__}: {exc})") from None
+
+
+def _table(path: Path, value: Any, name: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise UsageError(f"{path}: {name} must be a table, got {type(value).__name__}")
+    return value
 
 
 def find_config(start: Path | None = None) -> tuple[Path | None, dict[str, Any]]:
@@ -66,12 +86,26 @@ def find_config(start: Path | None = None) -> tuple[Path | None, dict[str, Any]]
             return st, _load_toml(st)
         pp = d / "pyproject.toml"
         if pp.is_file():
-            table = _load_toml(pp).get("tool", {}).get("spectrum")
+            tool = _table(pp, _load_toml(pp).get("tool", {}), "[tool]")
+            table = tool.get("spectrum")
             if table is not None:
-                return pp, table
+                return pp, _table(pp, table, "[tool.spectrum]")
         if (d / ".git").exists():
             break
     return None, {}
+
+
+def read_table(path: Path) -> dict[str, Any]:
+    """The ``spectrum`` settings of one configuration file: a ``spectrum.toml``'s top
+    level or a ``pyproject.toml``'s ``[tool.spectrum]`` table (empty if it has none)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"{path}: not a regular file")
+    data = _load_toml(path)
+    if path.name == "pyproject.toml":
+        return _table(path, _table(path, data.get("tool", {}), "[tool]").get("spectrum", {}),
+                      "[tool.spectrum]")
+    return data
 
 
 def _coerce(key: str, value: Any, origin: str) -> Any:
@@ -88,11 +122,17 @@ def _coerce(key: str, value: Any, origin: str) -> Any:
                 return [str(v) for v in value]
             raise TypeError("expected a list of strings")
         if kind == "int":
-            if isinstance(value, bool):
+            if isinstance(value, bool) or (isinstance(value, float)
+                                           and not value.is_integer()):
                 raise TypeError("expected an integer")
             return int(value)
         if kind == "float":
-            return float(value)
+            if isinstance(value, bool):
+                raise TypeError("expected a number")
+            number = float(value)
+            if not math.isfinite(number):
+                raise ValueError("expected a finite number")
+            return number
         if kind == "bool":
             if isinstance(value, bool):
                 return value
@@ -103,7 +143,7 @@ def _coerce(key: str, value: Any, origin: str) -> Any:
         if not isinstance(value, str):
             raise TypeError("expected a string")
         return value
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:
         raise UsageError(f"{origin}: bad value {value!r} for {key} ({exc})") from None
 
 
@@ -154,4 +194,24 @@ def resolve(cli: Mapping[str, Any], environ: Mapping[str, str] | None = None,
             cfg.values[key], cfg.origins[key] = env_values[key], f"SPECTRUM_{key.upper()}"
         elif key in file_values:
             cfg.values[key], cfg.origins[key] = file_values[key], str(path)
+    _require_consent(cfg)
     return cfg
+
+
+def _require_consent(cfg: Config) -> None:
+    """Refuse code named by a configuration file the user has not trusted (see
+    :mod:`spectrum_cli.trust`): the file may have come with a downloaded checkpoint."""
+    from spectrum_cli import trust
+
+    named = {k: v for k, v in cfg.values.items()
+             if cfg.origins.get(k) == cfg.file and trust.names_code(k, v)}
+    if not named or cfg.file is None or trust.is_trusted(cfg.file):
+        return
+    what = ", ".join(f"{k} = {v!r}" for k, v in named.items())
+    flags = "/".join(f"--{k}" for k in named)
+    raise UsageError(
+        f"{cfg.file} names code to import ({what}); nothing was imported. A configuration "
+        "file found beside a checkpoint may have come with it, so it needs your consent. "
+        f"If you wrote it, trust this content once with: spectrum trust {cfg.file}  "
+        f"(recorded by SHA-256; any edit needs a new consent), or give {flags} on the "
+        "command line.")

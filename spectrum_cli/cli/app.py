@@ -3,7 +3,9 @@ scipy or h5py at import time, so ``spectrum --help`` stays fast."""
 
 from __future__ import annotations
 
+import os
 import sys
+import traceback
 
 import typer
 
@@ -15,6 +17,8 @@ from spectrum_cli.cli import diff as _diff
 from spectrum_cli.cli import model as _model
 from spectrum_cli.cli import pseudospectrum as _pseudospectrum
 from spectrum_cli.cli import report as _report
+from spectrum_cli.cli import trust as _trust
+from spectrum_cli.cli.console import reserved_stdout
 
 app = typer.Typer(
     name="spectrum",
@@ -47,26 +51,46 @@ app.command("diff")(_diff.diff)
 app.command("model")(_model.model)
 app.command("backends")(_backends.backends)
 app.command("pseudospectrum")(_pseudospectrum.pseudospectrum)
+app.command("trust")(_trust.trust)
 report_app = typer.Typer(help="Read reports back.", no_args_is_help=True)
 report_app.command("show")(_report.show)
 app.add_typer(report_app, name="report")
 
 
-def main() -> None:
-    """Console-script entry point; never lets a traceback reach the user."""
-    try:
-        code = app(standalone_mode=False)
-    except typer.Exit as exc:  # pragma: no cover - typer returns these
-        code = exc.exit_code
-    except Exception as exc:
-        import click
+def run(argv: list[str] | None = None) -> int:
+    """Run the command line and return its exit code; never lets a traceback through.
 
-        if isinstance(exc, click.exceptions.ClickException):
+    Usage errors (missing argument, unknown option or command, a value out of range)
+    print typer's usage message and give exit 2, as click's standalone mode does; any
+    other exception that escapes a command is a bug (exit 3). Standard output is
+    reserved for spectrum's own document for the whole run (see
+    :func:`~spectrum_cli.cli.console.reserved_stdout`).
+    """
+    # typer vendors click from 0.29 on; its exception classes are reachable through
+    # typer's public ones, whichever click is underneath.
+    click_exception = next(c for c in type.mro(typer.BadParameter)
+                           if c.__name__ == "ClickException")
+    with reserved_stdout():
+        try:
+            code = app(args=argv, standalone_mode=False, prog_name="spectrum")
+        except typer.Exit as exc:
+            code = exc.exit_code
+        except click_exception as exc:
             exc.show()
             code = exc.exit_code
-        elif isinstance(exc, click.exceptions.Abort):
+        except (typer.Abort, KeyboardInterrupt):
+            print("spectrum: interrupted", file=sys.stderr)
             code = 130
-        else:
-            print(f"spectrum: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        except Exception as exc:  # a bug of ours
+            if os.environ.get("SPECTRUM_DEBUG"):
+                traceback.print_exc(file=sys.stderr)
+            print(f"spectrum: internal error: {type(exc).__name__}: {exc}\n  This is a bug "
+                  "in spectrum; rerun with SPECTRUM_DEBUG=1 for a traceback and report it.",
+                  file=sys.stderr)
             code = 3
-    sys.exit(code or 0)
+    return int(code or 0)
+
+
+def main() -> None:
+    """Console-script entry point (see :mod:`spectrum_cli.cli.entry`)."""
+    sys.exit(run())

@@ -20,6 +20,39 @@ from rich.markup import escape
 from spectrum_cli.core.errors import ExitCode, SpectrumError
 
 
+@contextlib.contextmanager
+def reserved_stdout() -> Iterator[None]:
+    """Keep the process's standard output for spectrum's own document.
+
+    C and Fortran libraries write diagnostics straight to file descriptor 1 (LAPACK's
+    XERBLA prints "On entry to DLASCL parameter number 4 had an illegal value"), which
+    would corrupt a ``--json`` document or a pipe. For the duration, descriptor 1 points
+    at standard error and ``sys.stdout`` writes to a private duplicate of the real
+    standard output, so only what spectrum prints through Python reaches it. Where
+    ``sys.stdout`` has no descriptor (a test runner's capture) nothing changes.
+    """
+    try:
+        fd, err_fd = sys.stdout.fileno(), sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):
+        yield
+        return
+    old = sys.stdout
+    old.flush()
+    saved = os.dup(fd)
+    sys.stdout = open(saved, "w", encoding=old.encoding, errors=old.errors,  # noqa: SIM115
+                      buffering=1 if old.line_buffering else -1)
+    os.dup2(err_fd, fd)
+    try:
+        yield
+    finally:
+        ours, sys.stdout = sys.stdout, old
+        with contextlib.suppress(OSError, ValueError):  # a closed pipe: nothing to save
+            ours.flush()
+        os.dup2(saved, fd)
+        with contextlib.suppress(OSError, ValueError):
+            ours.close()
+
+
 def stdout_console() -> Console:
     return Console(highlight=False, soft_wrap=False)
 

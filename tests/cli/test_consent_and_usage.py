@@ -1,0 +1,171 @@
+"""Issue 10, items 2, 4, 5 (configuration), 9 (standard output) and 12 (early SIGINT):
+code named by a configuration file needs consent, usage errors exit 2 with typer's
+message, bad configuration values are input errors, and nothing but spectrum's own
+output reaches standard output. Through CliRunner and the installed console script."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import run_cli
+
+SAMPLE = Path(__file__).resolve().parents[2] / "sample_checkpoints" / "tiny-mlp"
+SCRIPT = Path(sys.executable).parent / "spectrum"
+
+
+def console(*args, cwd=None, env=None, timeout=120):
+    """The installed console script in a subprocess."""
+    full = {**os.environ, "NO_COLOR": "1", "COLUMNS": "80", **(env or {})}
+    return subprocess.run([str(SCRIPT), *map(str, args)], cwd=cwd, env=full,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def evil_folder(root: Path, config: str = "spectrum.toml") -> Path:
+    """A downloaded-looking folder: a checkpoint, evil.py and a config naming it."""
+    folder = root / "download"
+    folder.mkdir()
+    shutil.copy(SAMPLE / "checkpoint.pt", folder / "checkpoint.pt")
+    marker = folder / "MARKER"
+    (folder / "evil.py").write_text(
+        f"import pathlib\npathlib.Path({str(marker)!r}).write_text('ran')\n"
+        "from spectrum_cli.examples import tiny_mlp as build, tiny_regression as data\n")
+    body = 'model = "evil:build"\ndata = "evil:data"\n'
+    if config == "pyproject.toml":
+        body = "[tool.spectrum]\n" + body
+    (folder / config).write_text(body)
+    return folder
+
+
+@pytest.mark.parametrize("config", ["spectrum.toml", "pyproject.toml"])
+def test_config_naming_code_is_refused_without_consent(tmp_path, config):
+    folder = evil_folder(tmp_path, config)
+    for cwd in (tmp_path, folder):  # from outside and from inside the folder
+        r = console("analyze", folder / "checkpoint.pt", cwd=cwd)
+        assert r.returncode == 2, r.stderr
+        assert "Traceback" not in r.stderr
+        assert f"spectrum trust {folder / config}" in r.stderr
+        assert "nothing was imported" in r.stderr
+        assert not (folder / "MARKER").exists()
+    r = run_cli("batch", folder, "--no-cache")
+    assert r.exit_code == 2 and not (folder / "MARKER").exists()
+
+
+def test_trust_records_content_and_an_edit_withdraws_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    folder = evil_folder(tmp_path)
+    toml = folder / "spectrum.toml"
+    r = run_cli("trust", toml)
+    assert r.exit_code == 0, r.output
+    assert "model = 'evil:build'" in r.stderr
+    monkeypatch.chdir(folder)  # usercode puts the working directory on sys.path
+    r = run_cli("analyze", folder / "checkpoint.pt", "--json")
+    assert r.exit_code == 0, r.stderr
+    assert (folder / "MARKER").exists()  # consent given: the user's code ran
+    (folder / "MARKER").unlink()
+    toml.write_text(toml.read_text() + "# edited\n")
+    r = run_cli("analyze", folder / "checkpoint.pt")
+    assert r.exit_code == 2 and "spectrum trust" in r.stderr
+    r = run_cli("trust", "--list")
+    assert "changed since" in r.stdout
+    assert run_cli("trust", "--revoke", toml).exit_code == 0
+    assert str(toml.resolve()) not in run_cli("trust", "--list").stdout
+
+
+def test_names_on_the_command_line_are_consent(tmp_path):
+    folder = evil_folder(tmp_path)
+    (folder / "spectrum.toml").write_text('loss = "mse"\n')  # names no code: fine as data
+    r = run_cli("analyze", folder / "checkpoint.pt", "--json",
+                "--model", "spectrum_cli.examples:tiny_mlp",
+                "--data", "spectrum_cli.examples:tiny_regression")
+    assert r.exit_code == 0, r.stderr
+    assert not (folder / "MARKER").exists()
+
+
+USAGE = [
+    ["analyze"],
+    ["analyze", "x", "--top", "0"],
+    ["analyze", "x", "--top", "abc"],
+    ["analyze", "--bogus", "x"],
+    ["no-such-command"],
+    ["batch"],
+    ["report", "show"],
+    ["diff", "only-one"],
+]
+
+
+@pytest.mark.parametrize("argv", USAGE, ids=" ".join)
+def test_usage_errors_exit_2_through_the_console_script(argv):
+    r = console(*argv)
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert "Traceback" not in r.stderr + r.stdout
+    assert "Usage:" in r.stderr or "Try 'spectrum" in r.stderr
+    assert r.stdout == ""
+
+
+@pytest.mark.parametrize("argv", USAGE[:4], ids=" ".join)
+def test_usage_errors_exit_2_through_clirunner(argv):
+    r = run_cli(*argv)
+    assert r.exit_code == 2
+
+
+@pytest.mark.parametrize("body, needle", [
+    ("square_max_dim = 1e400\n", "square_max_dim"),
+    ("seed = 2.5\n", "seed"),
+    ("effective_rank_tau = inf\n", "effective_rank_tau"),
+    ("tool = 5\n", "pyproject"),
+    (b"loss = \"\xff\xfe\"\n", "UTF-8"),
+    ("[[[\n", "TOML"),
+    ("x = " + "[" * 5000 + "]" * 5000 + "\n", "TOML"),
+])
+def test_bad_configuration_values_are_input_errors(tmp_path, body, needle):
+    name = "pyproject.toml" if "tool =" in str(body) else "spectrum.toml"
+    conf = tmp_path / name
+    conf.write_bytes(body if isinstance(body, bytes) else body.encode())
+    shutil.copy(SAMPLE / "weights.npz", tmp_path / "weights.npz")
+    before = conf.read_bytes()
+    r = console("analyze", tmp_path / "weights.npz")
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr
+    assert needle in r.stderr and str(conf) in r.stderr
+    assert conf.read_bytes() == before
+
+
+def test_bad_environment_value_is_an_input_error():
+    r = console("analyze", SAMPLE / "weights.npz", env={"SPECTRUM_SQUARE_MAX_DIM": "1e400"})
+    assert r.returncode == 2 and "SPECTRUM" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_native_writes_to_fd1_never_reach_stdout(tmp_path):
+    """What a C library writes to descriptor 1 lands on stderr; the document stays whole."""
+    code = ("import os, sys\n"
+            "from spectrum_cli.cli.console import reserved_stdout\n"
+            "with reserved_stdout():\n"
+            "    os.write(1, b'On entry to DLASCL parameter number 4\\n')\n"
+            "    print('{\"doc\": 1}')\n"
+            "print('after')\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=60)
+    assert r.stdout == '{"doc": 1}\nafter\n'
+    assert "DLASCL" in r.stderr
+
+
+def test_sigint_while_starting_prints_no_traceback():
+    for delay in (0.02, 0.05, 0.1, 0.2, 0.3, 0.5):
+        p = subprocess.Popen([str(SCRIPT), "analyze", str(SAMPLE / "checkpoint.pt")],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env={**os.environ, "NO_COLOR": "1"})
+        time.sleep(delay)
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=60)
+        if "init_import_site" in err:  # the interpreter itself, before any spectrum code
+            continue
+        assert "Traceback" not in err, (delay, err)
+        assert p.returncode in (130, -signal.SIGINT, 0, 2), (delay, p.returncode, err)
