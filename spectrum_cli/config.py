@@ -17,33 +17,8 @@ from typing import Any, Mapping
 
 from spectrum_cli.core.errors import UsageError
 
-#: key -> kind; "list" values are lists in TOML and comma-separated in the environment.
-KEYS: dict[str, str] = {
-    "include": "list",
-    "exclude": "list",
-    "fail_on": "list",
-    "conv": "str",
-    "square": "str",
-    "square_max_dim": "int",
-    "effective_rank_tau": "float",
-    "svd_route": "str",
-    "backend": "str",
-    "device": "str",
-    "dtype": "str",
-    "top_k": "int",
-    "seed": "int",
-    "eps": "list",
-    "eps_relative": "bool",
-    "power_max": "int",
-    "model": "str",
-    "data": "str",
-    "loss": "str",
-    "dense_max": "int",
-    "params": "list",
-    "coordinates": "str",
-    "step_convention": "str",
-}
-FORBIDDEN = ("trust_checkpoint", "allow_global", "allow_globals", "weights_only")
+from spectrum_cli.settings import CONFIG_KEYS as KEYS  # noqa: E402  (one schema)
+from spectrum_cli.settings import FORBIDDEN  # noqa: E402
 
 
 _MAX_CONFIG_BYTES = 1 << 20

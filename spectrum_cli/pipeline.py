@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -104,6 +105,7 @@ def analyze_checkpoint(path: str, job: Job, digest: bool = True,
     from spectrum_cli.io.base import sha256_files, total_size
     from spectrum_cli.report.document import build_document, unchecked
 
+    t0 = time.perf_counter()
     conditions = parse_conditions(job.fail_on)
     warnings: list[str] = []
     source = open_source(str(path), job.policy)
@@ -112,7 +114,7 @@ def analyze_checkpoint(path: str, job: Job, digest: bool = True,
                           sha256_files(source.files) if digest else None, tuple(source.notes))
         result = analyze_source(source, info, job.options, on_progress=on_progress)
         optim = optimizer_report(source, job, warnings)
-        scalars = checkpoint_scalars(source)
+        scalars = checkpoint_scalars(source, warnings)
     finally:
         source.close()
     operators = optim.operators if optim else []
@@ -125,6 +127,8 @@ def analyze_checkpoint(path: str, job: Job, digest: bool = True,
         doc["operators"] = operators
         doc["fail_on"]["unchecked"] += unchecked(conditions, [Checkable(o) for o in operators])
         doc["summary"]["operators"] = len(operators)
+    # All the work: reading, measuring, the optimizer state and its operators.
+    doc["summary"]["wall_s"] = time.perf_counter() - t0
     return Outcome(doc, result, optim.arrays if optim else [], warnings, violations)
 
 
@@ -164,35 +168,67 @@ def optimizer_report(source: Any, job: Job, warnings: list[str]) -> Any:
     return report
 
 
-def checkpoint_scalars(source: Any) -> dict[str, Any]:
+def checkpoint_scalars(source: Any, warnings: list[str] | None = None) -> dict[str, Any]:
     """Step and loss stored in a training checkpoint's top level, or in an HF
     ``trainer_state.json`` beside the weights (its last logged loss at or before the
-    checkpoint's global step)."""
+    checkpoint's global step). A damaged ``trainer_state.json`` is ignored with a
+    warning: the scalars are a courtesy, the weights are the analysis."""
     raw = getattr(source, "raw", None)
     out: dict[str, Any] = {}
     state_file = Path(source.path if Path(source.path).is_dir()
                       else Path(source.path).parent) / "trainer_state.json"
-    if state_file.is_file():
+    if state_file.is_file():  # a FIFO or a folder of that name is not read
         try:
-            state = json.loads(state_file.read_text())
-            step = int(state.get("global_step"))
-            logged = [e for e in state.get("log_history", [])
-                      if "loss" in e and int(e.get("step", 0)) <= step]
-            out["step"] = step
-            if logged:
-                out["loss"] = float(logged[-1]["loss"])
-            out["from"] = "trainer_state.json"
-        except (ValueError, TypeError, OSError):
-            pass
+            out.update(trainer_state_scalars(state_file))
+        except ValueError as exc:
+            if warnings is not None:
+                warnings.append(f"{state_file}: ignored ({exc})")
     if isinstance(raw, Mapping):
         for key in ("step", "global_step", "iteration", "epoch"):
-            if isinstance(raw.get(key), (int, float)) and "step" not in out:
+            if _is_number(raw.get(key)) and "step" not in out:
                 out["step"] = int(raw[key])
         loss = raw.get("loss")
-        if hasattr(loss, "item"):
+        if hasattr(loss, "item") and getattr(loss, "numel", lambda: 1)() == 1:
             loss = loss.item()
-        if isinstance(loss, (int, float)):
+        if _is_number(loss):
             out["loss"] = float(loss)
+    return out
+
+
+_MAX_TRAINER_STATE = 64 << 20
+
+
+def _is_number(x: Any) -> bool:
+    import math
+
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def trainer_state_scalars(path: Path) -> dict[str, Any]:
+    """``global_step`` and the last logged ``loss`` at or before it from an HF
+    ``trainer_state.json``; ValueError says what is wrong with a damaged one."""
+    try:
+        with open(path, "rb") as fh:
+            blob = fh.read(_MAX_TRAINER_STATE + 1)
+    except OSError as exc:
+        raise ValueError(f"cannot read: {exc.strerror or exc}") from None
+    if len(blob) > _MAX_TRAINER_STATE:
+        raise ValueError(f"larger than {_MAX_TRAINER_STATE >> 20} MiB")
+    try:
+        state = json.loads(blob)
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        raise ValueError(f"not JSON: {type(exc).__name__}") from None
+    if not isinstance(state, dict) or not _is_number(state.get("global_step")):
+        raise ValueError("no numeric global_step")
+    step = int(state["global_step"])
+    history = state.get("log_history", [])
+    if not isinstance(history, list):
+        raise ValueError("log_history is not a list")
+    logged = [e for e in history if isinstance(e, dict) and _is_number(e.get("loss"))
+              and _is_number(e.get("step", 0)) and int(e.get("step", 0)) <= step]
+    out: dict[str, Any] = {"step": step, "from": "trainer_state.json"}
+    if logged:
+        out["loss"] = float(logged[-1]["loss"])
     return out
 
 

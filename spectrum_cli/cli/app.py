@@ -19,9 +19,11 @@ from spectrum_cli.cli import pseudospectrum as _pseudospectrum
 from spectrum_cli.cli import report as _report
 from spectrum_cli.cli import trust as _trust
 from spectrum_cli.cli.console import reserved_stdout
+from spectrum_cli.cli.options import Command, Group
 
 app = typer.Typer(
     name="spectrum",
+    cls=Group,
     help="What the spectra of your training state say about stability.\n\n"
          "Exit codes: 0 ok, 1 a --fail-on threshold was violated, 2 usage, I/O or refused "
          "input, 3 internal error, 5 no tensor matched.",
@@ -45,15 +47,15 @@ def _root(
     pass
 
 
-app.command("analyze")(_analyze.analyze)
-app.command("batch")(_batch.batch)
-app.command("diff")(_diff.diff)
-app.command("model")(_model.model)
-app.command("backends")(_backends.backends)
-app.command("pseudospectrum")(_pseudospectrum.pseudospectrum)
-app.command("trust")(_trust.trust)
+app.command("analyze", cls=Command)(_analyze.analyze)
+app.command("batch", cls=Command)(_batch.batch)
+app.command("diff", cls=Command)(_diff.diff)
+app.command("model", cls=Command)(_model.model)
+app.command("backends", cls=Command)(_backends.backends)
+app.command("pseudospectrum", cls=Command)(_pseudospectrum.pseudospectrum)
+app.command("trust", cls=Command)(_trust.trust)
 report_app = typer.Typer(help="Read reports back.", no_args_is_help=True)
-report_app.command("show")(_report.show)
+report_app.command("show", cls=Command)(_report.show)
 app.add_typer(report_app, name="report")
 
 

@@ -3,113 +3,126 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
-from spectrum_cli.cli import analyze as _analyze
+from spectrum_cli.cli.analyze import resolve
 from spectrum_cli.cli.console import escape, exit_codes, stderr_console, stdout_console
+from spectrum_cli.cli.options import with_settings
+from spectrum_cli.report.output import printable
+from spectrum_cli.settings import NUMERICS, OPTIM, OUTPUT, SAFETY, SELECT
 
 
+RUN = "Run"
+
+
+@with_settings(SELECT, NUMERICS, OPTIM, OUTPUT, SAFETY)
 def batch(
-    target: Annotated[str, typer.Argument(help="A directory of checkpoints, or a glob.")],
-    report: Annotated[Optional[Path], typer.Option(help="Write the trajectory as HDF5.")]
-    = None,
-    json_out: Annotated[bool, typer.Option("--json", help="The trajectory as JSON on "
-                                           "stdout.")] = False,
-    plot: Annotated[Optional[Path], typer.Option(help="PNG: loss, κ(V), ρ(J), EoS ratios "
-                                                 "with spikes shaded.")] = None,
-    jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="Worker processes.")] = 1,
+    target: Annotated[str, typer.Argument(
+        help="A directory of checkpoints (files and checkpoint-<step>/ folders), or a glob.",
+        show_default=False)],
+    report: Annotated[Optional[Path], typer.Option(
+        help="Write the trajectory as HDF5 (atomically; see --force).",
+        rich_help_panel=OUTPUT)] = None,
+    plot: Annotated[Optional[Path], typer.Option(
+        help="PNG of the trajectory: loss, κ(V), ρ(J), EoS ratios with spikes shaded, or "
+        "the per-tensor indicators when the run has no loss or operator.",
+        rich_help_panel=OUTPUT)] = None,
+    top: Annotated[int, typer.Option(min=1, help="Scorecard rows shown.",
+                                     rich_help_panel=OUTPUT)] = 12,
+    jobs: Annotated[int, typer.Option(
+        "--jobs", "-j", min=1, help="Worker processes (each with --threads BLAS threads).",
+        rich_help_panel=RUN)] = 1,
     cache_dir: Annotated[Optional[Path], typer.Option(
         help="Where per-checkpoint results are cached (by content hash and settings). "
-        "\\[default: $SPECTRUM_CACHE_DIR or ~/.cache/spectrum/batch]")] = None,
-    no_cache: Annotated[bool, typer.Option("--no-cache", help="Recompute everything.")]
-    = False,
+        "\\[default: $SPECTRUM_CACHE_DIR or ~/.cache/spectrum/batch]",
+        rich_help_panel=RUN)] = None,
+    no_cache: Annotated[bool, typer.Option(
+        "--no-cache", metavar="", help="Recompute everything; write no cache.",
+        rich_help_panel=RUN)] = False,
     spike_factor: Annotated[float, typer.Option(
-        help="Unstable when loss > FACTOR x min of the previous WINDOW checkpoints.")] = 2.0,
-    spike_window: Annotated[int, typer.Option(help="See --spike-factor.")] = 10,
-    top: Annotated[int, typer.Option(help="Scorecard rows shown.")] = 12,
-    fail_on: Annotated[Optional[list[str]], typer.Option(
-        "--fail-on", metavar="COND", help="As in analyze, applied to every checkpoint.")]
-    = None,
-    exit_zero: Annotated[bool, typer.Option("--exit-zero")] = False,
-    no_progress: Annotated[bool, typer.Option("--no-progress")] = False,
-    model: Annotated[Optional[str], typer.Option(metavar="MODULE:FACTORY")] = None,
-    data: Annotated[Optional[str], typer.Option(metavar="MODULE:FN")] = None,
-    loss: Annotated[Optional[str], typer.Option()] = None,
-    eps: Annotated[Optional[list[str]], typer.Option(metavar="EPS[,EPS...]")] = None,
-    include: Annotated[Optional[list[str]], typer.Option(metavar="GLOB")] = None,
-    exclude: Annotated[Optional[list[str]], typer.Option(metavar="GLOB")] = None,
-    square: Annotated[Optional[str], typer.Option()] = None,
-    dense_max: Annotated[Optional[int], typer.Option()] = None,
-    params: Annotated[Optional[list[str]], typer.Option(metavar="GLOB")] = None,
-    allow_global: Annotated[Optional[list[str]], typer.Option(metavar="MODULE.NAME")] = None,
-    trust_checkpoint: Annotated[bool, typer.Option("--trust-checkpoint")] = False,
+        help="Unstable when loss > FACTOR x min of the previous WINDOW checkpoints.",
+        rich_help_panel=RUN)] = 2.0,
+    spike_window: Annotated[int, typer.Option(help="See --spike-factor.", min=1,
+                                              rich_help_panel=RUN)] = 10,
+    **settings: Any,
 ) -> None:
     """Analyse every checkpoint of a run: trajectory, loss spikes, indicator scorecard.
-    The other `analyze` settings come from spectrum.toml / \\[tool.spectrum] / SPECTRUM_*."""
+
+    Settings also come from SPECTRUM_* variables and the nearest spectrum.toml or
+    \\[tool.spectrum] table (command line first)."""
     err = stderr_console()
     with exit_codes(err):
-        code = _run(**locals())
+        code = _run(target, report, plot, top, jobs, cache_dir, no_cache, spike_factor,
+                    spike_window, settings, err)
     raise typer.Exit(code)
 
 
-def _run(*, target, report, json_out, plot, jobs, cache_dir, no_cache, spike_factor,
-         spike_window, top, fail_on, exit_zero, no_progress, model, data, loss, eps, include,
-         exclude, square, dense_max, params, allow_global, trust_checkpoint, err) -> int:
+def _run(target: str, report: Path | None, plot: Path | None, top: int, jobs: int,
+         cache_dir: Path | None, no_cache: bool, spike_factor: float, spike_window: int,
+         s: dict[str, Any], err) -> int:
     from spectrum_cli import batch as B
     from spectrum_cli.core.errors import ExitCode, UsageError
     from spectrum_cli.core.trajectory import SpikeRule
-    from spectrum_cli.io import LoadPolicy
-    from spectrum_cli.pipeline import Job, config_values
     from spectrum_cli.report import trajectory as T
+    from spectrum_cli.report.output import check_target
 
-    given = dict(fail_on=fail_on, model=model, data=data, loss=loss, eps=eps,
-                 include=include, exclude=exclude, square=square, dense_max=dense_max,
-                 params=params)
-    cli = {k: given.get(k) for k in _analyze.VALUE_PARAMS}
     tpath = Path(target)
-    values, cfg = config_values(cli, near=tpath.resolve() if tpath.is_dir() else None)
-    job = Job.from_values(values, LoadPolicy(tuple(allow_global or ()), trust_checkpoint))
+    job, cfg = resolve(tpath, s, near=tpath.resolve() if tpath.is_dir() else None)
     try:
         rule = SpikeRule(spike_factor, spike_window)
     except ValueError as exc:
         raise UsageError(f"--spike-{exc}") from None
+    candidates = B.discover(target)
+    inputs = [tpath] + [c.path for c in candidates]
+    for out, kind in ((report, "report"), (plot, "plot")):
+        if out is not None:  # before the run: it must not fail at its end
+            check_target(out, kind=kind, inputs=inputs, force=s["force"])
     if plot is not None:
         import importlib.util
 
-        if importlib.util.find_spec("matplotlib") is None:  # fail before the long run
+        if importlib.util.find_spec("matplotlib") is None:
             raise UsageError("--plot needs matplotlib: pip install 'spectrum-cli[plot]'")
-    candidates = B.discover(target)
     cache = None if no_cache else str(cache_dir or B.default_cache_dir())
-    with _Bar(err, len(candidates), enabled=not no_progress) as bar:
-        records = B.run(candidates, job, jobs, cache, on_result=bar.advance)
+
+    def warn(message: str) -> None:
+        err.print(f"[yellow]warning:[/] {escape(printable(message))}")
+
+    with _Bar(err, len(candidates), enabled=not s["no_progress"]) as bar:
+        result = B.run_batch(candidates, job, jobs, cache, threads=cfg.values.get("threads"),
+                             on_result=bar.advance, on_warning=warn)
+    records = result.records
     doc = T.build(records, target, {"analysis": job.options.as_dict(), "operator": job.values,
-                                    "jobs": jobs, "config_file": cfg.file}, rule, job.fail_on)
+                                    "jobs": jobs, "config_file": cfg.file,
+                                    **result.plan.as_settings()}, rule, job.fail_on)
     if report is not None:
-        T.write(str(report), doc, records)
-        err.print(f"trajectory written to {report}", markup=False)
-    if json_out:
+        T.write(str(report), doc, records, force=s["force"], inputs=inputs)
+        err.print(f"trajectory written to {printable(report)}", markup=False)
+    if s["json_out"]:
         from spectrum_cli.report.document import dumps
 
         print(dumps(doc))
     else:
         render(doc, stdout_console(), top)
     if plot is not None:  # last: a failing plot must not cost the results above
+        from spectrum_cli.report.output import atomic_path
         from spectrum_cli.report.plots import plot_trajectory
 
-        plot_trajectory(str(plot), doc)
-        err.print(f"plot written to {plot}", markup=False)
+        with atomic_path(plot, kind="plot", inputs=inputs, force=s["force"]) as tmp:
+            plot_trajectory(tmp, doc)
+        err.print(f"plot written to {printable(plot)}", markup=False)
     failed = [c for c in doc["checkpoints"] if c["status"] != "ok"]
     for c in failed:
-        err.print(f"[bold red]error:[/] {escape(c['path'])}: {escape(str(c['error']))}")
+        err.print(f"[bold red]error:[/] {escape(printable(c['path']))}: "
+                  f"{escape(printable(c['error']))}")
     if not doc["summary"]["analysed"]:
         return int(ExitCode.USAGE_OR_INPUT_ERROR)
     if failed:
         err.print(f"[bold red]error:[/] {len(failed)} of {len(records)} checkpoints failed; "
                   "the trajectory has the rest")
         return int(ExitCode.USAGE_OR_INPUT_ERROR)
-    if doc["fail_on"]["violations"] and not exit_zero:
+    if doc["fail_on"]["violations"] and not s["exit_zero"]:
         return int(ExitCode.THRESHOLD_VIOLATED)
     return int(ExitCode.OK)
 

@@ -3,45 +3,60 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
 from spectrum_cli.cli.console import exit_codes, stderr_console, stdout_console
+from spectrum_cli.cli.options import with_settings
+from spectrum_cli.report.output import printable
+from spectrum_cli.settings import OUTPUT, SAFETY
 
 
+_MODEL = "Model-level analysis"
+
+
+@with_settings("model", "data", "loss", "dense_max", "json_out", "force", SAFETY)
 def model(
-    path: Annotated[Path, typer.Argument(help="A checkpoint whose weights fit --model.")],
-    model: Annotated[Optional[str], typer.Option(metavar="MODULE:FACTORY")] = None,
-    data: Annotated[Optional[str], typer.Option(metavar="MODULE:FN")] = None,
-    loss: Annotated[Optional[str], typer.Option(metavar="mse|cross_entropy|MODULE:FN")]
-    = None,
+    path: Annotated[Path, typer.Argument(help="A checkpoint whose weights fit --model.",
+                                         show_default=False)],
     samples: Annotated[int, typer.Option(min=1, help="Samples for the Jacobians and the "
-                                         "NTK (the first N of --data).")] = 256,
-    dense_max: Annotated[Optional[int], typer.Option(
-        help="Dense Hessian up to this many parameters. \\[default: 2000]")] = None,
-    slq_probes: Annotated[int, typer.Option(min=2)] = 16,
-    slq_steps: Annotated[int, typer.Option(min=2)] = 60,
+                                         "NTK (the first N of --data).",
+                                         rich_help_panel=_MODEL)] = 256,
+    slq_probes: Annotated[int, typer.Option(
+        min=2, help="Stochastic Lanczos quadrature: random probe vectors.",
+        rich_help_panel=_MODEL)] = 16,
+    slq_steps: Annotated[int, typer.Option(
+        min=2, help="Stochastic Lanczos quadrature: Lanczos steps per probe.",
+        rich_help_panel=_MODEL)] = 60,
     bandwidth: Annotated[Optional[float], typer.Option(
-        help="Gaussian bandwidth of the density and f_h(0). \\[default: 0.01·max|λ|]")] = None,
-    seed: Annotated[int, typer.Option()] = 0,
-    plot: Annotated[Optional[Path], typer.Option(help="PNG of the Hessian density.")] = None,
+        help="Gaussian bandwidth of the density and f_h(0). \\[default: 0.01·max|λ|]",
+        rich_help_panel=_MODEL)] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the probes and samples.",
+                                      rich_help_panel=_MODEL)] = 0,
+    plot: Annotated[Optional[Path], typer.Option(help="PNG of the Hessian density.",
+                                                 rich_help_panel=OUTPUT)] = None,
     entropy_plot: Annotated[Optional[Path], typer.Option(
-        help="PNG histogram of per-sample Jacobian entropies.")] = None,
-    report: Annotated[Optional[Path], typer.Option(help="HDF5 report.")] = None,
-    json_out: Annotated[bool, typer.Option("--json", help="JSON on stdout.")] = False,
-    allow_global: Annotated[Optional[list[str]], typer.Option(metavar="MODULE.NAME")] = None,
-    trust_checkpoint: Annotated[bool, typer.Option("--trust-checkpoint")] = False,
+        help="PNG histogram of per-sample Jacobian entropies.", rich_help_panel=OUTPUT)]
+    = None,
+    report: Annotated[Optional[Path], typer.Option(help="HDF5 report (atomically; see "
+                                                   "--force).", rich_help_panel=OUTPUT)]
+    = None,
+    **settings: Any,
 ) -> None:
     """Model-level spectra of a checkpoint on your model and data (seeds 003, 004)."""
     err = stderr_console()
     with exit_codes(err):
-        _run(**locals())
+        _run(path=path, samples=samples, slq_probes=slq_probes, slq_steps=slq_steps,
+             bandwidth=bandwidth, seed=seed, plot=plot, entropy_plot=entropy_plot,
+             report=report, err=err, s=settings)
 
 
-def _run(*, path, model, data, loss, samples, dense_max, slq_probes, slq_steps, bandwidth,
-         seed, plot, entropy_plot, report, json_out, allow_global, trust_checkpoint, err):
+def _run(*, path, samples, slq_probes, slq_steps, bandwidth, seed, plot, entropy_plot,
+         report, err, s):
     import importlib.util
+
+    from spectrum_cli.report.output import atomic_path, check_target
 
     from spectrum_cli.core.errors import InputError, UsageError
     from spectrum_cli.core.hessian import build_problem
@@ -56,12 +71,16 @@ def _run(*, path, model, data, loss, samples, dense_max, slq_probes, slq_steps, 
         raise InputError(f"{path}: no such file or directory")
     if (plot or entropy_plot) and importlib.util.find_spec("matplotlib") is None:
         raise UsageError("plots need matplotlib: pip install 'spectrum-cli[plot]'")
-    values, _ = config_values({"model": model, "data": data, "loss": loss,
-                               "dense_max": dense_max}, near=path.resolve().parent)
+    for out, kind in ((report, "report"), (plot, "plot"), (entropy_plot, "plot")):
+        if out is not None:  # before the work
+            check_target(out, kind=kind, inputs=[path], force=s["force"])
+    values, _ = config_values({k: s[k] for k in ("model", "data", "loss", "dense_max")},
+                              near=path.resolve().parent)
     if not values.get("model") or not values.get("data"):
         raise UsageError("spectrum model needs --model and --data (or spectrum.toml)")
     src = HessianSource(values["model"], values["data"], values.get("loss", "mse"))
-    source = open_source(str(path), LoadPolicy(tuple(allow_global or ()), trust_checkpoint))
+    source = open_source(str(path), LoadPolicy(tuple(s["allow_global"] or ()),
+                                               s["trust_checkpoint"]))
     try:
         net = load_model(src, weights_of(source))
         state, _ = find_optimizer_state(getattr(source, "raw", None))
@@ -79,9 +98,9 @@ def _run(*, path, model, data, loss, samples, dense_max, slq_probes, slq_steps, 
     rep = analyze_model(problem, options, lr)
     doc = _document(str(path), src, options, rep.doc)
     if report is not None:
-        _write(str(report), doc, rep.arrays)
-        err.print(f"report written to {report}", markup=False)
-    if json_out:
+        _write(str(report), doc, rep.arrays, force=s["force"], inputs=[path])
+        err.print(f"report written to {printable(report)}", markup=False)
+    if s["json_out"]:
         from spectrum_cli.report.document import dumps
 
         print(dumps(doc))
@@ -91,14 +110,16 @@ def _run(*, path, model, data, loss, samples, dense_max, slq_probes, slq_steps, 
 
     if plot is not None:
         h = doc["hessian"]
-        plots.plot_hessian_density(str(plot), rep.arrays["density_grid"], rep.arrays["density"],
-                                   h["lambda_max"], h["lambda_min"], lr,
-                                   h["density"]["bandwidth"], momentum)
-        err.print(f"plot written to {plot}", markup=False)
+        with atomic_path(plot, kind="plot", inputs=[path], force=s["force"]) as tmp:
+            plots.plot_hessian_density(tmp, rep.arrays["density_grid"],
+                                       rep.arrays["density"], h["lambda_max"],
+                                       h["lambda_min"], lr, h["density"]["bandwidth"],
+                                       momentum)
+        err.print(f"plot written to {printable(plot)}", markup=False)
     if entropy_plot is not None:
-        plots.plot_entropy_histogram(str(entropy_plot),
-                                     rep.arrays["per_sample_jacobian_entropy"])
-        err.print(f"plot written to {entropy_plot}", markup=False)
+        with atomic_path(entropy_plot, kind="plot", inputs=[path], force=s["force"]) as tmp:
+            plots.plot_entropy_histogram(tmp, rep.arrays["per_sample_jacobian_entropy"])
+        err.print(f"plot written to {printable(entropy_plot)}", markup=False)
 
 
 def _document(path, src, options, body):
@@ -114,7 +135,8 @@ def _document(path, src, options, body):
             "settings": asdict(options), **body}
 
 
-def _write(path: str, doc: dict, arrays: dict) -> None:
+def _write(path: str, doc: dict, arrays: dict, *, force: bool = False,
+           inputs: tuple = ()) -> None:
     """HDF5: the document as root attributes (JSON per section), arrays as datasets;
     written atomically."""
     import json
@@ -125,7 +147,7 @@ def _write(path: str, doc: dict, arrays: dict) -> None:
     from spectrum_cli.report.hdf5 import atomic_file
 
     doc = json_safe(doc)
-    with atomic_file(path) as f:
+    with atomic_file(path, force=force, inputs=inputs) as f:
         for key, value in doc.items():
             f.attrs[key] = value if isinstance(value, str) else json.dumps(value)
         for key, value in arrays.items():

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
 from spectrum_cli.cli.console import escape, exit_codes, stderr_console, stdout_console
+from spectrum_cli.cli.options import with_settings
+from spectrum_cli.report.output import printable
+from spectrum_cli.settings import SAFETY
 
 
+@with_settings("json_out", "force", SAFETY)
 def pseudospectrum(
     path: Annotated[Path, typer.Argument(help="A .npy/.npz file or a checkpoint.")],
     tensor: Annotated[Optional[str], typer.Option(
@@ -24,16 +28,15 @@ def pseudospectrum(
     = None,
     resolution: Annotated[int, typer.Option(min=20, max=2000,
                                             help="Grid points per axis.")] = 120,
-    json_out: Annotated[bool, typer.Option("--json", help="JSON on stdout.")] = False,
-    allow_global: Annotated[Optional[list[str]], typer.Option(
-        metavar="MODULE.NAME", help="Admit this global when unpickling.")] = None,
-    trust_checkpoint: Annotated[bool, typer.Option("--trust-checkpoint",
-                                                   help="weights_only=False.")] = False,
+    **settings: Any,
 ) -> None:
     """Pseudospectral radii (criss-cross) and a pseudospectrum picture of a matrix."""
     err = stderr_console()
+    json_out, force = settings["json_out"], settings["force"]
     with exit_codes(err):
         import numpy as np
+
+        from spectrum_cli.report.output import atomic_path, check_target
 
         from spectrum_cli.core.errors import UsageError
         from spectrum_cli.core.pseudospectra import pseudospectral_radius
@@ -41,8 +44,10 @@ def pseudospectrum(
         from spectrum_cli.io import LoadPolicy, open_source
 
         levels = parse_eps(eps or []) or tuple(10.0**-k for k in range(1, 9))
-        source = open_source(str(path), LoadPolicy(tuple(allow_global or ()),
-                                                   trust_checkpoint))
+        if plot is not None:
+            check_target(plot, kind="plot", inputs=[path], force=force)
+        source = open_source(str(path), LoadPolicy(tuple(settings["allow_global"] or ()),
+                                                   settings["trust_checkpoint"]))
         try:
             a, name = _select(source, tensor)
         finally:
@@ -58,10 +63,12 @@ def pseudospectrum(
         if plot is not None:
             from spectrum_cli.report.plots import plot_pseudospectrum
 
-            plot_pseudospectrum(str(plot), a, [r.eps for r in radii],
-                                max(r.value for r in radii),
-                                title=f"{name}: ε-pseudospectra", resolution=resolution)
-            err.print(f"plot written to {plot}", markup=False)
+            with atomic_path(plot, kind="plot", inputs=[path], force=force) as tmp:
+                plot_pseudospectrum(tmp, a, [r.eps for r in radii],
+                                    max(r.value for r in radii),
+                                    title=f"{printable(name)}: ε-pseudospectra",
+                                    resolution=resolution)
+            err.print(f"plot written to {printable(plot)}", markup=False)
         if json_out:
             import json
 
@@ -73,7 +80,7 @@ def pseudospectrum(
                                         "pseudospectral_radius": rows}), indent=2))
             return
         out = stdout_console()
-        out.print(f"[bold]{escape(name)}[/] {a.shape[0]}x{a.shape[1]}, ρ = "
+        out.print(f"[bold]{escape(printable(name))}[/] {a.shape[0]}x{a.shape[1]}, ρ = "
                   f"{float(np.max(np.abs(np.linalg.eigvals(a)))):.10g}")
         for r in rows:
             mark = "" if r["kind"] == "exact" else " (lower bound)"

@@ -13,6 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from spectrum_cli.report.document import from_json_value
+from spectrum_cli.report.output import printable
 
 #: Width taken by every column but the tensor name (with separators).
 OTHER_COLUMNS = 46
@@ -43,8 +44,63 @@ def fmt(x: Any, digits: int = 3) -> str:
 
 
 def short_name(name: str, width: int) -> str:
-    """Keep the end of long dotted names, where the layer's identity is."""
-    return name if len(name) <= width else "…" + name[-(width - 1):]
+    """A name shortened in the middle to ``width`` characters, so that both the model's
+    prefix and the layer's own suffix stay visible (``encoder.layer.1…attention.query``),
+    with control characters escaped (:func:`printable`): names come from files."""
+    name = printable(name)
+    if len(name) <= width:
+        return name
+    width = max(width, 3)
+    tail = (width - 1) // 2 + (width - 1) % 2
+    head = width - 1 - tail
+    return name[:head] + "…" + name[len(name) - tail:]
+
+
+def _text(text: Any, style: str = "") -> Text:
+    """Text read from a file, shown inert: no markup, no control characters."""
+    return Text(printable(text), style=style)
+
+
+def fitted_table(columns: list[tuple[str, str, bool]], rows: list[list[Any]], width: int,
+                 name_min: int = 12, **table_args: Any) -> tuple[Table, list[str]]:
+    """A table whose first column holds names and the rest numbers, fitted to ``width``.
+
+    ``columns`` are (title, justify, droppable). Numbers are never cut: when the
+    columns do not fit beside a name column of ``name_min`` characters, droppable
+    columns are dropped from the right (their titles are returned for a note); names
+    are shortened in the middle to what is left."""
+    def cell_len(c: Any) -> int:
+        return Text(c).cell_len if isinstance(c, str) else c.cell_len
+
+    keep = list(range(1, len(columns)))
+    def others() -> int:
+        return sum(max([cell_len(columns[i][0])] + [cell_len(r[i]) for r in rows]) + 2
+                   for i in keep)
+
+    dropped: list[str] = []
+    while others() + name_min > width and any(columns[i][2] for i in keep):
+        i = max(i for i in keep if columns[i][2])
+        keep.remove(i)
+        dropped.insert(0, columns[i][0])
+    name_width = max(name_min, width - others())
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1), show_edge=False,
+                  collapse_padding=True, **table_args)
+    table.add_column(columns[0][0], no_wrap=True, overflow="fold")
+    for i in keep:
+        table.add_column(columns[i][0], justify=columns[i][1], no_wrap=True, overflow="fold")
+    for r in rows:
+        name = r[0]
+        shown = (Text(short_name(name.plain, name_width), style=name.style)
+                 if isinstance(name, Text) else short_name(name, name_width))
+        table.add_row(shown if isinstance(shown, Text) else Text(shown),
+                      *[r[i] for i in keep], style=getattr(r, "style", None))
+    return table, dropped
+
+
+class _Row(list):
+    """A table row with a style."""
+
+    style: str | None = None
 
 
 def _cell(t: dict, metric: str, digits: int = 3) -> str:
@@ -79,31 +135,32 @@ def render(doc: dict[str, Any], console: Console, top: int | None = None) -> Non
     src = doc["source"]
     tensors = sorted(doc["tensors"], key=_sort_key)
     shown = tensors if top is None else tensors[:top]
-    console.print(Text.assemble(("spectrum ", "bold"), f"{src['path']} ",
-                                (f"[{src['format']}]", "dim")), soft_wrap=True)
+    console.print(Text.assemble(("spectrum ", "bold"), f"{printable(src['path'])} ",
+                                (f"[{printable(src['format'])}]", "dim")), soft_wrap=True)
     with_rho = any("spectral_radius" in t["metrics"] for t in shown)
-    width = max(20, console.width - OTHER_COLUMNS - (6 if with_rho else 0))
-    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1), show_edge=False,
-                  collapse_padding=True)
-    table.add_column("tensor", no_wrap=True, overflow="ellipsis", max_width=width + 1)
-    table.add_column("shape", no_wrap=True)
-    titles = ["κ", "σmax", "σmin", "Hnorm", "srank"] + (["ρ"] if with_rho else [])
-    for title in titles:
-        table.add_column(title, justify="right", no_wrap=True)
+    columns = [("tensor", "left", False), ("shape", "left", False), ("κ", "right", False),
+               ("σmax", "right", True), ("σmin", "right", True), ("Hnorm", "right", True),
+               ("srank", "right", True)] + ([("ρ", "right", True)] if with_rho else [])
+    keys = ["kappa", "sigma_max", "sigma_min", "spectral_entropy_normalized",
+            "stable_rank"] + (["spectral_radius"] if with_rho else [])
+    rows = []
     for t in shown:
         m = t["metrics"]
-        name = short_name(t["name"], width) + ("†" if t["kind"] == "conv_reshaped" else "")
+        name = Text(printable(t["name"]) + ("†" if t["kind"] == "conv_reshaped" else ""))
         shape = "x".join(str(d) for d in t["matrix_shape"])
         if t["status"] != "ok":
-            table.add_row(Text(name), shape, Text(f"{m.get('nonfinite_count', '?')} NaN/Inf"),
-                          *["-"] * (len(titles) - 1), style=_row_style(t))
-            continue
-        keys = ["kappa", "sigma_max", "sigma_min", "spectral_entropy_normalized",
-                "stable_rank"] + (["spectral_radius"] if with_rho else [])
-        cells = [_cell(t, k) for k in keys]
-        table.add_row(Text(name), shape, *cells, style=_row_style(t))
+            row = _Row([name, shape, f"{m.get('nonfinite_count', '?')} NaN/Inf",
+                        *["-"] * (len(keys) - 1)])
+        else:
+            row = _Row([name, shape, *[_cell(t, k) for k in keys]])
+        row.style = _row_style(t) or None
+        rows.append(row)
+    table, dropped = fitted_table(columns, rows, console.width)
     if shown:
         console.print(table)
+        if dropped:
+            console.print(Text(f"(columns {', '.join(dropped)} left out at {console.width} "
+                               "columns; widen the terminal or use --json)", style="dim"))
     square = [t for t in shown if t.get("nonnormal")]
     if square:
         console.print(nonnormal_table(square, console.width))
@@ -121,55 +178,57 @@ def render_optimizer(doc: dict[str, Any], console: Console) -> None:
                       for k, v in (groups[0].items() if groups else ())
                       if k not in ("maximize",) and v not in (False, 0.0))
     step = o.get("step")
-    console.print(Text.assemble(("optimizer ", "bold"), f"{o['optimizer']} ({hyper}), step "
-                                f"{'n/a' if step is None else step}, "
-                                f"{len(o.get('tensors', []))} tensors",
-                                (f" [found in {o.get('found_in')}]", "dim")))
+    console.print(Text.assemble(("optimizer ", "bold"), printable(
+        f"{o['optimizer']} ({hyper}), step {'n/a' if step is None else step}, "
+        f"{len(o.get('tensors', []))} tensors"),
+        (printable(f" [found in {o.get('found_in')}]"), "dim")))
     if "preconditioner_spread" in o:
-        console.print(Text(f"  preconditioner spread sqrt(max P/min P) = "
+        console.print(_text(f"  preconditioner spread sqrt(max P/min P) = "
                            f"{fmt(o['preconditioner_spread'])} (bounds κ(V) of Adam's "
                            "reduced operator)"))
     ops = doc.get("operators", [])
     if ops:
-        table = Table(box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1), show_edge=False,
-                      collapse_padding=True, title="update operators", title_justify="left")
-        for col in ("form", "n", "ρ(J)", "κ(V)", "max‖Jᵏ‖", "k*", "K≥", "EoS", "λmax(H)"):
-            table.add_column(col, justify="left" if col == "form" else "right", no_wrap=True)
+        columns = [("form", "left", False), ("n", "right", False), ("ρ(J)", "right", False),
+                   ("κ(V)", "right", False), ("max‖Jᵏ‖", "right", True),
+                   ("k*", "right", True), ("K≥", "right", True), ("EoS", "right", True),
+                   ("λmax(H)", "right", True)]
+        rows = []
         for e in ops:
             m = e["metrics"]
             eos = m.get("eos_ratio_momentum", m.get("eos_ratio_adam"))
-            table.add_row(Text(e["form"]), str(e["n_params"]),
-                          _cell(e, "spectral_radius", digits=7),
-                          *[_cell(e, k) for k in ("kappa_V", "max_power_norm", "argmax_power",
-                                                  "kreiss_lower_bound")],
-                          fmt(eos), _cell(e, "hessian_lambda_max"))
+            rows.append(_Row([_text(e["form"]), str(e["n_params"]),
+                              _cell(e, "spectral_radius", digits=7),
+                              *[_cell(e, k) for k in ("kappa_V", "max_power_norm",
+                                                      "argmax_power", "kreiss_lower_bound")],
+                              fmt(eos), _cell(e, "hessian_lambda_max")]))
+        table, dropped = fitted_table(columns, rows, console.width, name_min=8,
+                                      title="update operators", title_justify="left")
+        if dropped:
+            table.caption = f"(left out at {console.width} columns: {', '.join(dropped)})"
+            table.caption_justify = "left"
         console.print(table)
         for e in ops:
             ps = e.get("details", {}).get("pseudospectral_radius", [])
             if ps:
-                console.print(Text(f"  {e['form']}: " + ", ".join(
+                console.print(_text(f"  {e['form']}: " + ", ".join(
                     f"ρ_ε({fmt(p['eps'])}) = {fmt(p['value'], 7)}"
                     + ("" if p["kind"] == "exact" else "≥") for p in ps), style="dim"))
-        console.print(Text(f"  coordinates: {ops[0]['coordinates']}; EoS: edge-of-stability "
+        console.print(_text(f"  coordinates: {ops[0]['coordinates']}; EoS: edge-of-stability "
                            "ratio (1 = the threshold)", style="dim"))
         notes = {e.get("details", {}).get("rho_note") for e in ops} - {None}
         for note in notes:
-            console.print(Text(f"  ρ(J): {note}", style="dim"))
+            console.print(_text(f"  ρ(J): {note}", style="dim"))
     for note in o.get("notes", []):
-        console.print(Text(f"  note: {note}", style="dim"))
+        console.print(_text(f"  note: {note}", style="dim"))
 
 
 def nonnormal_table(tensors: list[dict], total_width: int) -> Table:
     """ρ, κ(V), the Kreiss lower bound, transient growth and ρ_ε per square matrix."""
     eps = tensors[0]["nonnormal"]["pseudospectral_radius"]
-    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1), show_edge=False,
-                  collapse_padding=True, title="non-normal (square matrices)",
-                  title_justify="left")
-    width = max(16, total_width - 50 - 8 * min(len(eps), 2))
-    table.add_column("tensor", no_wrap=True, overflow="ellipsis", max_width=width + 1)
-    titles = ["ρ", "κ(V)", "K≥", "max‖Aᵏ‖", "k*"] + [f"ρ_ε={fmt(e['eps'])}" for e in eps[:2]]
-    for title in titles:
-        table.add_column(title, justify="right", no_wrap=True)
+    columns = [("tensor", "left", False), ("ρ", "right", False), ("κ(V)", "right", False),
+               ("K≥", "right", True), ("max‖Aᵏ‖", "right", True), ("k*", "right", True)]
+    columns += [(f"ρ_ε={fmt(e['eps'])}", "right", True) for e in eps[:2]]
+    rows = []
     for t in tensors:
         m, nn = t["metrics"], t["nonnormal"]
         kv = ("?" + str(nn["eigenvalue_clusters"]) if not m.get("kappa_V_well_defined")
@@ -179,7 +238,12 @@ def nonnormal_table(tensors: list[dict], total_width: int) -> Table:
                  fmt(m.get("argmax_power"))]
         cells += [fmt(p["value"]) + ("" if p["kind"] == "exact" else "≥")
                   for p in nn["pseudospectral_radius"][:2]]
-        table.add_row(Text(short_name(t["name"], width)), *cells)
+        rows.append(_Row([Text(printable(t["name"])), *cells]))
+    table, dropped = fitted_table(columns, rows, total_width,
+                                  title="non-normal (square matrices)", title_justify="left")
+    if dropped:
+        table.caption = f"(left out at {total_width} columns: {', '.join(dropped)})"
+        table.caption_justify = "left"
     return table
 
 
@@ -187,7 +251,7 @@ def footnotes(doc: dict, tensors: list[dict], shown: list[dict]) -> list[Text]:
     out: list[Text] = []
     s = doc["summary"]
     out.append(Text(f"{s['analysed']} matrices analysed, {s['skipped']} tensors skipped, "
-                    f"{s['errors']} errors in {s['time_s']:.2f} s"))
+                    f"{s['errors']} errors in {s.get('wall_s', s['time_s']):.2f} s"))
     if len(shown) < len(tensors):
         out.append(Text(f"(showing the {len(shown)} largest κ of {len(tensors)}; --top "
                         "to change)", style="dim"))
@@ -237,4 +301,4 @@ def footnotes(doc: dict, tensors: list[dict], shown: list[dict]) -> list[Text]:
                         style="bold red"))
     if len(violations) > 20:
         out.append(Text(f"✗ … and {len(violations) - 20} more violations", style="bold red"))
-    return out
+    return [_text(line.plain, str(line.style)) for line in out]  # names come from files

@@ -169,3 +169,29 @@ def test_sigint_while_starting_prints_no_traceback():
             continue
         assert "Traceback" not in err, (delay, err)
         assert p.returncode in (130, -signal.SIGINT, 0, 2), (delay, p.returncode, err)
+
+
+@pytest.mark.parametrize("command", ["analyze", "batch", "diff", "model", "pseudospectrum",
+                                     "backends", "trust"])
+def test_every_option_has_help_and_no_bool_tag(command):
+    """Issue 10 item 19: every option says what it does; flags carry no <bool> tag."""
+    import typer.main
+
+    from spectrum_cli.cli.app import app
+
+    group = typer.main.get_command(app)
+    cmd = group.commands[command]
+    for param in cmd.params:
+        if param.param_type_name == "option":
+            assert (param.help or "").strip(), (command, param.name)
+    out = run_cli(command, "--help", env={"COLUMNS": "200"}).stdout
+    assert "<bool>" not in out
+
+
+def test_batch_takes_the_selection_and_numerics_options_of_analyze():
+    from spectrum_cli.settings import NUMERICS, OPTIM, SELECT, SETTINGS
+
+    out = run_cli("batch", "--help", env={"COLUMNS": "200"}).stdout
+    for s in SETTINGS:
+        if s.panel in (SELECT, NUMERICS, OPTIM):
+            assert s.flag in out, s.flag

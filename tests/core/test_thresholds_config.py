@@ -58,5 +58,5 @@ def test_config_types_and_forbidden_keys(tmp_path):
     with pytest.raises(UsageError, match="list of strings"):
         config.resolve({}, environ={}, start=tmp_path)
     (tmp_path / "spectrum.toml").write_text("include = [\n")
-    with pytest.raises(UsageError, match="cannot read configuration"):
+    with pytest.raises(UsageError, match="not a valid TOML configuration"):
         config.resolve({}, environ={}, start=tmp_path)

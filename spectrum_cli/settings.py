@@ -1,0 +1,148 @@
+"""The settings schema: every option that ``analyze`` and ``batch`` share, declared once.
+
+From these entries come the command-line options (help, choices, panels:
+:mod:`spectrum_cli.cli.options`), the keys of ``spectrum.toml`` / ``[tool.spectrum]`` and
+the ``SPECTRUM_*`` variables (:mod:`spectrum_cli.config`). Safety and output options are
+command line only (``config=False``): a file found beside a checkpoint cannot widen what
+spectrum loads or where it writes. Pure data: importing this imports nothing heavy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+SELECT = "Selection"
+NUMERICS = "Numerics"
+OPTIM = "Optimizer state and Hessian"
+OUTPUT = "Output and CI"
+SAFETY = "Loading safety (command line only)"
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One option. ``kind`` is str, int, float, bool (a flag) or list (repeatable; comma-
+    separated in the environment); ``default`` is the value used when nothing is given
+    (shown in the help), ``None`` where the default depends on the input."""
+
+    name: str
+    kind: str
+    help: str
+    panel: str
+    default: Any = None
+    choices: tuple[str, ...] = ()
+    metavar: str | None = None
+    minimum: float | None = None
+    config: bool = True
+    option: str | None = None  # the command-line spelling, when not --name-with-dashes
+
+    @property
+    def flag(self) -> str:
+        return self.option or "--" + self.name.replace("_", "-")
+
+    @property
+    def env(self) -> str | None:
+        return f"SPECTRUM_{self.name.upper()}" if self.config else None
+
+
+SETTINGS: tuple[Setting, ...] = (
+    # Selection
+    Setting("include", "list", "Analyse only tensors matching this glob ('*' crosses dots) "
+            "or 're:REGEX'. Repeatable.", SELECT, metavar="GLOB"),
+    Setting("exclude", "list", "Skip tensors matching this glob or 're:REGEX'. Repeatable.",
+            SELECT, metavar="GLOB"),
+    Setting("weights_key", "str", "Dotted key of the weights inside a training checkpoint "
+            "(default: the first of state_dict, model_state_dict, model, module, net, "
+            "network; '' = everything).", SELECT, metavar="KEY"),
+    Setting("conv", "str", "k-D kernels: reshape to (out, in·k1·k2…) or skip them.", SELECT,
+            default="reshape", choices=("reshape", "skip")),
+    # Numerics
+    Setting("square", "str", "Eigen and non-normal analysis of square matrices: 'auto' "
+            "(recurrent gate blocks and squares up to --square-max-dim), 'recurrent', "
+            "'all', 'none'.", NUMERICS, default="auto",
+            choices=("auto", "recurrent", "all", "none")),
+    Setting("square_max_dim", "int", "Largest square matrix eigen-analysed under --square "
+            "auto.", NUMERICS, default=256, minimum=1),
+    Setting("eps", "list", "Pseudospectral radius ρ_ε for these ε (absolute; see "
+            "--eps-relative). Repeatable or comma-separated.", NUMERICS,
+            metavar="EPS[,EPS...]"),
+    Setting("eps_relative", "bool", "Scale each --eps by ‖A‖₂.", NUMERICS, default=False),
+    Setting("power_max", "int", "Transient growth: ‖A^k‖₂ for k = 1..N.", NUMERICS,
+            default=200, minimum=1),
+    Setting("effective_rank_tau", "float", "effective_rank counts singular values above "
+            "tau·σ_max.", NUMERICS, default=0.01),
+    Setting("svd_route", "str", "Dense backend: 'gram' (checked, falls back to gesdd), "
+            "'gesdd', or 'auto'.", NUMERICS, default="auto",
+            choices=("auto", "gram", "gesdd")),
+    Setting("backend", "str", "'dense', 'lanczos', 'randomized-svd', a plugin (see "
+            "`spectrum backends`) or 'auto': dense up to 2^26 entries and min side 8192, "
+            "else lanczos.", NUMERICS, default="auto", metavar="NAME"),
+    Setting("device", "str", "Where dense and randomized-svd compute.", NUMERICS,
+            default="cpu", choices=("cpu", "cuda")),
+    Setting("dtype", "str", "Working precision.", NUMERICS, default="float64",
+            choices=("float64", "float32")),
+    Setting("top_k", "int", "How many of the largest singular values backends of extremes "
+            "compute (2 give σ_max and the spectral gap).", NUMERICS, default=2, minimum=1),
+    Setting("seed", "int", "Seed of start vectors and probes (iterative backends).",
+            NUMERICS, default=0),
+    Setting("threads", "int", "BLAS/torch threads per worker process (default: the "
+            "usable cores divided by the worker processes, at least 1).", NUMERICS,
+            minimum=1),
+    # Optimizer state and Hessian
+    Setting("model", "str", "Your model: a function returning the nn.Module the "
+            "checkpoint's weights load into (enables the update-operator analysis).",
+            OPTIM, metavar="MODULE:FACTORY"),
+    Setting("data", "str", "Your data: returns (inputs, targets) or an iterable of such "
+            "batches.", OPTIM, metavar="MODULE:FN"),
+    Setting("loss", "str", "The loss (mean reduction): mse, cross_entropy or MODULE:FN.",
+            OPTIM, default="mse", metavar="NAME|MODULE:FN"),
+    Setting("dense_max", "int", "Dense Hessian up to this many parameters, matrix-free "
+            "Lanczos beyond.", OPTIM, default=2000, minimum=1),
+    Setting("params", "list", "Restrict the operator to these parameters (their Hessian "
+            "block). Repeatable.", OPTIM, metavar="GLOB"),
+    Setting("coordinates", "str", "SGD state coordinates: (θ, buf) as stored, or scaled "
+            "(θ, lr·buf).", OPTIM, default="stored", choices=("stored", "scaled")),
+    Setting("step_convention", "str", "Adam bias correction with the snapshot's t or t+1.",
+            OPTIM, default="snapshot", choices=("snapshot", "next")),
+    # Output and CI
+    Setting("fail_on", "list", "Exit 1 if a tensor violates METRIC OP NUMBER\\[@GLOB], "
+            "e.g. 'kappa>1e4' or 'kappa>1e4@*.attention.*'. Repeatable.", OUTPUT,
+            metavar="COND"),
+    Setting("exit_zero", "bool", "Exit 0 even when a --fail-on threshold is violated.",
+            OUTPUT, default=False, config=False),
+    Setting("strict", "bool", "Exit 2 if an iterative method did not converge or a "
+            "--fail-on condition could not be checked.", OUTPUT, default=False,
+            config=False),
+    Setting("json_out", "bool", "Print one JSON document on stdout instead of the table.",
+            OUTPUT, default=False, config=False, option="--json"),
+    Setting("force", "bool", "Let --report/--plot replace an existing file that spectrum "
+            "did not write (never an input, a device or a folder).", OUTPUT,
+            default=False, config=False),
+    Setting("no_progress", "bool", "No progress bar (it only shows on a terminal anyway).",
+            OUTPUT, default=False, config=False),
+    # Loading safety
+    Setting("allow_global", "list", "Admit this global when unpickling the files named on "
+            "the command line. Repeatable.", SAFETY, metavar="MODULE.NAME", config=False),
+    Setting("trust_checkpoint", "bool", "Load the files named on the command line with "
+            "weights_only=False: runs code from them. Only for files you made yourself.",
+            SAFETY, default=False, config=False),
+)
+
+BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
+
+#: The keys a configuration file or ``SPECTRUM_*`` variable may set, with their kinds.
+CONFIG_KEYS: dict[str, str] = {s.name: s.kind for s in SETTINGS if s.config}
+
+#: Keys that are unsafe to take from a file or the environment (refused, not ignored).
+FORBIDDEN = ("trust_checkpoint", "allow_global", "allow_globals", "weights_only")
+
+#: Settings that are neither analysis values nor flags of the run itself.
+_RUN_ONLY = {"exit_zero", "strict", "json_out", "force", "no_progress", "allow_global",
+             "trust_checkpoint"}
+
+
+def config_values(given: dict[str, Any]) -> dict[str, Any]:
+    """The configuration-valued subset of the parsed command line (a False flag or an
+    empty list counts as not given, so that a file or the environment may set it)."""
+    return {k: (v if v is not False else None) for k, v in given.items()
+            if k in CONFIG_KEYS and k not in _RUN_ONLY}
