@@ -5,11 +5,17 @@ the relative distance of the singular spectra ‖σ_A - σ_B‖₂/‖σ_B‖₂
 are checkpoints, the weights' own ‖W_A - W_B‖_F/‖W_B‖_F (and overall, over every common
 matrix). These are the components of seed 001's decomposition: row/column norms,
 singular values, κ, effective rank, spectral gap, Frobenius norm.
+
+A tensor present in both whose shape changed is listed under ``shape_changed``
+({name, a, b}) and its row carries ``shape_changed``: its spectra and weights are not
+compared (their lengths differ), its metrics still are.
+Names in the Markdown output are inert text (:func:`spectrum_cli.report.output.markdown_text`).
 """
 
 from __future__ import annotations
 
 import math
+import os
 from typing import Any
 
 import numpy as np
@@ -39,11 +45,34 @@ def _load(path: str, job: Any) -> tuple[dict[str, Any], dict[str, np.ndarray], A
 
 
 def _is_report(path: str) -> bool:
+    """Whether ``path`` is an HDF5 file (then it must be a spectrum report); a FIFO,
+    device or socket is refused here, before anything opens it (it could block)."""
+    import stat
+
+    from spectrum_cli.core.errors import InputError
+    from spectrum_cli.report.output import HDF5_MAGIC
+
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise InputError(f"{path}: cannot be read: {exc.strerror or exc}") from None
+    if stat.S_ISDIR(st.st_mode):
+        return False
+    if not stat.S_ISREG(st.st_mode):
+        raise InputError(f"{path}: not a regular file or folder (a device, FIFO or socket)")
     try:
         with open(path, "rb") as fh:
-            return fh.read(8) == b"\x89HDF\r\n\x1a\n"
-    except OSError:
-        return False
+            return fh.read(8) == HDF5_MAGIC
+    except OSError as exc:
+        raise InputError(f"{path}: cannot be read: {exc.strerror or exc}") from None
+
+
+def _shapes(doc: dict[str, Any]) -> dict[str, list]:
+    """Each tensor's stored shape, analysed or skipped (a matrix that became a vector
+    is skipped on one side)."""
+    out = {r["name"]: list(r["shape"]) for r in doc.get("skipped", [])}
+    out.update({t["name"]: list(t["shape"]) for t in doc["tensors"]})
+    return out
 
 
 def _relative(a: float, b: float) -> float:
@@ -60,6 +89,9 @@ def compare(path_a: str, path_b: str, job: Any) -> dict[str, Any]:
     ta = {t["name"]: t for t in doc_a["tensors"] if t["status"] == "ok"}
     tb = {t["name"]: t for t in doc_b["tensors"] if t["status"] == "ok"}
     common = [n for n in ta if n in tb]
+    shapes_a, shapes_b = _shapes(doc_a), _shapes(doc_b)
+    changed = {n: {"name": n, "a": shapes_a[n], "b": shapes_b[n]}
+               for n in shapes_a if n in shapes_b and shapes_a[n] != shapes_b[n]}
     weights = _weight_diffs(src_a, src_b, common, job) if src_a and src_b else {}
     rows = []
     for name in common:
@@ -71,6 +103,8 @@ def compare(path_a: str, path_b: str, job: Any) -> dict[str, Any]:
                 metrics[key] = {"a": a, "b": b, "delta": a - b, "relative": _relative(a, b)}
         row: dict[str, Any] = {"name": name, "shape": ta[name]["matrix_shape"],
                                "metrics": metrics}
+        if name in changed:
+            row["shape_changed"] = {"a": changed[name]["a"], "b": changed[name]["b"]}
         sa, sb = sv_a.get(name), sv_b.get(name)
         if sa is not None and sb is not None and sa.shape == sb.shape:
             row["singular_values_relative"] = float(np.linalg.norm(sa - sb) /
@@ -90,6 +124,7 @@ def compare(path_a: str, path_b: str, job: Any) -> dict[str, Any]:
             "tensors": rows,
             "only_in_a": [n for n in ta if n not in tb],
             "only_in_b": [n for n in tb if n not in ta],
+            "shape_changed": list(changed.values()),
             "weights_relative_overall": overall}
 
 
@@ -122,11 +157,16 @@ def _weight_diffs(path_a: str, path_b: str, names: list[str], job: Any) -> dict[
     return out
 
 
-def markdown(doc: dict[str, Any], top: int = 20) -> str:
-    """A Markdown table for CI comments."""
-    from spectrum_cli.cli.summary import fmt
+def shape_text(shape: list) -> str:
+    return "x".join(str(d) for d in shape) or "scalar"
 
-    lines = [f"**spectrum diff** `{doc['a']['path']}` vs `{doc['b']['path']}`", ""]
+
+def markdown(doc: dict[str, Any], top: int = 20) -> str:
+    """A Markdown table for CI comments; names and paths are inert text."""
+    from spectrum_cli.cli.summary import fmt
+    from spectrum_cli.report.output import markdown_text as md
+
+    lines = [f"**spectrum diff** {md(doc['a']['path'])} vs {md(doc['b']['path'])}", ""]
     if doc["weights_relative_overall"] is not None:
         lines.append(f"Overall ‖W_A − W_B‖_F / ‖W_B‖_F = {fmt(doc['weights_relative_overall'])}")
         lines.append("")
@@ -135,9 +175,17 @@ def markdown(doc: dict[str, Any], top: int = 20) -> str:
     for r in doc["tensors"][:top]:
         k = r["metrics"].get("kappa", {})
         er = r["metrics"].get("effective_rank", {})
-        lines.append(f"| `{r['name']}` | {fmt(k.get('a'))} | {fmt(k.get('b'))} | "
+        lines.append(f"| {md(r['name'])} | {fmt(k.get('a'))} | {fmt(k.get('b'))} | "
                      f"{fmt(k.get('relative'))} | {fmt(r.get('singular_values_relative'))} | "
                      f"{fmt(r.get('weights_relative'))} | {fmt(er.get('a'))}/{fmt(er.get('b'))} |")
+    changed = doc.get("shape_changed", [])
+    if changed:
+        lines += ["", f"Shape changed ({len(changed)}; spectra and weights not compared):", ""]
+        lines += [f"- {md(c['name'])}: shape changed {shape_text(c['a'])} -> "
+                  f"{shape_text(c['b'])}"
+                  for c in changed[:top]]
+        if len(changed) > top:
+            lines.append(f"- … and {len(changed) - top} more")
     if doc["only_in_a"] or doc["only_in_b"]:
         lines += ["", f"Only in A: {len(doc['only_in_a'])}; only in B: {len(doc['only_in_b'])}"]
     return "\n".join(lines) + "\n"

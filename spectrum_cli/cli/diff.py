@@ -45,14 +45,18 @@ def diff(
 
 
 def _render(doc, console, top: int) -> None:
+    """The terminal table; names and paths come from files, so they are shown as plain
+    text with control characters escaped (never markup, never raw ESC or newlines)."""
     from rich import box
     from rich.table import Table
     from rich.text import Text
 
     from spectrum_cli.cli.summary import fmt, short_name
+    from spectrum_cli.diff import shape_text
+    from spectrum_cli.report.output import printable
 
-    console.print(Text.assemble(("spectrum diff ", "bold"), f"{doc['a']['path']} vs "
-                                f"{doc['b']['path']}"), soft_wrap=True)
+    console.print(Text.assemble(("spectrum diff ", "bold"), f"{printable(doc['a']['path'])} vs "
+                                f"{printable(doc['b']['path'])}"), soft_wrap=True)
     if doc["weights_relative_overall"] is not None:
         console.print(f"overall ‖W_A − W_B‖_F / ‖W_B‖_F = {fmt(doc['weights_relative_overall'])}",
                       markup=False)
@@ -64,10 +68,17 @@ def _render(doc, console, top: int) -> None:
                          max_width=width + 1 if col == "tensor" else None)
     for r in doc["tensors"][:top]:
         k = r["metrics"].get("kappa", {})
-        table.add_row(Text(short_name(r["name"], width)), fmt(k.get("a")), fmt(k.get("b")),
-                      fmt(k.get("relative")), fmt(r.get("singular_values_relative")),
-                      fmt(r.get("weights_relative")))
+        table.add_row(Text(short_name(printable(r["name"]), width)), fmt(k.get("a")),
+                      fmt(k.get("b")), fmt(k.get("relative")),
+                      fmt(r.get("singular_values_relative")), fmt(r.get("weights_relative")))
     console.print(table)
+    changed = doc.get("shape_changed", [])
+    for c in changed[:top]:
+        console.print(Text(f"{printable(c['name'])}: shape changed {shape_text(c['a'])} -> "
+                           f"{shape_text(c['b'])} (spectra and weights not compared)",
+                           style="yellow"), soft_wrap=True)
+    if len(changed) > top:
+        console.print(Text(f"… and {len(changed) - top} more shape changes", style="yellow"))
     if doc["only_in_a"] or doc["only_in_b"]:
         console.print(f"only in A: {len(doc['only_in_a'])}, only in B: {len(doc['only_in_b'])}",
                       markup=False)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Iterator, Optional
 
 import typer
 
@@ -22,25 +23,43 @@ def show(
     with exit_codes(err):
         from spectrum_cli.report import trajectory
 
-        if trajectory.is_trajectory(str(report)):  # a `spectrum batch --report` file
-            doc = trajectory.read(str(report))
+        path = str(report)
+        if trajectory.is_trajectory(path):  # a `spectrum batch --report` file
+            doc = trajectory.read(path)
             if json_out:
-                from spectrum_cli.report.document import dumps
+                _print_json(doc)
+                return
+            from spectrum_cli.cli.batch import render as render_batch
 
-                print(dumps(doc))
-            else:
-                from spectrum_cli.cli.batch import render as render_batch
-
+            with _displaying(path):
                 render_batch(doc, stdout_console(), top or 12)
             return
         from spectrum_cli.report.hdf5 import read_report
 
-        doc = read_report(str(report))
+        doc = read_report(path)
         if json_out:
-            from spectrum_cli.report.document import dumps
+            _print_json(doc)
+            return
+        from spectrum_cli.cli.summary import render
 
-            print(dumps(doc))
-        else:
-            from spectrum_cli.cli.summary import render
-
+        with _displaying(path):
             render(doc, stdout_console(), top=top)
+
+
+def _print_json(doc: dict) -> None:
+    from spectrum_cli.report.document import dumps
+
+    print(dumps(doc))
+
+
+@contextlib.contextmanager
+def _displaying(path: str) -> Iterator[None]:
+    """A document read from ``path`` that the summary cannot display is a damaged file
+    (the reader checks the fields the summary uses; this is the backstop), not a bug."""
+    from spectrum_cli.core.errors import InputError
+
+    try:
+        yield
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        raise InputError(f"{path}: a damaged spectrum report: cannot display it "
+                         f"({type(exc).__name__}: {exc})") from None

@@ -127,3 +127,117 @@ def from_json_value(value: Any) -> Any:
 
 def dumps(doc: dict[str, Any]) -> str:
     return json.dumps(json_safe(doc), indent=2, allow_nan=False)
+
+
+# ---- the shape of a document read back from a file ----------------------------------
+#
+# A spec is a type (or tuple of types), a predicate, a dict of required keys ("?key":
+# optional; other keys are allowed) or a one-item list (every item). Only what the
+# renderers and ``diff`` rely on is checked.
+
+
+def _number(v: Any) -> bool:
+    return (isinstance(v, (int, float)) and not isinstance(v, bool)) or \
+        v in ("inf", "-inf", "nan")
+
+
+def _metric(v: Any) -> bool:
+    return v is None or isinstance(v, bool) or _number(v)
+
+
+def _real(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+_NONE = type(None)
+_PSEUDO = [{"eps": _number, "value": _number, "kind": str}]
+_ENTRY = {"metrics": {"*": _metric}, "?accuracy": {"*": dict}, "?unavailable": dict}
+TENSOR_SPEC = dict(_ENTRY, **{
+    "name": str, "shape": [int], "matrix_shape": [int], "dtype": str, "kind": str,
+    "status": str, "accuracy": {"*": dict}, "unavailable": dict, "converged": bool,
+    "nonnormal": (dict, _NONE), "method": {"?backend": (str, _NONE), "?route": (str, _NONE)},
+    "notes": [str], "time_s": _real})
+_NONNORMAL = {"pseudospectral_radius": _PSEUDO, "max_power_norm_exact": bool}
+ANALYSIS_SPEC = {
+    "schema": str, "schema_version": str, "tool": {"name": str, "version": str},
+    "created": str,
+    "source": {"path": str, "format": str, "files": list, "size_bytes": _real,
+               "sha256": (str, _NONE), "notes": [str]},
+    "settings": dict,
+    "tensors": [TENSOR_SPEC],
+    "skipped": [{"name": str, "shape": list, "dtype": str, "reason": str}],
+    "errors": [{"name": str, "message": str}],
+    "fail_on": {"conditions": list, "?unchecked": list,
+                "violations": [{"condition": str, "tensor": str, "value": _metric}]},
+    "summary": {"analysed": int, "skipped": int, "errors": int, "time_s": _real},
+    "?checkpoint": (dict, _NONE),
+    "?optimizer": {"optimizer": str, "?groups": [dict], "?tensors": list, "?notes": [str],
+                   "?preconditioner_spread": _metric},
+    "?operators": [dict(_ENTRY, **{
+        "form": str, "coordinates": str, "n_params": object,
+        "?details": {"?pseudospectral_radius": _PSEUDO, "?rho_note": (str, _NONE)}})],
+}
+TRAJECTORY_SPEC = {
+    "schema": str, "schema_version": str, "created": str, "source": str,
+    "tool": {"version": str}, "settings": dict, "indicators": [str],
+    "checkpoints": [{"path": str, "status": str, "indicators": {"*": _real}}],
+    "spikes": {"rule": str, "onsets": list, "unstable": list, "defined": list,
+               "windows": list},
+    "scorecard": [{"indicator": str, "auc": _metric, "threshold": _metric,
+                   "threshold_kind": str, "onsets": _real, "warned": _real,
+                   "median_lead": _metric, "censored": [(bool, int)]}],
+    "fail_on": {"conditions": list, "violations": [
+        {"condition": str, "tensor": str, "value": _metric}]},
+    "summary": {"checkpoints": int, "analysed": int, "failed": int, "from_cache": int},
+}
+
+
+def validate(doc: Any, spec: Any, path: str) -> None:
+    """Raise :class:`InputError` naming ``path`` and the first field of ``doc`` that does
+    not fit ``spec`` (documents read from files are untrusted)."""
+    from spectrum_cli.core.errors import InputError
+
+    where = _mismatch(doc, spec, "")
+    if where is not None:
+        raise InputError(f"{path}: a damaged spectrum document: {where or 'the root'} "
+                         "is missing or has the wrong type")
+    if spec is ANALYSIS_SPEC:
+        for t in doc["tensors"]:
+            if t["nonnormal"] is not None and \
+                    _mismatch(t["nonnormal"], _NONNORMAL, "") is not None:
+                raise InputError(f"{path}: a damaged spectrum document: the nonnormal "
+                                 f"entry of tensor {t['name']!r} has the wrong shape")
+
+
+def _mismatch(value: Any, spec: Any, where: str) -> str | None:
+    """The path of the first mismatch of ``value`` against ``spec``, or None."""
+    if isinstance(spec, dict):
+        if not isinstance(value, dict):
+            return where
+        for key, sub in spec.items():
+            if key == "*":
+                bad = next((w for k, v in value.items()
+                            if (w := _mismatch(v, sub, f"{where}.{k}")) is not None), None)
+                if bad is not None:
+                    return bad
+                continue
+            name = key.lstrip("?")
+            if name not in value:
+                if key.startswith("?"):
+                    continue
+                return f"{where}.{name}"
+            bad = _mismatch(value[name], sub, f"{where}.{name}")
+            if bad is not None:
+                return bad
+        return None
+    if isinstance(spec, list):
+        if not isinstance(value, list):
+            return where
+        for i, item in enumerate(value):
+            bad = _mismatch(item, spec[0], f"{where}[{i}]")
+            if bad is not None:
+                return bad
+        return None
+    if isinstance(spec, (type, tuple)):
+        return None if isinstance(value, spec) else where
+    return None if spec(value) else where

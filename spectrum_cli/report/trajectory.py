@@ -19,14 +19,15 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import math
-from typing import Any, Sequence
+import os
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
 from spectrum_cli import __version__
 from spectrum_cli.core.errors import InputError
 from spectrum_cli.core.trajectory import SpikeRule, detect_spikes, score
-from spectrum_cli.report.document import json_safe
+from spectrum_cli.report.document import TRAJECTORY_SPEC, json_safe, validate
 
 SCHEMA = "spectrum.trajectory"
 SCHEMA_VERSION = "1.0.0"
@@ -79,14 +80,18 @@ def build(records: Sequence[dict[str, Any]], source: str, settings: dict[str, An
     }
 
 
-def write(path: str, doc: dict[str, Any], records: Sequence[dict[str, Any]]) -> None:
+def write(path: str, doc: dict[str, Any], records: Sequence[dict[str, Any]], *,
+          force: bool = False, inputs: Iterable[str | os.PathLike] = ()) -> None:
+    """Write the trajectory ``doc`` and its series to ``path`` atomically; ``force`` and
+    ``inputs`` as in :func:`spectrum_cli.report.hdf5.atomic_file` (never over a
+    checkpoint, a device or a file that is not a spectrum report)."""
     import h5py
 
     from spectrum_cli.report.hdf5 import atomic_file
 
     doc = json_safe(doc)
     ok = [r for r in records if r["status"] == "ok"]
-    with atomic_file(path) as f:
+    with atomic_file(path, force=force, inputs=inputs) as f:
         for key in ("schema", "schema_version", "created", "source"):
             f.attrs[key] = doc[key]
         f.attrs["tool_version"] = doc["tool"]["version"]
@@ -117,38 +122,54 @@ def _float(value: Any) -> float:
 
 
 def read(path: str) -> dict[str, Any]:
-    """The trajectory document stored by :func:`write`."""
-    import h5py
+    """The trajectory document stored by :func:`write` (the file is untrusted input:
+    see :class:`spectrum_cli.report.hdf5.SafeH5`)."""
+    from spectrum_cli.report.hdf5 import DAMAGE, SafeH5, _check_schema
 
-    try:
-        f = h5py.File(path, "r")
-    except OSError as exc:
-        raise InputError(f"{path}: not a readable HDF5 file ({exc})") from None
-    with f:
-        a = f.attrs
-        if str(a.get("schema", "")) != SCHEMA:
-            raise InputError(f"{path}: not a spectrum trajectory")
-        doc = {k: str(a[k]) for k in ("schema", "schema_version", "created", "source")}
-        doc["tool"] = {"name": "spectrum", "version": str(a["tool_version"])}
-        for key in ("settings", "spikes", "scorecard", "fail_on", "summary", "indicators"):
-            doc[key] = json.loads(a[key])
-        checkpoints = json.loads(a["checkpoints"])
-        ok = [c for c in checkpoints if c["status"] == "ok"]
-        series = {n: f["indicators"][n.replace("/", "|")][()] for n in doc["indicators"]}
-        for i, c in enumerate(ok):
-            c["indicators"] = {n: float(v[i]) for n, v in series.items()
-                               if not math.isnan(float(v[i]))}
-        for c in checkpoints:
-            c.setdefault("indicators", {})
-        doc["checkpoints"] = checkpoints
+    with SafeH5(path) as r:
+        _check_schema(r, SCHEMA, "trajectory")
+        try:
+            doc = _read(r)
+        except DAMAGE as exc:
+            raise InputError(f"{path}: a damaged spectrum trajectory "
+                             f"({type(exc).__name__}: {exc})") from None
+    validate(doc, TRAJECTORY_SPEC, path)
+    return doc
+
+
+def _read(r: Any) -> dict[str, Any]:
+    f = r.file
+    doc: dict[str, Any] = {k: r.text(f, k)
+                           for k in ("schema", "schema_version", "created", "source")}
+    doc["tool"] = {"name": "spectrum", "version": r.text(f, "tool_version")}
+    for key in ("settings", "spikes", "scorecard", "fail_on", "summary", "indicators"):
+        doc[key] = r.json(f, key)
+    checkpoints = r.json(f, "checkpoints")
+    validate({"indicators": doc["indicators"], "checkpoints": checkpoints},
+             {"indicators": [str], "checkpoints": [{"status": str}]}, r.path)
+    ok = [c for c in checkpoints if c["status"] == "ok"]
+    group = r.group(f, "indicators")
+    series = {n: np.atleast_1d(r.dataset(group, n.replace("/", "|")))
+              for n in doc["indicators"]}
+    for name, values in series.items():
+        if values.ndim != 1 or len(values) != len(ok) or values.dtype.kind not in "fiu":
+            raise InputError(f"{r.path}: indicator {name!r} does not hold one number per "
+                             "analysed checkpoint (a damaged trajectory)")
+    for i, c in enumerate(ok):
+        c["indicators"] = {n: float(v[i]) for n, v in series.items()
+                           if not math.isnan(float(v[i]))}
+    for c in checkpoints:
+        c.setdefault("indicators", {})
+    doc["checkpoints"] = checkpoints
     return doc
 
 
 def is_trajectory(path: str) -> bool:
-    try:
-        import h5py
+    """Whether ``path`` is a regular HDF5 file whose schema is a trajectory's."""
+    from spectrum_cli.report.hdf5 import SafeH5
 
-        with h5py.File(path, "r") as f:
-            return str(f.attrs.get("schema", "")) == SCHEMA
-    except (OSError, ImportError):
+    try:
+        with SafeH5(path) as r:
+            return "schema" in r.file.attrs and r.text(r.file, "schema") == SCHEMA
+    except (InputError, OSError, ImportError):
         return False

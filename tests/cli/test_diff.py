@@ -65,3 +65,73 @@ def test_diff_missing_input(pair, tmp_path):
     pa, _, _, _ = pair
     result = run_cli("diff", pa, tmp_path / "nope.pt")
     assert result.exit_code == 2 and "no such file" in result.stderr
+
+
+@pytest.fixture
+def reshaped(tmp_path):
+    g = torch.Generator().manual_seed(1)
+    a = {"w": torch.randn(3, 5, generator=g), "v": torch.randn(4, 4, generator=g),
+         "same": torch.randn(4, 4, generator=g)}
+    b = {"w": torch.randn(5, 3, generator=g), "v": torch.randn(4, generator=g),
+         "same": a["same"] + 0.1}
+    torch.save(a, tmp_path / "a.pt")
+    torch.save(b, tmp_path / "b.pt")
+    return tmp_path / "a.pt", tmp_path / "b.pt"
+
+
+def test_diff_says_when_a_shape_changed(reshaped):
+    pa, pb = reshaped
+    doc = json.loads(run_cli("diff", pa, pb, "--json").stdout)
+    assert doc["shape_changed"] == [{"name": "w", "a": [3, 5], "b": [5, 3]},
+                                    {"name": "v", "a": [4, 4], "b": [4]}]
+    rows = {r["name"]: r for r in doc["tensors"]}
+    assert rows["w"]["shape_changed"] == {"a": [3, 5], "b": [5, 3]}
+    assert "shape_changed" not in rows["same"] and "weights_relative" in rows["same"]
+    md = run_cli("diff", pa, pb, "--md").stdout
+    assert "- `w`: shape changed 3x5 -> 5x3" in md and "- `v`: shape changed 4x4 -> 4" in md
+    table = run_cli("diff", pa, pb).stdout
+    assert "w: shape changed 3x5 -> 5x3" in table and "v: shape changed 4x4 -> 4" in table
+
+
+EVIL = "x|y\n| [a](http://e.com) `c` <b>h</b> www.e.com \\| \x1b[31m\u202e"
+
+
+@pytest.fixture
+def evil_pair(tmp_path):
+    g = torch.Generator().manual_seed(2)
+    a = {EVIL: torch.randn(4, 4, generator=g), "ok": torch.randn(3, 3, generator=g)}
+    b = {k: v + 0.1 for k, v in a.items()}
+    torch.save(a, tmp_path / "a.pt")
+    torch.save(b, tmp_path / "b.pt")
+    return tmp_path / "a.pt", tmp_path / "b.pt"
+
+
+def _unescaped_pipes(line: str) -> int:
+    count, i = 0, 0
+    while i < len(line):
+        if line[i] == "\\":
+            i += 2
+            continue
+        count += line[i] == "|"
+        i += 1
+    return count
+
+
+def test_markdown_names_cannot_inject_rows_links_or_html(evil_pair):
+    md = run_cli("diff", *evil_pair, "--md").stdout
+    rows = [ln for ln in md.splitlines() if ln.startswith("|")]
+    assert len(rows) == 4  # header, rule, two tensors: no injected row
+    assert all(_unescaped_pipes(r) == 8 for r in rows)  # no injected cell
+    for bad in ("[a](", "<b>", "http://", "www.e", "\x1b", "\u202e", "`c`"):
+        assert bad not in md
+    assert "\\x1b" in md and "\\[a\\]" in md
+
+
+def test_terminal_output_escapes_control_characters(evil_pair):
+    for args in ((), ("--md",)):
+        out = run_cli("diff", *evil_pair, *args, env={"COLUMNS": "200"}).stdout
+        assert "\x1b" not in out and "\u202e" not in out
+        assert "\\x1b" in out and "\\u202e" in out
+    table = run_cli("diff", *evil_pair, env={"COLUMNS": "200"}).stdout
+    assert not any(line.startswith("| [a]") for line in table.splitlines())
+    assert "x|y\\x0a|" in table  # the newline shown as an escape, on the same row
