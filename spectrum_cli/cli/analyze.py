@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -35,54 +36,33 @@ def analyze(
     raise typer.Exit(code)
 
 
-def resolve(path: Path, settings: dict[str, Any], near: Path | None) -> tuple[Any, Any]:
-    """The job (CLI > SPECTRUM_* > file) and the configuration it came from; loading
-    safety from the command line only, for the files named there."""
-    from spectrum_cli.io import LoadPolicy
-    from spectrum_cli.pipeline import Job, config_values
-    from spectrum_cli.settings import config_values as given
-
-    values, cfg = config_values(given(settings), near=near)
-    policy = LoadPolicy(tuple(settings.get("allow_global") or ()),
-                        bool(settings.get("trust_checkpoint")), values.get("weights_key"))
-    return Job.from_values(values, policy), cfg
-
-
 def _run(path: Path, report: Path | None, top: int | None, s: dict[str, Any], err) -> int:
-    from spectrum_cli.batch import available_cores, threads_limited
+    from spectrum_cli import api
     from spectrum_cli.core.errors import ExitCode
-    from spectrum_cli.pipeline import analyze_checkpoint
     from spectrum_cli.report.output import check_target
 
-    job, cfg = resolve(path, s, near=path.resolve().parent if path.exists() else None)
     if report is not None:  # before the work: a long run must not fail at its end
         check_target(report, kind="report", inputs=[path], force=s["force"])
     if s["trust_checkpoint"]:
         err.print("[yellow]warning:[/] --trust-checkpoint: unpickling with "
                   "weights_only=False runs code from the file")
-    threads = cfg.values.get("threads") or available_cores()  # one process: every core
-    with _progress(err, enabled=not s["no_progress"]) as progress, threads_limited(threads):
-        out = analyze_checkpoint(str(path), job, digest=bool(report or s["json_out"]),
-                                 on_progress=progress)
-    doc, result = out.doc, out.result
-    doc["settings"]["config_file"] = cfg.file
+    settings = {k: v for k, v in s.items() if k not in _RUN_FLAGS}
+    with _progress(err, enabled=not s["no_progress"]) as progress:
+        out = api.analyze(path, digest=bool(report or s["json_out"]), on_progress=progress,
+                          **settings)
     for warning in out.warnings:
         err.print(f"[yellow]warning:[/] {escape(printable(warning))}")
     if report is not None:
-        from spectrum_cli.report.hdf5 import write_report
-
-        write_report(str(report), doc, result, out.operator_arrays, force=s["force"],
-                     inputs=[path])
+        out.write_report(report, force=s["force"])
         err.print(f"report written to {printable(report)}", markup=False)
     if s["json_out"]:
-        from spectrum_cli.report.document import dumps
-
-        print(dumps(doc))
+        print(json.dumps(out.document, indent=2))
     else:
         from spectrum_cli.cli.summary import render
 
-        render(doc, stdout_console(), top=top)
-    problems = _warn_unfinished(doc, err)
+        render(out.document, stdout_console(), top=top)
+    problems = _warn_unfinished(out.document, err)
+    result = out.result
     if not result.tensors and not result.errors:
         err.print("[bold red]error:[/] no matrix matched (nothing to analyse: see 'skipped')")
         return int(ExitCode.NOTHING_MATCHED)
@@ -97,6 +77,10 @@ def _run(path: Path, report: Path | None, top: int | None, s: dict[str, Any], er
     if out.violations and not s["exit_zero"]:
         return int(ExitCode.THRESHOLD_VIOLATED)
     return int(ExitCode.OK)
+
+
+#: Options of the command line itself, not settings of the analysis.
+_RUN_FLAGS = ("json_out", "force", "no_progress", "strict", "exit_zero")
 
 
 def _warn_unfinished(doc: dict, err) -> int:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
 
-from spectrum_cli.cli.analyze import resolve
 from spectrum_cli.cli.console import escape, exit_codes, stderr_console, stdout_console
 from spectrum_cli.cli.options import with_settings
 from spectrum_cli.report.output import printable
@@ -62,20 +62,14 @@ def batch(
 def _run(target: str, report: Path | None, plot: Path | None, top: int, jobs: int,
          cache_dir: Path | None, no_cache: bool, spike_factor: float, spike_window: int,
          s: dict[str, Any], err) -> int:
+    from spectrum_cli import api
     from spectrum_cli import batch as B
+    from spectrum_cli.cli.analyze import _RUN_FLAGS
     from spectrum_cli.core.errors import ExitCode, UsageError
-    from spectrum_cli.core.trajectory import SpikeRule
-    from spectrum_cli.report import trajectory as T
     from spectrum_cli.report.output import check_target
 
-    tpath = Path(target)
-    job, cfg = resolve(tpath, s, near=tpath.resolve() if tpath.is_dir() else None)
-    try:
-        rule = SpikeRule(spike_factor, spike_window)
-    except ValueError as exc:
-        raise UsageError(f"--spike-{exc}") from None
-    candidates = B.discover(target)
-    inputs = [tpath] + [c.path for c in candidates]
+    candidates = api.candidates(target)
+    inputs = [Path(target)] + [c.path for c in candidates]
     for out, kind in ((report, "report"), (plot, "plot")):
         if out is not None:  # before the run: it must not fail at its end
             check_target(out, kind=kind, inputs=inputs, force=s["force"])
@@ -89,20 +83,17 @@ def _run(target: str, report: Path | None, plot: Path | None, top: int, jobs: in
     def warn(message: str) -> None:
         err.print(f"[yellow]warning:[/] {escape(printable(message))}")
 
+    settings = {k: v for k, v in s.items() if k not in _RUN_FLAGS}
     with _Bar(err, len(candidates), enabled=not s["no_progress"]) as bar:
-        result = B.run_batch(candidates, job, jobs, cache, threads=cfg.values.get("threads"),
-                             on_result=bar.advance, on_warning=warn)
-    records = result.records
-    doc = T.build(records, target, {"analysis": job.options.as_dict(), "operator": job.values,
-                                    "jobs": jobs, "config_file": cfg.file,
-                                    **result.plan.as_settings()}, rule, job.fail_on)
+        run = api.trajectory(target, jobs=jobs, cache_dir=cache, spike_factor=spike_factor,
+                             spike_window=spike_window, on_result=bar.advance,
+                             on_warning=warn, **settings)
+    doc = run.document
     if report is not None:
-        T.write(str(report), doc, records, force=s["force"], inputs=inputs)
+        run.write_report(report, force=s["force"])
         err.print(f"trajectory written to {printable(report)}", markup=False)
     if s["json_out"]:
-        from spectrum_cli.report.document import dumps
-
-        print(dumps(doc))
+        print(json.dumps(doc, indent=2))
     else:
         render(doc, stdout_console(), top)
     if plot is not None:  # last: a failing plot must not cost the results above
@@ -110,7 +101,7 @@ def _run(target: str, report: Path | None, plot: Path | None, top: int, jobs: in
         from spectrum_cli.report.plots import plot_trajectory
 
         with atomic_path(plot, kind="plot", inputs=inputs, force=s["force"]) as tmp:
-            plot_trajectory(tmp, doc)
+            plot_trajectory(tmp, run._raw)
         err.print(f"plot written to {printable(plot)}", markup=False)
     failed = [c for c in doc["checkpoints"] if c["status"] != "ok"]
     for c in failed:
@@ -119,8 +110,8 @@ def _run(target: str, report: Path | None, plot: Path | None, top: int, jobs: in
     if not doc["summary"]["analysed"]:
         return int(ExitCode.USAGE_OR_INPUT_ERROR)
     if failed:
-        err.print(f"[bold red]error:[/] {len(failed)} of {len(records)} checkpoints failed; "
-                  "the trajectory has the rest")
+        err.print(f"[bold red]error:[/] {len(failed)} of {len(run.records)} checkpoints "
+                  "failed; the trajectory has the rest")
         return int(ExitCode.USAGE_OR_INPUT_ERROR)
     if doc["fail_on"]["violations"] and not s["exit_zero"]:
         return int(ExitCode.THRESHOLD_VIOLATED)
