@@ -37,6 +37,7 @@ from spectrum_backends._common import as_torch, check_options, cuda_note, select
 from spectrum_cli.core.backend import Capabilities, check_which
 from spectrum_cli.core.operators import as_operator
 from spectrum_cli.core.results import Eigenvalues, SingularValues
+from spectrum_cli.core.scaling import ldexp, scale_exponent, scaled_result
 
 EPS = float(np.finfo(np.float64).eps)
 #: Largest predicted relative error of kappa for which the Gram route is accepted.
@@ -72,8 +73,9 @@ class DenseBackend:
         a = _explicit(op)
         if device == "cpu" and dtype == "float64" and not _is_torch(a):
             sv = singular_values(a, route=route, frobenius_norm=frobenius_norm)
-        else:
-            sv = _torch_svdvals(a, dtype, device)
+        else:  # scaled in the input's own precision, before any cast to float32
+            e = scale_exponent(a, frobenius_norm, dtype)
+            sv = scaled_result(_torch_svdvals(ldexp(a, -e), dtype, device), e)
         if which == "all":
             return sv
         return _replace(sv, values=select(sv.values, k, which), which=which)
@@ -84,7 +86,8 @@ class DenseBackend:
         check_which(which, ALL, "eigenvalues", self.name)
         a = np.asarray(_numpy(_explicit(op)), dtype=np.float64)
         t0 = time.perf_counter()
-        lam = np.linalg.eigvalsh(a)[::-1].copy()
+        e = scale_exponent(a)
+        lam = ldexp(np.linalg.eigvalsh(ldexp(a, -e))[::-1].copy(), e)
         return Eigenvalues(select(lam, k, which), self.name, "syevd", "exact",
                            time.perf_counter() - t0, which=which)
 
@@ -153,10 +156,23 @@ def _validate(a: np.ndarray) -> np.ndarray:
 
 def singular_values(a: np.ndarray, route: str = "auto",
                     frobenius_norm: float | None = None) -> SingularValues:
-    """All ``min(m, n)`` singular values of a finite float64 matrix, descending."""
+    """All ``min(m, n)`` singular values of a finite float64 matrix, descending.
+
+    Entries near the float64 limits (max |a_ij| outside 2^±200) are first scaled by a
+    power of two (exact, see :mod:`spectrum_cli.core.scaling`) and the values scaled back.
+    """
     _validate(a)
     if route not in ROUTES:
         raise ValueError(f"route: expected one of {ROUTES}, got {route!r}")
+    e = scale_exponent(a, frobenius_norm)
+    if e:
+        fro = None if frobenius_norm is None else ldexp(frobenius_norm, -e)
+        return scaled_result(_singular_values(ldexp(a, -e), route, fro), e)
+    return _singular_values(a, route, frobenius_norm)
+
+
+def _singular_values(a: np.ndarray, route: str,
+                     frobenius_norm: float | None) -> SingularValues:
     t0 = time.perf_counter()
     m, n = a.shape
     k = min(m, n)
@@ -222,7 +238,8 @@ def eigenvalues(a: np.ndarray) -> Eigenvalues:
     if a.shape[0] != a.shape[1]:
         raise ValueError(f"a: expected a square matrix, got shape {a.shape}")
     t0 = time.perf_counter()
-    lam = np.linalg.eigvals(a)
+    e = scale_exponent(a)
+    lam = ldexp(np.linalg.eigvals(ldexp(a, -e)).astype(np.complex128), e)
     lam = lam[np.argsort(-np.abs(lam), kind="stable")]
     return Eigenvalues(lam.astype(np.complex128), "dense", "geev", "exact",
                        time.perf_counter() - t0)

@@ -39,6 +39,7 @@ from spectrum_backends._common import check_options, gap_refined
 from spectrum_cli.core.backend import Capabilities, check_which
 from spectrum_cli.core.operators import as_operator
 from spectrum_cli.core.results import Eigenvalues, Estimate, SingularValues
+from spectrum_cli.core.scaling import ldexp, scale_exponent
 
 EXTREMES = ("largest", "smallest")
 DEFAULT_TOL = 1e-10
@@ -273,6 +274,19 @@ def _quadrature(alpha: np.ndarray, beta: np.ndarray) -> float:
     return float((q[0, :] ** 2) @ f)
 
 
+def _scaled(op: Any, frobenius_norm: float | None = None) -> tuple[Any, int]:
+    """``(2^-e·A, e)`` for an explicit matrix whose entries are near the float64 limits
+    (see :mod:`spectrum_cli.core.scaling`), else ``(op, 0)``; values and bounds of the
+    scaled operator scale back exactly by ``2^e``. Matrix-free operators are not scaled."""
+    dense = op.dense()
+    if dense is None:
+        return op, 0
+    e = scale_exponent(dense, frobenius_norm)
+    if e == 0:
+        return op, 0
+    return as_operator(ldexp(dense, -e), symmetric=op.symmetric), e
+
+
 class LanczosBackend:
     """Krylov methods with full reorthogonalization: extremes, bounds, SLQ estimates."""
 
@@ -292,15 +306,17 @@ class LanczosBackend:
     def singular_values(self, op: Any, k: int | None = None, which: str = "largest", *,
                         tol: float = DEFAULT_TOL, max_steps: int | None = None,
                         seed: int = 0, dtype: str = "float64", device: str = "cpu",
-                        **_: Any) -> SingularValues:
-        """The k largest or smallest singular values with residual bounds."""
+                        frobenius_norm: float | None = None, **_: Any) -> SingularValues:
+        """The k largest or smallest singular values with residual bounds.
+        ``frobenius_norm``, if known, saves the scaling check a pass over A."""
         check_which(which, EXTREMES, "singular values", self.name)
         check_options(self.name, dtype, device, self.capabilities.devices)
-        op = as_operator(op)
+        op, e = _scaled(as_operator(op), frobenius_norm)
         k = k or 1
         t0 = time.perf_counter()
         before = op.n_matvec
         out = gkl(op, k, which, tol=tol, max_steps=max_steps, seed=seed)
+        out["values"], out["bounds"] = ldexp(out["values"], e), ldexp(out["bounds"], e)
         notes = () if out["converged"] else (
             f"lanczos ({which}) did not converge in {out['steps']} steps: residual bounds "
             f"up to {float(np.max(out['bounds'])):.2g}",)
@@ -320,9 +336,11 @@ class LanczosBackend:
         op = as_operator(op, symmetric=True)
         if op.shape[0] != op.shape[1]:
             raise ValueError(f"op: expected a square symmetric operator, got {op.shape}")
+        op, e = _scaled(op)
         t0 = time.perf_counter()
         before = op.n_matvec
         out = lanczos_symmetric(op, k or 1, which, tol=tol, max_steps=max_steps, seed=seed)
+        out["values"], out["bounds"] = ldexp(out["values"], e), ldexp(out["bounds"], e)
         return Eigenvalues(out["values"], self.name, "lanczos", "bound",
                            time.perf_counter() - t0, which=which, converged=out["converged"],
                            n_matvec=op.n_matvec - before, error_bounds=out["bounds"],
@@ -333,7 +351,9 @@ class LanczosBackend:
                          steps: int = 40, seed: int = 0, confidence: float = 0.99,
                          **_: Any) -> Estimate:
         """Spectral entropy (nats) of p_i = σ_i²/‖A‖_F² by stochastic Lanczos quadrature."""
-        op = as_operator(op)
+        op, e = _scaled(as_operator(op))
+        if e:  # the entropy is scale-invariant; ‖A‖_F² of the scaled matrix is finite
+            frobenius_sq = _frobenius_sq(op.dense())
         t0 = time.perf_counter()
         out = slq_entropy(op, frobenius_sq, probes=probes, steps=steps, seed=seed,
                           confidence=confidence)
@@ -342,3 +362,10 @@ class LanczosBackend:
                         self.name, time.perf_counter() - t0, out["matvecs"],
                         settings={"probes": probes, "steps": steps, "seed": seed,
                                   "probe_distribution": "rademacher"})
+
+
+def _frobenius_sq(a: Any) -> float:
+    """Σ a_ij² of a numpy array or torch tensor."""
+    if type(a).__module__.startswith("torch"):
+        return float((a.double() ** 2).sum())
+    return float(np.einsum("ij,ij->", a, a))

@@ -26,10 +26,13 @@ from typing import Any
 
 import numpy as np
 
-from spectrum_backends._common import as_torch, check_options, cuda_note, gap_refined
+from spectrum_backends._common import (
+    as_torch, check_options, cuda_note, gap_refined, torch_installed,
+)
 from spectrum_cli.core.backend import Capabilities, check_which
 from spectrum_cli.core.operators import as_operator
 from spectrum_cli.core.results import SingularValues
+from spectrum_cli.core.scaling import ldexp, scale_exponent
 
 DEFAULT_TOL = 1e-10
 
@@ -41,11 +44,8 @@ class RandomizedSVDBackend:
                                 dtypes=("float64", "float32"), accuracy="bound")
 
     def available(self) -> tuple[bool, str]:
-        try:
-            import torch  # noqa: F401
-        except ImportError:
-            return False, "needs torch"
-        return True, ""
+        # find_spec, not import: listing backends must not pay torch's 1-2 s import.
+        return (True, "") if torch_installed() else (False, "needs torch")
 
     def device_support(self) -> str:
         return f"cpu, {cuda_note()}"
@@ -53,7 +53,7 @@ class RandomizedSVDBackend:
     def singular_values(self, op: Any, k: int | None = None, which: str = "largest", *,
                         oversampling: int = 10, max_power: int = 100, tol: float = DEFAULT_TOL,
                         seed: int = 0, dtype: str = "float64", device: str = "cpu",
-                        **_: Any) -> SingularValues:
+                        frobenius_norm: float | None = None, **_: Any) -> SingularValues:
         """The k largest singular values with residual bounds (see module docstring)."""
         import torch
 
@@ -63,7 +63,9 @@ class RandomizedSVDBackend:
         if op.dense() is None:
             raise NotImplementedError("randomized-svd needs an explicit matrix")
         t0 = time.perf_counter()
-        a = as_torch(op.dense(), device, dtype)
+        # Entries near the float64 limits: scale by 2^-e (exact) before any cast or product.
+        e = scale_exponent(op.dense(), frobenius_norm, dtype)
+        a = as_torch(ldexp(op.dense(), -e), device, dtype)
         if a.shape[0] < a.shape[1]:
             a = a.T  # tall: the range finder then works in the smaller dimension
         m, n = a.shape
@@ -101,11 +103,12 @@ class RandomizedSVDBackend:
             power += 1
         if device == "cuda":
             torch.cuda.synchronize()
-        values = sig[:k].double().cpu().numpy()
-        bnd = bounds
+        values = ldexp(sig[:k].double().cpu().numpy(), e)
+        bnd = ldexp(bounds, e)
         notes = () if converged else (
             f"randomized-svd did not converge to tol {tol:g} in {max_power} power iterations "
-            f"(bound {float(np.max(bnd / values)):.2g} relative)",)
+            f"(bound {float(np.max(bounds / sig[:k].double().cpu().numpy())):.2g} "
+            "relative)",)
         return SingularValues(values, self.name, "halko-martinsson-tropp", "bound",
                               float(np.max(bnd)), time.perf_counter() - t0, notes,
                               which="largest", converged=converged, n_matvec=matvecs,

@@ -113,8 +113,10 @@ def _uniform(snapshot: opt_io.OptimizerSnapshot, params: list[opt_io.ParamState]
 
 def analyze_optimizer(state: Mapping, weights: Mapping[str, Any],
                       source: HessianSource | None, options: OperatorOptions,
-                      backends: Callable[[str], Any] | None = None) -> OptimizerReport:
-    """Optimizer-only metrics, and with a Hessian source the update operators."""
+                      backends: Callable[[str], Any] | None = None,
+                      where: str = "the optimizer state") -> OptimizerReport:
+    """Optimizer-only metrics, and with a Hessian source the update operators.
+    ``where`` names the file (and key) the state came from, for messages."""
     model = None
     param_shapes = {k: tuple(getattr(v, "shape", ())) for k, v in weights.items()}
     model_order = None
@@ -125,13 +127,23 @@ def analyze_optimizer(state: Mapping, weights: Mapping[str, Any],
     snapshot = opt_io.parse(state, param_shapes, model_order if source else None)
     report = OptimizerReport(opt_io.optimizer_only_metrics(snapshot), notes=snapshot.notes)
     report.optimizer["named_by"] = snapshot.named_by
+    before_first = _before_first_step(snapshot)
+    if before_first and snapshot.kind != "sgd":
+        report.notes.append(ADAM_BEFORE_FIRST_STEP)
     if source is None:
         report.notes.append("optimizer-only metrics: a Hessian source (--model, --data, "
                             "--loss) would add ρ(J), κ(V), pseudospectral radii, transient "
                             "growth, the Kreiss bound and edge-of-stability ratios")
         return report
+    if before_first and snapshot.kind != "sgd":
+        raise InputError(f"{where}: {ADAM_BEFORE_FIRST_STEP}; save the optimizer after at "
+                         "least one step(), or analyse the weights without --model/--data")
     selector = Selector(options.params, ())
-    chosen = [p for p in snapshot.params if p.moments and selector(p.name)]
+    tracked = [p for p in snapshot.params if p.moments]
+    if before_first:  # SGD: buffers are state, not structure
+        tracked = [p for p in snapshot.params if p.shape is not None]
+        report.notes.append(SGD_WITHOUT_BUFFERS)
+    chosen = [p for p in tracked if selector(p.name)]
     if not chosen:
         raise UsageError("no optimizer-tracked parameter matches --params "
                          f"{list(options.params)}")
@@ -151,6 +163,20 @@ def analyze_optimizer(state: Mapping, weights: Mapping[str, Any],
     else:
         _adam_operators(report, snapshot, chosen, problem, options, backends)
     return report
+
+
+ADAM_BEFORE_FIRST_STEP = ("Adam snapshot saved before its first step has no second-moment "
+                          "estimate, so its preconditioner is undefined")
+SGD_WITHOUT_BUFFERS = ("the SGD state holds no momentum buffers (saved before its first step, "
+                       "or momentum = 0): the linearized operator needs only H, lr and the "
+                       "hyper-parameters, so every parameter of the optimizer's groups is "
+                       "analysed")
+
+
+def _before_first_step(snapshot: opt_io.OptimizerSnapshot) -> bool:
+    """True when no parameter has optimizer state at all: a snapshot saved before the
+    first ``step()`` (or plain SGD without momentum, which never keeps buffers)."""
+    return bool(snapshot.params) and not any(p.moments for p in snapshot.params)
 
 
 def _wd_vector(snapshot, chosen) -> np.ndarray:

@@ -24,9 +24,11 @@ orthonormal basis of their span (operators.md §3), one particular choice, label
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
+
+from spectrum_cli.core.scaling import ldexp, scale_exponent
 
 EPS = float(np.finfo(np.float64).eps)
 CLUSTER_SAFETY = 100.0
@@ -76,12 +78,26 @@ def _cond2(v: np.ndarray) -> float:
 
 
 def eigenstructure(a: np.ndarray) -> EigenStructure:
-    """Eigenvalues, κ(V), eigenvalue condition numbers and Henrici's departure."""
-    import scipy.linalg as sla
+    """Eigenvalues, κ(V), eigenvalue condition numbers and Henrici's departure.
 
+    Entries near the float64 limits are scaled by 2^-e first (exact; see
+    :mod:`spectrum_cli.core.scaling`): eigenvalues, ρ and Henrici's ‖N‖_F scale back by
+    2^e, the condition numbers and relative quantities are scale-invariant."""
     a = np.asarray(a, dtype=np.float64)
     if a.ndim != 2 or a.shape[0] != a.shape[1]:
         raise ValueError(f"a: expected a square matrix, got shape {a.shape}")
+    e = scale_exponent(a)
+    out = _eigenstructure(ldexp(a, -e))
+    if e == 0:
+        return out
+    return replace(out, eigenvalues=ldexp(out.eigenvalues, e),
+                   spectral_radius=ldexp(out.spectral_radius, e),
+                   henrici=ldexp(out.henrici, e))
+
+
+def _eigenstructure(a: np.ndarray) -> EigenStructure:
+    import scipy.linalg as sla
+
     lam, vl, vr = sla.eig(a, left=True, right=True, check_finite=False)
     vr = vr / np.linalg.norm(vr, axis=0)
     vl = vl / np.linalg.norm(vl, axis=0)

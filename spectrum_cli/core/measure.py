@@ -19,6 +19,7 @@ import numpy as np
 
 from spectrum_cli.core import metrics as M
 from spectrum_cli.core.results import Eigenvalues, TensorResult
+from spectrum_cli.core.scaling import ldexp, scale_exponent, scaled_result
 
 FULL_SPECTRUM_ONLY = ("numerical_rank", "effective_rank", "spectral_entropy_normalized")
 
@@ -48,14 +49,22 @@ def analyze_matrix(planned: Any, a: np.ndarray, options: Any, backend: Any) -> T
     caps = backend.capabilities
     common = {"dtype": options.dtype, "device": options.device}
     extra: dict[str, Any] = {}
+    # Entries near the float64 limits: every backend (plugins too) sees 2^-e·A (exact),
+    # and the absolute quantities are scaled back; ratios need nothing.
+    e = scale_exponent(a, entries["frobenius_norm"], options.dtype)
+    b, fro_b = a, entries["frobenius_norm"]
+    if e:
+        b = ldexp(a, -e)
+        fro_b = math.sqrt(float(np.einsum("ij,ij->", b, b)))
     if "all" in caps.singular_values:
-        sv = backend.singular_values(a, which="all", route=options.svd_route,
-                                     frobenius_norm=entries["frobenius_norm"], **common)
+        sv = backend.singular_values(b, which="all", route=options.svd_route,
+                                     frobenius_norm=fro_b, **common)
         metrics = M.singular_value_metrics(sv.values, a.shape, options.effective_rank_tau)
     else:
-        sv, extra = _extremes(a, options, backend, entries["frobenius_norm"] ** 2, common,
-                              planned.name)
+        sv, extra = _extremes(b, options, backend, fro_b ** 2, common, planned.name)
         metrics = extra.pop("metrics")
+    if e:
+        sv = _scale_back(sv, metrics, extra, e)
     metrics.update(entries)
     unavailable: dict[str, str] = extra.get("unavailable", {})
     eig = nonnormal = None
@@ -69,6 +78,7 @@ def analyze_matrix(planned: Any, a: np.ndarray, options: Any, backend: Any) -> T
             eig = Eigenvalues(nonnormal.eigen.eigenvalues, "dense", "geev (with vectors)",
                               "exact", time.perf_counter() - t_eig)
             metrics.update(nonnormal.metrics())
+            extra.setdefault("notes", []).extend(nonnormal.notes)
         else:
             why = (f"backend {backend.name!r} computes no eigenvalues of non-symmetric "
                    "matrices")
@@ -82,6 +92,21 @@ def analyze_matrix(planned: Any, a: np.ndarray, options: Any, backend: Any) -> T
                         accuracy=extra.get("accuracy", {}), unavailable=unavailable,
                         converged=converged, smallest=extra.get("smallest"),
                         nonnormal=nonnormal)
+
+
+def _scale_back(sv: Any, metrics: dict[str, Any], extra: dict[str, Any], e: int) -> Any:
+    """Turn results computed on ``2^-e·A`` into those of ``A``: singular values, σ_max,
+    σ_min and their error bars times ``2^e`` (inf past 1.8e308, said so in the notes);
+    κ, entropies, ranks, stable rank and spectral gap are ratios and stay as they are."""
+    for key in ("sigma_max", "sigma_min"):
+        if metrics.get(key) is not None:
+            metrics[key] = ldexp(float(metrics[key]), e)
+        bar = extra.get("accuracy", {}).get(key)
+        if bar is not None and bar.get("error_bar") is not None:
+            bar["error_bar"] = ldexp(float(bar["error_bar"]), e)
+    if extra.get("smallest") is not None:
+        extra["smallest"] = scaled_result(extra["smallest"], e)
+    return scaled_result(sv, e)
 
 
 def _extremes(a: np.ndarray, options: Any, backend: Any, fro_sq: float,

@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from spectrum_cli.core.scaling import ldexp
+
 EPS64 = float(np.finfo(np.float64).eps)
 
 #: Contract names -> one-line description. Order is the column order of reports.
@@ -134,10 +136,11 @@ def entry_metrics(a: np.ndarray) -> dict[str, Any]:
             a = np.ldexp(a, -scale)
             row_sq = np.einsum("ij,ij->i", a, a)
             total = float(row_sq.sum())
-    row = np.ldexp(np.sqrt(row_sq), scale)
-    col = np.ldexp(np.sqrt(np.einsum("ij,ij->j", a, a)), scale)
+    # Scaled back exactly; a norm past 1.8e308 (entries near the float64 limit) is inf.
+    row = ldexp(np.sqrt(row_sq), scale)
+    col = ldexp(np.sqrt(np.einsum("ij,ij->j", a, a)), scale)
     return {
-        "frobenius_norm": math.ldexp(math.sqrt(total), scale),
+        "frobenius_norm": ldexp(math.sqrt(total), scale),
         "row_norm_min": float(row.min()),
         "row_norm_max": float(row.max()),
         "row_norm_mean": float(row.mean()),

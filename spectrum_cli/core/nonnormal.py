@@ -43,6 +43,11 @@ class NonNormal:
             "transient_window": self.transient_window,
         }
 
+    @property
+    def notes(self) -> tuple[str, ...]:
+        """What a reader must know: values past the float64 range reported as inf."""
+        return self.powers.notes + tuple(n for n in self.kreiss.notes if "float64" in n)
+
     def details(self) -> dict[str, Any]:
         """The structured part of the result (lists, flags, provenance)."""
         return {
@@ -59,6 +64,7 @@ class NonNormal:
                        "argmax": None if self.kreiss.argmax is None else
                        [self.kreiss.argmax.real, self.kreiss.argmax.imag],
                        "evaluations": self.kreiss.evaluations,
+                       "notes": list(self.kreiss.notes),
                        "relation": "K <= sup_{k>=0} ||A^k|| <= e*n*K (Kreiss matrix theorem)"},
         }
 

@@ -33,6 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from spectrum_cli.core.scaling import ldexp, scale_exponent
+
 EPS = float(np.finfo(np.float64).eps)
 #: Largest n for the dense criss-cross (its eigenproblems are 2n x 2n).
 CRISS_CROSS_MAX_N = 2000
@@ -104,10 +106,35 @@ def _outer_crossing(a: np.ndarray, eps: float, psi: float, r_in: float,
 
 def criss_cross(a: np.ndarray, eps: float, tol: float = 1e-12,
                 max_iter: int = 50) -> PseudospectralRadius:
-    """ρ_ε(A) for a dense square A by the Mengi-Overton criss-cross algorithm."""
+    """ρ_ε(A) for a dense square A by the Mengi-Overton criss-cross algorithm.
+
+    Entries near the float64 limits: ρ_ε(A) = 2^e·ρ_{ε/2^e}(2^-e·A), with the exact
+    scaling of :mod:`spectrum_cli.core.scaling`. An ε beyond ‖A‖_F/eps₆₄ gives ρ_ε = ε to
+    working precision (ε <= ρ + ε <= ρ_ε <= ‖A‖₂ + ε); an ε that the scaling turns into
+    zero is below A's resolution: ρ(A) is returned as a lower bound."""
     a = np.asarray(a)
     if eps <= 0:
         raise ValueError(f"eps: expected a positive number, got {eps!r}")
+    e = scale_exponent(a)
+    b, eps_b = ldexp(a, -e), ldexp(float(eps), -e)
+    fro = float(np.linalg.norm(b))
+    if eps_b * EPS > fro:
+        return PseudospectralRadius(eps, float(eps), "exact", "ε dwarfs ‖A‖: ρ_ε = ε to "
+                                    "working precision", 0, complex(eps))
+    if eps_b < np.finfo(np.float64).tiny:
+        lam = ldexp(np.linalg.eigvals(b), e)
+        top = complex(lam[np.argmax(np.abs(lam))])
+        return PseudospectralRadius(eps, abs(top), "lower_bound", "ε below the float64 "
+                                    "resolution of A: ρ(A) < ρ_ε(A)", 0, top)
+    out = _criss_cross(b, eps_b, tol, max_iter)
+    if e == 0:
+        return out
+    return PseudospectralRadius(eps, ldexp(out.value, e), out.kind, out.method,
+                                out.iterations, complex(ldexp(np.array([out.argmax]), e)[0]))
+
+
+def _criss_cross(a: np.ndarray, eps: float, tol: float,
+                 max_iter: int) -> PseudospectralRadius:
     lam = np.linalg.eigvals(a)
     best = lam[np.argmax(np.abs(lam))]
     psi = float(np.angle(best)) if abs(best) > 0 else 0.0
