@@ -154,7 +154,7 @@ def optimizer_report(source: Any, job: Job, warnings: list[str]) -> Any:
                            params=tuple(v.get("params", ())),
                            **{k: v[k] for k in ("dense_max", "coordinates", "step_convention")
                               if k in v})
-    report = analyze_optimizer(state, weights, hess, opts)
+    report = analyze_optimizer(state, weights, hess, opts, where=f"{source.path} ({where})")
     report.optimizer["found_in"] = where
     report.optimizer["hessian_source"] = None if hess is None else {
         "model": hess.model, "data": hess.data, "loss": hess.loss}

@@ -20,6 +20,7 @@ from spectrum_cli.cli import report as _report
 from spectrum_cli.cli import trust as _trust
 from spectrum_cli.cli.console import reserved_stdout
 from spectrum_cli.cli.options import Command, Group
+from spectrum_cli.report.output import printable
 
 app = typer.Typer(
     name="spectrum",
@@ -78,6 +79,8 @@ def run(argv: list[str] | None = None) -> int:
         except typer.Exit as exc:
             code = exc.exit_code
         except click_exception as exc:
+            if getattr(exc, "ctx", "n/a") is None:  # a parser error: give it the usage too
+                exc.ctx = _usage_context(sys.argv[1:] if argv is None else argv)
             exc.show()
             code = exc.exit_code
         except (typer.Abort, KeyboardInterrupt):
@@ -86,11 +89,30 @@ def run(argv: list[str] | None = None) -> int:
         except Exception as exc:  # a bug of ours
             if os.environ.get("SPECTRUM_DEBUG"):
                 traceback.print_exc(file=sys.stderr)
-            print(f"spectrum: internal error: {type(exc).__name__}: {exc}\n  This is a bug "
+            print(f"spectrum: internal error: {type(exc).__name__}: {printable(str(exc))}\n"
+                  "  This is a bug "
                   "in spectrum; rerun with SPECTRUM_DEBUG=1 for a traceback and report it.",
                   file=sys.stderr)
             code = 3
     return int(code or 0)
+
+
+def _usage_context(argv: list[str]) -> typer.Context | None:
+    """A context for the (sub)command named in ``argv``, for its usage line."""
+    try:
+        group = typer.main.get_command(app)
+        path, cmd = ["spectrum"], group
+        for word in argv:
+            sub = getattr(cmd, "commands", {}).get(word)
+            if sub is None:
+                if not word.startswith("-"):
+                    break
+                continue
+            path.append(word)
+            cmd = sub
+        return typer.Context(cmd, info_name=" ".join(path))
+    except Exception:  # noqa: BLE001 - the message alone is still right
+        return None
 
 
 def main() -> None:

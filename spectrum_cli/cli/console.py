@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from spectrum_cli.core.errors import ExitCode, SpectrumError
+from spectrum_cli.report.output import printable
 
 
 @contextlib.contextmanager
@@ -45,12 +46,22 @@ def reserved_stdout() -> Iterator[None]:
     try:
         yield
     finally:
+        _flush_c_streams()  # what C code buffered for descriptor 1 goes to stderr now
         ours, sys.stdout = sys.stdout, old
         with contextlib.suppress(OSError, ValueError):  # a closed pipe: nothing to save
             ours.flush()
         os.dup2(saved, fd)
         with contextlib.suppress(OSError, ValueError):
             ours.close()
+
+
+def _flush_c_streams() -> None:
+    """``fflush(NULL)``: C's stdio buffers (LAPACK's XERBLA writes through printf) are
+    written out while descriptor 1 still points at standard error."""
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        ctypes.CDLL(None).fflush(None)
 
 
 def stdout_console() -> Console:
@@ -70,7 +81,7 @@ def exit_codes(err: Console) -> Iterator[None]:
     except typer.Exit:
         raise
     except SpectrumError as exc:
-        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
+        err.print(f"[bold red]error:[/] {escape(printable(str(exc)))}", highlight=False)
         raise typer.Exit(int(exc.exit_code)) from None
     except BrokenPipeError:  # `spectrum ... | head`: the reader left; stop quietly
         devnull = os.open(os.devnull, os.O_WRONLY)
@@ -82,7 +93,8 @@ def exit_codes(err: Console) -> Iterator[None]:
     except Exception as exc:  # a bug of ours: say so, hide the traceback unless asked
         if os.environ.get("SPECTRUM_DEBUG"):
             traceback.print_exc(file=sys.stderr)
-        err.print(f"[bold red]internal error:[/] {type(exc).__name__}: {escape(str(exc))}\n"
+        err.print(f"[bold red]internal error:[/] {type(exc).__name__}: "
+                  f"{escape(printable(str(exc)))}\n"
                   "  This is a bug in spectrum; rerun with SPECTRUM_DEBUG=1 for a traceback "
                   "and report it.", markup=True, highlight=False)
         raise typer.Exit(int(ExitCode.INTERNAL_ERROR)) from None

@@ -156,6 +156,11 @@ def test_hessian_source_from_spectrum_toml(tmp_path):
     sgd_checkpoint(tmp_path / "c.pt")
     (tmp_path / "spectrum.toml").write_text(
         f'model = "{M}:small_mlp"\ndata = "{M}:small_data"\nloss = "mse"\n')
+    from tests.helpers import run_cli
+
+    refused = run_cli("analyze", tmp_path / "c.pt", "--json")  # no consent yet (item 2)
+    assert refused.exit_code == 2 and "spectrum trust" in refused.stderr
+    assert run_cli("trust", tmp_path / "spectrum.toml").exit_code == 0
     doc, result = run_json(tmp_path / "c.pt")
     assert result.exit_code == 0 and doc["operators"][0]["form"] == "momentum"
     assert doc["optimizer"]["hessian_source"]["model"] == f"{M}:small_mlp"
