@@ -119,6 +119,11 @@ def kreiss_lower_bound(a: np.ndarray, per_decade: int = 2, angular: int = 24,
     rho = ldexp(float(np.max(np.abs(lam))), e)
     if rho >= 1.0:
         return KreissBound(math.inf, None, 0, ("ρ(A) >= 1: K(A) = inf",))
+    if ldexp(float(np.linalg.norm(b, 2)), e) <= 1.0:
+        # A contraction: ‖(zI-A)⁻¹‖ <= 1/(|z| - ‖A‖) <= 1/(|z| - 1), so the ratio never
+        # exceeds its limit 1 as |z| -> ∞ (Trefethen & Embree 2005, ch. 18): K(A) = 1.
+        return KreissBound(1.0, None, 0, ("‖A‖₂ <= 1: K(A) = 1 exactly, the limit of "
+                                          "(|z|-1)‖(zI-A)⁻¹‖ as |z| -> ∞",))
     ratio = _ResolventRatio(t, b, e)
     if refine is None:  # each refinement costs ~50 dense SVDs of A's size
         refine = 2 if a.shape[0] <= 128 else 1
