@@ -3,20 +3,149 @@
 A :class:`TensorSource` never holds more than the tensor being read: ``entries()`` comes
 from headers (safetensors, npy) or from a memory-mapped ``torch.load``; ``read()`` returns
 one float64 copy. That keeps peak memory near one tensor, whatever the checkpoint's size.
+
+Hostile input: every reader opens paths through :func:`require_regular` /
+:func:`open_regular` (a FIFO, socket, device or directory is refused before it is opened,
+so nothing hangs), and every exception that parsing bytes can raise is turned into an
+:class:`~spectrum_cli.core.errors.InputError` naming the file by :func:`input_errors`,
+which guards :func:`spectrum_cli.io.detect.open_source` and, through
+:meth:`SourceBase.__init_subclass__`, every reader's ``entries``, ``read`` and ``weights``.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import inspect
+import math
 import os
+import pickle
+import stat
+import struct
+import zipfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator, Protocol
+from typing import IO, Any, Callable, Iterator, Protocol
 
 import numpy as np
+
+from spectrum_cli.core.errors import InputError, SpectrumError
 
 FLOAT_DTYPES = frozenset(
     {"float64", "float32", "float16", "bfloat16", "float8_e4m3fn", "float8_e5m2"}
 )
+
+#: What parsing hostile bytes can raise below a reader (json and Unicode errors are
+#: ValueErrors, RecursionError is a RuntimeError, IndexError and KeyError LookupErrors).
+PARSE_ERRORS: tuple[type[BaseException], ...] = (
+    RuntimeError, ValueError, ArithmeticError, LookupError, TypeError, struct.error,
+    zipfile.BadZipFile, EOFError, OSError, MemoryError, pickle.UnpicklingError,
+)
+
+#: Most dimensions a tensor may declare (numpy's own limit is 64).
+MAX_NDIM = 64
+
+
+def describe_error(exc: BaseException) -> str:
+    """A short, one-line account of why parsing failed."""
+    if isinstance(exc, RecursionError):
+        return "nested too deeply to parse"
+    if isinstance(exc, MemoryError):
+        return "declares more data than fits in memory"
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"cannot read it ({exc.strerror})"
+    text = str(exc).strip().splitlines()
+    first = text[0] if text else ""
+    if len(first) > 200:
+        first = first[:200] + "..."
+    return f"corrupt or unreadable ({type(exc).__name__}{': ' + first if first else ''})"
+
+
+@contextmanager
+def input_errors(path: str) -> Iterator[None]:
+    """Turn any parse failure inside the block into an :class:`InputError` naming ``path``;
+    errors that already say what is wrong (:class:`SpectrumError`) pass unchanged."""
+    try:
+        yield
+    except SpectrumError:
+        raise
+    except PARSE_ERRORS as exc:
+        raise InputError(f"{path}: {describe_error(exc)}") from exc
+
+
+def _guarded(fn: Callable) -> Callable:
+    """``fn`` (a reader method) with its parse failures reported against ``self.path``."""
+    if inspect.isgeneratorfunction(fn):
+        @functools.wraps(fn)
+        def gen(self, *args: Any, **kwargs: Any) -> Iterator[Any]:
+            with input_errors(self.path):
+                yield from fn(self, *args, **kwargs)
+        gen._input_guarded = True  # type: ignore[attr-defined]
+        return gen
+
+    @functools.wraps(fn)
+    def call(self, *args: Any, **kwargs: Any) -> Any:
+        with input_errors(self.path):
+            return fn(self, *args, **kwargs)
+    call._input_guarded = True  # type: ignore[attr-defined]
+    return call
+
+
+def _file_kind(mode: int) -> str:
+    kinds = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+             (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+             (stat.S_ISBLK, "a block device"))
+    return next((name for test, name in kinds if test(mode)), "not a regular file")
+
+
+def require_regular(path: str) -> os.stat_result:
+    """``os.stat(path)`` (symlinks followed) when it is a regular file; anything else
+    (missing, a symlink loop, a FIFO, a device, a directory) is an :class:`InputError`
+    raised before the path is ever opened."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file or directory") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise InputError(f"{path}: {_file_kind(st.st_mode)}, not a regular file; "
+                         "refusing to read it")
+    return st
+
+
+def open_regular(path: str) -> IO[bytes]:
+    """Open a regular file for binary reading, refusing anything else without blocking:
+    the path is checked first, then opened non-blocking and checked again on the open
+    descriptor (a FIFO swapped in between cannot make the open hang)."""
+    require_regular(path)
+    extra = getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
+    try:
+        fh = open(path, "rb", opener=lambda p, flags: os.open(p, flags | extra))
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+    if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+        fh.close()
+        raise InputError(f"{path}: not a regular file; refusing to read it")
+    return fh
+
+
+def check_shape(path: str, name: str, shape: Any) -> tuple[int, ...]:
+    """A declared shape as a tuple of non-negative ints whose element count (zeros
+    counted as one) fits in int64; anything else is an :class:`InputError`."""
+    if not isinstance(shape, (list, tuple)) or len(shape) > MAX_NDIM:
+        raise InputError(f"{path}: tensor {name!r} declares shape {shape!r} (expected a "
+                         f"list of at most {MAX_NDIM} dimensions)")
+    if not all(type(d) is int or isinstance(d, np.integer) for d in shape):
+        raise InputError(f"{path}: tensor {name!r} declares non-integer dimensions "
+                         f"{list(shape)!r}")
+    dims = tuple(int(d) for d in shape)
+    if any(d < 0 for d in dims):
+        raise InputError(f"{path}: tensor {name!r} declares negative dimensions {dims}")
+    if math.prod(max(d, 1) for d in dims) >= 2**63:
+        raise InputError(f"{path}: tensor {name!r} declares shape {dims}, more elements "
+                         "than any file can hold")
+    return dims
 
 
 @dataclass(frozen=True)
@@ -37,7 +166,8 @@ class TensorInfo:
 @dataclass(frozen=True)
 class LoadPolicy:
     """How far a pickle-based checkpoint is trusted. Set only from the command line:
-    configuration files and environment variables cannot widen it."""
+    configuration files and environment variables cannot widen it. It covers the file
+    named on the command line (and its shards) only, never a file found beside it."""
 
     allow_globals: tuple[str, ...] = ()
     trust_checkpoint: bool = False
@@ -61,12 +191,21 @@ class TensorSource(Protocol):
 
 @dataclass
 class SourceBase:
-    """Shared bookkeeping for readers."""
+    """Shared bookkeeping for readers. Subclasses' ``entries``, ``read`` and ``weights``
+    are wrapped by :func:`input_errors`, so a parse failure while listing or reading
+    names the file and exits 2, whatever the reader."""
 
     path: str
     format: str
     files: tuple[str, ...]
     notes: list[str] = field(default_factory=list)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for method in ("entries", "read", "weights"):
+            fn = cls.__dict__.get(method)
+            if callable(fn) and not getattr(fn, "_input_guarded", False):
+                setattr(cls, method, _guarded(fn))
 
     def close(self) -> None:  # pragma: no cover - trivial default
         pass
@@ -82,11 +221,11 @@ def sha256_files(paths: tuple[str, ...]) -> str:
     """One SHA-256 over the files' bytes, in the given order (1 MiB reads)."""
     h = hashlib.sha256()
     for p in paths:
-        with open(p, "rb") as fh:
+        with input_errors(p), open_regular(p) as fh:
             while chunk := fh.read(1 << 20):
                 h.update(chunk)
     return h.hexdigest()
 
 
 def total_size(paths: tuple[str, ...]) -> int:
-    return sum(os.path.getsize(p) for p in paths)
+    return sum(require_regular(p).st_size for p in paths)

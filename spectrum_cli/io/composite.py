@@ -1,16 +1,27 @@
 """Sharded checkpoints: an ``*.index.json`` whose ``weight_map`` names the shard files
-(``model.safetensors.index.json``, ``pytorch_model.bin.index.json``)."""
+(``model.safetensors.index.json``, ``pytorch_model.bin.index.json``).
+
+Shard names come from file content, so they are confined: a relative path inside the
+index's folder, no ``..``, not absolute, not itself an index (no cycles), and a regular
+file that resolves (symlinks followed) inside the folder, or inside the ``blobs/`` folder
+of a Hugging Face hub cache (``<repo>/snapshots/<rev>/x -> ../../blobs/<hash>``).
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from typing import Iterator
 
 import numpy as np
 
 from spectrum_cli.core.errors import InputError
-from spectrum_cli.io.base import LoadPolicy, SourceBase, TensorInfo, TensorSource
+from spectrum_cli.io.base import (LoadPolicy, SourceBase, TensorInfo, TensorSource,
+                                  input_errors, open_regular)
+
+#: Largest index file read (real ones are well under 1 MB).
+MAX_INDEX_BYTES = 64 * 1024 * 1024
 
 
 class ShardedSource(SourceBase):
@@ -40,20 +51,76 @@ class ShardedSource(SourceBase):
             shard.close()
 
 
-def open_index(index_path: str, policy: LoadPolicy) -> ShardedSource:
-    from spectrum_cli.io.detect import open_source
-
+def read_shard_names(index_path: str) -> list[str]:
+    """The distinct shard names of an index's ``weight_map`` (non-empty strings)."""
+    with open_regular(index_path) as fh:
+        raw = fh.read(MAX_INDEX_BYTES + 1)
+    if len(raw) > MAX_INDEX_BYTES:
+        raise InputError(f"{index_path}: index larger than {MAX_INDEX_BYTES} bytes")
     try:
-        with open(index_path, encoding="utf-8") as fh:
-            weight_map = json.load(fh)["weight_map"]
-        shards = sorted(set(weight_map.values()))
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise InputError(f"{index_path}: not a checkpoint index ({exc!r})") from None
-    base = os.path.dirname(index_path)
-    paths = [os.path.join(base, s) for s in shards]
-    missing = [p for p in paths if not os.path.isfile(p)]
+        doc = json.loads(raw.decode("utf-8"))
+    except RecursionError:
+        raise InputError(f"{index_path}: not a checkpoint index (JSON nested too "
+                         "deeply)") from None
+    except ValueError as exc:
+        raise InputError(f"{index_path}: not a checkpoint index ({exc})") from None
+    weight_map = doc.get("weight_map") if isinstance(doc, dict) else None
+    if not isinstance(weight_map, dict):
+        raise InputError(f"{index_path}: not a checkpoint index (no \"weight_map\" object)")
+    if not weight_map:
+        raise InputError(f"{index_path}: the index's weight_map is empty")
+    bad = [v for v in weight_map.values() if not isinstance(v, str) or not v]
+    if bad:
+        raise InputError(f"{index_path}: weight_map values must be shard file names, "
+                         f"got {bad[0]!r}")
+    return sorted(set(weight_map.values()))
+
+
+def _allowed_roots(folder: str) -> list[str]:
+    """Where a shard may resolve to: the index's folder, and for a hub-cache snapshot
+    (``.../snapshots/<rev>``) the repository's ``blobs`` folder."""
+    real = os.path.realpath(folder)
+    roots = [real]
+    parent = os.path.dirname(real)
+    if os.path.basename(parent) == "snapshots":
+        roots.append(os.path.join(os.path.dirname(parent), "blobs"))
+    return roots
+
+
+def shard_path(index_path: str, name: str) -> str:
+    """The path of shard ``name``, refused when it could leave the index's folder."""
+    parts = re.split(r"[\\/]", name)
+    if (os.path.isabs(name) or name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name)
+            or ".." in parts or "\x00" in name):
+        raise InputError(f"{index_path}: shard {name!r} is outside the index's folder; "
+                         "shard names must be relative paths inside it")
+    if name.endswith(".index.json"):
+        raise InputError(f"{index_path}: shard {name!r} is itself an index (an index may "
+                         "only name weight files)")
+    folder = os.path.dirname(index_path) or "."
+    full = os.path.join(folder, name)
+    real = os.path.realpath(full)
+    if not any(os.path.commonpath([real, root]) == root for root in _allowed_roots(folder)):
+        raise InputError(f"{index_path}: shard {name!r} resolves to {real}, outside the "
+                         "index's folder")
+    return full
+
+
+def open_index(index_path: str, policy: LoadPolicy) -> ShardedSource:
+    from spectrum_cli.io.detect import open_file
+
+    paths = [shard_path(index_path, s) for s in read_shard_names(index_path)]
+    missing = [p for p in paths if not os.path.lexists(p)]
     if missing:
         raise InputError(f"{index_path}: missing shard(s): {', '.join(missing)}")
-    shard_sources = [open_source(p, policy) for p in paths]
-    fmt = shard_sources[0].format.removesuffix("-legacy") + "-sharded"
-    return ShardedSource(index_path, fmt, shard_sources)
+    sources: list[TensorSource] = []
+    try:
+        for p in paths:
+            with input_errors(p):
+                sources.append(open_file(p, policy))  # regular files only, never an index
+        fmt = sources[0].format.removesuffix("-legacy") + "-sharded"
+        return ShardedSource(index_path, fmt, sources)
+    except BaseException:
+        for s in sources:
+            s.close()
+        raise

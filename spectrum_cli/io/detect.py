@@ -15,10 +15,12 @@ a directory             HF-style model folder (see :func:`open_directory`)
 from __future__ import annotations
 
 import os
+import stat
 import zipfile
 
 from spectrum_cli.core.errors import InputError
-from spectrum_cli.io.base import LoadPolicy, TensorSource
+from spectrum_cli.io.base import (LoadPolicy, TensorSource, input_errors, open_regular,
+                                  require_regular)
 
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 
@@ -32,24 +34,30 @@ HF_CANDIDATES = (
 
 
 def open_source(path: str, policy: LoadPolicy | None = None) -> TensorSource:
-    """Open ``path`` (file or directory) with the reader its content calls for."""
+    """Open ``path`` (file or directory) with the reader its content calls for.
+
+    Whatever the bytes, a failure is a :class:`SpectrumError` naming the file (one guard,
+    :func:`~spectrum_cli.io.base.input_errors`, around the whole dispatch)."""
     policy = policy or LoadPolicy()
-    if not os.path.exists(path):
-        raise InputError(f"{path}: no such file or directory")
-    if os.path.isdir(path):
-        return open_directory(path, policy)
-    if path.endswith(".index.json"):
-        return _open_index(path, policy)
-    return _open_file(path, policy)
+    with input_errors(path):
+        try:
+            is_dir = stat.S_ISDIR(os.stat(path).st_mode)
+        except FileNotFoundError:
+            raise InputError(f"{path}: no such file or directory") from None
+        except OSError as exc:  # a symlink loop, a name too long, no permission
+            raise InputError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+        if is_dir:
+            return open_directory(path, policy)
+        if path.endswith(".index.json"):
+            return _open_index(path, policy)
+        return open_file(path, policy)
 
 
-def _open_file(path: str, policy: LoadPolicy) -> TensorSource:
-    try:
-        size = os.path.getsize(path)
-        with open(path, "rb") as fh:
-            head = fh.read(64)
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read ({exc.strerror})") from None
+def open_file(path: str, policy: LoadPolicy) -> TensorSource:
+    """A single (regular) checkpoint file, never an index or a folder."""
+    with open_regular(path) as fh:
+        size = os.fstat(fh.fileno()).st_size
+        head = fh.read(64)
     if size == 0:
         raise InputError(f"{path}: empty file")
     from spectrum_cli.io import safetensors_file
@@ -69,13 +77,15 @@ def _open_file(path: str, policy: LoadPolicy) -> TensorSource:
     if head.startswith(_HDF5_MAGIC):
         raise InputError(f"{path}: an HDF5 file, not a checkpoint (for a spectrum report "
                          "use `spectrum report show`)")
+    if path.endswith(".safetensors"):  # its header parser says precisely what is wrong
+        return safetensors_file.SafetensorsSource(path)
     raise InputError(f"{path}: unrecognized format (not torch.save, safetensors, .npy, "
                      ".npz or an HF model folder)")
 
 
 def _open_zip(path: str, policy: LoadPolicy) -> TensorSource:
     try:
-        with zipfile.ZipFile(path) as zf:
+        with open_regular(path) as fh, zipfile.ZipFile(fh) as zf:
             names = zf.namelist()
     except (zipfile.BadZipFile, OSError, EOFError) as exc:
         raise InputError(f"{path}: corrupt or truncated zip archive ({exc})") from None
@@ -109,7 +119,8 @@ def open_directory(path: str, policy: LoadPolicy) -> TensorSource:
     for name in HF_CANDIDATES:
         if name in listing:
             full = os.path.join(path, name)
-            return _open_index(full, policy) if name.endswith(".json") else _open_file(
+            require_regular(full)  # a FIFO or folder by that name is refused, not opened
+            return _open_index(full, policy) if name.endswith(".json") else open_file(
                 full, policy)
     shown = ", ".join(listing[:8]) + (" ..." if len(listing) > 8 else "")
     raise InputError(f"{path}: no model weights found (looked for {', '.join(HF_CANDIDATES)}; "

@@ -74,11 +74,42 @@ def find_optimizer_state(obj: Any) -> tuple[Mapping | None, str]:
 
 
 def hf_optimizer_file(checkpoint_path: str) -> str | None:
-    """``optimizer.pt`` beside HF Trainer weights (``checkpoint-<step>/``)."""
+    """``optimizer.pt`` beside HF Trainer weights (``checkpoint-<step>/``), when there is
+    an entry by that name (whatever its kind: :func:`load_sibling` refuses non-files)
+    that is not the checkpoint itself."""
     folder = checkpoint_path if os.path.isdir(checkpoint_path) else os.path.dirname(
         checkpoint_path)
     candidate = os.path.join(folder, "optimizer.pt")
-    return candidate if os.path.isfile(candidate) else None
+    if not os.path.lexists(candidate):
+        return None
+    if os.path.realpath(candidate) == os.path.realpath(checkpoint_path):
+        return None
+    return candidate
+
+
+def load_sibling(path: str) -> Any:
+    """Load an ``optimizer.pt`` found beside the weights with the safe default policy.
+
+    ``--trust-checkpoint`` and ``--allow-global`` cover only the file named on the
+    command line, so the sibling is always loaded weights-only with no extra globals; a
+    refusal is an :class:`InputError` that names it and says how to analyse it."""
+    from spectrum_cli.core.errors import UnsafeCheckpointError
+    from spectrum_cli.io.base import LoadPolicy, input_errors, open_regular
+    from spectrum_cli.io.torch_file import _load
+
+    with input_errors(path):
+        with open_regular(path) as fh:
+            is_zip = fh.read(4) == b"PK\x03\x04"
+        try:
+            return _load(path, LoadPolicy(), is_zip)
+        except UnsafeCheckpointError as exc:
+            names = ", ".join(exc.unsafe_globals) or "(unnamed)"
+            raise InputError(
+                f"{path}: found beside the weights but refused: its pickle needs globals "
+                f"outside the weights-only allowlist ({names}); nothing from it was run. "
+                "--trust-checkpoint and --allow-global cover only the file named on the "
+                "command line: to use this optimizer state, name it "
+                f"(spectrum analyze {path} ...), or move it away") from None
 
 
 def identify(groups: list[Mapping]) -> str:
@@ -106,12 +137,30 @@ def _to_numpy(t: Any) -> np.ndarray:
 
 
 def parse(state: Mapping, param_shapes: Mapping[str, tuple[int, ...]] | None = None,
-          model_order: list[str] | None = None) -> OptimizerSnapshot:
+          model_order: list[str] | None = None, where: str = "optimizer state"
+          ) -> OptimizerSnapshot:
     """Parse and check an optimizer state_dict.
 
     ``param_shapes``: name -> shape of the model's parameters (from the checkpoint's
     weights); ``model_order``: the model's ``named_parameters()`` names, for optimizers
-    saved without ``param_names``."""
+    saved without ``param_names``. A state of the wrong structure or with non-numeric
+    hyper-parameters is an :class:`InputError` naming ``where`` (its file, say)."""
+    from spectrum_cli.core.errors import SpectrumError
+
+    try:
+        snapshot = _parse(state, param_shapes, model_order)
+        for i in range(len(snapshot.groups)):
+            group_hyper(snapshot, i)  # every hyper-parameter is a number, checked now
+        return snapshot
+    except SpectrumError:
+        raise
+    except (LookupError, TypeError, ValueError, AttributeError, ArithmeticError) as exc:
+        raise InputError(f"{where}: malformed optimizer state ({type(exc).__name__}: "
+                         f"{str(exc)[:200]})") from None
+
+
+def _parse(state: Mapping, param_shapes: Mapping[str, tuple[int, ...]] | None,
+           model_order: list[str] | None) -> OptimizerSnapshot:
     groups = [dict(g) for g in state["param_groups"]]
     kind = identify(groups)
     raw = state["state"]
@@ -244,17 +293,17 @@ def optimizer_only_metrics(snapshot: OptimizerSnapshot) -> dict[str, Any]:
 
 def locate(source: Any, policy: Any) -> tuple[Mapping | None, str, dict[str, Any]]:
     """The optimizer state that goes with ``source`` (inside a training checkpoint, or an
-    HF ``optimizer.pt`` beside the weights), where it was found, and the weights."""
+    HF ``optimizer.pt`` beside the weights), where it was found, and the weights.
+
+    ``policy`` (the command line's) applied to ``source`` only: a sibling file is loaded
+    with the default, weights-only policy (:func:`load_sibling`)."""
+    del policy  # kept in the signature: callers pass it, and must not rely on it here
     raw = getattr(source, "raw", None)
     state, where = find_optimizer_state(raw) if raw is not None else (None, "")
     if state is None:
         path = hf_optimizer_file(source.path)
-        if path is not None:
-            from spectrum_cli.io.torch_file import _load
-
-            with open(path, "rb") as fh:
-                is_zip = fh.read(4) == b"PK\x03\x04"
-            state, where = find_optimizer_state(_load(path, policy, is_zip))
+        if path is not None:  # never covered by the command line's --trust-checkpoint
+            state, where = find_optimizer_state(load_sibling(path))
             where = f"{path}" + (f" [{where}]" if where and where != "(top level)" else "")
     if state is None:
         return None, "", {}

@@ -11,6 +11,7 @@ is read with one ``pread`` when asked for. bfloat16 and float8 are upcast exactl
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from typing import Iterator
 import numpy as np
 
 from spectrum_cli.core.errors import InputError
-from spectrum_cli.io.base import SourceBase, TensorInfo
+from spectrum_cli.io.base import SourceBase, TensorInfo, check_shape, open_regular
 
 _MAX_HEADER = 100 * 1024 * 1024
 #: Bytes read and decoded at a time by :meth:`SafetensorsSource.read`.
@@ -99,10 +100,70 @@ def decode(raw: np.ndarray, dtype: str) -> np.ndarray:
     return raw.astype(np.float64)
 
 
+def _no_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    """``object_pairs_hook``: a name given twice is ambiguous, hence corrupt."""
+    out: dict[str, object] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"the name {key!r} appears twice")
+        out[key] = value
+    return out
+
+
+def _offsets(path: str, name: str, spec: object) -> tuple[int, int]:
+    offsets = spec.get("data_offsets") if isinstance(spec, dict) else None
+    if (not isinstance(offsets, list) or len(offsets) != 2
+            or not all(type(o) is int for o in offsets)):
+        raise InputError(f"{path}: header entry for {name!r}: data_offsets must be two "
+                         f"integers, got {offsets!r}")
+    begin, end = offsets
+    if not 0 <= begin <= end:
+        raise InputError(f"{path}: header entry for {name!r}: data_offsets {offsets} are "
+                         "negative or reversed")
+    return begin, end
+
+
+def _entry(path: str, name: str, spec: object, data_start: int, size: int) -> _Entry:
+    """One validated header entry; every field is checked before it is used."""
+    if not name:
+        raise InputError(f"{path}: header has a tensor with an empty name")
+    if not isinstance(spec, dict):
+        raise InputError(f"{path}: header entry for {name!r} is not an object")
+    st_dtype = spec.get("dtype")
+    if not isinstance(st_dtype, str) or st_dtype not in _DTYPES:
+        raise InputError(f"{path}: header entry for {name!r}: unknown dtype {st_dtype!r}")
+    dtype, storage = _DTYPES[st_dtype]
+    shape = check_shape(path, name, spec.get("shape"))
+    begin, end = _offsets(path, name, spec)
+    nbytes = math.prod(shape) * np.dtype(storage).itemsize
+    if end - begin != nbytes:
+        raise InputError(f"{path}: header entry for {name!r} has {end - begin} bytes, "
+                         f"shape {shape} of {st_dtype} needs {nbytes}")
+    if data_start + end > size:
+        raise InputError(f"{path}: truncated: tensor {name!r} ends at byte "
+                         f"{data_start + end} but the file has {size} bytes")
+    return _Entry(TensorInfo(name, shape, dtype), path, data_start + begin, nbytes, storage)
+
+
+def _check_overlaps(path: str, entries: list[_Entry]) -> None:
+    """Tensors may not share bytes (``entries`` sorted by start)."""
+    last: _Entry | None = None
+    for cur in entries:
+        if not cur.nbytes:
+            continue
+        if last is not None and cur.start < last.start + last.nbytes:
+            raise InputError(f"{path}: tensors {last.info.name!r} and {cur.info.name!r} "
+                             "overlap in the file")
+        if last is None or cur.start + cur.nbytes > last.start + last.nbytes:
+            last = cur
+
+
 def read_header(path: str) -> list[_Entry]:
-    """Parse and validate one safetensors file's header."""
-    size = os.path.getsize(path)
-    with open(path, "rb") as fh:
+    """Parse and validate one safetensors file's header: a JSON object of entries with a
+    known dtype, a shape of non-negative ints, integer offsets inside the file that match
+    the shape's byte count and do not overlap. Anything else is an :class:`InputError`."""
+    with open_regular(path) as fh:
+        size = os.fstat(fh.fileno()).st_size
         head = fh.read(8)
         if len(head) < 8:
             raise InputError(f"{path}: too short to be a safetensors file ({size} bytes)")
@@ -112,33 +173,19 @@ def read_header(path: str) -> list[_Entry]:
                              f"in a {size}-byte file)")
         raw = fh.read(n)
     try:
-        header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        header = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
+    except RecursionError:
+        raise InputError(f"{path}: corrupt safetensors header (JSON nested too "
+                         "deeply)") from None
+    except ValueError as exc:  # JSON and UTF-8 errors, duplicate names
         raise InputError(f"{path}: corrupt safetensors header ({exc})") from None
     if not isinstance(header, dict):
         raise InputError(f"{path}: corrupt safetensors header (not a JSON object)")
     data_start = 8 + n
-    entries = []
-    for name, spec in header.items():
-        if name == "__metadata__":
-            continue
-        try:
-            st_dtype, shape, (begin, end) = spec["dtype"], spec["shape"], spec["data_offsets"]
-            dtype, storage = _DTYPES[st_dtype]
-            shape = tuple(int(d) for d in shape)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise InputError(f"{path}: corrupt header entry for {name!r} ({exc!r})") from None
-        itemsize = np.dtype(storage).itemsize
-        nbytes = int(np.prod(shape, dtype=np.int64)) * itemsize
-        if end - begin != nbytes or begin < 0:
-            raise InputError(f"{path}: header entry for {name!r} has {end - begin} bytes, "
-                             f"shape {shape} of {st_dtype} needs {nbytes}")
-        if data_start + end > size:
-            raise InputError(f"{path}: truncated: tensor {name!r} ends at byte "
-                             f"{data_start + end} but the file has {size} bytes")
-        entries.append(_Entry(TensorInfo(name, shape, dtype), path, data_start + begin,
-                              nbytes, storage))
-    entries.sort(key=lambda e: e.start)  # file order: sequential reads
+    entries = [_entry(path, name, spec, data_start, size)
+               for name, spec in header.items() if name != "__metadata__"]
+    entries.sort(key=lambda e: (e.start, e.nbytes))  # file order: sequential reads
+    _check_overlaps(path, entries)
     return entries
 
 
@@ -161,7 +208,7 @@ class SafetensorsSource(SourceBase):
         count = e.nbytes // itemsize
         out = np.empty(count, dtype=np.float64)
         step = max(1, CHUNK_BYTES // itemsize)
-        with open(e.file, "rb") as fh:
+        with open_regular(e.file) as fh:
             for i in range(0, count, step):
                 n = min(step, count - i)
                 buf = os.pread(fh.fileno(), n * itemsize, e.start + i * itemsize)

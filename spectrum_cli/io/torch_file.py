@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib
 import pickle
 import re
+import struct
 import warnings
 import zipfile
 from collections.abc import Mapping
@@ -23,76 +24,68 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from spectrum_cli.core.errors import InputError, UnsafeCheckpointError, UsageError
-from spectrum_cli.io.base import LoadPolicy, SourceBase, TensorInfo
+from spectrum_cli.core.errors import (InputError, SpectrumError, UnsafeCheckpointError,
+                                      UsageError)
+from spectrum_cli.io.base import LoadPolicy, SourceBase, TensorInfo, require_regular
+from spectrum_cli.io.pickle_scan import Scan, scan_file
 
 #: Keys under which training checkpoints keep the model's weights, in order of preference.
 WEIGHT_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "network")
 
 
 def resolve_global(spec: str) -> Any:
-    """``MODULE.NAME`` -> the object, for ``--allow-global`` (imports MODULE)."""
+    """``MODULE.NAME`` -> the object, for ``--allow-global`` (imports MODULE). A name that
+    does not resolve is a :class:`UsageError` that says so (typos are common)."""
     module, _, name = spec.rpartition(".")
     if not module or not name:
-        raise UsageError(f"--allow-global: expected MODULE.NAME, got {spec!r}")
+        raise UsageError(f"--allow-global: cannot resolve global {spec!r}: expected "
+                         "MODULE.NAME (for example argparse.Namespace)")
     try:
         obj = importlib.import_module(module)
         for part in name.split("."):
             obj = getattr(obj, part)
-    except (ImportError, AttributeError) as exc:
-        raise UsageError(f"--allow-global {spec}: cannot import it ({exc})") from None
+    except Exception as exc:  # noqa: BLE001 - any failure to import is the user's typo
+        raise UsageError(f"--allow-global: cannot resolve global {spec!r} "
+                         f"({type(exc).__name__}: {exc})") from None
     return obj
 
 
-def _static_globals(path: str) -> list[str]:
-    """Every global a (legacy or raw) pickle file names, by static disassembly with
-    :mod:`pickletools`: nothing is unpickled. Legacy torch files hold several pickles."""
-    import pickletools
-
-    found: list[str] = []
-    with open(path, "rb") as fh:
-        for _ in range(8):
-            strings: list[str] = []
-            try:
-                for op, arg, _pos in pickletools.genops(fh):
-                    if op.name == "GLOBAL":
-                        found.append(str(arg).replace(" ", "."))
-                    elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
-                        found.append(f"{strings[-2]}.{strings[-1]}")
-                    elif isinstance(arg, str):
-                        strings.append(arg)
-            except Exception:  # end of file, or bytes that are not a pickle
-                break
-    return found
+def allowed_globals(policy: LoadPolicy) -> list[Any]:
+    """The objects ``--allow-global`` names, resolved before any file is read."""
+    return [resolve_global(g) for g in policy.allow_globals]
 
 
-def _unsafe_globals(path: str, message: str) -> list[str]:
+def _unsafe_globals(path: str, message: str, policy: LoadPolicy,
+                    scan: Scan | None = None) -> list[str]:
+    """The globals outside the weights-only allowlist (and ``--allow-global``) that the
+    file names: our own stack-simulating scan, torch's scan, and torch's message."""
     import torch
 
+    scan = scan or scan_file(path)
     try:
-        found = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-    except Exception:  # not a zip file: disassemble it ourselves
-        found = []
-    if not found:
-        try:
-            from torch._weights_only_unpickler import _get_allowed_globals
+        from torch._weights_only_unpickler import _get_allowed_globals
 
-            allowed = set(_get_allowed_globals())
-        except Exception:  # private API moved: list everything rather than nothing
-            allowed = set()
-        found = [g for g in _static_globals(path) if g not in allowed]
+        allowed = set(_get_allowed_globals()) | set(policy.allow_globals)
+    except Exception:  # noqa: BLE001 - private API moved: list everything, not nothing
+        allowed = set(policy.allow_globals)
+    found = [g for g in scan.globals if g not in allowed]
+    try:
+        found += torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # noqa: BLE001 - not a zip, or opcodes torch's scan does not know
+        pass
     found = found or re.findall(r"GLOBAL ([\w.]+)", message)
-    return sorted(set(found))
+    return sorted(set(found) - set(policy.allow_globals))
 
 
 def _load(path: str, policy: LoadPolicy, is_zip: bool) -> Any:
     import torch
 
     kwargs: dict[str, Any] = {"map_location": "cpu", "mmap": is_zip}
+    require_regular(path)
+    allowed = [] if policy.trust_checkpoint else allowed_globals(policy)  # UsageError first
     try:
         if policy.trust_checkpoint:
             return torch.load(path, weights_only=False, **kwargs)
-        allowed = [resolve_global(g) for g in policy.allow_globals]
         with torch.serialization.safe_globals(allowed), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
             return torch.load(path, weights_only=True, **kwargs)
@@ -102,12 +95,25 @@ def _load(path: str, policy: LoadPolicy, is_zip: bool) -> Any:
         message = str(exc)
         if "Weights only load failed" not in message:
             raise InputError(f"{path}: corrupt or truncated torch checkpoint "
-                             f"({message.splitlines()[0]})") from None
+                             f"({message.splitlines()[0] if message else 'unpickling'})"
+                             ) from None
         detail = next((ln.strip() for ln in message.splitlines()
                        if "GLOBAL" in ln or "Unsupported" in ln), "")
-        raise UnsafeCheckpointError(path, _unsafe_globals(path, message), detail) from None
-    except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        scan = scan_file(path)
+        unsafe = _unsafe_globals(path, message, policy, scan)
+        if not unsafe and scan.broken:  # not a refusal: the pickle is broken
+            raise InputError(f"{path}: corrupt or truncated torch checkpoint (the pickle "
+                             f"does not parse: {scan.broken[:200]})") from None
+        raise UnsafeCheckpointError(path, unsafe, detail) from None
+    except SpectrumError:
+        raise
+    except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile, LookupError,
+            TypeError, AttributeError, ArithmeticError, struct.error, MemoryError) as exc:
+        if isinstance(exc, RecursionError):
+            first = "nested too deeply"
+        else:
+            text = str(exc).strip()
+            first = text.splitlines()[0][:200] if text else type(exc).__name__
         raise InputError(f"{path}: corrupt or truncated torch checkpoint ({first})") from None
 
 
@@ -115,21 +121,54 @@ def _is_optimizer_state(obj: Mapping) -> bool:
     return "state" in obj and "param_groups" in obj
 
 
-def _flatten(obj: Any, prefix: str, skip: str | None, out: dict[str, tuple[Any, str | None]]):
-    import torch
+#: Deepest nesting of containers a checkpoint may have, and most objects walked (a
+#: pickle's memo can share one container many times over: 2**depth paths).
+MAX_DEPTH = 100
+MAX_NODES = 2_000_000
 
-    if isinstance(obj, (torch.Tensor, np.ndarray)):
-        out[prefix] = (obj, skip)
-    elif isinstance(obj, Mapping):
-        if skip is None and _is_optimizer_state(obj):
-            skip = "optimizer state"
-        for key, value in obj.items():
-            _flatten(value, f"{prefix}.{key}" if prefix else str(key), skip, out)
-    elif isinstance(obj, (list, tuple)):
-        for i, value in enumerate(obj):
-            _flatten(value, f"{prefix}.{i}" if prefix else str(i), skip, out)
-    elif hasattr(obj, "state_dict") and callable(obj.state_dict):  # a whole nn.Module
-        _flatten(obj.state_dict(), prefix, skip, out)
+
+class _Flattener:
+    """Dotted name -> (tensor, skip) for every tensor in a loaded object, refusing
+    containers that contain themselves, nest too deeply or repeat without end."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.out: dict[str, tuple[Any, str | None]] = {}
+        self._nodes = 0
+        self._open: set[int] = set()  # ids of the containers being walked
+
+    def walk(self, obj: Any, prefix: str = "", skip: str | None = None, depth: int = 0
+             ) -> None:
+        import torch
+
+        self._nodes += 1
+        if self._nodes > MAX_NODES:
+            raise InputError(f"{self.path}: holds more than {MAX_NODES} objects (shared "
+                             "references repeated?); refusing to walk it")
+        if isinstance(obj, (torch.Tensor, np.ndarray)):
+            self.out[prefix] = (obj, skip)
+            return
+        if depth >= MAX_DEPTH:
+            raise InputError(f"{self.path}: containers nested more than {MAX_DEPTH} deep")
+        if isinstance(obj, Mapping):
+            if skip is None and _is_optimizer_state(obj):
+                skip = "optimizer state"
+            items: Any = obj.items()
+        elif isinstance(obj, (list, tuple)):
+            items = enumerate(obj)
+        elif hasattr(obj, "state_dict") and callable(obj.state_dict):  # a whole nn.Module
+            self.walk(obj.state_dict(), prefix, skip, depth + 1)
+            return
+        else:
+            return
+        if id(obj) in self._open:
+            raise InputError(f"{self.path}: {prefix or 'the top level'} contains itself")
+        self._open.add(id(obj))
+        try:
+            for key, value in items:
+                self.walk(value, f"{prefix}.{key}" if prefix else str(key), skip, depth + 1)
+        finally:
+            self._open.discard(id(obj))
 
 
 def _pick_weights(obj: Any, key: str | None) -> tuple[str | None, list[str]]:
@@ -165,8 +204,9 @@ class TorchSource(SourceBase):
         self.raw = obj  # the loaded object (tensors memory-mapped), for the optimizer state
         key, notes = _pick_weights(obj, policy.weights_key)
         self.notes.extend(notes)
-        flat: dict[str, tuple[Any, str | None]] = {}
-        _flatten(obj, "", None, flat)
+        walker = _Flattener(path)
+        walker.walk(obj)
+        flat = walker.out
         self._tensors: dict[str, tuple[Any, str | None]] = {}
         for name, (tensor, skip) in flat.items():
             if key is not None:

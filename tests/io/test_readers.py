@@ -206,6 +206,7 @@ def test_peak_memory_is_about_one_tensor(tmp_path):
     """Analysing 12 tensors of 2 MB (float32) must not hold them all: the peak of traced
     allocations stays below 3 float64 copies of one tensor, not 12."""
     from spectrum_cli.core.analyze import AnalyzeOptions, analyze_source
+    from spectrum_cli.plugins import get_backend
     from spectrum_cli.core.results import SourceInfo
 
     g = torch.Generator().manual_seed(0)
@@ -216,7 +217,7 @@ def test_peak_memory_is_about_one_tensor(tmp_path):
     tracemalloc.start()
     try:
         result = analyze_source(src, SourceInfo("x", "safetensors", (), 0, None),
-                                AnalyzeOptions())
+                                AnalyzeOptions(), get_backend)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
