@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from spectrum_backends._common import as_torch, check_options, cuda_note, select
-from spectrum_cli.core.backend import Capabilities, check_which
+from spectrum_cli.core.backend import SVD_ROUTES, Capabilities, check_which
 from spectrum_cli.core.operators import as_operator
 from spectrum_cli.core.results import Eigenvalues, SingularValues
 from spectrum_cli.core.scaling import ldexp, scale_exponent, scaled_result
@@ -44,7 +44,7 @@ EPS = float(np.finfo(np.float64).eps)
 GRAM_KAPPA_REL_ERR = 1e-9
 #: ``auto`` uses the Gram route only when max(m, n) >= GRAM_MIN_ASPECT * min(m, n).
 GRAM_MIN_ASPECT = 2.0
-ROUTES = ("auto", "gram", "gesdd")
+ROUTES = SVD_ROUTES  # the routes --svd-route names (core owns the list)
 ALL = ("all", "largest", "smallest")
 
 

@@ -159,6 +159,7 @@ class _Arrays:
 def analyze_arrays(arrays: Mapping[str, Any], **settings: Any) -> Any:
     """Analyse named in-memory arrays (numpy or anything ``numpy.asarray`` takes) with the
     analysis settings; returns an :class:`~spectrum_cli.core.results.AnalysisResult`."""
+    from spectrum_cli import plugins
     from spectrum_cli.core.analyze import analyze_source
     from spectrum_cli.core.results import SourceInfo
 
@@ -166,7 +167,8 @@ def analyze_arrays(arrays: Mapping[str, Any], **settings: Any) -> Any:
     job, _ = resolve_job("<arrays>", s, use_config=False)
     source = _Arrays(arrays)
     info = SourceInfo(source.path, source.format, (), 0, None)
-    return analyze_source(source, info, job.options)
+    return analyze_source(source, info, job.options, plugins.get_backend,
+                          metrics=plugins.metric_plugins())
 
 
 def analyze_matrix(a: Any, name: str = "matrix", **settings: Any) -> Any:

@@ -36,7 +36,8 @@ class Job:
         from spectrum_cli.core.thresholds import parse_conditions, parse_eps
 
         fail_on = tuple(values.get("fail_on", ()))
-        parse_conditions(fail_on)  # validate now: a bad condition is a usage error up front
+        # Validate now: a bad condition is a usage error up front.
+        parse_conditions(fail_on, _metric_names())
         options = AnalyzeOptions(
             include=tuple(values.get("include", ())), exclude=tuple(values.get("exclude", ())),
             eps=parse_eps(values.get("eps", [])),
@@ -56,6 +57,13 @@ class Job:
                            "fail_on": list(self.fail_on), "code": code_fingerprint(),
                            "policy": asdict(self.policy)}, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _metric_names() -> list[str]:
+    """Names of the registered metrics (entry points only: nothing is imported)."""
+    from spectrum_cli import plugins
+
+    return plugins.metrics.names()
 
 
 _FINGERPRINT: list[str] = []
@@ -98,6 +106,7 @@ class Checkable:
 def analyze_checkpoint(path: str, job: Job, digest: bool = True,
                        on_progress: Callable[[int, int, str], None] | None = None) -> Outcome:
     """Analyse one checkpoint (file or HF folder) as ``spectrum analyze`` does."""
+    from spectrum_cli import plugins
     from spectrum_cli.core.analyze import analyze_source
     from spectrum_cli.core.results import SourceInfo
     from spectrum_cli.core.thresholds import evaluate, parse_conditions
@@ -106,13 +115,14 @@ def analyze_checkpoint(path: str, job: Job, digest: bool = True,
     from spectrum_cli.report.document import build_document, unchecked
 
     t0 = time.perf_counter()
-    conditions = parse_conditions(job.fail_on)
+    conditions = parse_conditions(job.fail_on, _metric_names())
     warnings: list[str] = []
     source = open_source(str(path), job.policy)
     try:
         info = SourceInfo(str(path), source.format, source.files, total_size(source.files),
                           sha256_files(source.files) if digest else None, tuple(source.notes))
-        result = analyze_source(source, info, job.options, on_progress=on_progress)
+        result = analyze_source(source, info, job.options, plugins.get_backend,
+                                on_progress=on_progress, metrics=plugins.metric_plugins())
         optim = optimizer_report(source, job, warnings)
         scalars = checkpoint_scalars(source, warnings)
     finally:

@@ -54,14 +54,14 @@ BackendInfo = PluginInfo
 class Registry:
     """The plugins of one entry-point group.
 
-    ``make`` turns the loaded entry-point object into the plugin (a class is
+    ``make(name, obj)`` turns the loaded entry-point object into the plugin (a class is
     instantiated by :func:`instantiate`); ``validate`` raises ``TypeError`` for an object
     that does not keep the group's protocol; ``available`` says whether a valid plugin can
     run here (default: always).
     """
 
     def __init__(self, group: str, kind: str,
-                 make: Callable[[Any], Any] = lambda obj: obj,
+                 make: Callable[[str, Any], Any] = lambda name, obj: obj,
                  validate: Callable[[str, Any], None] = lambda name, obj: None,
                  available: Callable[[Any], tuple[bool, str]] = lambda obj: (True, "")):
         self.group, self.kind = group, kind
@@ -91,7 +91,7 @@ class Registry:
         """The plugin registered as ``name``, imported and validated (errors propagate)."""
         if name not in self._cache:
             ep = self.entries()[name]
-            obj = self._make(ep.load())
+            obj = self._make(name, ep.load())
             self._validate(ep.value, obj)
             self._cache[name] = obj
         return self._cache[name]
@@ -137,7 +137,7 @@ class Registry:
         self._cache.clear()
 
 
-def instantiate(obj: Any) -> Any:
+def instantiate(name: str, obj: Any) -> Any:
     """A class registered as a plugin is instantiated; anything else is taken as is."""
     return obj() if isinstance(obj, type) else obj
 
@@ -155,7 +155,17 @@ backends = Registry(GROUP, "backend", instantiate,
                               "singular_values"),
                     lambda b: b.available())
 
-_REGISTRIES: list[Registry] = [backends]
+def _metric(name: str, obj: Any) -> Any:
+    from spectrum_cli.core.metrics import as_metric
+
+    return as_metric(name, instantiate(name, obj))
+
+
+#: Per-matrix metrics: a callable of the descending float64 singular values returning a
+#: float or None, or a :class:`spectrum_cli.core.metrics.Metric` (see there).
+metrics = Registry("spectrum.metrics", "metric", _metric)
+
+_REGISTRIES: list[Registry] = [backends, metrics]
 
 
 def register(registry: Registry) -> Registry:
@@ -175,6 +185,15 @@ def get_backend(name: str) -> Any:
 
 def list_backends() -> list[PluginInfo]:
     return backends.infos()
+
+
+def metric_plugins() -> tuple[Any, ...]:
+    """Every metric that loads, in name order (broken ones warn and are left out)."""
+    import warnings as _w
+
+    with _w.catch_warnings():
+        _w.simplefilter("default", PluginWarning)
+        return tuple(metrics.loaded().values())
 
 
 def clear_cache() -> None:

@@ -24,7 +24,8 @@ def test_safetensors_analysis_does_not_import_torch(tmp_path):
             "from spectrum_cli.core.analyze import AnalyzeOptions, analyze_source\n"
             "from spectrum_cli.core.results import SourceInfo\n"
             f"s = open_source({str(tmp_path / 'w.npy')!r})\n"
-            "analyze_source(s, SourceInfo('w', 'npy', (), 0, None), AnalyzeOptions())\n"
+            "from spectrum_cli.plugins import get_backend\n"
+            "analyze_source(s, SourceInfo('w', 'npy', (), 0, None), AnalyzeOptions(), get_backend)\n"
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout

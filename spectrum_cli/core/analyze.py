@@ -16,6 +16,7 @@ from typing import Any, Callable
 import numpy as np
 
 from spectrum_cli.core import metrics as M
+from spectrum_cli.core.backend import SVD_ROUTES
 from spectrum_cli.core.errors import SpectrumError, UsageError
 from spectrum_cli.core.results import (
     AnalysisResult, SkippedTensor, SourceInfo, TensorError, TensorResult,
@@ -66,10 +67,9 @@ class AnalyzeOptions:
         if not 0.0 < self.effective_rank_tau < 1.0:
             raise UsageError(f"effective_rank_tau: expected a number in (0, 1), "
                              f"got {self.effective_rank_tau!r}")
-        from spectrum_backends.dense import ROUTES
-
-        if self.svd_route not in ROUTES:
-            raise UsageError(f"svd_route: expected one of {ROUTES}, got {self.svd_route!r}")
+        if self.svd_route not in SVD_ROUTES:
+            raise UsageError(f"svd_route: expected one of {SVD_ROUTES}, got "
+                             f"{self.svd_route!r}")
         if self.device not in ("cpu", "cuda"):
             raise UsageError(f"device: expected 'cpu' or 'cuda', got {self.device!r}")
         if self.dtype not in ("float64", "float32"):
@@ -159,23 +159,19 @@ def choose_backend(shape: tuple[int, int], options: AnalyzeOptions) -> str:
     return "randomized-svd" if options.device == "cuda" else "lanczos"
 
 
-def _default_backends(name: str) -> Any:
-    from spectrum_cli.plugins import get_backend
-
-    return get_backend(name)
-
-
 def analyze_source(
     source: Any,
     source_info: SourceInfo,
     options: AnalyzeOptions,
-    backends: Callable[[str], Any] = _default_backends,
+    backends: Callable[[str], Any],
     on_progress: Callable[[int, int, str], None] | None = None,
+    metrics: Any = None,
 ) -> AnalysisResult:
     """Analyse every selected matrix of ``source``; per-tensor failures are recorded.
 
-    ``backends`` maps a backend name to a backend object (the entry-point registry by
-    default); :func:`choose_backend` picks the name per tensor.
+    ``backends`` maps a backend name to a backend object (the caller's registry:
+    :func:`spectrum_cli.plugins.get_backend`); :func:`choose_backend` picks the name per
+    tensor. ``metrics`` are the registered metrics (the built-in ones by default).
     """
     from spectrum_cli.core.measure import analyze_matrix
 
@@ -205,7 +201,8 @@ def analyze_source(
             full = loaded[1]
             a = (full.reshape(-1, full.shape[-1])[p.rows[0]:p.rows[1]] if p.rows
                  else full.reshape(p.matrix_shape))
-            tensors.append(analyze_matrix(p, np.ascontiguousarray(a), options, backend))
+            tensors.append(analyze_matrix(p, np.ascontiguousarray(a), options, backend,
+                                          metrics))
         except (SpectrumError, np.linalg.LinAlgError, MemoryError, NotImplementedError) as exc:
             errors.append(TensorError(p.name, str(exc) or type(exc).__name__))
         finally:

@@ -15,6 +15,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
+#: The singular-value routes of the dense backend (``--svd-route``): Gram matrix with a
+#: checked error bound, LAPACK gesdd, or a choice between them.
+SVD_ROUTES = ("auto", "gram", "gesdd")
+
 from spectrum_cli.core.operators import Operator
 from spectrum_cli.core.results import Eigenvalues, Estimate, SingularValues
 

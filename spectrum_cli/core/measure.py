@@ -21,7 +21,6 @@ from spectrum_cli.core import metrics as M
 from spectrum_cli.core.results import Eigenvalues, TensorResult
 from spectrum_cli.core.scaling import ldexp, scale_exponent, scaled_result
 
-FULL_SPECTRUM_ONLY = ("numerical_rank", "effective_rank", "spectral_entropy_normalized")
 
 
 def _interval(value: float, lo: float, hi: float) -> float:
@@ -29,8 +28,13 @@ def _interval(value: float, lo: float, hi: float) -> float:
     return max(abs(hi - value), abs(value - lo))
 
 
-def analyze_matrix(planned: Any, a: np.ndarray, options: Any, backend: Any) -> TensorResult:
-    """All metrics of one float64 matrix ``a`` (already reshaped) with ``backend``."""
+def analyze_matrix(planned: Any, a: np.ndarray, options: Any, backend: Any,
+                   metrics: Any = None) -> TensorResult:
+    """All metrics of one float64 matrix ``a`` (already reshaped) with ``backend``:
+    ``metrics`` are the registered :class:`~spectrum_cli.core.metrics.Metric` objects
+    (the built-in ones by default); a metric this backend cannot serve is listed in
+    ``unavailable`` with the reason."""
+    registered = M.BUILTIN if metrics is None else M.ordered(metrics)
     t0 = time.perf_counter()
     base = dict(name=planned.name, shape=tuple(planned.shape),
                 matrix_shape=tuple(planned.matrix_shape), dtype=planned.dtype,
@@ -59,10 +63,18 @@ def analyze_matrix(planned: Any, a: np.ndarray, options: Any, backend: Any) -> T
     if "all" in caps.singular_values:
         sv = backend.singular_values(b, which="all", route=options.svd_route,
                                      frobenius_norm=fro_b, **common)
-        metrics = M.singular_value_metrics(sv.values, a.shape, options.effective_rank_tau)
+        values = M.singular_value_metrics(sv.values, a.shape, options.effective_rank_tau,
+                                          registered, failed=extra.setdefault("unavailable",
+                                                                             {}))
     else:
         sv, extra = _extremes(b, options, backend, fro_b ** 2, common, planned.name)
-        metrics = extra.pop("metrics")
+        values = extra.pop("metrics")
+        for m in registered:  # what needs the whole spectrum, a backend of extremes lacks
+            if m.needs == "singular_values" and m.name not in values:
+                extra["unavailable"].setdefault(
+                    m.name, f"needs the full spectrum; backend {backend.name!r} computes "
+                    "extremes")
+    metrics = values
     if e:
         sv = _scale_back(sv, metrics, extra, e)
     metrics.update(entries)
@@ -83,6 +95,7 @@ def analyze_matrix(planned: Any, a: np.ndarray, options: Any, backend: Any) -> T
             why = (f"backend {backend.name!r} computes no eigenvalues of non-symmetric "
                    "matrices")
             unavailable.update({k: why for k in ("spectral_radius", *M.NONNORMAL_METRICS)})
+    _plugin_metrics(registered, a, eig, metrics, unavailable)
     metrics["nonfinite_count"] = 0
     converged = sv.converged and extra.get("converged", True)
     notes = list(sv.notes) + extra.get("notes", [])
@@ -92,6 +105,24 @@ def analyze_matrix(planned: Any, a: np.ndarray, options: Any, backend: Any) -> T
                         accuracy=extra.get("accuracy", {}), unavailable=unavailable,
                         converged=converged, smallest=extra.get("smallest"),
                         nonnormal=nonnormal)
+
+
+def _plugin_metrics(registered: Any, a: np.ndarray, eig: Any, metrics: dict[str, Any],
+                    unavailable: dict[str, str]) -> None:
+    """Registered metrics of the eigenvalues or of the matrix itself; a metric that
+    fails is unavailable with its error, never a crash and never silently absent."""
+    ctx = M.SpectrumContext(tuple(a.shape))
+    for m in registered:
+        if m.needs == "singular_values" or m.name in metrics:
+            continue
+        if m.needs == "eigenvalues" and eig is None:
+            unavailable[m.name] = ("needs eigenvalues: square matrices eigen-analysed under "
+                                   "--square")
+            continue
+        try:
+            metrics[m.name] = m(eig.values if m.needs == "eigenvalues" else a, ctx)
+        except Exception as exc:  # noqa: BLE001 - a plugin's failure is reported, not fatal
+            unavailable[m.name] = f"metric failed: {type(exc).__name__}: {exc}"
 
 
 def _scale_back(sv: Any, metrics: dict[str, Any], extra: dict[str, Any], e: int) -> Any:
@@ -184,8 +215,6 @@ def _extremes(a: np.ndarray, options: Any, backend: Any, fro_sq: float,
     else:
         why = f"backend {backend.name!r} does not estimate trace functions"
         unavailable.update(spectral_entropy=why, entropy_effective_rank=why)
-    for name in FULL_SPECTRUM_ONLY:
-        unavailable[name] = f"needs the full spectrum; backend {backend.name!r} computes extremes"
     if not converged:
         notes.append("did not converge: see error bars")
     return top, {"metrics": metrics, "accuracy": accuracy, "unavailable": unavailable,

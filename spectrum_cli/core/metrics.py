@@ -23,7 +23,8 @@ Definitions and sources:
 from __future__ import annotations
 
 import math
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, Callable
 
 import numpy as np
 
@@ -87,40 +88,168 @@ OPERATOR_METRICS = {
 DEFAULT_EFFECTIVE_RANK_TAU = 0.01
 
 
+@dataclass(frozen=True)
+class SpectrumContext:
+    """What a metric may need beside the singular values: the matrix shape and the
+    ``effective_rank`` threshold τ."""
+
+    shape: tuple[int, int]
+    tau: float = DEFAULT_EFFECTIVE_RANK_TAU
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One per-matrix metric, as registered in the ``spectrum.metrics`` entry-point group.
+
+    The simplest plugin is a function of the descending float64 singular values returning
+    a float or None (undefined for that matrix); :func:`as_metric` wraps it. A richer
+    metric object has ``needs`` (``"singular_values"``: the full spectrum, so a backend of
+    extremes lists it as unavailable; ``"eigenvalues"``: the complex eigenvalues of a
+    square matrix under ``--square``; ``"matrix"``: the float64 matrix itself),
+    ``context`` (True: called as ``compute(values, SpectrumContext)``) and a one-line
+    ``description``.
+    """
+
+    name: str
+    compute: Callable[..., Any]
+    needs: str = "singular_values"
+    description: str = ""
+    context: bool = False
+
+    def __call__(self, values: np.ndarray, context: SpectrumContext) -> float | int | None:
+        value = self.compute(values, context) if self.context else self.compute(values)
+        if value is None or isinstance(value, (int, np.integer)) and not isinstance(
+                value, (bool, np.bool_)):
+            return None if value is None else int(value)
+        return float(value)
+
+
+NEEDS = ("singular_values", "eigenvalues", "matrix")
+
+
+def as_metric(name: str, obj: Any) -> Metric:
+    """A registered object as a :class:`Metric` named ``name`` (TypeError if it is none)."""
+    if isinstance(obj, Metric):
+        return obj if obj.name == name else replace(obj, name=name)
+    if hasattr(obj, "needs") and callable(getattr(obj, "compute", None)):
+        if obj.needs not in NEEDS:
+            raise TypeError(f"metric {name!r}: needs must be one of {NEEDS}, got {obj.needs!r}")
+        return Metric(name, obj.compute, obj.needs, getattr(obj, "description", ""),
+                      bool(getattr(obj, "context", False)))
+    if callable(obj):
+        doc = (getattr(obj, "__doc__", None) or "").strip().splitlines()
+        return Metric(name, obj, "singular_values", doc[0] if doc else "")
+    raise TypeError(f"metric {name!r}: expected a callable or a Metric, got "
+                    f"{type(obj).__name__}")
+
+
+# ---- the built-in metrics of the singular values (each registered in pyproject.toml) ----
+
+def sigma_max(s: np.ndarray) -> float:
+    """largest singular value"""
+    return float(s[0])
+
+
+def sigma_min(s: np.ndarray) -> float:
+    """smallest of the min(m, n) singular values"""
+    return float(s[-1])
+
+
+def kappa(s: np.ndarray) -> float:
+    """condition number sigma_max/sigma_min (inf when sigma_min = 0)"""
+    return math.inf if s[-1] == 0.0 else float(s[0] / s[-1])
+
+
+def _numerical_rank(s: np.ndarray, ctx: SpectrumContext) -> int:
+    return 0 if s[0] == 0.0 else int(np.count_nonzero(s > max(ctx.shape) * EPS64 * s[0]))
+
+
+def _ratios_squared(s: np.ndarray) -> np.ndarray:
+    r = s / s[0]  # s/s_max: squaring cannot overflow or underflow
+    return r * r
+
+
+def spectral_entropy(s: np.ndarray) -> float | None:
+    """Shannon entropy (nats) of p_i = sigma_i^2/sum sigma_j^2"""
+    if s[0] == 0.0:
+        return None
+    r2 = _ratios_squared(s)
+    p = r2[r2 > 0.0] / float(np.sum(r2))
+    return max(float(-np.sum(p * np.log(p))), 0.0)
+
+
+def _entropy_normalized(s: np.ndarray, ctx: SpectrumContext) -> float | None:
+    h = spectral_entropy(s)
+    if h is None:
+        return None
+    rank = _numerical_rank(s, ctx)
+    return min(h / math.log(rank), 1.0) if rank >= 2 else 0.0
+
+
+def entropy_effective_rank(s: np.ndarray) -> float | None:
+    """exp(spectral_entropy) (Roy & Vetterli)"""
+    h = spectral_entropy(s)
+    return None if h is None else math.exp(h)
+
+
+def stable_rank(s: np.ndarray) -> float | None:
+    """||W||_F^2 / sigma_max^2"""
+    return None if s[0] == 0.0 else float(np.sum(_ratios_squared(s)))
+
+
+def _effective_rank(s: np.ndarray, ctx: SpectrumContext) -> int:
+    return 0 if s[0] == 0.0 else int(np.count_nonzero(s > ctx.tau * s[0]))
+
+
+def spectral_gap(s: np.ndarray) -> float | None:
+    """(sigma_1 - sigma_2)/sigma_1"""
+    return None if s[0] == 0.0 or s.size < 2 else float((s[0] - s[1]) / s[0])
+
+
+numerical_rank = Metric("numerical_rank", _numerical_rank, description=METRICS[
+    "numerical_rank"], context=True)
+spectral_entropy_normalized = Metric("spectral_entropy_normalized", _entropy_normalized,
+                                     description=METRICS["spectral_entropy_normalized"],
+                                     context=True)
+effective_rank = Metric("effective_rank", _effective_rank,
+                        description=METRICS["effective_rank"], context=True)
+
+#: The built-in metrics of the singular values, in report order.
+BUILTIN: tuple[Metric, ...] = tuple(as_metric(m.name if isinstance(m, Metric) else m.__name__, m)
+                                    for m in (sigma_max, sigma_min, kappa, numerical_rank,
+                                              spectral_entropy, spectral_entropy_normalized,
+                                              entropy_effective_rank, stable_rank,
+                                              effective_rank, spectral_gap))
+_ORDER = {m.name: i for i, m in enumerate(BUILTIN)}
+
+
+def ordered(metrics: Any) -> tuple[Metric, ...]:
+    """Registered metrics with the built-ins first, in report order, then by name."""
+    return tuple(sorted(metrics, key=lambda m: (_ORDER.get(m.name, len(_ORDER)), m.name)))
+
+
 def singular_value_metrics(
-    s: np.ndarray, shape: tuple[int, int], tau: float = DEFAULT_EFFECTIVE_RANK_TAU
+    s: np.ndarray, shape: tuple[int, int], tau: float = DEFAULT_EFFECTIVE_RANK_TAU,
+    metrics: Any = None, failed: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Metrics that depend only on the descending singular values ``s`` of an m x n matrix."""
+    """Metrics of the descending singular values ``s`` of an m x n matrix: the built-in
+    ones, or those of ``metrics`` (the registry's) that need the singular values. A
+    metric that raises is recorded in ``failed`` (name -> reason) when given."""
     if not 0.0 < tau < 1.0:
         raise ValueError(f"tau: expected a number in (0, 1), got {tau!r}")
     s = np.asarray(s, dtype=np.float64)
-    s_max = float(s[0])
-    s_min = float(s[-1])
-    out: dict[str, Any] = {"sigma_max": s_max, "sigma_min": s_min}
-    out["kappa"] = math.inf if s_min == 0.0 else s_max / s_min
-    if s_max == 0.0:
-        out.update(numerical_rank=0, spectral_entropy=None, spectral_entropy_normalized=None,
-                   entropy_effective_rank=None, stable_rank=None, effective_rank=0,
-                   spectral_gap=None)
-        return out
-    rank = int(np.count_nonzero(s > max(shape) * EPS64 * s_max))
-    # Work with s/s_max so that squaring cannot overflow or underflow.
-    r = s / s_max
-    r2 = r * r
-    total = float(np.sum(r2))
-    p = r2[r2 > 0.0] / total
-    entropy = float(-np.sum(p * np.log(p)))
-    entropy = max(entropy, 0.0)
-    out["numerical_rank"] = rank
-    out["spectral_entropy"] = entropy
-    if rank >= 2:
-        out["spectral_entropy_normalized"] = min(entropy / math.log(rank), 1.0)
-    else:
-        out["spectral_entropy_normalized"] = 0.0
-    out["entropy_effective_rank"] = math.exp(entropy)
-    out["stable_rank"] = total
-    out["effective_rank"] = int(np.count_nonzero(s > tau * s_max))
-    out["spectral_gap"] = float((s[0] - s[1]) / s[0]) if s.size >= 2 else None
+    ctx = SpectrumContext(tuple(shape), tau)
+    chosen = BUILTIN if metrics is None else ordered(
+        m for m in metrics if m.needs == "singular_values")
+    out: dict[str, Any] = {}
+    for m in chosen:
+        if failed is None:
+            out[m.name] = m(s, ctx)
+            continue
+        try:
+            out[m.name] = m(s, ctx)
+        except Exception as exc:  # noqa: BLE001 - a plugin's failure is reported
+            failed[m.name] = f"metric failed: {type(exc).__name__}: {exc}"
     return out
 
 

@@ -48,8 +48,11 @@ class Violation:
     value: float
 
 
-def parse_conditions(specs: Iterable[str]) -> list[Condition]:
-    """Parse ``--fail-on`` values; a bad one raises :class:`UsageError` naming it."""
+def parse_conditions(specs: Iterable[str], extra_metrics: Iterable[str] = ()
+                     ) -> list[Condition]:
+    """Parse ``--fail-on`` values; a bad one raises :class:`UsageError` naming it.
+    ``extra_metrics`` are the names of registered metric plugins."""
+    extra = tuple(extra_metrics)
     out = []
     for spec in specs:
         for part in _SPLIT.split(spec):
@@ -58,9 +61,10 @@ def parse_conditions(specs: Iterable[str]) -> list[Condition]:
                 raise UsageError(f"--fail-on: cannot parse {part!r}; expected METRIC OP NUMBER"
                                  " like 'kappa>1e4' or 'kappa>1e4@*.attention.*'")
             metric = m["metric"]
-            if metric not in METRICS and metric not in OPERATOR_METRICS:
+            if metric not in METRICS and metric not in OPERATOR_METRICS and metric not in extra:
                 raise UsageError(f"--fail-on: unknown metric {metric!r}; known: "
-                                 + ", ".join(dict.fromkeys([*METRICS, *OPERATOR_METRICS])))
+                                 + ", ".join(dict.fromkeys([*METRICS, *OPERATOR_METRICS,
+                                                            *extra])))
             try:
                 value = float(m["value"])
             except ValueError:

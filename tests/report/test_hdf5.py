@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import save_file
 
 from spectrum_cli.core.analyze import AnalyzeOptions, analyze_source
+from spectrum_cli.plugins import get_backend
 from spectrum_cli.core.errors import InputError
 from spectrum_cli.core.results import SourceInfo
 from spectrum_cli.io import open_source
@@ -26,7 +27,7 @@ def analysed(tmp_path):
     save_file(sd, str(tmp_path / "m.safetensors"))
     src = open_source(str(tmp_path / "m.safetensors"))
     result = analyze_source(src, SourceInfo("m", "safetensors", src.files, 1, "ab" * 32),
-                            AnalyzeOptions())
+                            AnalyzeOptions(), get_backend)
     return result, build_document(result)
 
 
