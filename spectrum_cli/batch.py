@@ -3,29 +3,44 @@
 Discovery: checkpoint files (``.pt .pth .ckpt .bin .safetensors``) and HF
 ``checkpoint-<step>/`` folders in a directory (or matching a glob), ordered by the step
 the checkpoint itself stores, else by the last number in its name. Each is analysed
-exactly as ``spectrum analyze`` would (pipeline.analyze_checkpoint), in worker processes
-with ``--jobs N`` (spawned; BLAS threads divided among them). Results are cached by the
-checkpoint's content hash and the settings, written atomically as each finishes, so a
-re-run (after a kill, say) redoes only what is missing. A broken checkpoint is recorded
-and skipped; the batch goes on.
+exactly as ``spectrum analyze`` would (pipeline.analyze_checkpoint).
+
+Caching: results are cached by the checkpoint's content hash and the settings. The
+parent process hashes the checkpoints and reads the cache first, so a fully cached run
+imports neither torch nor the user's model code and starts no worker. Only the misses are
+computed, in worker processes with ``--jobs N``; the parent writes each result atomically
+as it arrives, so a re-run (after a kill, say) redoes only what is missing. A damaged
+entry is a miss and is overwritten; an unusable cache folder is one warning, and the run
+goes on without a cache. A broken checkpoint is recorded and skipped; the batch goes on.
+
+Threads: workers x threads <= the cores this process may run on (``threads`` overrides),
+set in every worker through threadpoolctl (BLAS/OpenMP) and torch. Workers die with the
+parent: each asks the kernel for SIGKILL when its parent dies (Linux) and watches the
+parent from a thread; a SIGTERM of the parent kills them before it exits.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import glob
 import hashlib
 import json
 import math
 import os
 import re
+import signal
+import stat
+import sys
+import tempfile
+import threading
 import time
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from dataclasses import dataclass
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, ThreadPoolExecutor, wait
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
-from spectrum_cli.core.errors import InputError, SpectrumError
-from spectrum_cli.pipeline import Job
+from spectrum_cli.core.errors import InputError, SpectrumError, UsageError
 
 SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".safetensors")
 #: Operator metrics that describe the Hessian or the optimizer, not one operator form.
@@ -33,6 +48,19 @@ SHARED = frozenset({"hessian_lambda_max", "hessian_lambda_min", "eos_ratio_gd",
                     "eos_ratio_momentum", "eos_ratio_adam", "commutator_norm_relative",
                     "preconditioner_spread"})
 HF_DIR = re.compile(r"checkpoint-\d+$")
+#: Version of a cache entry's layout: entries of another version are misses.
+CACHE_FORMAT = 2
+#: A cache entry larger than this is not read (it is not one of ours).
+CACHE_ENTRY_MAX = 1 << 30
+#: Per-tensor κ indicators (weights-only checkpoints): at most this many tensors, the
+#: largest by element count (a fixed choice along a run, so the series are aligned).
+PER_TENSOR_MAX = 64
+THREAD_ENV = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+#: Set while a worker pool starts: the forkserver (whose parent has this pid) arms its
+#: parent-death signal when it imports this module (see _arm_forkserver).
+_MAIN_PID_ENV = "SPECTRUM_BATCH_MAIN_PID"
+
+Warn = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -62,17 +90,44 @@ def discover(target: str) -> list[Candidate]:
     return sorted(found, key=lambda c: (c.name_step is None, c.name_step or 0, c.path))
 
 
+# --------------------------------------------------------------------------- hashing
+
+
+def _open_regular(path: Path, limit: int | None = None) -> int:
+    """A read-only descriptor of a regular file (never blocks on a FIFO or a device)."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        if limit is not None and st.st_size > limit:
+            raise OSError(errno.EFBIG, f"larger than {limit} bytes", str(path))
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def content_hash(path: str) -> str:
     """SHA-256 of every file of a checkpoint (one file, or a folder's files in order)."""
     p = Path(path)
-    files = [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.is_file())
+    files = [p] if not p.is_dir() else sorted(f for f in p.rglob("*") if f.is_file())
     h = hashlib.sha256()
     for f in files:
         h.update(str(f.relative_to(p) if p.is_dir() else f.name).encode())
-        with open(f, "rb") as fh:
+        with os.fdopen(_open_regular(f), "rb") as fh:
             while chunk := fh.read(1 << 20):
                 h.update(chunk)
     return h.hexdigest()
+
+
+def cache_key(path: str, job: Any) -> str:
+    """The cache key of one checkpoint under ``job``: its content and the settings. Needs
+    neither torch nor the user's code (``--model`` is a name here, not an import)."""
+    return f"{content_hash(path)}-{job.settings_key()}"
+
+
+# --------------------------------------------------------------------------- cache
 
 
 def default_cache_dir() -> Path:
@@ -81,31 +136,143 @@ def default_cache_dir() -> Path:
     return Path(base) / "batch"
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+def _stderr_warning(message: str) -> None:
+    """The default warning sink (the CLI passes its own): stderr, control characters
+    shown as ``?``."""
+    shown = "".join("?" if ord(c) < 32 or ord(c) == 127 else c for c in message)
+    print(f"warning: {shown}", file=sys.stderr, flush=True)
 
 
-def analyze_one(path: str, job: Job, cache_dir: str | None) -> dict[str, Any]:
-    """One checkpoint's record (from the cache when its content and settings match)."""
+class ResultCache:
+    """Per-checkpoint records as ``<key>.json`` files in one folder.
+
+    Never fatal: an entry that cannot be read or is not a record of this format is a
+    miss; the first failure to create the folder or write into it is one warning, after
+    which the run goes on without writing (reads go on where the folder is readable).
+    Entries are written to a temporary file beside them and renamed into place; a failed
+    write leaves no temporary file behind.
+    """
+
+    def __init__(self, folder: str | os.PathLike[str] | None, warn: Warn | None = None
+                 ) -> None:
+        self.warn = warn or _stderr_warning
+        self.folder = Path(folder) if folder is not None else None
+        self.readable = self.writable = self.folder is not None
+        self.warnings: list[str] = []
+        if self.folder is not None:
+            try:
+                self.folder.mkdir(parents=True, exist_ok=True)
+            except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
+                self.readable = self.writable = False
+                self._disable(exc)
+
+    @property
+    def enabled(self) -> bool:
+        return self.readable
+
+    def entry(self, key: str) -> Path:
+        assert self.folder is not None
+        return self.folder / f"{key}.json"
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        """The cached record of ``key``, or None (absent, unreadable or not a record)."""
+        if not self.readable:
+            return None
+        try:
+            with os.fdopen(_open_regular(self.entry(key), CACHE_ENTRY_MAX), "rb") as fh:
+                record = json.loads(fh.read())
+        except (OSError, ValueError, RecursionError):  # ValueError: bad JSON or UTF-8
+            return None
+        return record if valid_record(record, key) else None
+
+    def put(self, key: str, record: dict[str, Any]) -> None:
+        """Store ``record`` under ``key`` atomically (best effort, see the class)."""
+        if not self.writable:
+            return
+        target = self.entry(key)
+        text = json.dumps(dict(record, cache_format=CACHE_FORMAT))
+        try:
+            self._replace(target, text)
+        except IsADirectoryError:  # a folder where the entry goes: left alone
+            self.warn(f"cache entry {target} is a folder; this result is not cached")
+        except OSError as exc:
+            self.writable = False
+            self._disable(exc)
+
+    def _replace(self, target: Path, text: str) -> None:
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.",
+                                   suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(text)
+            if target.is_dir() and not target.is_symlink():
+                with contextlib.suppress(OSError):
+                    target.rmdir()  # an empty folder in the way is removed, no other
+                if target.is_dir():
+                    raise IsADirectoryError(errno.EISDIR, "a folder", str(target))
+            os.replace(tmp, target)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+
+    def _disable(self, exc: Exception) -> None:
+        if isinstance(exc, (FileExistsError, NotADirectoryError)):
+            why = "not a folder"
+        else:
+            why = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+        message = (f"cache folder {self.folder} is not usable ({why}); results are not "
+                   "cached in this run")
+        self.warnings.append(message)
+        self.warn(message)
+
+
+def _is_number_or_none(value: Any) -> bool:
+    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
+
+
+def valid_record(record: Any, key: str) -> bool:
+    """Whether ``record`` is a complete result of this cache format for ``key``."""
+    if not isinstance(record, dict) or record.get("cache_format") != CACHE_FORMAT:
+        return False
+    if record.get("status") != "ok" or record.get("key") != key:
+        return False
+    doc = record.get("document")
+    if not isinstance(doc, dict) or not isinstance(doc.get("tensors"), list):
+        return False
+    if not all(isinstance(t, dict) and isinstance(t.get("status"), str)
+               and isinstance(t.get("metrics", {}), dict) for t in doc["tensors"]):
+        return False
+    ops = doc.get("operators", [])
+    if not isinstance(ops, list) or not all(
+            isinstance(o, dict) and isinstance(o.get("form"), str)
+            and isinstance(o.get("metrics"), dict) for o in ops):
+        return False
+    if not isinstance(doc.get("checkpoint", {}), dict):
+        return False
+    if not (_is_number_or_none(record.get("step")) and _is_number_or_none(record.get("loss"))):
+        return False
+    violations, warnings = record.get("violations"), record.get("warnings")
+    if not (isinstance(violations, list) and all(isinstance(v, dict) for v in violations)):
+        return False
+    if not (isinstance(warnings, list) and all(isinstance(w, str) for w in warnings)):
+        return False
+    try:
+        indicators(doc)
+    except (KeyError, TypeError, AttributeError, ValueError):
+        return False
+    return True
+
+
+# --------------------------------------------------------------------------- one checkpoint
+
+
+def compute_record(path: str, job: Any, key: str) -> dict[str, Any]:
+    """Analyse one checkpoint (no cache): its record, ``status`` "ok" or "error"."""
     from spectrum_cli.pipeline import analyze_checkpoint
     from spectrum_cli.report.document import json_safe
 
     t0 = time.perf_counter()
-    try:
-        key = f"{content_hash(path)}-{job.settings_key()}"
-    except OSError as exc:
-        return {"path": path, "status": "error", "error": f"cannot read: {exc}"}
-    cached = Path(cache_dir) / f"{key}.json" if cache_dir else None
-    if cached is not None and cached.is_file():
-        try:
-            record = json.loads(cached.read_text())
-            record.update(path=path, cached=True)
-            record["indicators"] = indicators(record["document"])
-            return record
-        except (OSError, ValueError):
-            pass  # a damaged cache entry is recomputed
     try:
         out = analyze_checkpoint(path, job, digest=False)
     except SpectrumError as exc:
@@ -113,16 +280,48 @@ def analyze_one(path: str, job: Job, cache_dir: str | None) -> dict[str, Any]:
     except Exception as exc:  # a bug or a torch failure on this file: keep going
         return {"path": path, "status": "error", "error": f"{type(exc).__name__}: {exc}"}
     doc = json_safe(out.doc)
-    record = {"path": path, "status": "ok", "key": key, "cached": False,
-              "step": doc.get("checkpoint", {}).get("step"),
-              "loss": doc.get("checkpoint", {}).get("loss"),
-              "indicators": indicators(doc), "document": doc,
-              "violations": doc["fail_on"]["violations"], "warnings": out.warnings,
-              "time_s": time.perf_counter() - t0}
-    if cached is not None:
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        _write_atomic(cached, json.dumps(record))
+    return {"path": path, "status": "ok", "key": key, "cached": False,
+            "step": doc.get("checkpoint", {}).get("step"),
+            "loss": doc.get("checkpoint", {}).get("loss"),
+            "indicators": indicators(doc), "document": doc,
+            "violations": doc["fail_on"]["violations"], "warnings": out.warnings,
+            "time_s": time.perf_counter() - t0}
+
+
+def _hashed(path: str, job: Any) -> tuple[str | None, dict[str, Any] | None]:
+    """(key, None), or (None, an error record) when the checkpoint cannot be read."""
+    try:
+        return cache_key(path, job), None
+    except OSError as exc:
+        return None, {"path": path, "status": "error", "error": f"cannot read: {exc}"}
+
+
+def _from_cache(cache: ResultCache, path: str, key: str) -> dict[str, Any] | None:
+    record = cache.get(key)
+    if record is None:
+        return None
+    record.pop("cache_format", None)
+    record.update(path=path, cached=True, indicators=indicators(record["document"]))
     return record
+
+
+def analyze_one(path: str, job: Any, cache_dir: str | None,
+                warn: Warn | None = None) -> dict[str, Any]:
+    """One checkpoint's record (from the cache when its content and settings match)."""
+    key, error = _hashed(path, job)
+    if error is not None:
+        return error
+    assert key is not None
+    cache = ResultCache(cache_dir, warn)
+    record = _from_cache(cache, path, key)
+    if record is None:
+        record = compute_record(path, job, key)
+        if record["status"] == "ok":
+            cache.put(key, record)
+    return record
+
+
+# --------------------------------------------------------------------------- indicators
 
 
 def _number(value: Any) -> float | None:
@@ -133,8 +332,20 @@ def _number(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) else None
 
 
+def _numel(shape: Any) -> int:
+    if not isinstance(shape, list) or not all(isinstance(d, int) for d in shape):
+        return 0
+    return math.prod(shape)
+
+
 def indicators(doc: dict[str, Any]) -> dict[str, float]:
-    """The scalar indicators of one checkpoint's document (see docs in README)."""
+    """The scalar indicators of one checkpoint's document.
+
+    ``tensors.*``: max κ, max σ_max, min stable rank, mean entropies over the tensors;
+    ``<form>.*`` and ``optimizer.*``: the update operators' metrics. A checkpoint with
+    neither an optimizer operator nor a loss (weights only) also gets
+    ``tensor.kappa[<name>]`` for its :data:`PER_TENSOR_MAX` largest tensors.
+    """
     out: dict[str, float] = {}
     ok = [t for t in doc.get("tensors", []) if t["status"] == "ok"]
 
@@ -149,7 +360,8 @@ def indicators(doc: dict[str, Any]) -> dict[str, float]:
         if vals:
             name = f"tensors.{'mean' if how == 'mean' else how.__name__}_{metric}"
             out[name] = float(sum(vals) / len(vals)) if how == "mean" else float(how(vals))
-    for op in doc.get("operators", []):
+    operators = doc.get("operators", [])
+    for op in operators:
         for key, value in op["metrics"].items():
             v = _number(value)
             if v is not None:
@@ -163,41 +375,218 @@ def indicators(doc: dict[str, Any]) -> dict[str, float]:
     spread = _number(doc.get("optimizer", {}).get("preconditioner_spread"))
     if spread is not None:
         out["optimizer.preconditioner_spread"] = spread
+    if not operators and doc.get("checkpoint", {}).get("loss") is None:
+        out.update(per_tensor_kappa(ok))
     return out
 
 
-def _worker_init(threads: int) -> None:
-    try:
-        import torch
+def per_tensor_kappa(tensors: list[dict[str, Any]]) -> dict[str, float]:
+    """``tensor.kappa[<name>]`` of the largest tensors (by element count, then name);
+    the name as :func:`indicator_name` writes it."""
+    chosen = sorted((t for t in tensors if _number(t["metrics"].get("kappa")) is not None),
+                    key=lambda t: (-_numel(t.get("shape")), str(t.get("name"))))
+    out: dict[str, float] = {}
+    for t in chosen[:PER_TENSOR_MAX]:
+        out[f"tensor.kappa[{indicator_name(str(t.get('name')))}]"] = float(
+            _number(t["metrics"]["kappa"]))  # type: ignore[arg-type]
+    return out
 
+
+_UNSAFE = frozenset("%/|[]") | {chr(c) for c in (*range(32), 127)}
+
+
+def indicator_name(name: str) -> str:
+    """A tensor name as part of an indicator name: ``%``, ``/``, ``|``, brackets and
+    control characters percent-encoded (``a/b`` is ``a%2Fb``), so distinct tensors
+    keep distinct names in every form of the trajectory (HDF5 paths included)."""
+    return "".join(f"%{ord(c):02X}" if c in _UNSAFE else c for c in name)
+
+
+# --------------------------------------------------------------------------- threads
+
+
+def available_cores() -> int:
+    """The CPUs this process may run on (its affinity mask, not the machine's count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How the misses are computed: ``workers`` processes of ``threads`` threads each
+    (``workers`` 0: in this process), out of ``jobs`` asked for on ``cores`` cores."""
+
+    jobs: int
+    workers: int
+    threads: int
+    cores: int
+
+    def as_settings(self) -> dict[str, int]:
+        return asdict(self)
+
+
+def env_threads() -> int | None:
+    """The smallest thread count the environment asks for (OMP/OpenBLAS/MKL), if any."""
+    asked = []
+    for name in THREAD_ENV:
+        value = os.environ.get(name, "").strip()
+        if value.isdigit() and int(value) > 0:
+            asked.append(int(value))
+    return min(asked) if asked else None
+
+
+def plan(jobs: int, threads: int | None, misses: int, cores: int | None = None) -> Plan:
+    """Worker processes and threads per worker. ``threads`` None: cores // workers, or
+    less where OMP/OPENBLAS/MKL_NUM_THREADS ask for less, so workers x threads <= cores.
+    One miss (or ``jobs`` 1) is computed in this process (``workers`` 0)."""
+    if threads is not None and threads < 1:
+        raise UsageError(f"--threads: expected at least 1, got {threads}")
+    cores = cores or available_cores()
+    workers = min(max(1, jobs), misses)
+    share = max(1, cores // max(1, workers))
+    chosen = threads or min(share, env_threads() or share)
+    return Plan(max(1, jobs), workers if workers > 1 else 0, chosen, cores)
+
+
+def _set_threads(threads: int) -> None:
+    """Thread counts read by libraries loaded from now on, and torch's if loaded."""
+    os.environ.update({k: str(threads) for k in THREAD_ENV})
+    torch = sys.modules.get("torch")
+    if torch is not None:
         torch.set_num_threads(threads)
-    except ImportError:  # pragma: no cover - torch is a dependency
+
+
+def _blas_controllers() -> list[Any]:
+    """threadpoolctl's controllers of the BLAS/OpenMP libraries loaded now."""
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:  # pragma: no cover - a dependency
+        return []
+    return list(ThreadpoolController().lib_controllers)
+
+
+def limit_threads(threads: int) -> None:
+    """Cap BLAS/OpenMP (threadpoolctl) and torch threads of this process at ``threads``,
+    for good (a worker's setting)."""
+    _set_threads(threads)
+    for lib in _blas_controllers():
+        if lib.num_threads != threads:
+            lib.set_num_threads(threads)
+
+
+@contextlib.contextmanager
+def threads_limited(threads: int) -> Iterator[None]:
+    """:func:`limit_threads` for a block of this process, then back as it was (libraries
+    loaded meanwhile get what the environment asks for)."""
+    saved_env = {k: os.environ.get(k) for k in THREAD_ENV}
+    torch = sys.modules.get("torch")
+    saved_torch = torch.get_num_threads() if torch is not None else None
+    saved_blas = {lib.filepath: lib.num_threads for lib in _blas_controllers()}
+    try:
+        limit_threads(threads)
+        yield
+    finally:
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        fallback = env_threads()
+        for lib in _blas_controllers():
+            n = saved_blas.get(lib.filepath, fallback)
+            if n is not None and lib.num_threads != n:
+                lib.set_num_threads(n)
+        if saved_torch is not None:
+            torch.set_num_threads(saved_torch)
+
+
+def threads_in_use() -> dict[str, Any]:
+    """The thread counts of this process's BLAS/OpenMP libraries and of torch."""
+    out: dict[str, Any] = {"pid": os.getpid()}
+    with contextlib.suppress(ImportError):
+        from threadpoolctl import threadpool_info
+
+        out["threadpools"] = [{"api": i.get("internal_api"), "num_threads": i["num_threads"]}
+                              for i in threadpool_info()]
+    torch = sys.modules.get("torch")
+    out["torch"] = torch.get_num_threads() if torch is not None else None
+    return out
+
+
+# --------------------------------------------------------------------------- workers
+
+
+def _prctl_death_signal() -> None:
+    """Linux: SIGKILL this process when the thread that forked it ends."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # pragma: no cover - not glibc
         pass
 
 
-def run(candidates: list[Candidate], job: Job, jobs: int = 1, cache_dir: str | None = None,
-        on_result: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
-    """Analyse every candidate; records come back ordered by step."""
-    records: dict[str, dict[str, Any]] = {}
-
-    def done(c: Candidate, record: dict[str, Any]) -> None:
-        records[c.path] = record
-        if on_result:
-            on_result(record)
-
-    if jobs <= 1 or len(candidates) <= 1:
-        for c in candidates:
-            done(c, analyze_one(c.path, job, cache_dir))
-    else:
-        _run_parallel(candidates, job, jobs, cache_dir, done)
-    ordered = [records[c.path] for c in candidates]
-    for c, r in zip(candidates, ordered):
-        if r.get("step") is None:
-            r["step"] = c.name_step
-    return sorted(ordered, key=lambda r: (r.get("step") is None, r.get("step") or 0))
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie does not)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return fh.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
+    except FileNotFoundError:
+        return False
+    except (OSError, IndexError):
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
-def _context():
+def _watch_parent(parent: int, main: int, every: float) -> None:
+    while os.getppid() == parent and _alive(main):
+        time.sleep(every)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def die_with_parent(main: int, every: float = 0.5) -> None:
+    """Make this (worker) process end when its parent or the batch's main process
+    ``main`` does: the kernel's parent-death signal where there is one, and a thread
+    that polls the parent as a fallback."""
+    parent = os.getppid()
+    _prctl_death_signal()
+    if os.getppid() != parent or not _alive(main):  # it died before the signal was armed
+        os._exit(1)
+    threading.Thread(target=_watch_parent, args=(parent, main, every), daemon=True,
+                     name="spectrum-lifeline").start()
+
+
+def _arm_forkserver() -> None:
+    """In the forkserver started for a batch (its parent is the batch's main process),
+    ask for SIGKILL when that parent dies; it also exits on its own when the parent's
+    end of its pipe closes. Runs when the forkserver preloads this module."""
+    if os.environ.get(_MAIN_PID_ENV) == str(os.getppid()):
+        _prctl_death_signal()
+
+
+_arm_forkserver()
+
+
+def _worker_init(threads: int, main: int) -> None:
+    die_with_parent(main)
+    # Ctrl-C reaches the whole process group: the parent handles it and kills the
+    # workers, which must not print a KeyboardInterrupt traceback each.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    limit_threads(threads)
+
+
+def _context() -> Any:
     """Workers fork from a server that imported torch and spectrum once (where the
     platform has one): otherwise each worker pays an interpreter start and a ~2 s torch
     import before its first result. BLAS is single-threaded there, so forking is safe."""
@@ -205,33 +594,186 @@ def _context():
 
     if "forkserver" in multiprocessing.get_all_start_methods():
         ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload(["torch", "spectrum_cli.pipeline", "spectrum_cli.optimizer",
-                                    "spectrum_backends.dense"])
+        ctx.set_forkserver_preload(["spectrum_cli.batch", "torch", "spectrum_cli.pipeline",
+                                    "spectrum_cli.optimizer", "spectrum_backends.dense"])
+        _start_forkserver()
         return ctx
     return multiprocessing.get_context("spawn")
 
 
-def _run_parallel(candidates, job, jobs, cache_dir, done) -> None:
-    threads = max(1, (os.cpu_count() or 1) // jobs)
-    names = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
-    saved = {k: os.environ.get(k) for k in names}
-    os.environ.update({k: str(threads) for k in names})  # inherited by the workers
+def _start_forkserver() -> None:
+    """Start the forkserver with SIGINT blocked, a mask it keeps through exec and hands
+    to the workers it forks: Ctrl-C reaches the whole process group, and the parent
+    alone must handle it, not a forkserver in the middle of importing torch (a
+    traceback). The parent's own Ctrl-C is held only while it spawns, not lost."""
+    from multiprocessing import forkserver, resource_tracker
+
+    if not hasattr(signal, "pthread_sigmask"):  # pragma: no cover - not POSIX
+        forkserver.ensure_running()
+        return
+    # First the tracker: starting it unblocks SIGINT (its own mask dance), which
+    # would undo ours if it started within forkserver.ensure_running.
+    resource_tracker.ensure_running()
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
-        with ProcessPoolExecutor(max_workers=jobs, initializer=_worker_init,
-                                 initargs=(threads,), mp_context=_context()) as pool:
-            pending = {pool.submit(analyze_one, c.path, job, cache_dir): c for c in candidates}
-            while pending:
-                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for future in finished:
-                    c = pending.pop(future)
-                    try:
-                        done(c, future.result())
-                    except Exception as exc:  # a worker died (OOM, signal)
-                        done(c, {"path": c.path, "status": "error",
-                                 "error": f"worker failed: {exc}"})
+        forkserver.ensure_running()
     finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def kill_pool(pool: ProcessPoolExecutor) -> None:
+    """Kill the pool's workers now (running tasks are lost) and shut it down."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    for p in processes:
+        with contextlib.suppress(Exception):
+            p.kill()
+    pool.shutdown(wait=False, cancel_futures=True)
+    for p in processes:
+        with contextlib.suppress(Exception):
+            p.join(timeout=2)
+
+
+class _Terminated(BaseException):
+    """SIGTERM arrived while workers ran."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise _Terminated
+
+
+@contextlib.contextmanager
+def worker_pool(workers: int, threads: int) -> Iterator[ProcessPoolExecutor]:
+    """A process pool whose workers use ``threads`` threads each and die with this
+    process. Leaving the block by an exception (Ctrl-C, SIGTERM) kills the workers at
+    once; a SIGTERM is then re-delivered to this process under its previous handler."""
+    saved = {k: os.environ.get(k) for k in (*THREAD_ENV, _MAIN_PID_ENV)}
+    os.environ.update({k: str(threads) for k in THREAD_ENV})  # inherited by the workers
+    os.environ[_MAIN_PID_ENV] = str(os.getpid())
+    pool: ProcessPoolExecutor | None = None
+    previous = _catch_sigterm()
+    finished = terminated = False
+    try:
+        pool = ProcessPoolExecutor(max_workers=workers, initializer=_worker_init,
+                                   initargs=(threads, os.getpid()), mp_context=_context())
+        yield pool
+        pool.shutdown(wait=True)
+        finished = True
+    except _Terminated:
+        terminated = True
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+        if pool is not None and not finished:
+            kill_pool(pool)
+    if terminated:
+        signal.raise_signal(signal.SIGTERM)  # the previous handler decides (default: die)
+        raise SystemExit(128 + signal.SIGTERM)
+
+
+def _catch_sigterm() -> Any:
+    """Install the SIGTERM handler of a pool; the previous handler (None: not installed,
+    from a thread other than the main one or where SIGTERM is ignored)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous in (signal.SIG_IGN, None):
+        return None
+    signal.signal(signal.SIGTERM, _raise_terminated)
+    return previous
+
+
+# --------------------------------------------------------------------------- the batch
+
+
+@dataclass
+class BatchResult:
+    """Records ordered by step, the plan the misses ran with, the cache's warnings."""
+
+    records: list[dict[str, Any]]
+    plan: Plan
+    cache_warnings: list[str] = field(default_factory=list)
+
+
+def _hash_all(candidates: list[Candidate], job: Any, jobs: int
+              ) -> list[tuple[str | None, dict[str, Any] | None]]:
+    """Every candidate's key (or error record); hashing releases the GIL, so threads."""
+    if jobs <= 1 or len(candidates) <= 1:
+        return [_hashed(c.path, job) for c in candidates]
+    with ThreadPoolExecutor(max_workers=min(jobs, len(candidates))) as hashers:
+        return list(hashers.map(lambda c: _hashed(c.path, job), candidates))
+
+
+def run_batch(candidates: list[Candidate], job: Any, jobs: int = 1,
+              cache_dir: str | None = None, threads: int | None = None,
+              on_result: Callable[[dict[str, Any]], None] | None = None,
+              on_warning: Warn | None = None) -> BatchResult:
+    """Analyse every candidate: cached results first (in this process: no torch, no
+    user code), then the misses, in ``jobs`` workers when there are several."""
+    records: dict[str, dict[str, Any]] = {}
+    cache = ResultCache(cache_dir, on_warning)
+
+    def done(c: Candidate, record: dict[str, Any]) -> None:
+        records[c.path] = record
+        if on_result:
+            on_result(record)
+
+    misses: list[tuple[Candidate, str]] = []
+    for c, (key, error) in zip(candidates, _hash_all(candidates, job, jobs)):
+        if error is not None or key is None:
+            done(c, error or {"path": c.path, "status": "error", "error": "no key"})
+            continue
+        hit = _from_cache(cache, c.path, key)
+        if hit is not None:
+            done(c, hit)
+        else:
+            misses.append((c, key))
+
+    def computed(c: Candidate, key: str, record: dict[str, Any]) -> None:
+        if record["status"] == "ok":
+            cache.put(key, record)
+        done(c, record)
+
+    chosen = plan(jobs, threads, len(misses))
+    if chosen.workers:
+        _compute_parallel(misses, job, chosen, computed)
+    elif misses:
+        with threads_limited(chosen.threads):
+            for c, key in misses:
+                limit_threads(chosen.threads)  # libraries the last one loaded too
+                computed(c, key, compute_record(c.path, job, key))
+    ordered = [records[c.path] for c in candidates]
+    for c, r in zip(candidates, ordered):
+        if r.get("step") is None:
+            r["step"] = c.name_step
+    ordered.sort(key=lambda r: (r.get("step") is None, r.get("step") or 0))
+    return BatchResult(ordered, chosen, cache.warnings)
+
+
+def run(candidates: list[Candidate], job: Any, jobs: int = 1, cache_dir: str | None = None,
+        on_result: Callable[[dict[str, Any]], None] | None = None,
+        threads: int | None = None, on_warning: Warn | None = None) -> list[dict[str, Any]]:
+    """Analyse every candidate; records come back ordered by step (see run_batch)."""
+    return run_batch(candidates, job, jobs, cache_dir, threads, on_result,
+                     on_warning).records
+
+
+def _compute_parallel(misses: list[tuple[Candidate, str]], job: Any, chosen: Plan,
+                      computed: Callable[[Candidate, str, dict[str, Any]], None]) -> None:
+    with worker_pool(chosen.workers, chosen.threads) as pool:
+        pending = {pool.submit(compute_record, c.path, job, key): (c, key)
+                   for c, key in misses}
+        while pending:
+            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in finished:
+                c, key = pending.pop(future)
+                try:
+                    record = future.result()
+                except Exception as exc:  # a worker died (OOM, signal)
+                    record = {"path": c.path, "status": "error",
+                              "error": f"worker failed: {exc}"}
+                computed(c, key, record)

@@ -76,40 +76,90 @@ def _pick(doc: dict, suffixes: Sequence[str]) -> list[str]:
     return [n for s in suffixes for n in names if n.endswith(s)]
 
 
-def plot_trajectory(path: str, doc: dict) -> None:
-    """Stacked panels sharing the step axis: loss (log) with spikes, κ(V), ρ(J), the
-    edge-of-stability ratios with their threshold 1; instability windows shaded."""
+#: Per-tensor κ lines drawn (the tensors whose κ gets largest along the run).
+TENSOR_LINES = 5
+_CONTROL = dict.fromkeys(range(32), "?") | {127: "?"}
+
+
+def plot_label(text: str, width: int = 60) -> str:
+    """A legend label that matplotlib shows as written: no mathtext (``$``), no hidden
+    ``_``-prefixed entry, no control characters, at most ``width`` characters (the
+    middle cut out)."""
+    text = text.translate(_CONTROL).replace("$", r"\$")
+    if len(text) > width:
+        text = text[:(width - 1) // 2] + "…" + text[-(width // 2):]
+    return "\u200b" + text if text.startswith("_") else text
+
+
+def _panels(doc: dict, series) -> list[tuple[str, list[str], bool, float | None]]:
+    """(title, indicator names, log scale, threshold) of each panel with data."""
+    operator = [("κ(V)", _pick(doc, [".kappa_V"]), True, None),
+                ("ρ(J)", _pick(doc, [".spectral_radius"]), False, 1.0),
+                ("EoS ratio", _pick(doc, [".eos_ratio_gd", ".eos_ratio_momentum",
+                                          ".eos_ratio_adam"]), False, 1.0)]
+    operator = [p for p in operator if p[1]]
+    panels = [("loss", ["__loss__"], True, None)] + operator
+    if not operator:  # weights only: what the tensors themselves say
+        panels += _tensor_panels(doc, series)
+    return [(t, [n for n in names if np.isfinite(series(n)).any()], log, thr)
+            for t, names, log, thr in panels
+            if any(np.isfinite(series(n)).any() for n in names)]
+
+
+def _tensor_panels(doc: dict, series) -> list[tuple[str, list[str], bool, float | None]]:
+    names = set(doc["indicators"])
+    per = [n for n in doc["indicators"] if n.startswith("tensor.kappa[")]
+    per.sort(key=lambda n: -np.nanmax(np.where(np.isfinite(series(n)), series(n), -np.inf),
+                                      initial=-np.inf))
+    entropy = ("tensors.mean_spectral_entropy_normalized"
+               if "tensors.mean_spectral_entropy_normalized" in names
+               else "tensors.mean_spectral_entropy")
+    return [("κ (tensors)", [n for n in ["tensors.max_kappa"] if n in names]
+             + per[:TENSOR_LINES], True, None),
+            ("σ_max (max)", [n for n in ["tensors.max_sigma_max"] if n in names], True, None),
+            ("stable rank (min)", [n for n in ["tensors.min_stable_rank"] if n in names],
+             False, None),
+            ("entropy (mean)", [entropy] if entropy in names else [], False, None)]
+
+
+def trajectory_figure(doc: dict):
+    """The figure of :func:`plot_trajectory` (matplotlib ``Figure``, not saved)."""
     plt = _pyplot()
     ok = [c for c in doc["checkpoints"] if c["status"] == "ok"]
     steps = np.array([c["step"] if c["step"] is not None else i for i, c in enumerate(ok)],
                      dtype=float)
+    loss = np.array([c["loss"] if isinstance(c.get("loss"), (int, float)) else np.nan
+                     for c in ok], dtype=float)
 
     def series(name: str) -> np.ndarray:
-        return np.array([float(c["indicators"].get(name, np.nan)) for c in ok], dtype=float)
+        if name == "__loss__":
+            return loss
+        y = np.array([_float(c["indicators"].get(name)) for c in ok], dtype=float)
+        return np.where(np.isfinite(y), y, np.nan)
 
-    panels = [("loss", ["__loss__"], True, None),
-              ("κ(V)", _pick(doc, [".kappa_V"]), True, None),
-              ("ρ(J)", _pick(doc, [".spectral_radius"]), False, 1.0),
-              ("EoS ratio", _pick(doc, [".eos_ratio_gd", ".eos_ratio_momentum",
-                                        ".eos_ratio_adam"]), False, 1.0)]
-    panels = [p for p in panels if p[1]]
-    fig, axes = plt.subplots(len(panels), 1, sharex=True, figsize=(8, 2.1 * len(panels)),
-                             dpi=110)
+    panels = _panels(doc, series)
+    fig, axes = plt.subplots(max(1, len(panels)), 1, sharex=True,
+                             figsize=(8, 2.1 * max(1, len(panels))), dpi=110)
     axes = np.atleast_1d(axes)
+    if not panels:
+        axes[0].text(0.5, 0.5, "no indicator with a finite value to plot",
+                     ha="center", va="center", transform=axes[0].transAxes)
     windows = doc["spikes"]["windows"]
     for ax, (title, names, log, threshold) in zip(axes, panels):
+        log = log and _spans_decades(np.concatenate([series(n) for n in names]))
         for name in names:
-            y = np.array([c["loss"] if c["loss"] is not None else np.nan for c in ok],
-                         dtype=float) if name == "__loss__" else series(name)
-            y = np.where(np.isfinite(y), y, np.nan)
-            label = "loss" if name == "__loss__" else name
-            if log and np.nanmin(np.where(y > 0, y, np.nan), initial=np.inf) < np.inf:
-                ax.semilogy(steps, np.where(y > 0, y, np.nan), lw=1.1, label=label)
+            y = series(name)
+            label = plot_label("loss" if name == "__loss__" else name)
+            style = ({"color": "k", "ls": "--", "lw": 0.9} if name == "tensors.max_kappa"
+                     and len(names) > 1 else {"lw": 1.1})
+            if log:
+                ax.semilogy(steps, np.where(y > 0, y, np.nan), marker=".", ms=3, label=label,
+                            **style)
             else:
-                ax.plot(steps, y, lw=1.1, label=label)
+                ax.plot(steps, y, marker=".", ms=3, label=label, **style)
+                ax.ticklabel_format(axis="y", useOffset=False)
         if names == ["__loss__"] and doc["spikes"]["onsets"]:
             on = np.array(doc["spikes"]["onsets"], dtype=float)
-            loss = np.array([c["loss"] if c["loss"] is not None else np.nan for c in ok])
             idx = [int(np.nonzero(steps == s)[0][0]) for s in on if s in steps]
             ax.plot(on[:len(idx)], loss[idx], "rv", ms=5, label="spike onset")
         if threshold is not None:
@@ -117,13 +167,42 @@ def plot_trajectory(path: str, doc: dict) -> None:
         for start, end in windows:
             ax.axvspan(start, end, color="red", alpha=0.12, lw=0)
         ax.set_ylabel(title)
-        ax.legend(loc="upper right", fontsize=6, ncol=2)
+        ax.legend(loc="best", fontsize=6, ncol=2)
         ax.grid(alpha=0.3)
     axes[-1].set_xlabel("step")
-    axes[0].set_title(f"{doc['source']}: spikes ({doc['spikes']['rule']}) shaded", fontsize=9)
+    title = (f"{doc['source']}: spikes ({doc['spikes']['rule']}) shaded"
+             if np.isfinite(loss).any() else f"{doc['source']}: no loss recorded")
+    axes[0].set_title(plot_label(title, 110), fontsize=9)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    return fig
+
+
+def _spans_decades(y: np.ndarray) -> bool:
+    """Whether positive data spread over more than a factor 10 (worth a log axis)."""
+    y = y[np.isfinite(y) & (y > 0)]
+    return y.size > 0 and float(y.max()) > 10 * float(y.min())
+
+
+def _float(value) -> float:
+    if isinstance(value, bool) or value is None:
+        return np.nan
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return np.nan
+
+
+def plot_trajectory(path: str, doc: dict) -> None:
+    """Stacked panels sharing the step axis: loss (log) with spikes, κ(V), ρ(J), the
+    edge-of-stability ratios with their threshold 1; instability windows shaded. Without
+    optimizer operators (weights-only checkpoints): the tensors' max κ with the κ of the
+    tensors that reach the largest, max σ_max, min stable rank and mean entropy."""
+    plt = _pyplot()
+    fig = trajectory_figure(doc)
+    try:
+        fig.savefig(path)
+    finally:
+        plt.close(fig)
 
 
 def plot_hessian_density(path: str, grid: np.ndarray, density: np.ndarray, lam_max: float,

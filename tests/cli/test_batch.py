@@ -16,6 +16,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from spectrum_cli import trust
 from spectrum_cli.batch import discover
 from spectrum_cli.core.trajectory import SpikeRule, detect_spikes, roc_auc, score
 from tests.helpers import run_cli
@@ -31,6 +32,7 @@ def run_dir(tmp_path):
     for step in range(105, 230, 5):
         shutil.copy(SAMPLE / f"step-{step:05d}.pt", d)
     shutil.copy(SAMPLE / "spectrum.toml", d)
+    trust.trust(d / "spectrum.toml")  # the user's consent to the code it names
     return d
 
 
@@ -198,3 +200,24 @@ def test_plot_without_matplotlib_fails_before_the_run(tmp_path, monkeypatch):
                         lambda name, *a: None if name == "matplotlib" else real(name, *a))
     result = run_cli("batch", tmp_path / "no-such-dir", "--plot", tmp_path / "p.png")
     assert result.exit_code == 2 and "pip install 'spectrum-cli[plot]'" in result.stderr
+
+
+def test_the_trajectory_records_jobs_and_threads(tmp_path):
+    """Workers x threads <= the usable cores unless --threads says otherwise (item 18)."""
+    from spectrum_cli.batch import available_cores
+
+    d = tmp_path / "r"
+    d.mkdir()
+    for n in range(3):
+        torch.save({"w": torch.randn(6, 6)}, d / f"ckpt-{n}.pt")
+    cores = available_cores()
+    doc, result = batch_json(d, "--no-cache", "--jobs", "2", env={"OMP_NUM_THREADS": "",
+                                                                  "OPENBLAS_NUM_THREADS": ""})
+    assert result.exit_code == 0, result.stderr
+    s = doc["settings"]
+    assert (s["jobs"], s["workers"], s["cores"]) == (2, 2, cores)
+    assert s["threads"] == max(1, cores // 2) and s["workers"] * s["threads"] <= max(cores, 2)
+    doc, _ = batch_json(d, "--no-cache", "--jobs", "2", "--threads", "3")
+    assert doc["settings"]["threads"] == 3
+    doc, _ = batch_json(d, "--no-cache")  # one job: computed in this process
+    assert doc["settings"]["workers"] == 0
