@@ -17,13 +17,19 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests.optim.oracles
+
+
 def blocks_vs_dense(n: int, skip_dense: bool) -> None:
-    from spectrum_cli.core.update_operators import block_spectrum, dense_operator, sgd_form
+    from spectrum_cli.core.update_operators import block_spectrum, sgd_form
+    from tests.optim.oracles import dense_operator
 
     rng = np.random.default_rng(0)
     q, _ = np.linalg.qr(rng.standard_normal((n, n)))

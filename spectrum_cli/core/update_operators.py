@@ -1,6 +1,6 @@
 """Linearized optimizer update operators and their exact 2x2-block structure.
 
-Notation and formulas: ../shared/docs/operators.md (PyTorch's conventions). With the
+Notation, formulas and derivations: docs/operators.md (PyTorch's conventions). With the
 Hessian H = Q diag(h) Qᵀ (or, for Adam, K = P^{-1/2} H P^{-1/2} = Q diag(k) Qᵀ), every
 momentum-type operator is orthogonally similar (for Adam: after the diagonal similarity
 D = diag(P^{1/2}, P^{-1/2})) to a direct sum of 2x2 blocks
@@ -309,14 +309,3 @@ def _block_peaks(b: np.ndarray, k_max: int) -> np.ndarray:
         peak = np.maximum(peak, s)
         p = np.einsum("nij,njk->nik", b, p)
     return peak
-
-
-def dense_operator(form: BlockForm, hmat: np.ndarray) -> np.ndarray:
-    """The explicit operator for a symmetric matrix (H, or K for Adam) - the test oracle:
-    [[wI - αH, -βI], [γH, μI]] (2n x 2n), or wI - αH without a second state."""
-    n = hmat.shape[0]
-    eye = np.eye(n)
-    top_left = form.w * eye - form.alpha * hmat
-    if form.beta == 0.0 and form.gamma == 0.0:
-        return top_left
-    return np.block([[top_left, -form.beta * eye], [form.gamma * hmat, form.mu * eye]])

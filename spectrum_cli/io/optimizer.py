@@ -10,44 +10,17 @@ shape is checked against its parameter; a mismatch is an error, never a guess.
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from spectrum_cli.core.errors import InputError
+from spectrum_cli.optim.base import OptimizerSnapshot, ParamState  # noqa: F401 (re-exported)
 
 #: Keys under which training checkpoints keep the optimizer, in order of preference.
 OPTIMIZER_KEYS = ("optimizer", "optimizer_state_dict", "optimizer_state", "optim", "opt")
-MOMENTS = {"sgd": ("momentum_buffer",),
-           "adam": ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")}
-
-
-@dataclass
-class ParamState:
-    index: int
-    group: int
-    name: str
-    shape: tuple[int, ...] | None
-    moments: dict[str, np.ndarray] = field(default_factory=dict)
-    step: int | None = None
-
-
-@dataclass
-class OptimizerSnapshot:
-    kind: str  # "sgd", "adam", "adamw"
-    groups: list[dict[str, Any]]
-    params: list[ParamState]
-    named_by: str  # "param_names", "model", "index"
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def step(self) -> int | None:
-        steps = {p.step for p in self.params if p.step is not None}
-        return max(steps) if steps else None
 
 
 def is_optimizer_state(obj: Any) -> bool:
@@ -112,20 +85,43 @@ def load_sibling(path: str) -> Any:
                 f"(spectrum analyze {path} ...), or move it away") from None
 
 
-def identify(groups: list[Mapping]) -> str:
-    """'sgd', 'adam' or 'adamw' from the hyper-parameters each optimizer stores."""
+#: Group keys that hint at a family no registered rule recognises (for the message).
+HINTS = {"rho": "Adadelta", "alpha": "RMSprop", "lr_decay": "Adagrad",
+         "momentum_decay": "NAdam", "etas": "Rprop", "lambd": "ASGD"}
+
+
+def rules() -> dict[str, Any]:
+    """Every registered optimizer rule that loads (entry-point group
+    ``spectrum.optimizers``; a broken one warns and is left out), with the defaults of
+    :class:`spectrum_cli.optim.base.Rule` filled in."""
+    from spectrum_cli.optim.base import completed
+    from spectrum_cli.plugins import optimizers
+
+    return {name: completed(rule) for name, rule in optimizers.loaded().items()}
+
+
+def identify(groups: list[Mapping], state_keys: frozenset[str] = frozenset()) -> Any:
+    """The rule whose family this state is: the highest :meth:`identify` score among the
+    registered rules. None matching, or two rules tied, is an :class:`InputError`."""
     keys = set().union(*(g.keys() for g in groups)) if groups else set()
-    if {"momentum", "dampening", "nesterov"} <= keys:
-        return "sgd"
-    if {"betas", "eps", "amsgrad"} <= keys:
-        decoupled = any(bool(g.get("decoupled_weight_decay")) for g in groups)
-        return "adamw" if decoupled else "adam"
-    hints = {"alpha": "RMSprop", "lr_decay": "Adagrad", "rho": "Adadelta",
-             "momentum_decay": "NAdam", "etas": "Rprop", "lambd": "ASGD"}
-    guess = next((name for key, name in hints.items() if key in keys), "an optimizer")
+    scored = []
+    for rule in rules().values():
+        score = rule.identify(groups, frozenset(state_keys))
+        if score:
+            scored.append((score, rule))
+    if scored:
+        best = max(s for s, _ in scored)
+        top = [r for s, r in scored if s == best]
+        if len({r.name for r in top}) > 1:
+            raise InputError("ambiguous optimizer state: the rules "
+                             f"{', '.join(sorted(r.name for r in top))} all claim it "
+                             f"(group keys: {', '.join(sorted(k for k in keys if k != 'params'))})")
+        return top[0]
+    guess = next((name for key, name in HINTS.items() if key in keys), "an optimizer")
+    known = ", ".join(sorted(rules())) or "none"
     raise InputError(f"unsupported optimizer: the state looks like {guess} (group keys: "
-                     f"{', '.join(sorted(k for k in keys if k != 'params'))}); spectrum "
-                     "supports torch.optim.SGD, Adam and AdamW")
+                     f"{', '.join(sorted(k for k in keys if k != 'params'))}); no optimizer "
+                     f"rule recognises it (rules installed: {known})")
 
 
 def _to_numpy(t: Any) -> np.ndarray:
@@ -152,6 +148,10 @@ def parse(state: Mapping, param_shapes: Mapping[str, tuple[int, ...]] | None = N
         for i in range(len(snapshot.groups)):
             group_hyper(snapshot, i)  # every hyper-parameter is a number, checked now
         return snapshot
+    except InputError as exc:
+        if type(exc) is InputError and not str(exc).startswith(where):
+            raise InputError(f"{where}: {exc}") from None
+        raise
     except SpectrumError:
         raise
     except (LookupError, TypeError, ValueError, AttributeError, ArithmeticError) as exc:
@@ -162,8 +162,10 @@ def parse(state: Mapping, param_shapes: Mapping[str, tuple[int, ...]] | None = N
 def _parse(state: Mapping, param_shapes: Mapping[str, tuple[int, ...]] | None,
            model_order: list[str] | None) -> OptimizerSnapshot:
     groups = [dict(g) for g in state["param_groups"]]
-    kind = identify(groups)
     raw = state["state"]
+    state_keys = frozenset(str(k) for entry in raw.values() if isinstance(entry, Mapping)
+                           for k in entry)
+    rule = identify(groups, state_keys)
     indices = [(gi, int(i)) for gi, g in enumerate(groups) for i in g["params"]]
     have_names = all("param_names" in g for g in groups)
     notes: list[str] = []
@@ -182,7 +184,7 @@ def _parse(state: Mapping, param_shapes: Mapping[str, tuple[int, ...]] | None,
         if len(groups) > 1:
             notes.append(f"{len(groups)} parameter groups: names assume the groups list "
                          "the model's parameters in its order")
-    elif param_shapes and _order_matches(param_shapes, raw, indices):
+    elif param_shapes and _order_matches(param_shapes, raw, indices, rule):
         names = [n for n in param_shapes if not n.endswith(_BUFFER_SUFFIXES)]
         named_by = "state_dict order"
         notes.append("parameter names inferred from the weights' order (every moment's shape "
@@ -191,104 +193,68 @@ def _parse(state: Mapping, param_shapes: Mapping[str, tuple[int, ...]] | None,
         names = [f"state[{i}]" for _, i in indices]
         named_by = "index"
         notes.append("parameters are unnamed (no param_names in the optimizer, no --model)")
-    params = []
-    for (gi, idx), name in zip(indices, names):
-        entry = raw.get(idx, raw.get(str(idx), {}))
-        moments = {k: _to_numpy(v) for k, v in entry.items()
-                   if k in MOMENTS["sgd" if kind == "sgd" else "adam"] and v is not None}
-        step = entry.get("step")
-        step = int(float(_to_numpy(step))) if step is not None else None
-        shape = None
-        if param_shapes is not None and name in param_shapes:
-            shape = tuple(param_shapes[name])
-        for key, value in moments.items():
-            if shape is not None and tuple(value.shape) != shape:
-                raise InputError(
-                    f"optimizer state {idx} ({name}): {key} has shape {tuple(value.shape)} "
-                    f"but the parameter has shape {shape}: the state does not belong to "
-                    "these weights (wrong model, reordered or tied parameters?)")
-            shape = shape or tuple(value.shape)
-        params.append(ParamState(idx, gi, name, shape, moments, step))
+    params = [_param_state(rule, raw, gi, idx, name, param_shapes)
+              for (gi, idx), name in zip(indices, names)]
     missing = [p.name for p in params if not p.moments]
     if missing:
         notes.append(f"{len(missing)} parameter(s) without optimizer state (never updated,"
                      f" or frozen but passed in): {', '.join(missing[:4])}"
                      + (" …" if len(missing) > 4 else ""))
-    return OptimizerSnapshot(kind, groups, params, named_by, notes)
+    return OptimizerSnapshot(rule.kind(groups), groups, params, named_by, notes, rule)
+
+
+def _param_state(rule: Any, raw: Mapping, gi: int, idx: int, name: str,
+                 param_shapes: Mapping[str, tuple[int, ...]] | None) -> ParamState:
+    """One parameter's entry: the rule's tensors (shape-checked) and scalars."""
+    entry = raw.get(idx, raw.get(str(idx), {}))
+    moments = {k: _to_numpy(v) for k, v in entry.items()
+               if k in rule.moments and v is not None}
+    dtype = next((str(v.dtype) for k, v in entry.items()
+                  if k in rule.moments and v is not None and hasattr(v, "dtype")), None)
+    scalars = {k: float(_to_numpy(entry[k])) for k in rule.scalars
+               if entry.get(k) is not None}
+    step = entry.get("step")
+    step = int(float(_to_numpy(step))) if step is not None else None
+    shape = None
+    if param_shapes is not None and name in param_shapes:
+        shape = tuple(param_shapes[name])
+    for key, value in moments.items():
+        if shape is not None and not rule.shape_ok(key, tuple(value.shape), shape):
+            raise InputError(
+                f"optimizer state {idx} ({name}): {key} has shape {tuple(value.shape)} "
+                f"but the parameter has shape {shape}: the state does not belong to "
+                "these weights (wrong model, reordered or tied parameters?)")
+    shape = shape or (rule.infer_shape(moments) if moments else None)
+    return ParamState(idx, gi, name, shape, moments, step, scalars, dtype)
 
 
 _BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
 
 
 def _order_matches(param_shapes: Mapping[str, tuple[int, ...]], raw: Mapping,
-                   indices: list[tuple[int, int]]) -> bool:
+                   indices: list[tuple[int, int]], rule: Any) -> bool:
     """True when the weights (buffers left out) and the optimizer's entries correspond
-    one to one, in order, with equal shapes for every stored moment."""
+    one to one, in order, with every stored moment fitting its parameter's shape."""
     shapes = [s for n, s in param_shapes.items() if not n.endswith(_BUFFER_SUFFIXES)]
     if len(shapes) != len(indices):
         return False
     for shape, (_, idx) in zip(shapes, indices):
         entry = raw.get(idx, raw.get(str(idx), {}))
         for key, value in entry.items():
-            if key != "step" and hasattr(value, "shape") and tuple(value.shape) != tuple(shape):
+            if key in rule.moments and hasattr(value, "shape") and not rule.shape_ok(
+                    key, tuple(value.shape), tuple(shape)):
                 return False
     return True
 
 
 def group_hyper(snapshot: OptimizerSnapshot, group: int) -> dict[str, Any]:
-    """The hyper-parameters of one group, normalized (floats; betas split)."""
-    g = snapshot.groups[group]
-    out = {"lr": float(g["lr"]), "weight_decay": float(g.get("weight_decay", 0.0)),
-           "maximize": bool(g.get("maximize", False))}
-    if snapshot.kind == "sgd":
-        out.update(momentum=float(g.get("momentum", 0.0)),
-                   dampening=float(g.get("dampening", 0.0)),
-                   nesterov=bool(g.get("nesterov", False)))
-    else:
-        b1, b2 = g["betas"]
-        out.update(beta1=float(b1), beta2=float(b2), eps=float(g["eps"]),
-                   amsgrad=bool(g.get("amsgrad", False)))
-    return out
-
-
-def adam_denominator(p: ParamState, hyper: dict[str, Any], step: int) -> np.ndarray:
-    """P = sqrt(v / (1 - β2^t)) + eps (with ``max_exp_avg_sq`` under amsgrad)."""
-    key = "max_exp_avg_sq" if hyper["amsgrad"] and "max_exp_avg_sq" in p.moments \
-        else "exp_avg_sq"
-    v = p.moments[key]
-    return np.sqrt(v / (1 - hyper["beta2"] ** step)) + hyper["eps"]
+    """The hyper-parameters of one group, normalized by the snapshot's rule."""
+    return snapshot.rule.hyper(snapshot.groups[group])
 
 
 def optimizer_only_metrics(snapshot: OptimizerSnapshot) -> dict[str, Any]:
-    """What the state alone says: per-tensor moment norms and Adam's effective steps,
-    and the preconditioner spread sqrt(max P / min P), a bound on κ(V) of Adam's
-    reduced operator (its eigenvectors are P^{-1/2}Q; operators.md §2)."""
-    step = snapshot.step
-    tensors = []
-    pmin, pmax = math.inf, 0.0
-    for p in snapshot.params:
-        if not p.moments:
-            continue
-        hyper = group_hyper(snapshot, p.group)
-        row: dict[str, Any] = {"name": p.name, "shape": list(p.shape or ()),
-                               "group": p.group, "step": p.step}
-        for key, value in p.moments.items():
-            row[f"{key}_norm"] = float(np.linalg.norm(value))
-        if snapshot.kind != "sgd" and p.step:
-            den = adam_denominator(p, hyper, p.step)
-            eff = hyper["lr"] / (1 - hyper["beta1"] ** p.step) / den
-            row.update(effective_step_min=float(eff.min()), effective_step_max=float(eff.max()),
-                       effective_step_mean=float(eff.mean()))
-            pmin, pmax = min(pmin, float(den.min())), max(pmax, float(den.max()))
-        elif snapshot.kind == "sgd":
-            row["effective_step"] = hyper["lr"]
-        tensors.append(row)
-    out: dict[str, Any] = {"optimizer": snapshot.kind, "step": step, "tensors": tensors,
-                           "groups": [group_hyper(snapshot, i)
-                                      for i in range(len(snapshot.groups))]}
-    if snapshot.kind != "sgd" and pmax > 0:
-        out["preconditioner_spread"] = math.sqrt(pmax / pmin)
-    return out
+    """What the state alone says (the rule's per-tensor rows, preconditioner spread)."""
+    return snapshot.rule.optimizer_only(snapshot)
 
 
 def locate(source: Any, policy: Any) -> tuple[Mapping | None, str, dict[str, Any]]:

@@ -11,9 +11,10 @@ from spectrum_cli.core.eigen import eigenstructure
 from spectrum_cli.core.pseudospectra import criss_cross
 from spectrum_cli.core.transient import power_norms
 from spectrum_cli.core.update_operators import (
-    adam_form, analyze_blocks, dense_operator, sgd_form,
+    adam_form, analyze_blocks, sgd_form,
 )
 from tests.helpers import haar
+from tests.optim.oracles import dense_operator
 
 
 def random_h(rng, n, lo=0.05, hi=120.0):

@@ -115,10 +115,19 @@ def test_shape_mismatch_is_refused(tmp_path):
 
 
 def test_unsupported_optimizer_is_named(tmp_path):
+    """A family no registered rule recognises (Adadelta) is named, with the rules that
+    are installed, and refused (RMSprop, refused here before issue 11, now has a rule)."""
     model = models.small_mlp()
-    saved(tmp_path / "r.pt", model, torch.optim.RMSprop(model.parameters(), lr=0.01))
+    saved(tmp_path / "r.pt", model, torch.optim.Adadelta(model.parameters(), lr=0.01))
     bad = run_cli("analyze", tmp_path / "r.pt")
-    assert bad.exit_code == 2 and "RMSprop" in bad.stderr and "SGD, Adam and AdamW" in bad.stderr
+    text = " ".join(bad.stderr.split())
+    assert bad.exit_code == 2 and "Adadelta" in text and "no optimizer rule recognises" in text
+    assert "r.pt" in text and "rules installed:" in text
+    assert all(name in text for name in ("sgd", "adam", "rmsprop", "adafactor"))
+    model = models.small_mlp()
+    saved(tmp_path / "ok.pt", model, torch.optim.RMSprop(model.parameters(), lr=0.01))
+    doc, ok = run_json(tmp_path / "ok.pt")
+    assert ok.exit_code == 0 and doc["optimizer"]["optimizer"] == "rmsprop"
 
 
 def test_lightning_and_hf_layouts(tmp_path):
