@@ -37,6 +37,7 @@ import numpy as np
 
 from spectrum_backends._common import check_options, gap_refined
 from spectrum_cli.core.backend import Capabilities, check_which
+from spectrum_cli.core.estimators.lanczos1950 import reorthogonalize, tridiagonalize
 from spectrum_cli.core.operators import as_operator
 from spectrum_cli.core.results import Eigenvalues, Estimate, SingularValues
 from spectrum_cli.core.scaling import ldexp, scale_exponent
@@ -60,14 +61,6 @@ class _Transposed:
 
     def rmatmat(self, y):
         return self.op.matmat(y)
-
-
-def _reorth(w: np.ndarray, basis: np.ndarray) -> np.ndarray:
-    """Remove the components of w along the orthonormal columns of basis (CGS2)."""
-    if basis.shape[1]:
-        w = w - basis @ (basis.T @ w)
-        w = w - basis @ (basis.T @ w)
-    return w
 
 
 def _ritz_svd(alpha: list[float], beta: list[float]) -> tuple[np.ndarray, np.ndarray,
@@ -98,7 +91,7 @@ def _bidiagonalize(tall: Any, v0: np.ndarray, max_steps: int,
     j = 0
     for j in range(1, max_steps + 1):
         u = tall.matmat(V[:, j - 1:j]).ravel() - beta[-1] * u_prev
-        u = _reorth(u, U[:, : j - 1])
+        u = reorthogonalize(u, U[:, : j - 1])
         a = float(np.linalg.norm(u))
         alpha.append(a)
         if a == 0.0:  # invariant subspace: the spectrum of B_j is exact
@@ -107,7 +100,7 @@ def _bidiagonalize(tall: Any, v0: np.ndarray, max_steps: int,
         u /= a
         U[:, j - 1] = u
         w = tall.rmatmat(u.reshape(-1, 1)).ravel() - a * V[:, j - 1]
-        w = _reorth(w, V[:, :j])
+        w = reorthogonalize(w, V[:, :j])
         b = float(np.linalg.norm(w))
         beta.append(b)
         if b == 0.0 or j == max_steps:
@@ -149,33 +142,6 @@ def gkl(op: Any, k: int, which: str, tol: float = DEFAULT_TOL, max_steps: int | 
     return {"values": values, "bounds": bounds, "steps": steps, "converged": ok or exhausted}
 
 
-def _tridiagonalize(op: Any, q0: np.ndarray, max_steps: int,
-                    done: Any = None) -> tuple[list[float], list[float], int]:
-    """Symmetric Lanczos from the unit vector q0 (full reorthogonalization); ``done``
-    is asked on the same geometric schedule as in :func:`_bidiagonalize`."""
-    n = op.shape[0]
-    Q = np.empty((n, max_steps + 1))
-    Q[:, 0] = q0
-    alpha: list[float] = []
-    beta: list[float] = []
-    next_check = 8
-    j = 0
-    for j in range(1, max_steps + 1):
-        w = op.matmat(Q[:, j - 1:j]).ravel()
-        alpha.append(float(Q[:, j - 1] @ w))
-        w = _reorth(w, Q[:, :j])
-        b = float(np.linalg.norm(w))
-        beta.append(b)
-        if b == 0.0 or j == max_steps:
-            break
-        Q[:, j] = w / b
-        if done is not None and j >= next_check:
-            if done(alpha, beta):
-                break
-            next_check = j + max(5, j // 8)
-    return alpha, beta, j
-
-
 def _lanczos_bounds(alpha: list[float], beta: list[float], k: int, which: str, tol: float):
     """Ritz values (descending), their gap-refined bounds, and whether they converged."""
     t = np.diag(alpha) + np.diag(beta[:-1], 1) + np.diag(beta[:-1], -1)
@@ -196,7 +162,7 @@ def lanczos_symmetric(op: Any, k: int, which: str, tol: float = DEFAULT_TOL,
     max_steps = min(n, max_steps or DEFAULT_MAX_STEPS)
     k = min(k, n)
     q0 = np.random.default_rng(seed).standard_normal(n)
-    alpha, beta, steps = _tridiagonalize(
+    alpha, beta, steps = tridiagonalize(
         op, q0 / np.linalg.norm(q0), max_steps,
         done=lambda a, b: len(a) >= k + 2 and _lanczos_bounds(a, b, k, which, tol)[2])
     values, bounds, ok = _lanczos_bounds(alpha, beta, k, which, tol)

@@ -117,7 +117,7 @@ def analyze(path: str | os.PathLike, *, use_config: bool = True, digest: bool = 
     ``spectrum analyze PATH --json`` does; ``settings`` are the option names of
     ``spectrum analyze --help`` with underscores (``fail_on=["kappa>1e4"]``,
     ``square="all"``, ``threads=2``)."""
-    from spectrum_cli.batch import available_cores, threads_limited
+    from spectrum_cli.executors import available_cores, threads_limited
     from spectrum_cli.pipeline import analyze_checkpoint
 
     s = _check(settings, list(CONFIG_KEYS) + list(_SAFETY))
@@ -246,10 +246,11 @@ def trajectory(target: str | os.PathLike, *, jobs: int = 1,
     candidates = B.discover(str(target))
     result = B.run_batch(candidates, job, jobs, None if cache_dir is None else str(cache_dir),
                          threads=cfg.values.get("threads"), on_result=on_result,
-                         on_warning=on_warning)
+                         on_warning=on_warning, executor=cfg.values.get("executor", "auto"))
     doc = T.build(result.records, str(target),
                   {"analysis": job.options.as_dict(), "operator": job.values, "jobs": jobs,
-                   "config_file": cfg.file, **result.plan.as_settings()}, rule, job.fail_on)
+                   "config_file": cfg.file, "executor": result.executor,
+                   **result.plan.as_settings()}, rule, job.fail_on)
     inputs = (str(target), *(str(c.path) for c in candidates))
     return Trajectory(json.loads(dumps(doc)), result.records, inputs, doc)
 

@@ -147,19 +147,12 @@ def slq_density(problem, n: int, probes: int, steps: int, seed: int, bandwidth: 
     """Nodes and weights of stochastic Lanczos quadrature of H, the moments tr(H^j)/n
     (j = 1..4) with standard errors across probes, the broadened density on a grid and
     the flatness f̂_h(0) = (1/(h√(2π))) tr(exp(-H²/2h²))/n with its standard error."""
-    from spectrum_backends.lanczos import _tridiagonalize
+    from spectrum_cli.core.estimators.ubaru2017slq import slq_nodes
 
-    op = problem.operator()
-    rng = np.random.default_rng(seed)
-    nodes, weights = [], []
     m = min(steps, n)
-    for _ in range(probes):
-        z = rng.choice([-1.0, 1.0], size=n) / math.sqrt(n)
-        alpha, beta, _ = _tridiagonalize(op, z, m)
-        t = np.diag(alpha) + np.diag(beta[:-1], 1) + np.diag(beta[:-1], -1)
-        theta, vecs = np.linalg.eigh(t)
-        nodes.append(theta)
-        weights.append(vecs[0, :] ** 2)
+    rules = slq_nodes(problem.operator(), n, probes, m, seed)
+    nodes = [theta for theta, _ in rules]
+    weights = [w for _, w in rules]
     moments = np.array([[float(w @ th**j) for j in range(1, 5)]
                         for th, w in zip(nodes, weights)])  # per probe
     flat = np.array([float(w @ np.exp(-th**2 / (2 * bandwidth**2)))
@@ -188,7 +181,7 @@ def gauss_newton_top(problem, k: int, seed: int) -> np.ndarray:
     import torch
     from torch.func import grad, jvp, vjp
 
-    from spectrum_backends.lanczos import lanczos_symmetric
+    from spectrum_cli.plugins import get_backend
 
     theta = problem.theta.detach()
 
@@ -198,7 +191,7 @@ def gauss_newton_top(problem, k: int, seed: int) -> np.ndarray:
         for x, y in problem.batches:
             out, jv = jvp(lambda t: problem.forward(t, x), (theta,), (v,))
             # H_ℓ (J v) as vjp of grad (H_ℓ is symmetric; jvp of grad fails on
-            # mean-reduced losses in current torch, operators.md §6).
+            # mean-reduced losses in current torch, docs/operators.md §6).
             _, hess_out = vjp(grad(lambda o: problem.loss_fn(o, y)), out)
             _, back = vjp(lambda t: problem.forward(t, x), theta)
             total = total + back(hess_out(jv)[0])[0]
@@ -206,14 +199,17 @@ def gauss_newton_top(problem, k: int, seed: int) -> np.ndarray:
 
     n = theta.numel()
 
-    class _Op:
-        shape = (n, n)
+    import scipy.sparse.linalg as spla
 
-        @staticmethod
-        def matmat(x):
-            return np.stack([gv(x[:, j]) for j in range(x.shape[1])], axis=1)
+    def gm(x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x)
+        return gv(x) if x.ndim == 1 else np.stack([gv(x[:, j]) for j in range(x.shape[1])],
+                                                  axis=1)
 
-    return lanczos_symmetric(_Op(), k, "largest", tol=1e-8, seed=seed)["values"]
+    g_op = spla.LinearOperator((n, n), matvec=gm, rmatvec=gm, matmat=gm, rmatmat=gm,
+                               dtype=np.float64)
+    return get_backend("lanczos").eigenvalues_symmetric(g_op, k, "largest", tol=1e-8,
+                                                        seed=seed).values
 
 
 def stability_index(jac: dict, ntk: dict, hess: dict) -> dict[str, Any]:

@@ -12,14 +12,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from spectrum_cli import settings
 from spectrum_cli.core.analyze import AnalyzeOptions
 from spectrum_cli.io.base import LoadPolicy
 
-#: Configuration keys that shape the analysis (and so the cache key of batch results).
-OPTION_KEYS = ("conv", "square", "square_max_dim", "effective_rank_tau", "svd_route",
-               "backend", "device", "dtype", "top_k", "seed", "eps_relative", "power_max")
-OPERATOR_KEYS = ("model", "data", "loss", "dense_max", "params", "coordinates",
-                 "step_convention")
+#: Settings that shape the analysis (and so the cache key of batch results), from the
+#: schema; include, exclude and eps are parsed first.
+OPTION_KEYS = tuple(k for k in settings.names("analysis") if k not in ("include", "exclude",
+                                                                     "eps"))
+OPERATOR_KEYS = settings.names("operator")
 
 
 @dataclass(frozen=True)
@@ -60,10 +61,12 @@ class Job:
 
 
 def _metric_names() -> list[str]:
-    """Names of the registered metrics (entry points only: nothing is imported)."""
+    """Names --fail-on accepts beside the core's: the registered metrics (entry points
+    only: nothing is imported) and the operator metrics each optimizer rule declares."""
     from spectrum_cli import plugins
 
-    return plugins.metrics.names()
+    rules = plugins.optimizers.loaded().values()
+    return plugins.metrics.names() + [m for r in rules for m in getattr(r, "metrics", {})]
 
 
 _FINGERPRINT: list[str] = []
@@ -168,13 +171,10 @@ def optimizer_report(source: Any, job: Job, warnings: list[str]) -> Any:
     report.optimizer["found_in"] = where
     report.optimizer["hessian_source"] = None if hess is None else {
         "model": hess.model, "data": hess.data, "loss": hess.loss}
-    raw = getattr(source, "raw", None)
-    if report.optimizer.get("step") is None and isinstance(raw, dict):
-        for key in ("step", "global_step"):  # SGD keeps no step: take the checkpoint's
-            if isinstance(raw.get(key), (int, float)):
-                report.optimizer["step"] = int(raw[key])
-                report.optimizer["step_from"] = f"checkpoint[{key!r}]"
-                break
+    stored = source.scalars() if hasattr(source, "scalars") else {}
+    if report.optimizer.get("step") is None and "step" in stored:
+        report.optimizer["step"] = stored["step"]  # SGD keeps no step: the checkpoint's
+        report.optimizer["step_from"] = "checkpoint"
     return report
 
 
@@ -183,7 +183,6 @@ def checkpoint_scalars(source: Any, warnings: list[str] | None = None) -> dict[s
     ``trainer_state.json`` beside the weights (its last logged loss at or before the
     checkpoint's global step). A damaged ``trainer_state.json`` is ignored with a
     warning: the scalars are a courtesy, the weights are the analysis."""
-    raw = getattr(source, "raw", None)
     out: dict[str, Any] = {}
     state_file = Path(source.path if Path(source.path).is_dir()
                       else Path(source.path).parent) / "trainer_state.json"
@@ -193,15 +192,11 @@ def checkpoint_scalars(source: Any, warnings: list[str] | None = None) -> dict[s
         except ValueError as exc:
             if warnings is not None:
                 warnings.append(f"{state_file}: ignored ({exc})")
-    if isinstance(raw, Mapping):
-        for key in ("step", "global_step", "iteration", "epoch"):
-            if _is_number(raw.get(key)) and "step" not in out:
-                out["step"] = int(raw[key])
-        loss = raw.get("loss")
-        if hasattr(loss, "item") and getattr(loss, "numel", lambda: 1)() == 1:
-            loss = loss.item()
-        if _is_number(loss):
-            out["loss"] = float(loss)
+    stored = source.scalars() if hasattr(source, "scalars") else {}
+    if "step" not in out and "step" in stored:
+        out["step"] = stored["step"]
+    if "loss" in stored:
+        out["loss"] = stored["loss"]
     return out
 
 

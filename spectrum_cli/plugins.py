@@ -165,7 +165,22 @@ def _metric(name: str, obj: Any) -> Any:
 #: float or None, or a :class:`spectrum_cli.core.metrics.Metric` (see there).
 metrics = Registry("spectrum.metrics", "metric", _metric)
 
-_REGISTRIES: list[Registry] = [backends, metrics]
+#: Optimizer rules: one per optimizer family (how to recognise and parse its state, its
+#: frozen preconditioner and momentum structure, its operator forms, its EoS ratio); the
+#: protocol is spectrum_cli.optim.base.OptimizerRule.
+optimizers = Registry("spectrum.optimizers", "optimizer rule", instantiate,
+                      _requires("name", "description", "identify", "operators"))
+
+#: Executors: how a run's tasks are computed (spectrum_cli.executors: ``run(fn, tasks,
+#: plan, done)``); built in: ``serial`` and ``processes``.
+executors = Registry("spectrum.executors", "executor", instantiate,
+                     _requires("name", "description", "run"))
+
+#: Checkpoint readers (spectrum_cli/io/readers.py: ``can_open(probe)`` + ``open``).
+readers = Registry("spectrum.readers", "reader", instantiate,
+                   _requires("name", "description", "can_open", "open"))
+
+_REGISTRIES: list[Registry] = [backends, metrics, optimizers, executors, readers]
 
 
 def register(registry: Registry) -> Registry:

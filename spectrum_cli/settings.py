@@ -17,6 +17,7 @@ NUMERICS = "Numerics"
 OPTIM = "Optimizer state and Hessian"
 OUTPUT = "Output and CI"
 SAFETY = "Loading safety (command line only)"
+RUN = "Run"
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,7 @@ class Setting:
     minimum: float | None = None
     config: bool = True
     option: str | None = None  # the command-line spelling, when not --name-with-dashes
+    role: str = "analysis"  # what it shapes: analysis, operator, load, run or output
 
     @property
     def flag(self) -> str:
@@ -53,7 +55,7 @@ SETTINGS: tuple[Setting, ...] = (
             SELECT, metavar="GLOB"),
     Setting("weights_key", "str", "Dotted key of the weights inside a training checkpoint "
             "(default: the first of state_dict, model_state_dict, model, module, net, "
-            "network; '' = everything).", SELECT, metavar="KEY"),
+            "network; '' = everything).", SELECT, metavar="KEY", role="load"),
     Setting("conv", "str", "k-D kernels: reshape to (out, in·k1·k2…) or skip them.", SELECT,
             default="reshape", choices=("reshape", "skip")),
     # Numerics
@@ -87,48 +89,60 @@ SETTINGS: tuple[Setting, ...] = (
             NUMERICS, default=0),
     Setting("threads", "int", "BLAS/torch threads per worker process (default: the "
             "usable cores divided by the worker processes, at least 1).", NUMERICS,
-            minimum=1),
+            minimum=1, role="run"),
+    # Run
+    Setting("executor", "str", "How the analyses are computed: 'serial', 'processes' or a "
+            "plugin (spectrum.executors); 'auto': processes when there is more than one "
+            "job.", RUN, default="auto", metavar="NAME", role="run"),
     # Optimizer state and Hessian
     Setting("model", "str", "Your model: a function returning the nn.Module the "
             "checkpoint's weights load into (enables the update-operator analysis).",
-            OPTIM, metavar="MODULE:FACTORY"),
+            OPTIM, metavar="MODULE:FACTORY", role="operator"),
     Setting("data", "str", "Your data: returns (inputs, targets) or an iterable of such "
-            "batches.", OPTIM, metavar="MODULE:FN"),
+            "batches.", OPTIM, metavar="MODULE:FN", role="operator"),
     Setting("loss", "str", "The loss (mean reduction): mse, cross_entropy or MODULE:FN.",
-            OPTIM, default="mse", metavar="NAME|MODULE:FN"),
+            OPTIM, default="mse", metavar="NAME|MODULE:FN", role="operator"),
     Setting("dense_max", "int", "Dense Hessian up to this many parameters, matrix-free "
-            "Lanczos beyond.", OPTIM, default=2000, minimum=1),
+            "Lanczos beyond.", OPTIM, default=2000, minimum=1, role="operator"),
     Setting("params", "list", "Restrict the operator to these parameters (their Hessian "
-            "block). Repeatable.", OPTIM, metavar="GLOB"),
+            "block). Repeatable.", OPTIM, metavar="GLOB", role="operator"),
     Setting("coordinates", "str", "SGD state coordinates: (θ, buf) as stored, or scaled "
-            "(θ, lr·buf).", OPTIM, default="stored", choices=("stored", "scaled")),
+            "(θ, lr·buf).", OPTIM, default="stored", choices=("stored", "scaled"), role="operator"),
     Setting("step_convention", "str", "Adam bias correction with the snapshot's t or t+1.",
-            OPTIM, default="snapshot", choices=("snapshot", "next")),
+            OPTIM, default="snapshot", choices=("snapshot", "next"), role="operator"),
     # Output and CI
     Setting("fail_on", "list", "Exit 1 if a tensor violates METRIC OP NUMBER\\[@GLOB], "
             "e.g. 'kappa>1e4' or 'kappa>1e4@*.attention.*'. Repeatable.", OUTPUT,
-            metavar="COND"),
+            metavar="COND", role="output"),
     Setting("exit_zero", "bool", "Exit 0 even when a --fail-on threshold is violated.",
-            OUTPUT, default=False, config=False),
+            OUTPUT, default=False, config=False, role="output"),
     Setting("strict", "bool", "Exit 2 if an iterative method did not converge or a "
             "--fail-on condition could not be checked.", OUTPUT, default=False,
-            config=False),
+            config=False, role="output"),
     Setting("json_out", "bool", "Print one JSON document on stdout instead of the table.",
-            OUTPUT, default=False, config=False, option="--json"),
+            OUTPUT, default=False, config=False, option="--json", role="output"),
     Setting("force", "bool", "Let --report/--plot replace an existing file that spectrum "
             "did not write (never an input, a device or a folder).", OUTPUT,
-            default=False, config=False),
+            default=False, config=False, role="output"),
     Setting("no_progress", "bool", "No progress bar (it only shows on a terminal anyway).",
-            OUTPUT, default=False, config=False),
+            OUTPUT, default=False, config=False, role="output"),
     # Loading safety
     Setting("allow_global", "list", "Admit this global when unpickling the files named on "
-            "the command line. Repeatable.", SAFETY, metavar="MODULE.NAME", config=False),
+            "the command line. Repeatable.", SAFETY, metavar="MODULE.NAME", config=False, role="load"),
     Setting("trust_checkpoint", "bool", "Load the files named on the command line with "
             "weights_only=False: runs code from them. Only for files you made yourself.",
-            SAFETY, default=False, config=False),
+            SAFETY, default=False, config=False, role="load"),
 )
 
 BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
+
+
+def names(role: str) -> tuple[str, ...]:
+    """The settings of one role: ``analysis`` (AnalyzeOptions: recorded in every report and
+    part of the batch cache key), ``operator`` (the optimizer-state analysis: likewise),
+    ``load`` (which weights, and loading safety), ``run`` (how, not what: threads,
+    executor) or ``output``."""
+    return tuple(s.name for s in SETTINGS if s.role == role)
 
 #: The keys a configuration file or ``SPECTRUM_*`` variable may set, with their kinds.
 CONFIG_KEYS: dict[str, str] = {s.name: s.kind for s in SETTINGS if s.config}

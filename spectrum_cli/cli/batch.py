@@ -11,13 +11,12 @@ import typer
 from spectrum_cli.cli.console import escape, exit_codes, stderr_console, stdout_console
 from spectrum_cli.cli.options import with_settings
 from spectrum_cli.report.output import printable
-from spectrum_cli.settings import NUMERICS, OPTIM, OUTPUT, SAFETY, SELECT
+from spectrum_cli.settings import NUMERICS, OPTIM, OUTPUT, RUN, SAFETY, SELECT
 
 
-RUN = "Run"
 
 
-@with_settings(SELECT, NUMERICS, OPTIM, OUTPUT, SAFETY)
+@with_settings(SELECT, NUMERICS, OPTIM, OUTPUT, SAFETY, "executor")
 def batch(
     target: Annotated[str, typer.Argument(
         help="A directory of checkpoints (files and checkpoint-<step>/ folders), or a glob.",
@@ -68,16 +67,16 @@ def _run(target: str, report: Path | None, plot: Path | None, top: int, jobs: in
     from spectrum_cli.core.errors import ExitCode, UsageError
     from spectrum_cli.report.output import check_target
 
+    if plot is not None:  # a missing extra is said before anything is read
+        import importlib.util
+
+        if importlib.util.find_spec("matplotlib") is None:
+            raise UsageError("--plot needs matplotlib: pip install 'spectrum-cli[plot]'")
     candidates = api.candidates(target)
     inputs = [Path(target)] + [c.path for c in candidates]
     for out, kind in ((report, "report"), (plot, "plot")):
         if out is not None:  # before the run: it must not fail at its end
             check_target(out, kind=kind, inputs=inputs, force=s["force"])
-    if plot is not None:
-        import importlib.util
-
-        if importlib.util.find_spec("matplotlib") is None:
-            raise UsageError("--plot needs matplotlib: pip install 'spectrum-cli[plot]'")
     cache = None if no_cache else str(cache_dir or B.default_cache_dir())
 
     def warn(message: str) -> None:
@@ -118,35 +117,47 @@ def _run(target: str, report: Path | None, plot: Path | None, top: int, jobs: in
     return int(ExitCode.OK)
 
 
+#: Run-level indicators shown when the run has no loss to score them against.
+_OVERVIEW = ("tensors.max_kappa", "tensors.max_sigma_max", "tensors.min_stable_rank",
+             "tensors.mean_spectral_entropy_normalized")
+
+
 def render(doc: dict, console, top: int = 12) -> None:
-    from rich import box
-    from rich.table import Table
+    """The batch summary: the scorecard when the run logged a loss, else how the
+    indicators moved over the run (first, last, min, max)."""
     from rich.text import Text
 
-    from spectrum_cli.cli.summary import fmt
+    from spectrum_cli.cli.summary import _Row, fitted_table, fmt
 
     s = doc["summary"]
-    console.print(Text.assemble(("spectrum batch ", "bold"), f"{doc['source']}: "
-                                f"{s['analysed']} checkpoints analysed ({s['from_cache']} from "
-                                f"cache), {s['failed']} failed"), soft_wrap=True)
-    sp = doc["spikes"]
-    console.print(Text(f"spikes: {len(sp['onsets'])} onsets ({sp['rule']}) at steps "
-                       f"{', '.join(str(x) for x in sp['onsets'][:12])}"
-                       + (" …" if len(sp["onsets"]) > 12 else "")))
+    console.print(Text.assemble(("spectrum batch ", "bold"), printable(
+        f"{doc['source']}: {s['analysed']} checkpoints analysed ({s['from_cache']} from "
+        f"cache), {s['failed']} failed")), soft_wrap=True)
+    ok = [c for c in doc["checkpoints"] if c["status"] == "ok"]
+    if not any(c.get("loss") is not None for c in ok):
+        console.print(Text("no loss recorded: no spikes to score; the indicators over the "
+                           "run (first, last, min, max):"))
+        _overview(doc, ok, console, top)
+    else:
+        sp = doc["spikes"]
+        console.print(Text(f"spikes: {len(sp['onsets'])} onsets ({sp['rule']}) at steps "
+                           f"{', '.join(str(x) for x in sp['onsets'][:12])}"
+                           + (" …" if len(sp["onsets"]) > 12 else "")))
     rows = doc["scorecard"][:top]
     if rows:
-        table = Table(box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1), show_edge=False,
-                      collapse_padding=True, title="scorecard (sorted by |AUC - 0.5|)",
-                      title_justify="left")
-        for col in ("indicator", "AUC", "threshold", "warned", "med. lead"):
-            table.add_column(col, justify="left" if col == "indicator" else "right",
-                             no_wrap=True, overflow="ellipsis", max_width=40)
+        columns = [("indicator", "left", False), ("AUC", "right", False),
+                   ("threshold", "right", False), ("warned", "right", True),
+                   ("med. lead", "right", True)]
+        table_rows = []
         for r in rows:
             cens = sum(r["censored"])
             warned = f"{r['warned']}/{r['onsets']}" + (f" ({cens}≥)" if cens else "")
             lead = "-" if r["median_lead"] is None else fmt(r["median_lead"])
             thr = fmt(r["threshold"]) + ("" if r["threshold_kind"] == "natural" else "*")
-            table.add_row(Text(r["indicator"]), fmt(r["auc"]), thr, warned, lead)
+            table_rows.append(_Row([Text(printable(r["indicator"])), fmt(r["auc"]), thr,
+                                    warned, lead]))
+        table, _ = fitted_table(columns, table_rows, console.width,
+                                title="scorecard (sorted by |AUC - 0.5|)", title_justify="left")
         console.print(table)
         console.print(Text("AUC: unstable vs stable checkpoints (0.5 = chance, < 0.5 = "
                            "inverse); * threshold = 95th percentile of stable checkpoints "
@@ -156,8 +167,38 @@ def render(doc: dict, console, top: int = 12) -> None:
                            style="dim"))
     v = doc["fail_on"]["violations"]
     for x in v[:10]:
-        console.print(Text(f"✗ step {x['step']}: {x['condition']}: {x['tensor']} = "
-                           f"{fmt(x['value'])}", style="bold red"))
+        console.print(Text(printable(f"✗ step {x['step']}: {x['condition']}: {x['tensor']} = "
+                                     f"{fmt(x['value'])}"), style="bold red"))
+
+
+def _overview(doc: dict, ok: list[dict], console, top: int) -> None:
+    """First, last, min and max of the run-level indicators and of the per-tensor κ of
+    the tensors whose last κ is largest."""
+    import math
+
+    from rich.text import Text
+
+    from spectrum_cli.cli.summary import _Row, fitted_table, fmt
+    from spectrum_cli.report.document import from_json_value
+
+    def series(name: str) -> list[float]:
+        vals = [from_json_value(c["indicators"].get(name)) for c in ok]
+        return [v for v in vals if isinstance(v, (int, float)) and not math.isnan(v)]
+
+    per_tensor = sorted((n for n in doc["indicators"] if n.startswith("tensor.kappa[")),
+                        key=lambda n: -(series(n) or [-math.inf])[-1])
+    names = [n for n in _OVERVIEW if n in doc["indicators"]] + per_tensor[:max(0, top - 4)]
+    rows = []
+    for name in names:
+        v = series(name)
+        if v:
+            rows.append(_Row([Text(printable(name)), fmt(v[0]), fmt(v[-1]), fmt(min(v)),
+                              fmt(max(v))]))
+    if rows:
+        columns = [("indicator", "left", False), ("first", "right", False),
+                   ("last", "right", False), ("min", "right", True), ("max", "right", True)]
+        table, _ = fitted_table(columns, rows, console.width)
+        console.print(table)
 
 
 class _Bar:

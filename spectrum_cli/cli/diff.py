@@ -3,22 +3,23 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any
 
 import typer
 
 from spectrum_cli.cli.console import exit_codes, stderr_console, stdout_console
+from spectrum_cli.cli.options import with_settings
+from spectrum_cli.settings import SAFETY
 
 
+@with_settings("json_out", SAFETY)
 def diff(
     a: Annotated[Path, typer.Argument(help="An HDF5 report or a checkpoint.")],
     b: Annotated[Path, typer.Argument(help="The reference: report or checkpoint.")],
-    json_out: Annotated[bool, typer.Option("--json", help="JSON on stdout.")] = False,
     md: Annotated[bool, typer.Option("--md", help="A Markdown table (for CI comments).")]
     = False,
     top: Annotated[int, typer.Option(help="Rows shown.")] = 20,
-    allow_global: Annotated[Optional[list[str]], typer.Option(metavar="MODULE.NAME")] = None,
-    trust_checkpoint: Annotated[bool, typer.Option("--trust-checkpoint")] = False,
+    **settings: Any,
 ) -> None:
     """Compare two reports or checkpoints: metric deltas, spectra, weights (A vs B)."""
     err = stderr_console()
@@ -32,7 +33,9 @@ def diff(
             if not p.exists():
                 raise InputError(f"{p}: no such file or directory")
         values, _ = config_values({}, near=a.resolve().parent)
-        job = Job.from_values(values, LoadPolicy(tuple(allow_global or ()), trust_checkpoint))
+        job = Job.from_values(values, LoadPolicy(tuple(settings["allow_global"] or ()),
+                                                 settings["trust_checkpoint"]))
+        json_out = settings["json_out"]
         doc = compare(str(a), str(b), job)
         if json_out:
             from spectrum_cli.report.document import dumps

@@ -62,7 +62,7 @@ def _run(*, path, samples, slq_probes, slq_steps, bandwidth, seed, plot, entropy
     from spectrum_cli.core.hessian import build_problem
     from spectrum_cli.io import LoadPolicy, open_source
     from spectrum_cli.io.optimizer import find_optimizer_state, weights_of
-    from spectrum_cli.io.usercode import load_callable
+    from spectrum_cli.io.usercode import load_callable, resolve_loss
     from spectrum_cli.model_spectra import ModelOptions, analyze_model
     from spectrum_cli.optimizer import HessianSource, load_model
     from spectrum_cli.pipeline import config_values
@@ -91,7 +91,8 @@ def _run(*, path, samples, slq_probes, slq_steps, bandwidth, seed, plot, entropy
     lr = float(state["param_groups"][0]["lr"]) if sgd else None
     momentum = float(state["param_groups"][0]["momentum"]) if sgd else 0.0
     names = [n for n, p in net.named_parameters() if p.requires_grad]
-    problem = build_problem(net, load_callable(src.data, "--data")(), src.loss, names)
+    problem = build_problem(net, load_callable(src.data, "--data")(), resolve_loss(src.loss),
+                            names)
     options = ModelOptions(samples=samples, slq_probes=slq_probes, slq_steps=slq_steps,
                            bandwidth=bandwidth, seed=seed,
                            dense_max=values.get("dense_max", 2000))

@@ -195,7 +195,7 @@ def render_optimizer(doc: dict[str, Any], console: Console) -> None:
         rows = []
         for e in ops:
             m = e["metrics"]
-            eos = m.get("eos_ratio_momentum", m.get("eos_ratio_adam"))
+            eos = _eos_ratio(m)
             rows.append(_Row([_text(e["form"]), str(e["n_params"]),
                               _cell(e, "spectral_radius", digits=7),
                               *[_cell(e, k) for k in ("kappa_V", "max_power_norm",
@@ -222,6 +222,13 @@ def render_optimizer(doc: dict[str, Any], console: Console) -> None:
         console.print(_text(f"  note: {note}", style="dim"))
 
 
+def _eos_ratio(metrics: dict) -> Any:
+    """The optimizer's own edge-of-stability ratio (any rule's ``eos_ratio_*``), before
+    gradient descent's ``eos_ratio_gd``."""
+    own = [k for k in metrics if k.startswith("eos_ratio_") and k != "eos_ratio_gd"]
+    return metrics.get(own[0]) if own else metrics.get("eos_ratio_gd")
+
+
 def nonnormal_table(tensors: list[dict], total_width: int) -> Table:
     """ρ, κ(V), the Kreiss lower bound, transient growth and ρ_ε per square matrix."""
     eps = tensors[0]["nonnormal"]["pseudospectral_radius"]
@@ -245,6 +252,26 @@ def nonnormal_table(tensors: list[dict], total_width: int) -> Table:
         table.caption = f"(left out at {total_width} columns: {', '.join(dropped)})"
         table.caption_justify = "left"
     return table
+
+
+def _plugin_metric_lines(tensors: list[dict]) -> list[Text]:
+    """One line per metric from a plugin (spectrum.metrics): its range over the tensors,
+    and on how many it was unavailable."""
+    from spectrum_cli.core.metrics import METRICS
+
+    names = sorted({k for t in tensors for k in (*t["metrics"], *t.get("unavailable", {}))}
+                   - set(METRICS))
+    out = []
+    for name in names:
+        vals = [from_json_value(t["metrics"].get(name)) for t in tensors]
+        vals = [v for v in vals if isinstance(v, (int, float))]
+        missing = sum(1 for t in tensors if name in t.get("unavailable", {}))
+        text = f"{name}: " + (f"{fmt(min(vals))} … {fmt(max(vals))} over {len(vals)} "
+                              "tensors" if vals else "no value")
+        if missing:
+            text += f", unavailable on {missing}"
+        out.append(Text(f"metric {text}", style="dim"))
+    return out
 
 
 def footnotes(doc: dict, tensors: list[dict], shown: list[dict]) -> list[Text]:
@@ -289,6 +316,7 @@ def footnotes(doc: dict, tensors: list[dict], shown: list[dict]) -> list[Text]:
             out.append(Text(f"non-finite: {t['name']}: {'; '.join(t['notes'])}", style="red"))
         elif from_json_value(t["metrics"].get("kappa")) == math.inf:
             out.append(Text(f"singular: {t['name']} has σ_min = 0 (κ = inf)", style="yellow"))
+    out.extend(_plugin_metric_lines(tensors))
     if doc["skipped"]:
         reasons = Counter(r["reason"] for r in doc["skipped"])
         text = ", ".join(f"{n} {r}" for r, n in reasons.most_common())

@@ -18,7 +18,7 @@ False``, with the cluster sizes), never as a number. A cluster whose computed
 eigenvectors are numerically dependent (σ_min of their unit-column block below
 ``sqrt(eps)``) is defective: ``kappa_V = inf``. For reference we also give
 ``kappa_V_cluster_orthonormal``: κ(V) after replacing each cluster's columns by an
-orthonormal basis of their span (operators.md §3), one particular choice, labelled so.
+orthonormal basis of their span (docs/operators.md §2), one particular choice, labelled so.
 """
 
 from __future__ import annotations

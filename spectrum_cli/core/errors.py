@@ -56,9 +56,3 @@ class UnsafeCheckpointError(InputError):
         if detail:
             msg += f"\n  torch said: {detail}"
         super().__init__(msg)
-
-
-class NothingMatchedError(SpectrumError):
-    """The selection left no matrix to analyse."""
-
-    exit_code = ExitCode.NOTHING_MATCHED

@@ -1,7 +1,7 @@
 """The loss Hessian of a user's model on the user's data, with torch.func.
 
 Hessian-vector products are ``vjp`` of ``grad`` (reverse-over-reverse; ``jvp(grad)``
-fails with mean-reduced ``mse_loss`` on current torch, operators.md §6), checked once
+fails with mean-reduced ``mse_loss`` on current torch, docs/operators.md §6), checked once
 against double backward. Everything runs in float64 unless told otherwise; the model is
 put in eval mode (BatchNorm uses its running statistics, Dropout is off) and the report
 says so. The loss is the mean over the batches of each batch's (mean-reduced) loss.
@@ -86,19 +86,19 @@ class HessianProblem:
                                    rmatmat=mm, dtype=np.float64)
 
 
-LOSSES = ("mse", "cross_entropy")
-
-
-def _loss_fn(spec: str) -> Callable[[Any, Any], Any]:
+def _loss_fn(loss: str | Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
+    """A built-in loss by name, or the caller's callable (user code is resolved by the
+    application layer, io/usercode.py: the core never imports it)."""
     import torch.nn.functional as F
 
-    if spec == "mse":
+    if callable(loss):
+        return loss
+    if loss == "mse":
         return F.mse_loss
-    if spec == "cross_entropy":
+    if loss == "cross_entropy":
         return F.cross_entropy
-    from spectrum_cli.io.usercode import load_callable
-
-    return load_callable(spec, "--loss")
+    raise UsageError(f"--loss: {loss!r} is not a built-in loss (mse, cross_entropy); name "
+                     "your own as MODULE:FN")
 
 
 def _batches(data: Any) -> list[tuple[Any, Any]]:
@@ -117,7 +117,8 @@ def _batches(data: Any) -> list[tuple[Any, Any]]:
     return batches
 
 
-def build_problem(model: Any, data: Any, loss: str, names: Sequence[str],
+def build_problem(model: Any, data: Any, loss: str | Callable[[Any, Any], Any],
+                  names: Sequence[str],
                   dtype: str = "float64") -> HessianProblem:
     """The loss of ``model`` on ``data`` as a function of the parameters ``names``
     (the others held fixed)."""
@@ -155,6 +156,7 @@ def build_problem(model: Any, data: Any, loss: str, names: Sequence[str],
         return total / len(batches)
 
     notes = ["model in eval mode (BatchNorm running statistics, no Dropout)",
-             f"loss = mean over {len(batches)} batch(es) of the {loss} loss"]
+             f"loss = mean over {len(batches)} batch(es) of the "
+             f"{loss if isinstance(loss, str) else getattr(loss, '__name__', 'given')} loss"]
     return HessianProblem(list(names), shapes, theta, loss_of, notes=notes, forward=forward,
                           batches=batches, loss_fn=loss_fn)

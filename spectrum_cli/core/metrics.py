@@ -23,6 +23,7 @@ Definitions and sources:
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, replace
 from typing import Any, Callable
 
@@ -127,8 +128,19 @@ class Metric:
 NEEDS = ("singular_values", "eigenvalues", "matrix")
 
 
+#: A metric name is an identifier that names nothing else in a report's tensor entry.
+_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
+_TAKEN = frozenset({"name", "dtype", "kind", "status", "shape", "matrix_shape", "time_s",
+                    "notes", "method", "accuracy", "unavailable", "nonnormal", "converged",
+                    "undefined_metrics", "metric_names"})
+
+
 def as_metric(name: str, obj: Any) -> Metric:
-    """A registered object as a :class:`Metric` named ``name`` (TypeError if it is none)."""
+    """A registered object as a :class:`Metric` named ``name`` (TypeError if it is none,
+    or if the name is not a lower-case identifier free in the report's tensor entries)."""
+    if not _NAME.fullmatch(name) or name in _TAKEN:
+        raise TypeError(f"metric name {name!r}: expected a lower-case identifier that is "
+                        f"not one of {sorted(_TAKEN)}")
     if isinstance(obj, Metric):
         return obj if obj.name == name else replace(obj, name=name)
     if hasattr(obj, "needs") and callable(getattr(obj, "compute", None)):

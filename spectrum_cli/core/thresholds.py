@@ -23,10 +23,10 @@ _OPS: dict[str, Callable[[float, float], bool]] = {
     ">": operator.gt, "<": operator.lt,
 }
 _COND = re.compile(
-    r"^\s*(?P<metric>[a-z_]+)\s*(?P<op>>=|<=|==|!=|>|<)\s*(?P<value>[^@\s]+)\s*"
+    r"^\s*(?P<metric>[a-z][a-z0-9_]*)\s*(?P<op>>=|<=|==|!=|>|<)\s*(?P<value>[^@\s]+)\s*"
     r"(?:@(?P<scope>.+))?$"
 )
-_SPLIT = re.compile(r",(?=\s*[a-z_]+\s*(?:>=|<=|==|!=|>|<))")
+_SPLIT = re.compile(r",(?=\s*[a-z][a-z0-9_]*\s*(?:>=|<=|==|!=|>|<))")
 
 
 @dataclass(frozen=True)

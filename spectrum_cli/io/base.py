@@ -173,6 +173,15 @@ class LoadPolicy:
     trust_checkpoint: bool = False
     weights_key: str | None = None
 
+    def __post_init__(self) -> None:
+        """``--allow-global`` names are resolved here, once, before any file is read: a
+        typo is a usage error that says so, whatever the checkpoint's format."""
+        if self.allow_globals:
+            from spectrum_cli.io.torch_file import resolve_global
+
+            for name in self.allow_globals:
+                resolve_global(name)
+
 
 class TensorSource(Protocol):
     path: str
@@ -184,6 +193,15 @@ class TensorSource(Protocol):
 
     def read(self, name: str) -> np.ndarray:
         """The tensor's values as a new float64 numpy array (exact upcast)."""
+        ...
+
+    def scalars(self) -> dict[str, Any]:
+        """``step`` and ``loss`` the checkpoint itself stores (empty when none)."""
+        ...
+
+    def training_state(self) -> Any:
+        """The loaded training checkpoint (dicts, lists, tensors) in which an optimizer
+        state may be found, or None for weights-only formats."""
         ...
 
     def close(self) -> None: ...
@@ -206,6 +224,14 @@ class SourceBase:
             fn = cls.__dict__.get(method)
             if callable(fn) and not getattr(fn, "_input_guarded", False):
                 setattr(cls, method, _guarded(fn))
+
+    def scalars(self) -> dict[str, Any]:
+        """Weights-only formats store no step or loss."""
+        return {}
+
+    def training_state(self) -> Any:
+        """Weights-only formats hold no optimizer state."""
+        return None
 
     def close(self) -> None:  # pragma: no cover - trivial default
         pass

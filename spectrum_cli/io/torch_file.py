@@ -1,6 +1,6 @@
 """``torch.save`` files (zip and legacy), loaded weights-only and memory-mapped.
 
-Safety (see docs/ecosystem.md): ``torch.load(weights_only=True)`` with torch >= 2.10. A
+Safety (README, "Loading safety"): ``torch.load(weights_only=True)`` with torch >= 2.10. A
 refusal is final: we list the offending globals with
 ``torch.serialization.get_unsafe_globals_in_checkpoint`` (a static disassembly, nothing
 runs) and raise :class:`UnsafeCheckpointError`. Only the command line can widen the
@@ -215,6 +215,34 @@ class TorchSource(SourceBase):
                 elif skip is None:
                     skip = f"outside the weights ({key!r})"
             self._tensors[name] = (tensor, skip)
+
+    def training_state(self) -> Any:
+        """The loaded object: a training checkpoint may hold its optimizer state."""
+        return self.raw
+
+    def scalars(self) -> dict[str, Any]:
+        """``step`` (from step, global_step, iteration or epoch) and ``loss`` stored at the
+        checkpoint's top level, when they are finite numbers (a 1-element tensor counts)."""
+        import math
+
+        raw, out = self.raw, {}
+
+        def number(x: Any) -> float | None:
+            if hasattr(x, "item") and getattr(x, "numel", lambda: 0)() == 1:
+                x = x.item()
+            ok = isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+            return float(x) if ok else None
+
+        if isinstance(raw, dict):
+            for key in ("step", "global_step", "iteration", "epoch"):
+                value = number(raw.get(key)) if not hasattr(raw.get(key), "item") else None
+                if value is not None:
+                    out["step"] = int(value)
+                    break
+            loss = number(raw.get("loss"))
+            if loss is not None:
+                out["loss"] = loss
+        return out
 
     def entries(self) -> Iterator[TensorInfo]:
         for name, (t, skip) in self._tensors.items():

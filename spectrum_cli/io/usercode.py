@@ -34,3 +34,12 @@ def load_callable(spec: str, option: str) -> Callable[..., Any]:
     if not callable(obj):
         raise UsageError(f"{option} {spec}: {name!r} is not callable")
     return obj
+
+
+#: Losses spectrum knows by name (core/hessian.py); anything else is MODULE:FN.
+BUILTIN_LOSSES = ("mse", "cross_entropy")
+
+
+def resolve_loss(spec: str) -> Any:
+    """A built-in loss name as it is, or the user's MODULE:FN loss function."""
+    return spec if spec in BUILTIN_LOSSES else load_callable(spec, "--loss")

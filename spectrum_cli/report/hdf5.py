@@ -29,7 +29,7 @@ Layout::
 The file is written to a temporary name in the target's directory and moved into place
 with ``os.replace``: a killed run leaves the previous report intact (a direct write
 killed mid-way leaves a file that opens but raises "bad object header version
-number"; docs/ecosystem.md). Temporary files of dead runs are swept on the next write.
+number"; the h5py documentation on strings). Temporary files of dead runs are swept on the next write.
 Where a report may be written is decided by :mod:`spectrum_cli.report.output`.
 
 Reading treats the file as untrusted input (:class:`SafeH5`): only hard links inside the
@@ -167,6 +167,7 @@ def write_report(path: str, doc: dict[str, Any], result: AnalysisResult,
                 else:
                     g.attrs[metric] = value
             g.attrs["undefined_metrics"] = json.dumps(undefined)
+            g.attrs["metric_names"] = json.dumps(list(t.metrics))  # plugins' too, in order
             if t.singular_values is not None:
                 _spectrum_dataset(g, "singular_values", t.singular_values.values)
                 g["singular_values"].attrs["which"] = t.singular_values.which
@@ -400,6 +401,12 @@ def _check_schema(r: SafeH5, schema: str, what: str) -> str:
     return version
 
 
+#: Attributes of a tensor group that are not metrics (no metric may take these names).
+RESERVED_ATTRS = frozenset({"name", "dtype", "kind", "status", "shape", "matrix_shape",
+                            "time_s", "notes", "method", "accuracy", "unavailable",
+                            "nonnormal", "converged", "undefined_metrics", "metric_names"})
+
+
 def _read_document(r: SafeH5, spectra: bool) -> dict[str, Any]:
     from spectrum_cli.core.metrics import METRICS
 
@@ -419,13 +426,15 @@ def _read_document(r: SafeH5, spectra: bool) -> dict[str, Any]:
     doc["tensors"] = []
     for _, g in r.members(r.group(f, "tensors")):
         undefined = r.json(g, "undefined_metrics")
-        metrics = {m: r.number(g, m) for m in METRICS if m in g.attrs}
+        names = r.json(g, "metric_names") if "metric_names" in g.attrs else list(METRICS)
+        names = [m for m in names if isinstance(m, str) and m not in RESERVED_ATTRS]
+        metrics = {m: r.number(g, m) for m in names if m in g.attrs}
         metrics.update({m: None for m in undefined if isinstance(m, str)})
         entry = {"name": r.text(g, "name"), "shape": r.ints(g, "shape"),
                  "matrix_shape": r.ints(g, "matrix_shape"),
                  "dtype": r.text(g, "dtype"), "kind": r.text(g, "kind"),
                  "status": r.text(g, "status"),
-                 "metrics": {m: metrics[m] for m in METRICS if m in metrics},
+                 "metrics": {m: metrics[m] for m in names if m in metrics},
                  "accuracy": r.json(g, "accuracy"), "unavailable": r.json(g, "unavailable"),
                  "converged": bool(r.number(g, "converged")),
                  "nonnormal": r.json(g, "nonnormal"), "method": r.json(g, "method"),

@@ -96,7 +96,8 @@ def _panels(doc: dict, series) -> list[tuple[str, list[str], bool, float | None]
     operator = [("κ(V)", _pick(doc, [".kappa_V"]), True, None),
                 ("ρ(J)", _pick(doc, [".spectral_radius"]), False, 1.0),
                 ("EoS ratio", _pick(doc, [".eos_ratio_gd", ".eos_ratio_momentum",
-                                          ".eos_ratio_adam"]), False, 1.0)]
+                                          ".eos_ratio_adam", ".eos_ratio_preconditioned"]),
+                 False, 1.0)]
     operator = [p for p in operator if p[1]]
     panels = [("loss", ["__loss__"], True, None)] + operator
     if not operator:  # weights only: what the tensors themselves say

@@ -9,47 +9,48 @@ import os
 import pytest
 
 from spectrum_cli import batch as B
+from spectrum_cli import executors as X
 from tests.batch.folders import weights_only_run
 
 
 @pytest.fixture
 def no_thread_env(monkeypatch):
-    for name in B.THREAD_ENV:
+    for name in X.THREAD_ENV:
         monkeypatch.delenv(name, raising=False)
 
 
 def test_plan_divides_the_cores_among_the_workers(no_thread_env):
-    assert B.plan(2, None, 10, cores=2) == B.Plan(2, 2, 1, 2)
-    assert B.plan(4, None, 10, cores=16) == B.Plan(4, 4, 4, 16)
-    assert B.plan(3, None, 10, cores=2) == B.Plan(3, 3, 1, 2)  # never 0 threads
-    assert B.plan(8, None, 2, cores=8) == B.Plan(8, 2, 4, 8)  # 2 misses: 2 workers
-    assert B.plan(1, None, 5, cores=4) == B.Plan(1, 0, 4, 4)  # in this process
-    assert B.plan(4, None, 1, cores=4) == B.Plan(4, 0, 4, 4)  # one miss: no pool
-    assert B.plan(2, 3, 10, cores=2).threads == 3  # asked for: obeyed
-    for plan in (B.plan(j, None, 9, cores=c) for j in (1, 2, 3, 5) for c in (1, 2, 6)):
+    assert X.plan(2, None, 10, cores=2) == X.Plan(2, 2, 1, 2)
+    assert X.plan(4, None, 10, cores=16) == X.Plan(4, 4, 4, 16)
+    assert X.plan(3, None, 10, cores=2) == X.Plan(3, 3, 1, 2)  # never 0 threads
+    assert X.plan(8, None, 2, cores=8) == X.Plan(8, 2, 4, 8)  # 2 misses: 2 workers
+    assert X.plan(1, None, 5, cores=4) == X.Plan(1, 0, 4, 4)  # in this process
+    assert X.plan(4, None, 1, cores=4) == X.Plan(4, 0, 4, 4)  # one miss: no pool
+    assert X.plan(2, 3, 10, cores=2).threads == 3  # asked for: obeyed
+    for plan in (X.plan(j, None, 9, cores=c) for j in (1, 2, 3, 5) for c in (1, 2, 6)):
         assert max(1, plan.workers) * plan.threads <= max(plan.cores, max(1, plan.workers))
 
 
 def test_plan_takes_the_environment_as_a_ceiling(monkeypatch, no_thread_env):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    assert B.plan(1, None, 5, cores=8).threads == 1
+    assert X.plan(1, None, 5, cores=8).threads == 1
     monkeypatch.setenv("OMP_NUM_THREADS", "64")
-    assert B.plan(2, None, 5, cores=8).threads == 4
+    assert X.plan(2, None, 5, cores=8).threads == 4
     monkeypatch.setenv("OMP_NUM_THREADS", "junk")
-    assert B.plan(2, None, 5, cores=8).threads == 4
+    assert X.plan(2, None, 5, cores=8).threads == 4
     with pytest.raises(ValueError):
-        B.plan(1, 0, 5)
+        X.plan(1, 0, 5)
 
 
 def test_available_cores_is_the_affinity_mask():
-    assert B.available_cores() == len(os.sched_getaffinity(0))
+    assert X.available_cores() == len(os.sched_getaffinity(0))
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.skipif(B.available_cores() < 2, reason="needs 2 cores")
+@pytest.mark.skipif(X.available_cores() < 2, reason="needs 2 cores")
 def test_workers_run_with_the_chosen_thread_count(threads):
-    with B.worker_pool(2, threads) as pool:
-        reports = [f.result(timeout=120) for f in [pool.submit(B.threads_in_use)
+    with X.worker_pool(2, threads) as pool:
+        reports = [f.result(timeout=120) for f in [pool.submit(X.threads_in_use)
                                                    for _ in range(4)]]
     assert all(r["pid"] != os.getpid() for r in reports)
     for r in reports:
@@ -58,7 +59,7 @@ def test_workers_run_with_the_chosen_thread_count(threads):
         assert all(p["num_threads"] == threads for p in r["threadpools"]), r
 
 
-@pytest.mark.skipif(B.available_cores() < 2, reason="needs 2 cores")
+@pytest.mark.skipif(X.available_cores() < 2, reason="needs 2 cores")
 def test_this_process_computes_with_the_chosen_thread_count(tmp_path, monkeypatch):
     """jobs 1: the misses run here, with the limits set only while they run."""
     import threadpoolctl
@@ -67,7 +68,7 @@ def test_this_process_computes_with_the_chosen_thread_count(tmp_path, monkeypatc
     seen = []
     real = B.compute_record
     monkeypatch.setattr(B, "compute_record",
-                        lambda *a: seen.append(B.threads_in_use()) or real(*a))
+                        lambda *a: seen.append(X.threads_in_use()) or real(*a))
     before = {p["filepath"]: p["num_threads"] for p in threadpoolctl.threadpool_info()}
     from spectrum_cli.pipeline import Job
     from spectrum_cli.core.analyze import AnalyzeOptions
@@ -80,5 +81,5 @@ def test_this_process_computes_with_the_chosen_thread_count(tmp_path, monkeypatc
     assert all(p["num_threads"] == chosen for s in seen for p in s["threadpools"]), seen
     after = {p["filepath"]: p["num_threads"] for p in threadpoolctl.threadpool_info()}
     assert {k: after[k] for k in before} == before  # restored; and those loaded meanwhile
-    assert all(after[k] == (B.env_threads() or chosen) for k in after.keys() - before.keys())
+    assert all(after[k] == (X.env_threads() or chosen) for k in after.keys() - before.keys())
     assert all(r["status"] == "ok" for r in result.records)

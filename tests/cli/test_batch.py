@@ -204,7 +204,7 @@ def test_plot_without_matplotlib_fails_before_the_run(tmp_path, monkeypatch):
 
 def test_the_trajectory_records_jobs_and_threads(tmp_path):
     """Workers x threads <= the usable cores unless --threads says otherwise (item 18)."""
-    from spectrum_cli.batch import available_cores
+    from spectrum_cli.executors import available_cores
 
     d = tmp_path / "r"
     d.mkdir()

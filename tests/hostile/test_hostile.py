@@ -114,6 +114,22 @@ def _rss(pid: int) -> int:
         return 0
 
 
+#: Runs a command as its grandchild and reports the grandchild's peak RSS. Linux carries
+#: a process's RSS high-water mark across fork and exec, so a child forked straight from
+#: this (large) pytest process would report pytest's own peak; a grandchild forked from
+#: this small launcher starts from the launcher's.
+REAPER = (
+    "import os, sys\n"
+    "pid = os.fork()\n"
+    "if pid == 0:\n"
+    "    os.execv(sys.argv[2], sys.argv[2:])\n"
+    "_, status, usage = os.wait4(pid, 0)\n"
+    "with open(sys.argv[1], 'w') as fh:\n"
+    "    fh.write(str(usage.ru_maxrss * 1024))\n"
+    "sys.exit(os.waitstatus_to_exitcode(status) % 256)\n"
+)
+
+
 def execute(argv: list[str], d: Path, cwd: Path, env: dict[str, str], timeout: float) -> Run:
     """Run ``spectrum *argv``; reap it with wait4 (peak RSS), kill its process group on a
     timeout or when its tree's RSS passes :data:`RSS_KILL`."""
@@ -122,7 +138,9 @@ def execute(argv: list[str], d: Path, cwd: Path, env: dict[str, str], timeout: f
     err_path = out_path.with_suffix(".err")
     with open(out_path, "wb") as out, open(err_path, "wb") as err:
         t0 = time.monotonic()
-        proc = subprocess.Popen([str(SPECTRUM), *argv], cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+        rss_path = out_path.with_suffix(".rss")
+        proc = subprocess.Popen([sys.executable, "-c", REAPER, str(rss_path), str(SPECTRUM),
+                                 *argv], cwd=cwd, env=env, stdin=subprocess.DEVNULL,
                                 stdout=out, stderr=err, start_new_session=True)
         deadline = t0 + timeout
         status = None
@@ -131,7 +149,10 @@ def execute(argv: list[str], d: Path, cwd: Path, env: dict[str, str], timeout: f
             pid, st, usage = os.wait4(proc.pid, os.WNOHANG)
             if pid:
                 status = st
-                run.maxrss = usage.ru_maxrss * 1024
+                try:
+                    run.maxrss = int(rss_path.read_text())
+                except (OSError, ValueError):  # the launcher was killed: polls only
+                    run.maxrss = 0
                 break
             polls += 1
             if polls % 2 == 0:
@@ -147,7 +168,6 @@ def execute(argv: list[str], d: Path, cwd: Path, env: dict[str, str], timeout: f
                 except ProcessLookupError:
                     pass
                 _, status, usage = os.wait4(proc.pid, 0)
-                run.maxrss = usage.ru_maxrss * 1024
                 break
             time.sleep(0.05)
         proc.returncode = os.waitstatus_to_exitcode(status)  # keep Popen from reaping again

@@ -421,7 +421,9 @@ def test_npz_bomb_is_refused_before_allocating(tmp_path):
             outcome = str(exc)
         except MemoryError:
             outcome = "MemoryError"
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        # VmHWM, not ru_maxrss: the latter carries the parent's peak across fork and exec.
+        peak = next(int(line.split()[1]) * 1024 for line in open("/proc/self/status")
+                    if line.startswith("VmHWM:"))
         print(json.dumps({"outcome": outcome, "peak": peak}))
     """)
     proc = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True,

@@ -1,0 +1,373 @@
+"""Executors: how the analyses a run needs are computed, and with how many threads.
+
+The ``spectrum.executors`` entry-point group; built-ins ``serial`` (this process) and
+``processes`` (a pool of worker processes forked from a server that preloaded torch and
+spectrum), registered like a third-party executor. An executor receives picklable tasks
+(a function and its arguments) and calls back with each result as it arrives, in any
+order; the caller keeps the order it needs.
+
+Threads: workers x threads <= the cores this process may run on (``threads`` overrides),
+set in every worker through threadpoolctl (BLAS/OpenMP) and torch; a single process
+uses every core. Workers die with the parent: each asks the kernel for SIGKILL when its
+parent dies (Linux) and watches the parent from a thread; a SIGTERM of the parent kills
+them before it exits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+import threading
+import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Iterator, Sequence
+
+from spectrum_cli.core.errors import UsageError
+
+THREAD_ENV = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+#: Set while a pool runs: the forkserver arms its death signal only for this parent.
+_MAIN_PID_ENV = "SPECTRUM_BATCH_MAIN_PID"
+
+
+# --------------------------------------------------------------------------- threads
+
+
+def available_cores() -> int:
+    """The CPUs this process may run on (its affinity mask, not the machine's count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How the misses are computed: ``workers`` processes of ``threads`` threads each
+    (``workers`` 0: in this process), out of ``jobs`` asked for on ``cores`` cores."""
+
+    jobs: int
+    workers: int
+    threads: int
+    cores: int
+
+    def as_settings(self) -> dict[str, int]:
+        return asdict(self)
+
+
+def env_threads() -> int | None:
+    """The smallest thread count the environment asks for (OMP/OpenBLAS/MKL), if any."""
+    asked = []
+    for name in THREAD_ENV:
+        value = os.environ.get(name, "").strip()
+        if value.isdigit() and int(value) > 0:
+            asked.append(int(value))
+    return min(asked) if asked else None
+
+
+def plan(jobs: int, threads: int | None, misses: int, cores: int | None = None) -> Plan:
+    """Worker processes and threads per worker. ``threads`` None: cores // workers, or
+    less where OMP/OPENBLAS/MKL_NUM_THREADS ask for less, so workers x threads <= cores.
+    One miss (or ``jobs`` 1) is computed in this process (``workers`` 0)."""
+    if threads is not None and threads < 1:
+        raise UsageError(f"--threads: expected at least 1, got {threads}")
+    cores = cores or available_cores()
+    workers = min(max(1, jobs), misses)
+    share = max(1, cores // max(1, workers))
+    chosen = threads or min(share, env_threads() or share)
+    return Plan(max(1, jobs), workers if workers > 1 else 0, chosen, cores)
+
+
+def _set_threads(threads: int) -> None:
+    """Thread counts read by libraries loaded from now on, and torch's if loaded."""
+    os.environ.update({k: str(threads) for k in THREAD_ENV})
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(threads)
+
+
+def _blas_controllers() -> list[Any]:
+    """threadpoolctl's controllers of the BLAS/OpenMP libraries loaded now."""
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:  # pragma: no cover - a dependency
+        return []
+    return list(ThreadpoolController().lib_controllers)
+
+
+def limit_threads(threads: int) -> None:
+    """Cap BLAS/OpenMP (threadpoolctl) and torch threads of this process at ``threads``,
+    for good (a worker's setting)."""
+    _set_threads(threads)
+    for lib in _blas_controllers():
+        if lib.num_threads != threads:
+            lib.set_num_threads(threads)
+
+
+@contextlib.contextmanager
+def threads_limited(threads: int) -> Iterator[None]:
+    """:func:`limit_threads` for a block of this process, then back as it was (libraries
+    loaded meanwhile get what the environment asks for)."""
+    saved_env = {k: os.environ.get(k) for k in THREAD_ENV}
+    torch = sys.modules.get("torch")
+    saved_torch = torch.get_num_threads() if torch is not None else None
+    saved_blas = {lib.filepath: lib.num_threads for lib in _blas_controllers()}
+    try:
+        limit_threads(threads)
+        yield
+    finally:
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        fallback = env_threads()
+        for lib in _blas_controllers():
+            n = saved_blas.get(lib.filepath, fallback)
+            if n is not None and lib.num_threads != n:
+                lib.set_num_threads(n)
+        if saved_torch is not None:
+            torch.set_num_threads(saved_torch)
+
+
+def threads_in_use() -> dict[str, Any]:
+    """The thread counts of this process's BLAS/OpenMP libraries and of torch."""
+    out: dict[str, Any] = {"pid": os.getpid()}
+    with contextlib.suppress(ImportError):
+        from threadpoolctl import threadpool_info
+
+        out["threadpools"] = [{"api": i.get("internal_api"), "num_threads": i["num_threads"]}
+                              for i in threadpool_info()]
+    torch = sys.modules.get("torch")
+    out["torch"] = torch.get_num_threads() if torch is not None else None
+    return out
+
+
+# --------------------------------------------------------------------------- workers
+
+
+def _prctl_death_signal() -> None:
+    """Linux: SIGKILL this process when the thread that forked it ends."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # pragma: no cover - not glibc
+        pass
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie does not)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return fh.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
+    except FileNotFoundError:
+        return False
+    except (OSError, IndexError):
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _watch_parent(parent: int, main: int, every: float) -> None:
+    while os.getppid() == parent and _alive(main):
+        time.sleep(every)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def die_with_parent(main: int, every: float = 0.5) -> None:
+    """Make this (worker) process end when its parent or the batch's main process
+    ``main`` does: the kernel's parent-death signal where there is one, and a thread
+    that polls the parent as a fallback."""
+    parent = os.getppid()
+    _prctl_death_signal()
+    if os.getppid() != parent or not _alive(main):  # it died before the signal was armed
+        os._exit(1)
+    threading.Thread(target=_watch_parent, args=(parent, main, every), daemon=True,
+                     name="spectrum-lifeline").start()
+
+
+def _arm_forkserver() -> None:
+    """In the forkserver started for a batch (its parent is the batch's main process),
+    ask for SIGKILL when that parent dies; it also exits on its own when the parent's
+    end of its pipe closes. Runs when the forkserver preloads this module."""
+    if os.environ.get(_MAIN_PID_ENV) == str(os.getppid()):
+        _prctl_death_signal()
+
+
+_arm_forkserver()
+
+
+def _worker_init(threads: int, main: int) -> None:
+    die_with_parent(main)
+    # Ctrl-C reaches the whole process group: the parent handles it and kills the
+    # workers, which must not print a KeyboardInterrupt traceback each.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    limit_threads(threads)
+
+
+def _context() -> Any:
+    """Workers fork from a server that imported torch and spectrum once (where the
+    platform has one): otherwise each worker pays an interpreter start and a ~2 s torch
+    import before its first result. BLAS is single-threaded there, so forking is safe."""
+    import multiprocessing
+
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(["spectrum_cli.executors", "torch", "spectrum_cli.pipeline",
+                                    "spectrum_cli.optimizer", "spectrum_backends.dense"])
+        _start_forkserver()
+        return ctx
+    return multiprocessing.get_context("spawn")
+
+
+def _start_forkserver() -> None:
+    """Start the forkserver with SIGINT blocked, a mask it keeps through exec and hands
+    to the workers it forks: Ctrl-C reaches the whole process group, and the parent
+    alone must handle it, not a forkserver in the middle of importing torch (a
+    traceback). The parent's own Ctrl-C is held only while it spawns, not lost."""
+    from multiprocessing import forkserver, resource_tracker
+
+    if not hasattr(signal, "pthread_sigmask"):  # pragma: no cover - not POSIX
+        forkserver.ensure_running()
+        return
+    # First the tracker: starting it unblocks SIGINT (its own mask dance), which
+    # would undo ours if it started within forkserver.ensure_running.
+    resource_tracker.ensure_running()
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        forkserver.ensure_running()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def kill_pool(pool: ProcessPoolExecutor) -> None:
+    """Kill the pool's workers now (running tasks are lost) and shut it down."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    for p in processes:
+        with contextlib.suppress(Exception):
+            p.kill()
+    pool.shutdown(wait=False, cancel_futures=True)
+    for p in processes:
+        with contextlib.suppress(Exception):
+            p.join(timeout=2)
+
+
+class _Terminated(BaseException):
+    """SIGTERM arrived while workers ran."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise _Terminated
+
+
+@contextlib.contextmanager
+def worker_pool(workers: int, threads: int) -> Iterator[ProcessPoolExecutor]:
+    """A process pool whose workers use ``threads`` threads each and die with this
+    process. Leaving the block by an exception (Ctrl-C, SIGTERM) kills the workers at
+    once; a SIGTERM is then re-delivered to this process under its previous handler."""
+    saved = {k: os.environ.get(k) for k in (*THREAD_ENV, _MAIN_PID_ENV)}
+    os.environ.update({k: str(threads) for k in THREAD_ENV})  # inherited by the workers
+    os.environ[_MAIN_PID_ENV] = str(os.getpid())
+    pool: ProcessPoolExecutor | None = None
+    previous = _catch_sigterm()
+    finished = terminated = False
+    try:
+        pool = ProcessPoolExecutor(max_workers=workers, initializer=_worker_init,
+                                   initargs=(threads, os.getpid()), mp_context=_context())
+        yield pool
+        pool.shutdown(wait=True)
+        finished = True
+    except _Terminated:
+        terminated = True
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        if pool is not None and not finished:
+            kill_pool(pool)
+    if terminated:
+        signal.raise_signal(signal.SIGTERM)  # the previous handler decides (default: die)
+        raise SystemExit(128 + signal.SIGTERM)
+
+
+def _catch_sigterm() -> Any:
+    """Install the SIGTERM handler of a pool; the previous handler (None: not installed,
+    from a thread other than the main one or where SIGTERM is ignored)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous in (signal.SIG_IGN, None):
+        return None
+    signal.signal(signal.SIGTERM, _raise_terminated)
+    return previous
+
+
+# --------------------------------------------------------------------------- executors
+
+#: A finished task: (its index in the submitted list, its result or the exception).
+Done = Callable[[int, Any], None]
+
+
+class SerialExecutor:
+    """Every task in this process, one after the other, with ``threads`` threads."""
+
+    name = "serial"
+    description = "in this process, one task after the other"
+
+    def run(self, fn: Callable[..., Any], tasks: Sequence[tuple], chosen: Plan,
+            done: Done) -> None:
+        with threads_limited(chosen.threads):
+            for i, args in enumerate(tasks):
+                limit_threads(chosen.threads)  # libraries the last task loaded too
+                try:
+                    result = fn(*args)
+                except Exception as exc:  # noqa: BLE001 - the caller records it
+                    result = exc
+                done(i, result)
+
+
+class ProcessExecutor:
+    """Tasks in ``chosen.workers`` worker processes of ``chosen.threads`` threads each,
+    forked from a server that preloaded torch and spectrum; they die with this process."""
+
+    name = "processes"
+    description = "worker processes on this machine (forkserver), largest share of cores"
+
+    def run(self, fn: Callable[..., Any], tasks: Sequence[tuple], chosen: Plan,
+            done: Done) -> None:
+        with worker_pool(max(1, chosen.workers), chosen.threads) as pool:
+            pending = {pool.submit(fn, *args): i for i, args in enumerate(tasks)}
+            while pending:
+                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    i = pending.pop(future)
+                    try:
+                        result = future.result()
+                    except Exception as exc:  # a worker died (OOM, signal) or the task
+                        result = exc
+                    done(i, result)
+
+
+def choose(name: str, chosen: Plan) -> Any:
+    """The executor ``name`` from the registry; ``auto``: processes when the plan has
+    workers, else serial."""
+    from spectrum_cli import plugins
+
+    if name == "auto":
+        name = "processes" if chosen.workers else "serial"
+    return plugins.executors.get(name)
