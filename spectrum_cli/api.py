@@ -249,7 +249,7 @@ def trajectory(target: str | os.PathLike, *, jobs: int = 1,
                          on_warning=on_warning, executor=cfg.values.get("executor", "auto"))
     doc = T.build(result.records, str(target),
                   {"analysis": job.options.as_dict(), "operator": job.values, "jobs": jobs,
-                   "config_file": cfg.file, "executor": result.executor,
+                   "config_file": cfg.file, "executor": cfg.values.get("executor", "auto"),
                    **result.plan.as_settings()}, rule, job.fail_on)
     inputs = (str(target), *(str(c.path) for c in candidates))
     return Trajectory(json.loads(dumps(doc)), result.records, inputs, doc)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib
 import inspect
 import math
 import os
@@ -29,7 +30,7 @@ from typing import IO, Any, Callable, Iterator, Protocol
 
 import numpy as np
 
-from spectrum_cli.core.errors import InputError, SpectrumError
+from spectrum_cli.core.errors import InputError, SpectrumError, UsageError
 
 FLOAT_DTYPES = frozenset(
     {"float64", "float32", "float16", "bfloat16", "float8_e4m3fn", "float8_e5m2"}
@@ -163,6 +164,23 @@ class TensorInfo:
         return self.dtype in FLOAT_DTYPES
 
 
+def resolve_global(spec: str) -> Any:
+    """``MODULE.NAME`` -> the object, for ``--allow-global`` (imports MODULE). A name that
+    does not resolve is a :class:`UsageError` that says so (typos are common)."""
+    module, _, name = spec.rpartition(".")
+    if not module or not name:
+        raise UsageError(f"--allow-global: cannot resolve global {spec!r}: expected "
+                         "MODULE.NAME (for example argparse.Namespace)")
+    try:
+        obj = importlib.import_module(module)
+        for part in name.split("."):
+            obj = getattr(obj, part)
+    except Exception as exc:  # noqa: BLE001 - any failure to import is the user's typo
+        raise UsageError(f"--allow-global: cannot resolve global {spec!r} "
+                         f"({type(exc).__name__}: {exc})") from None
+    return obj
+
+
 @dataclass(frozen=True)
 class LoadPolicy:
     """How far a pickle-based checkpoint is trusted. Set only from the command line:
@@ -177,8 +195,6 @@ class LoadPolicy:
         """``--allow-global`` names are resolved here, once, before any file is read: a
         typo is a usage error that says so, whatever the checkpoint's format."""
         if self.allow_globals:
-            from spectrum_cli.io.torch_file import resolve_global
-
             for name in self.allow_globals:
                 resolve_global(name)
 
@@ -255,3 +271,22 @@ def sha256_files(paths: tuple[str, ...]) -> str:
 
 def total_size(paths: tuple[str, ...]) -> int:
     return sum(require_regular(p).st_size for p in paths)
+
+
+@dataclass(frozen=True)
+class Probe:
+    """What a reader may look at to decide: never more than 64 bytes of a file."""
+
+    path: str
+    is_dir: bool
+    size: int = 0
+    head: bytes = b""
+
+    def zip_names(self) -> list[str]:
+        """The member names of a zip archive (InputError if it is a damaged one)."""
+        try:
+            with open_regular(self.path) as fh, zipfile.ZipFile(fh) as zf:
+                return zf.namelist()
+        except (zipfile.BadZipFile, OSError, EOFError) as exc:
+            raise InputError(f"{self.path}: corrupt or truncated zip archive ({exc})") \
+                from None

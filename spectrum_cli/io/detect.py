@@ -20,9 +20,8 @@ import stat
 from typing import Any
 
 from spectrum_cli.core.errors import InputError
-from spectrum_cli.io.base import (LoadPolicy, TensorSource, input_errors, open_regular,
-                                  require_regular)
-from spectrum_cli.io.readers import Probe
+from spectrum_cli.io.base import (LoadPolicy, Probe, TensorSource, input_errors,
+                                  open_regular, require_regular)
 
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 

@@ -12,31 +12,9 @@ torch file is opened.
 
 from __future__ import annotations
 
-import zipfile
-from dataclasses import dataclass
 from typing import Any
 
-from spectrum_cli.core.errors import InputError
-from spectrum_cli.io.base import LoadPolicy, TensorSource, open_regular
-
-
-@dataclass(frozen=True)
-class Probe:
-    """What a reader may look at to decide: never more than 64 bytes of a file."""
-
-    path: str
-    is_dir: bool
-    size: int = 0
-    head: bytes = b""
-
-    def zip_names(self) -> list[str]:
-        """The member names of a zip archive (InputError if it is a damaged one)."""
-        try:
-            with open_regular(self.path) as fh, zipfile.ZipFile(fh) as zf:
-                return zf.namelist()
-        except (zipfile.BadZipFile, OSError, EOFError) as exc:
-            raise InputError(f"{self.path}: corrupt or truncated zip archive ({exc})") \
-                from None
+from spectrum_cli.io.base import LoadPolicy, Probe, TensorSource
 
 
 def _is_zip(p: Probe) -> bool:

@@ -13,7 +13,6 @@ are paged in only when :meth:`TorchSource.read` touches it.
 
 from __future__ import annotations
 
-import importlib
 import pickle
 import re
 import struct
@@ -26,28 +25,12 @@ import numpy as np
 
 from spectrum_cli.core.errors import (InputError, SpectrumError, UnsafeCheckpointError,
                                       UsageError)
-from spectrum_cli.io.base import LoadPolicy, SourceBase, TensorInfo, require_regular
+from spectrum_cli.io.base import (LoadPolicy, SourceBase, TensorInfo, require_regular,
+                                  resolve_global)
 from spectrum_cli.io.pickle_scan import Scan, scan_file
 
 #: Keys under which training checkpoints keep the model's weights, in order of preference.
 WEIGHT_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "network")
-
-
-def resolve_global(spec: str) -> Any:
-    """``MODULE.NAME`` -> the object, for ``--allow-global`` (imports MODULE). A name that
-    does not resolve is a :class:`UsageError` that says so (typos are common)."""
-    module, _, name = spec.rpartition(".")
-    if not module or not name:
-        raise UsageError(f"--allow-global: cannot resolve global {spec!r}: expected "
-                         "MODULE.NAME (for example argparse.Namespace)")
-    try:
-        obj = importlib.import_module(module)
-        for part in name.split("."):
-            obj = getattr(obj, part)
-    except Exception as exc:  # noqa: BLE001 - any failure to import is the user's typo
-        raise UsageError(f"--allow-global: cannot resolve global {spec!r} "
-                         f"({type(exc).__name__}: {exc})") from None
-    return obj
 
 
 def allowed_globals(policy: LoadPolicy) -> list[Any]:

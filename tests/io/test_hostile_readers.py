@@ -596,7 +596,7 @@ def test_bad_index_is_an_input_error(tmp_path, weight_map, fragment):
     (b"[1, 2]", "weight_map"),
     (b'{"weight_map":' + b"[" * 100_000 + b"]" * 100_000 + b"}", "nested too deeply"),
     (b"\xff\xfe{}", "not a checkpoint index"),
-    (b"", "not a checkpoint index"),
+    (b"", "empty file"),
 ])
 def test_unparseable_index(tmp_path, raw, fragment):
     assert_refused(sharded_folder(tmp_path, raw=raw), fragment)
