@@ -35,7 +35,7 @@ import numpy as np
 
 from spectrum_backends._common import as_torch, check_options, cuda_note, select
 from spectrum_cli.core.backend import SVD_ROUTES, Capabilities, check_which
-from spectrum_cli.core.operators import as_operator
+from spectrum_cli.core.linear_operator import as_operator
 from spectrum_cli.core.results import Eigenvalues, SingularValues
 from spectrum_cli.core.scaling import ldexp, scale_exponent, scaled_result
 

@@ -38,7 +38,7 @@ import numpy as np
 from spectrum_backends._common import check_options, gap_refined
 from spectrum_cli.core.backend import Capabilities, check_which
 from spectrum_cli.core.estimators.lanczos1950 import reorthogonalize, tridiagonalize
-from spectrum_cli.core.operators import as_operator
+from spectrum_cli.core.linear_operator import as_operator
 from spectrum_cli.core.results import Eigenvalues, Estimate, SingularValues
 from spectrum_cli.core.scaling import ldexp, scale_exponent
 

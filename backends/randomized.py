@@ -30,7 +30,7 @@ from spectrum_backends._common import (
     as_torch, check_options, cuda_note, gap_refined, torch_installed,
 )
 from spectrum_cli.core.backend import Capabilities, check_which
-from spectrum_cli.core.operators import as_operator
+from spectrum_cli.core.linear_operator import as_operator
 from spectrum_cli.core.results import SingularValues
 from spectrum_cli.core.scaling import ldexp, scale_exponent
 

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests.optim.o
 
 
 def blocks_vs_dense(n: int, skip_dense: bool) -> None:
-    from spectrum_cli.core.update_operators import block_spectrum, sgd_form
+    from spectrum_cli.core.update_blocks import block_spectrum, sgd_form
     from tests.optim.oracles import dense_operator
 
     rng = np.random.default_rng(0)

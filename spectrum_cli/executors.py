@@ -225,7 +225,7 @@ def _context() -> Any:
     if "forkserver" in multiprocessing.get_all_start_methods():
         ctx = multiprocessing.get_context("forkserver")
         ctx.set_forkserver_preload(["spectrum_cli.executors", "torch", "spectrum_cli.pipeline",
-                                    "spectrum_cli.optimizer", "spectrum_backends.dense"])
+                                    "spectrum_cli.optim.analysis", "spectrum_backends.dense"])
         _start_forkserver()
         return ctx
     return multiprocessing.get_context("spawn")

@@ -148,8 +148,8 @@ def analyze_checkpoint(path: str, job: Job, digest: bool = True,
 def optimizer_report(source: Any, job: Job, warnings: list[str]) -> Any:
     """The optimizer-state analysis, when the checkpoint has an optimizer state."""
     from spectrum_cli.core.errors import UsageError
-    from spectrum_cli.io.optimizer import locate
-    from spectrum_cli.optimizer import HessianSource, OperatorOptions, analyze_optimizer
+    from spectrum_cli.io.optimizer_state import locate
+    from spectrum_cli.optim.analysis import HessianSource, OperatorOptions, analyze_optimizer
 
     v = job.values
     if bool(v.get("model")) != bool(v.get("data")):

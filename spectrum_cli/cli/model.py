@@ -61,10 +61,10 @@ def _run(*, path, samples, slq_probes, slq_steps, bandwidth, seed, plot, entropy
     from spectrum_cli.core.errors import InputError, UsageError
     from spectrum_cli.core.hessian import build_problem
     from spectrum_cli.io import LoadPolicy, open_source
-    from spectrum_cli.io.optimizer import find_optimizer_state, weights_of
+    from spectrum_cli.io.optimizer_state import find_optimizer_state, weights_of
     from spectrum_cli.io.usercode import load_callable, resolve_loss
     from spectrum_cli.model_spectra import ModelOptions, analyze_model
-    from spectrum_cli.optimizer import HessianSource, load_model
+    from spectrum_cli.optim.analysis import HessianSource, load_model
     from spectrum_cli.pipeline import config_values
 
     if not path.exists():

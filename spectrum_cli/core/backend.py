@@ -19,7 +19,7 @@ from typing import Any, Protocol, runtime_checkable
 #: checked error bound, LAPACK gesdd, or a choice between them.
 SVD_ROUTES = ("auto", "gram", "gesdd")
 
-from spectrum_cli.core.operators import Operator
+from spectrum_cli.core.linear_operator import Operator
 from spectrum_cli.core.results import Eigenvalues, Estimate, SingularValues
 
 WHICH = ("all", "largest", "smallest")

@@ -12,7 +12,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from spectrum_cli.core.update_operators import adam_form
+from spectrum_cli.core.update_blocks import adam_form
 from spectrum_cli.optim import preconditioned
 from spectrum_cli.optim.base import (
     OperatorContext, OptimizerSnapshot, ParamState, Rule, betas, per_coordinate, step_used,

@@ -15,7 +15,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from spectrum_cli.core.update_operators import BlockForm
+from spectrum_cli.core.update_blocks import BlockForm
 from spectrum_cli.optim import preconditioned
 from spectrum_cli.optim.base import (
     OperatorContext, OptimizerSnapshot, ParamState, Rule, betas, eos_ratio, per_coordinate,

@@ -5,8 +5,8 @@ A rule is one optimizer *family*: it recognises the family's ``state_dict()`` (i
 names the per-parameter tensors to read, and turns a parsed snapshot plus a Hessian
 source into update-operator entries. Rules are registered in the entry-point group
 ``spectrum.optimizers`` (:data:`spectrum_cli.plugins.optimizers`), the built-ins exactly
-like a third-party rule; the glue (:mod:`spectrum_cli.optimizer`,
-:mod:`spectrum_cli.io.optimizer`) never branches on the family.
+like a third-party rule; the glue (:mod:`spectrum_cli.optim.analysis`,
+:mod:`spectrum_cli.io.optimizer_state`) never branches on the family.
 
 The operator forms and their derivations are in docs/operators.md.
 """
@@ -55,7 +55,7 @@ class OptimizerSnapshot:
 class OperatorContext:
     """What a rule's :meth:`OptimizerRule.operators` gets beside the snapshot: the Hessian
     problem (:class:`spectrum_cli.core.hessian.HessianProblem`), the
-    :class:`spectrum_cli.optimizer.OperatorOptions`, the backend lookup, and lists the
+    :class:`spectrum_cli.optim.analysis.OperatorOptions`, the backend lookup, and lists the
     rule appends to (report entries, their arrays, notes)."""
 
     problem: Any
@@ -266,7 +266,7 @@ def step_used(chosen: list[ParamState], options: Any, family: str,
 
 def entry(analysis: Any, extra_metrics: dict[str, Any], accuracy: dict,
           hessian: dict[str, Any]) -> dict[str, Any]:
-    """One report entry from a :class:`spectrum_cli.core.update_operators.OperatorAnalysis`."""
+    """One report entry from a :class:`spectrum_cli.core.update_blocks.OperatorAnalysis`."""
     f = analysis.form
     metrics = dict(analysis.metrics)
     metrics.update(extra_metrics)
@@ -339,7 +339,7 @@ def extremes_entry(form: Any, hmin: float, hmax: float, extra: dict, info: dict,
     larger of the two end blocks' (bounded by the Lanczos bounds on the ends). Transient
     growth and ρ_ε of the end blocks are lower bounds; κ(V) needs interior eigenvalues
     near the exceptional points and is unavailable at scale."""
-    from spectrum_cli.core.update_operators import analyze_blocks
+    from spectrum_cli.core.update_blocks import analyze_blocks
 
     analysis = analyze_blocks(form, np.array([hmin, hmax]), options.eps, options.power_max)
     metrics = {"spectral_radius": analysis.metrics["spectral_radius"], **extra,

@@ -4,7 +4,7 @@ With a frozen diagonal preconditioner P and an L2-shifted Hessian H, the lineari
 of Adam, AdamW, RMSprop, Adagrad, Adamax, NAdam, RAdam and Adafactor is, after the
 diagonal similarity D = diag(P^½, P^e) (e = -½ when the second state is a raw gradient
 average, +½ when it accumulates preconditioned steps), orthogonally similar to 2x2
-blocks of one :class:`spectrum_cli.core.update_operators.BlockForm` evaluated at the
+blocks of one :class:`spectrum_cli.core.update_blocks.BlockForm` evaluated at the
 eigenvalues of K = P^-½ H P^-½ (docs/operators.md §2-3). Reduced forms (no second
 state) need only D = P^½. Everything is exact in the P-weighted norm of D; κ(V) in the
 optimizer's own coordinates is one SVD of V_J = D⁻¹(Q ⊕ Q)V_blocks.
@@ -47,7 +47,7 @@ class Preconditioned:
 def analyze(ctx: OperatorContext, spec: Preconditioned) -> None:
     """Append one entry per form of ``spec`` to ``ctx`` (dense: exact; matrix-free: the
     two ends of K's spectrum, bounds and lower bounds, as the report labels them)."""
-    from spectrum_cli.core.update_operators import analyze_blocks
+    from spectrum_cli.core.update_blocks import analyze_blocks
 
     problem, options = ctx.problem, ctx.options
     pvec, l2 = spec.pvec, spec.l2
@@ -147,7 +147,7 @@ def euclidean_kappa(form: Any, h: np.ndarray, l2: np.ndarray | None, p: np.ndarr
     """κ(V) of J in the optimizer's own coordinates: V_J = D⁻¹ (Q ⊕ Q) V_blocks with
     D = diag(P^½, P^e) (docs/operators.md §3), columns renormalized; one SVD. A reduced
     form's eigenvectors are P^-½ Q."""
-    from spectrum_cli.core.update_operators import block_eigenvalues, block_eigvectors
+    from spectrum_cli.core.update_blocks import block_eigenvalues, block_eigvectors
 
     w = 1 / np.sqrt(p)
     h_eff = h + (np.diag(l2) if l2 is not None else 0.0)

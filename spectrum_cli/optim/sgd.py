@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any, Mapping
 
-from spectrum_cli.core.update_operators import analyze_blocks, sgd_form
+from spectrum_cli.core.update_blocks import analyze_blocks, sgd_form
 from spectrum_cli.optim.base import (
     OperatorContext, OptimizerSnapshot, ParamState, Rule, ends, entry, extremes_entry,
     hessian_spectrum, per_coordinate, public, uniform,

@@ -8,7 +8,7 @@ import time
 import numpy as np
 
 from spectrum_cli.core.backend import Capabilities, check_which
-from spectrum_cli.core.operators import as_operator
+from spectrum_cli.core.linear_operator import as_operator
 from spectrum_cli.core.results import SingularValues
 
 

@@ -28,7 +28,7 @@ from safetensors.torch import save_file
 from spectrum_cli.core.errors import InputError, SpectrumError, UnsafeCheckpointError, UsageError
 from spectrum_cli.io import LoadPolicy, open_source
 from spectrum_cli.io.base import SourceBase, TensorInfo
-from spectrum_cli.io.optimizer import locate
+from spectrum_cli.io.optimizer_state import locate
 from spectrum_cli.io.pickle_scan import scan_globals
 from tests.helpers import run_cli
 
@@ -349,7 +349,7 @@ def test_a_safe_sibling_optimizer_is_still_found(tmp_path):
 
 
 def test_malformed_sibling_optimizer_state_is_an_input_error(tmp_path):
-    from spectrum_cli.io.optimizer import parse
+    from spectrum_cli.io.optimizer_state import parse
 
     sgd = {"lr": 0.1, "momentum": 0.9, "dampening": 0, "nesterov": False}
     for state in ({"state": {}, "param_groups": [{"params": ["x"], **sgd}]},
@@ -481,7 +481,7 @@ NON_REGULAR_SCRIPT = textwrap.dedent("""
     import json, sys
     from spectrum_cli.core.errors import SpectrumError
     from spectrum_cli.io import LoadPolicy, open_source
-    from spectrum_cli.io.optimizer import locate
+    from spectrum_cli.io.optimizer_state import locate
     out = {}
     for path in sys.argv[1:]:
         try:

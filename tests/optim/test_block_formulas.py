@@ -10,7 +10,7 @@ import pytest
 from spectrum_cli.core.eigen import eigenstructure
 from spectrum_cli.core.pseudospectra import criss_cross
 from spectrum_cli.core.transient import power_norms
-from spectrum_cli.core.update_operators import (
+from spectrum_cli.core.update_blocks import (
     adam_form, analyze_blocks, sgd_form,
 )
 from tests.helpers import haar

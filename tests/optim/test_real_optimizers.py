@@ -14,9 +14,9 @@ import torch
 from spectrum_cli.core.eigen import eigenstructure
 from spectrum_cli.core.hessian import build_problem
 from spectrum_cli.core.transient import power_norms
-from spectrum_cli.core.update_operators import sgd_form
+from spectrum_cli.core.update_blocks import sgd_form
 from tests.optim.oracles import dense_operator
-from spectrum_cli.io import optimizer as opt_io
+from spectrum_cli.io import optimizer_state as opt_io
 from tests.helpers import run_cli, run_json
 from tests.optim import models
 

@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import save_file
 
 from spectrum_cli.core.errors import InputError
-from spectrum_cli.io import optimizer as opt_io
+from spectrum_cli.io import optimizer_state as opt_io
 from tests.helpers import run_cli, run_json
 from tests.optim import models
 

@@ -5,7 +5,7 @@ form J = (1 - λη)I - η(H + wd I), one 1x1 block per Hessian eigenvalue."""
 
 from dataclasses import replace
 
-from spectrum_cli.core.update_operators import BlockForm, analyze_blocks
+from spectrum_cli.core.update_blocks import BlockForm, analyze_blocks
 from spectrum_cli.optim.base import (
     Rule, ends, entry, extremes_entry, hessian_spectrum, per_coordinate, public, uniform,
 )

@@ -4,7 +4,7 @@ Glue between the checkpoint (weights and optimizer state), the user's Hessian so
 (``--model``, ``--data``, ``--loss``) and the optimizer rule that recognised the state
 (:mod:`spectrum_cli.optim`, registered in the ``spectrum.optimizers`` entry-point
 group): the rule parses its family's state and builds the operator forms, with the exact
-block formulas of :mod:`spectrum_cli.core.update_operators`. Dense float64 Hessians up to
+block formulas of :mod:`spectrum_cli.core.update_blocks`. Dense float64 Hessians up to
 ``dense_max`` parameters; beyond, matrix-free Lanczos at both ends of the spectrum
 through the backend protocol, with every number labelled exact, bound or estimate. This
 module never branches on the optimizer family. Derivations: docs/operators.md.
@@ -20,7 +20,7 @@ import numpy as np
 from spectrum_cli.core.errors import InputError, UsageError
 from spectrum_cli.core.metrics import OPERATOR_METRICS  # noqa: F401 (re-exported)
 from spectrum_cli.core.selection import Selector
-from spectrum_cli.io import optimizer as opt_io
+from spectrum_cli.io import optimizer_state as opt_io
 from spectrum_cli.optim.base import OperatorContext
 from spectrum_cli.optim.preconditioned import commutator_estimate  # noqa: F401 (re-exported)
 
