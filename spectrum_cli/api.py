@@ -152,6 +152,12 @@ class _Arrays:
     def read(self, name: str) -> Any:
         return self._arrays[name]
 
+    def scalars(self) -> dict[str, Any]:
+        return {}
+
+    def training_state(self) -> Any:
+        return None
+
     def close(self) -> None:
         pass
 

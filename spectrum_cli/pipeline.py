@@ -171,7 +171,7 @@ def optimizer_report(source: Any, job: Job, warnings: list[str]) -> Any:
     report.optimizer["found_in"] = where
     report.optimizer["hessian_source"] = None if hess is None else {
         "model": hess.model, "data": hess.data, "loss": hess.loss}
-    stored = source.scalars() if hasattr(source, "scalars") else {}
+    stored = source.scalars()
     if report.optimizer.get("step") is None and "step" in stored:
         report.optimizer["step"] = stored["step"]  # SGD keeps no step: the checkpoint's
         report.optimizer["step_from"] = "checkpoint"
@@ -192,7 +192,7 @@ def checkpoint_scalars(source: Any, warnings: list[str] | None = None) -> dict[s
         except ValueError as exc:
             if warnings is not None:
                 warnings.append(f"{state_file}: ignored ({exc})")
-    stored = source.scalars() if hasattr(source, "scalars") else {}
+    stored = source.scalars()
     if "step" not in out and "step" in stored:
         out["step"] = stored["step"]
     if "loss" in stored:

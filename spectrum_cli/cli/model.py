@@ -83,7 +83,7 @@ def _run(*, path, samples, slq_probes, slq_steps, bandwidth, seed, plot, entropy
                                                s["trust_checkpoint"]))
     try:
         net = load_model(src, weights_of(source))
-        state, _ = find_optimizer_state(getattr(source, "raw", None))
+        state, _ = find_optimizer_state(source.training_state())
     finally:
         source.close()
     # The 2/lr edge of stability is gradient descent's (SGD); Adam's is on P⁻¹H.

@@ -264,7 +264,7 @@ def locate(source: Any, policy: Any) -> tuple[Mapping | None, str, dict[str, Any
     ``policy`` (the command line's) applied to ``source`` only: a sibling file is loaded
     with the default, weights-only policy (:func:`load_sibling`)."""
     del policy  # kept in the signature: callers pass it, and must not rely on it here
-    raw = getattr(source, "raw", None)
+    raw = source.training_state()
     state, where = find_optimizer_state(raw) if raw is not None else (None, "")
     if state is None:
         path = hf_optimizer_file(source.path)

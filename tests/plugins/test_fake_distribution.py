@@ -154,10 +154,12 @@ def test_optimizer_rule_end_to_end(fake_dist, tmp_path):
     ckpt = asgd_checkpoint(tmp_path / "asgd.pt")
     args = ["--model", "spectrum_cli.examples:tiny_mlp", "--data",
             "spectrum_cli.examples:tiny_regression"]
-    r = spectrum("analyze", ckpt, "--json", *args)
+    r = spectrum("analyze", ckpt, "--json", "--report", tmp_path / "asgd.h5", *args)
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)
     assert doc["optimizer"]["optimizer"] == "asgd"
+    back = json.loads(spectrum("report", "show", tmp_path / "asgd.h5", "--json").stdout)
+    assert back["operators"] == doc["operators"]  # the HDF5 report carries the rule's entry
     (op,) = doc["operators"]
     m = op["metrics"]
     eta = op["settings"]["eta"]
