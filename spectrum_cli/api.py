@@ -112,23 +112,48 @@ def resolve_job(path: str | os.PathLike, settings: Mapping[str, Any],
 
 
 def analyze(path: str | os.PathLike, *, use_config: bool = True, digest: bool = True,
-            on_progress: Any = None, **settings: Any) -> Analysis:
+            on_progress: Any = None, cache_dir: str | os.PathLike | None = None,
+            cache_min_bytes: int = 0, on_tick: Any = None, on_note: Any = None,
+            **settings: Any) -> Analysis:
     """Analyse one checkpoint (a file, shards' index, or an HF folder) as
     ``spectrum analyze PATH --json`` does; ``settings`` are the option names of
     ``spectrum analyze --help`` with underscores (``fail_on=["kappa>1e4"]``,
-    ``square="all"``, ``threads=2``)."""
+    ``square="all"``, ``threads=2``, ``jobs=4``, ``max_memory="8GiB"``).
+
+    ``cache_dir``: per-tensor results are cached there (for checkpoints of at least
+    ``cache_min_bytes``), so that an interrupted analysis resumes (None: no cache).
+    ``on_progress(done, total, name)`` and ``on_tick(pipeline.Tick)`` follow the
+    progress; ``on_note(text)`` receives what is said up front (the expected peak
+    memory of big inputs) and the cache's warnings."""
     from spectrum_cli.executors import available_cores, threads_limited
     from spectrum_cli.pipeline import analyze_checkpoint
 
     s = _check(settings, list(CONFIG_KEYS) + list(_SAFETY))
     job, cfg = resolve_job(path, s, use_config)
+    run = run_options(cfg.values, cache_dir, cache_min_bytes)
     with threads_limited(cfg.values.get("threads") or available_cores()):
-        out = analyze_checkpoint(str(path), job, digest=digest, on_progress=on_progress)
+        out = analyze_checkpoint(str(path), job, digest=digest, on_progress=on_progress,
+                                 run=run, on_tick=on_tick, on_note=on_note)
     out.doc["settings"]["config_file"] = cfg.file
     from spectrum_cli.report.document import dumps
 
     return Analysis(json.loads(dumps(out.doc)), out.result, tuple(out.violations),
                     tuple(out.warnings), cfg.file, out.operator_arrays, out.doc)
+
+
+def run_options(values: Mapping[str, Any], cache_dir: str | os.PathLike | None = None,
+                cache_min_bytes: int = 0) -> Any:
+    """How the tensors are measured, from the resolved settings (jobs, threads,
+    max_memory, executor) and the cache folder."""
+    from spectrum_cli.executors import parse_size
+    from spectrum_cli.pipeline import RunOptions
+
+    limit = values.get("max_memory")
+    return RunOptions(jobs=int(values.get("jobs") or 1), threads=values.get("threads"),
+                      max_memory=None if limit in (None, "") else parse_size(limit),
+                      executor=values.get("executor") or "auto",
+                      cache_dir=None if cache_dir is None else str(cache_dir),
+                      cache_min_bytes=cache_min_bytes)
 
 
 class _Arrays:

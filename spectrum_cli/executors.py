@@ -80,6 +80,66 @@ def plan(jobs: int, threads: int | None, misses: int, cores: int | None = None) 
     return Plan(max(1, jobs), workers if workers > 1 else 0, chosen, cores)
 
 
+_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9,
+          "gb": 10**9, "t": 10**12, "tb": 10**12, "kib": 2**10, "mib": 2**20,
+          "gib": 2**30, "tib": 2**40}
+
+
+def parse_size(text: str | int, what: str = "--max-memory") -> int:
+    """Bytes of a size such as ``8GiB``, ``512MB``, ``1.5G`` or ``1000000`` (K, M, G, T
+    are powers of 1000, KiB, MiB, GiB, TiB of 1024); UsageError when it is not one."""
+    import re
+
+    if isinstance(text, int) and not isinstance(text, bool):
+        value, unit = float(text), ""
+    else:
+        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z]*)\s*",
+                         str(text))
+        if m is None or m.group(2).lower() not in _UNITS:
+            raise UsageError(f"{what}: expected a size such as 8GiB, 512MB or 1000000, "
+                             f"got {text!r}")
+        value, unit = float(m.group(1)), m.group(2).lower()
+    size = int(value * _UNITS[unit])
+    if size <= 0:
+        raise UsageError(f"{what}: expected a positive size, got {text!r}")
+    return size
+
+
+def fit_memory(chosen: Plan, needs: Sequence[int], limit: int | None,
+               threads: int | None = None) -> Plan:
+    """``chosen`` with fewer workers where the expected peak (the sum of the largest
+    ``workers`` entries of ``needs``, bytes per task) would pass ``limit``; threads per
+    worker are re-planned for the workers that remain. UsageError when the largest task
+    alone needs more than ``limit``."""
+    if limit is None or not needs:
+        return chosen
+    largest = sorted(needs, reverse=True)
+    if largest[0] > limit:
+        raise UsageError(f"--max-memory {format_bytes(limit)}: the largest tensor alone is "
+                         f"expected to need {format_bytes(largest[0])}")
+    workers = max(1, chosen.workers)
+    while workers > 1 and sum(largest[:workers]) > limit:
+        workers -= 1
+    if workers == max(1, chosen.workers):
+        return chosen
+    fitted = plan(workers, threads, len(needs), chosen.cores)
+    return Plan(chosen.jobs, fitted.workers, fitted.threads, chosen.cores)
+
+
+def expected_peak(chosen: Plan, needs: Sequence[int]) -> int:
+    """Bytes the plan's workers are expected to hold at most: its largest tasks'."""
+    return sum(sorted(needs, reverse=True)[:max(1, chosen.workers)])
+
+
+def format_bytes(n: float) -> str:
+    """``n`` bytes in binary units (``1.5 GiB``)."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"  # pragma: no cover
+
+
 def _set_threads(threads: int) -> None:
     """Thread counts read by libraries loaded from now on, and torch's if loaded."""
     os.environ.update({k: str(threads) for k in THREAD_ENV})

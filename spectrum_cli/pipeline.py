@@ -107,8 +107,18 @@ class Checkable:
 
 
 def analyze_checkpoint(path: str, job: Job, digest: bool = True,
-                       on_progress: Callable[[int, int, str], None] | None = None) -> Outcome:
-    """Analyse one checkpoint (file or HF folder) as ``spectrum analyze`` does."""
+                       on_progress: Callable[[int, int, str], None] | None = None,
+                       run: "RunOptions | None" = None,
+                       on_tick: "Callable[[Tick], None] | None" = None,
+                       on_note: Callable[[str], None] | None = None) -> Outcome:
+    """Analyse one checkpoint (file or HF folder) as ``spectrum analyze`` does.
+
+    ``run`` None: every tensor in this process, as batch's workers do. Otherwise the
+    tensors are measured as ``run`` says (worker processes, memory limit, per-tensor
+    cache: :class:`Dispatch`), the plan is recorded in ``settings.run`` and the tensors
+    taken from the cache are counted in ``summary.from_cache``; ``on_tick`` follows the
+    progress (tensors, bytes) and ``on_note`` receives what is said up front (the
+    expected peak memory of big inputs)."""
     from spectrum_cli import plugins
     from spectrum_cli.core.analyze import analyze_source
     from spectrum_cli.core.results import SourceInfo
@@ -124,8 +134,11 @@ def analyze_checkpoint(path: str, job: Job, digest: bool = True,
     try:
         info = SourceInfo(str(path), source.format, source.files, total_size(source.files),
                           sha256_files(source.files) if digest else None, tuple(source.notes))
+        dispatch = None if run is None else Dispatch(str(path), source, info, job, run,
+                                                     on_progress, on_tick, on_note)
         result = analyze_source(source, info, job.options, plugins.get_backend,
-                                on_progress=on_progress, metrics=plugins.metric_plugins())
+                                on_progress=on_progress, metrics=plugins.metric_plugins(),
+                                measure=dispatch)
         optim = optimizer_report(source, job, warnings)
         scalars = checkpoint_scalars(source, warnings)
     finally:
@@ -135,6 +148,9 @@ def analyze_checkpoint(path: str, job: Job, digest: bool = True,
     violations = evaluate(conditions, checked)
     doc = build_document(result, conditions, violations)
     doc["checkpoint"] = scalars
+    if dispatch is not None:
+        doc["settings"]["run"] = dispatch.record
+        doc["summary"]["from_cache"] = dispatch.from_cache
     if optim is not None:
         doc["optimizer"] = dict(optim.optimizer, notes=optim.notes)
         doc["operators"] = operators
@@ -143,6 +159,332 @@ def analyze_checkpoint(path: str, job: Job, digest: bool = True,
     # All the work: reading, measuring, the optimizer state and its operators.
     doc["summary"]["wall_s"] = time.perf_counter() - t0
     return Outcome(doc, result, optim.arrays if optim else [], warnings, violations)
+
+
+# --------------------------------------------------------------------------- dispatch
+
+#: An analysis whose expected peak memory reaches this says it up front.
+ANNOUNCE_PEAK = 1 << 30
+#: The command line's default cache serves checkpoints of at least this many bytes.
+RESUME_MIN_BYTES = 256 << 20
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How one checkpoint's tensors are measured (what is measured is the :class:`Job`):
+    ``jobs`` worker processes (1: this process) of ``threads`` threads, fewer where
+    their expected peak would pass ``max_memory`` bytes; per-tensor results cached in
+    ``cache_dir`` (None: no cache) for checkpoints of at least ``cache_min_bytes``."""
+
+    jobs: int = 1
+    threads: int | None = None
+    max_memory: int | None = None
+    executor: str = "auto"
+    cache_dir: str | None = None
+    cache_min_bytes: int = 0
+
+    def __post_init__(self) -> None:
+        from spectrum_cli.core.errors import UsageError
+
+        if not (isinstance(self.jobs, int) and self.jobs >= 1):
+            raise UsageError(f"--jobs: expected a positive integer, got {self.jobs!r}")
+
+
+@dataclass(frozen=True)
+class Tick:
+    """Progress of a dispatched analysis: matrices and stored bytes done of all
+    (``cached`` of them taken from the cache), the stored tensor last finished."""
+
+    tensors_done: int
+    tensors_total: int
+    bytes_done: int
+    bytes_total: int
+    cached_bytes: int
+    name: str
+
+
+def measure_task(path: str, policy: LoadPolicy, options: AnalyzeOptions,
+                 group: tuple[Any, ...]) -> list[Any]:
+    """A worker's task: open the source at ``path`` itself, read the one stored tensor
+    ``group`` names and measure its matrices (TensorResult or TensorError each)."""
+    from spectrum_cli import plugins
+    from spectrum_cli.core.analyze import measure_group
+    from spectrum_cli.io import open_source
+
+    source = open_source(path, policy)
+    try:
+        return measure_group(source, group, options, plugins.get_backend,
+                             plugins.metric_plugins())
+    finally:
+        source.close()
+
+
+class Dispatch:
+    """The ``measure`` hook of :func:`~spectrum_cli.core.analyze.analyze_source` for one
+    checkpoint: cached stored tensors first, then the misses in this process (one worker
+    or fewer: today's path, in plan order) or as tasks of an executor, largest first.
+    Outcomes come back in plan order whatever the order of completion."""
+
+    def __init__(self, path: str, source: Any, info: Any, job: Job, run: RunOptions,
+                 on_progress: Callable[[int, int, str], None] | None = None,
+                 on_tick: Callable[[Tick], None] | None = None,
+                 on_note: Callable[[str], None] | None = None) -> None:
+        self.path, self.source, self.info, self.job, self.run = path, source, info, job, run
+        self.on_progress, self.on_tick, self.on_note = on_progress, on_tick, on_note
+        self.record: dict[str, Any] = {}
+        self.from_cache = 0
+
+    def __call__(self, planned: list[Any]) -> list[Any]:
+        from spectrum_cli.core.analyze import MEMORY_RULE, expected_bytes, groups
+        from spectrum_cli.executors import expected_peak, fit_memory
+
+        parts = groups(planned)
+        options = self.job.options
+        needs = [expected_bytes(g, options) for g in parts]
+        self._sizes = [stored_bytes(g) for g in parts]
+        self._total = (len(planned), sum(self._sizes))
+        self._done = [0, 0, 0]  # matrices, bytes, cached bytes
+        cache, keys = self._cache(parts)
+        outcomes: list[list[Any] | None] = [None] * len(parts)
+        for i, key in enumerate(keys):
+            hit = cached_results(cache, key) if cache is not None else None
+            if hit is not None and len(hit) == len(parts[i]):
+                outcomes[i] = hit
+                self.from_cache += len(hit)
+                self._tick(i, parts[i], cached=True)
+        misses = [i for i, o in enumerate(outcomes) if o is None]
+        self._check_memory(parts, needs, misses)
+        chosen = self._plan([needs[i] for i in misses])
+        chosen = fit_memory(chosen, [needs[i] for i in misses], self.run.max_memory,
+                            self.run.threads)
+        chosen = self._serial_threads(chosen)
+        peak = expected_peak(chosen, [needs[i] for i in misses]) if misses else 0
+        runner = self._runner(chosen)
+        self.record = {**chosen.as_settings(), "executor": runner.name if runner else "serial",
+                       "max_memory": self.run.max_memory, "expected_peak_bytes": peak,
+                       "memory_rule": MEMORY_RULE,
+                       "cache": str(cache.folder) if cache is not None else None}
+        if misses and self.on_note and (peak >= ANNOUNCE_PEAK or self.run.max_memory):
+            from spectrum_cli.executors import format_bytes
+
+            self.on_note(f"expected peak memory {format_bytes(peak)} ({max(1, chosen.workers)}"
+                         f" worker(s) x {chosen.threads} thread(s), {len(misses)} tensor(s) "
+                         f"to measure; {MEMORY_RULE})")
+
+        def finished(i: int, result: Any) -> None:
+            if isinstance(result, BaseException):  # the worker died or could not read
+                result = failed(parts[i], result)
+            outcomes[i] = result
+            if cache is not None:
+                store_results(cache, keys[i], result)
+            self._tick(i, parts[i], cached=False)
+
+        if runner is None:
+            from spectrum_cli import plugins
+            from spectrum_cli.core.analyze import measure_group
+
+            metrics = plugins.metric_plugins()
+            for i in misses:
+                finished(i, measure_group(self.source, parts[i], options,
+                                          plugins.get_backend, metrics))
+        else:
+            order = sorted(misses, key=lambda i: -needs[i])  # largest first
+            tasks = [(self.path, self.job.policy, options, parts[i]) for i in order]
+            runner.run(measure_task, tasks, chosen, lambda k, r: finished(order[k], r))
+        if self.on_progress:
+            self.on_progress(len(planned), len(planned), "")
+        return [o for part in outcomes for o in (part or [])]
+
+    def _check_memory(self, parts: list[tuple[Any, ...]], needs: list[int],
+                      misses: list[int]) -> None:
+        """UsageError when one tensor to measure alone passes ``--max-memory``."""
+        from spectrum_cli.core.errors import UsageError
+        from spectrum_cli.executors import format_bytes
+
+        limit = self.run.max_memory
+        over = [i for i in misses if limit is not None and needs[i] > limit]
+        if over:
+            i = max(over, key=lambda k: needs[k])
+            raise UsageError(f"{self.path}: tensor {parts[i][0].source!r} "
+                             f"{tuple(parts[i][0].shape)} is expected to need "
+                             f"{format_bytes(needs[i])}, more than --max-memory "
+                             f"{format_bytes(limit)} ({len(over)} tensor(s) over the limit)")
+
+    def _plan(self, needs: list[int]) -> Any:
+        from spectrum_cli.executors import plan
+
+        return plan(self.run.jobs, self.run.threads, len(needs))
+
+    def _serial_threads(self, chosen: Any) -> Any:
+        """In this process the threads are the caller's (api.analyze: ``threads`` or
+        every usable core)."""
+        from spectrum_cli.executors import Plan
+
+        if chosen.workers:
+            return chosen
+        return Plan(chosen.jobs, 0, self.run.threads or chosen.cores, chosen.cores)
+
+    def _runner(self, chosen: Any) -> Any:
+        """The executor of the misses; None: this process's loop (no workers, and no
+        executor other than auto or serial asked for)."""
+        from spectrum_cli.executors import choose
+
+        if not chosen.workers and self.run.executor in ("auto", "serial"):
+            return None
+        return choose(self.run.executor, chosen)
+
+    def _cache(self, parts: list[tuple[Any, ...]]) -> tuple[Any, list[str]]:
+        """The cache (None: not used for this checkpoint) and each stored tensor's key:
+        the files' content hash, the settings and code (:meth:`Job.settings_key`) and the
+        tensor's name."""
+        run = self.run
+        if run.cache_dir is None or self.info.size_bytes < run.cache_min_bytes \
+                or not self.source.files:
+            return None, [""] * len(parts)
+        from spectrum_cli.batch import ResultCache
+        from spectrum_cli.io.base import sha256_files
+
+        content = self.info.sha256 or sha256_files(tuple(self.source.files))
+        prefix = hashlib.sha256(f"{content}-{self.job.settings_key()}".encode()).hexdigest()
+        keys = [f"{prefix[:32]}-{hashlib.sha256(g[0].source.encode()).hexdigest()[:32]}"
+                for g in parts]
+        cache = ResultCache(run.cache_dir, self.on_note)
+        return (cache if cache.enabled else None), keys
+
+    def _tick(self, i: int, group: tuple[Any, ...], cached: bool) -> None:
+        self._done[0] += len(group)
+        self._done[1] += self._sizes[i]
+        self._done[2] += self._sizes[i] if cached else 0
+        if self.on_progress:
+            self.on_progress(self._done[0], self._total[0], group[0].name)
+        if self.on_tick:
+            self.on_tick(Tick(self._done[0], self._total[0], self._done[1], self._total[1],
+                              self._done[2], group[0].name))
+
+
+def stored_bytes(group: tuple[Any, ...]) -> int:
+    """Bytes of the stored tensor a group of planned matrices is read from."""
+    import math
+
+    from spectrum_cli.core.analyze import itemsize
+
+    return math.prod(group[0].shape) * itemsize(group[0].dtype)
+
+
+def failed(group: tuple[Any, ...], exc: BaseException) -> list[Any]:
+    """Each matrix of a task that raised instead of returning: a TensorError."""
+    from spectrum_cli.core.errors import SpectrumError
+    from spectrum_cli.core.results import TensorError
+
+    why = str(exc) if isinstance(exc, SpectrumError) else \
+        f"worker failed: {type(exc).__name__}: {exc}"
+    return [TensorError(p.name, why) for p in group]
+
+
+def cached_results(cache: Any, key: str) -> list[Any] | None:
+    """The results cached under ``key``, or None (absent, damaged or not ours)."""
+    record = cache.get(key)
+    if record is None or not isinstance(record.get("results"), list):
+        return None
+    try:
+        return [decode(r) for r in record["results"]]
+    except (TypeError, ValueError, KeyError, AttributeError, ImportError, RecursionError):
+        return None
+
+
+def store_results(cache: Any, key: str, results: list[Any]) -> None:
+    """Cache one stored tensor's results (only when every matrix of it succeeded: a
+    failure is tried again next time), in the layout batch's ResultCache accepts."""
+    from spectrum_cli.core.results import TensorResult
+    from spectrum_cli.report.document import json_safe, tensor_entry
+
+    if not results or not all(isinstance(r, TensorResult) for r in results):
+        return
+    try:
+        encoded = [encode(r) for r in results]
+    except TypeError:  # something the codec does not know: not cached
+        return
+    cache.put(key, {"status": "ok", "key": key, "step": None, "loss": None,
+                    "violations": [], "warnings": [], "results": encoded,
+                    "document": {"tensors": [json_safe(tensor_entry(r)) for r in results]}})
+
+
+#: Dataclasses the result codec rebuilds: spectrum's own core results, nothing else.
+_CODEC_MODULES = ("spectrum_cli.core.",)
+
+
+def encode(x: Any) -> Any:
+    """A result (a TensorResult and what it holds) as JSON-able data that
+    :func:`decode` turns back into an equal object, bit for bit (floats are written as
+    their shortest repr, which reads back exactly). TypeError for anything else."""
+    import dataclasses
+
+    import numpy as np
+
+    if dataclasses.is_dataclass(x) and not isinstance(x, type):
+        cls = type(x)
+        if not cls.__module__.startswith(_CODEC_MODULES):
+            raise TypeError(f"not a result: {cls.__module__}.{cls.__qualname__}")
+        return {"__dc__": f"{cls.__module__}:{cls.__qualname__}",
+                "fields": {f.name: encode(getattr(x, f.name)) for f in dataclasses.fields(x)}}
+    if isinstance(x, np.ndarray):
+        if x.dtype.kind not in "biufc":
+            raise TypeError(f"array of {x.dtype}")
+        flat = x.ravel().tolist()
+        data = [[v.real, v.imag] for v in flat] if x.dtype.kind == "c" else flat
+        return {"__nd__": x.dtype.str, "shape": list(x.shape), "data": data}
+    if isinstance(x, np.generic):
+        return encode(x.item())
+    if isinstance(x, complex):
+        return {"__c__": [x.real, x.imag]}
+    if isinstance(x, tuple):
+        return {"__t__": [encode(v) for v in x]}
+    if isinstance(x, list):
+        return [encode(v) for v in x]
+    if isinstance(x, dict):
+        if not all(isinstance(k, str) for k in x):
+            raise TypeError("a mapping with keys other than strings")
+        return {"__d__": {k: encode(v) for k, v in x.items()}}
+    if x is None or isinstance(x, (bool, int, float, str)):
+        return x
+    raise TypeError(f"not a result: {type(x).__name__}")
+
+
+def decode(x: Any) -> Any:
+    """The object :func:`encode` wrote (ValueError/TypeError for anything it did not:
+    only dataclasses of spectrum's core are rebuilt, nothing is imported from elsewhere)."""
+    import dataclasses
+    import importlib
+
+    import numpy as np
+
+    if isinstance(x, list):
+        return [decode(v) for v in x]
+    if not isinstance(x, dict):
+        if x is None or isinstance(x, (bool, int, float, str)):
+            return x
+        raise TypeError(f"unexpected {type(x).__name__}")
+    if "__t__" in x:
+        return tuple(decode(v) for v in x["__t__"])
+    if "__d__" in x:
+        return {str(k): decode(v) for k, v in x["__d__"].items()}
+    if "__c__" in x:
+        return complex(*x["__c__"])
+    if "__nd__" in x:
+        dtype = np.dtype(str(x["__nd__"]))
+        if dtype.kind not in "biufc":
+            raise TypeError(f"array of {dtype}")
+        data = [complex(*v) for v in x["data"]] if dtype.kind == "c" else x["data"]
+        return np.asarray(data, dtype=dtype).reshape([int(n) for n in x["shape"]])
+    if "__dc__" in x:
+        module, _, name = str(x["__dc__"]).partition(":")
+        if not module.startswith(_CODEC_MODULES) or not name.isidentifier():
+            raise ValueError(f"not a result class: {x['__dc__']!r}")
+        cls = getattr(importlib.import_module(module), name)
+        if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)):
+            raise ValueError(f"not a result class: {x['__dc__']!r}")
+        return cls(**{str(k): decode(v) for k, v in x["fields"].items()})
+    raise ValueError("unexpected mapping")
 
 
 def optimizer_report(source: Any, job: Job, warnings: list[str]) -> Any:

@@ -37,6 +37,9 @@ class Setting:
     config: bool = True
     option: str | None = None  # the command-line spelling, when not --name-with-dashes
     role: str = "analysis"  # what it shapes: analysis, operator, load, run or output
+    #: The commands whose options are derived from this entry (batch declares its own
+    #: --jobs, --cache-dir and --no-cache).
+    commands: tuple[str, ...] = ("analyze", "batch")
 
     @property
     def flag(self) -> str:
@@ -94,6 +97,20 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("executor", "str", "How the analyses are computed: 'serial', 'processes' or a "
             "plugin (spectrum.executors); 'auto': processes when there is more than one "
             "job.", RUN, default="auto", metavar="NAME", role="run"),
+    Setting("jobs", "int", "Worker processes measuring tensors in parallel, largest first "
+            "(BLAS threads split so workers x threads <= cores); 1: in this process.",
+            RUN, default=1, minimum=1, role="run", commands=("analyze",)),
+    Setting("max_memory", "str", "Run fewer workers at once so that their expected peak "
+            "memory (each holds one tensor's float64 copy and its workspace) stays under "
+            "SIZE, e.g. 8GiB or 512MB; exit 2 if the largest tensor alone needs more.",
+            RUN, metavar="SIZE", role="run", commands=("analyze",)),
+    Setting("cache_dir", "str", "Cache per-tensor results here, so that a killed run "
+            "resumes where it stopped (by the files' content hash, settings and spectrum's "
+            "code). \\[default: $SPECTRUM_CACHE_DIR or ~/.cache/spectrum/batch, for "
+            "checkpoints of 256 MiB or more]", RUN, metavar="DIR", config=False,
+            role="output", commands=("analyze",)),
+    Setting("no_cache", "bool", "Neither read nor write cached per-tensor results.", RUN,
+            default=False, config=False, role="output", commands=("analyze",)),
     # Optimizer state and Hessian
     Setting("model", "str", "Your model: a function returning the nn.Module the "
             "checkpoint's weights load into (enables the update-operator analysis).",
@@ -152,7 +169,7 @@ FORBIDDEN = ("trust_checkpoint", "allow_global", "allow_globals", "weights_only"
 
 #: Settings that are neither analysis values nor flags of the run itself.
 _RUN_ONLY = {"exit_zero", "strict", "json_out", "force", "no_progress", "allow_global",
-             "trust_checkpoint"}
+             "trust_checkpoint", "cache_dir", "no_cache"}
 
 
 def config_values(given: dict[str, Any]) -> dict[str, Any]:

@@ -46,8 +46,8 @@ def test_safety_and_output_never_come_from_files():
 def test_every_shared_setting_is_an_option(command):
     out = run_cli(command, "--help", env={"COLUMNS": "250"}).stdout
     for s in settings.SETTINGS:
-        if command == "analyze" and s.role == "run" and s.name == "executor":
-            continue  # one checkpoint: nothing to distribute yet
+        if command not in s.commands:
+            continue  # batch declares its own --jobs, --cache-dir, --no-cache
         assert s.flag in out, (command, s.flag)
         for choice in s.choices:
             assert choice in out
@@ -70,3 +70,25 @@ def test_cache_key_follows_every_analysis_and_operator_setting():
         job = Job.from_values({key: value}, policy=base.policy)
         seen.add(job.settings_key())
     assert len(seen) == len(changes)  # every change made a new key (device excluded, +base)
+
+
+def test_run_settings_of_analyze_are_in_the_schema():
+    """Issue 12 items 1 and 5: --jobs and --max-memory are settings of the run (config
+    and environment may set them, they are not part of the cache key); the cache folder
+    is command line only (a file beside a checkpoint cannot say where spectrum writes)."""
+    for name in ("jobs", "max_memory"):
+        assert settings.BY_NAME[name].role == "run" and settings.BY_NAME[name].config
+    for name in ("cache_dir", "no_cache"):
+        assert settings.BY_NAME[name].role == "output" and not settings.BY_NAME[name].config
+    cfg = config.resolve({}, environ={"SPECTRUM_JOBS": "3", "SPECTRUM_MAX_MEMORY": "1GiB"},
+                         start=None)
+    assert cfg.values == {"jobs": 3, "max_memory": "1GiB"}
+    base = Job.from_values({}, policy=Job.__dataclass_fields__["policy"].default_factory())
+    assert Job.from_values({"jobs": 4, "max_memory": "1GiB"},
+                           policy=base.policy).settings_key() == base.settings_key()
+
+
+def test_run_settings_are_analyze_options():
+    out = run_cli("analyze", "--help", env={"COLUMNS": "250"}).stdout
+    for flag in ("--jobs", "--max-memory", "--cache-dir", "--no-cache", "--executor"):
+        assert flag in out

@@ -11,9 +11,9 @@ import typer
 from spectrum_cli.cli.console import escape, exit_codes, stderr_console, stdout_console
 from spectrum_cli.cli.options import with_settings
 from spectrum_cli.report.output import printable
-from spectrum_cli.settings import NUMERICS, OPTIM, OUTPUT, SAFETY, SELECT
+from spectrum_cli.settings import NUMERICS, OPTIM, OUTPUT, RUN, SAFETY, SELECT
 
-@with_settings(SELECT, NUMERICS, OPTIM, OUTPUT, SAFETY)
+@with_settings(SELECT, NUMERICS, OPTIM, OUTPUT, SAFETY, RUN)
 def analyze(
     path: Annotated[Path, typer.Argument(
         help="A checkpoint: torch.save file (.pt/.pth/.bin/.ckpt), .safetensors, "
@@ -46,9 +46,17 @@ def _run(path: Path, report: Path | None, top: int | None, s: dict[str, Any], er
     if s["trust_checkpoint"]:
         err.print("[yellow]warning:[/] --trust-checkpoint: unpickling with "
                   "weights_only=False runs code from the file")
-    settings = {k: v for k, v in s.items() if k not in _RUN_FLAGS}
+    settings = {k: v for k, v in s.items() if k not in _RUN_FLAGS + _CACHE_FLAGS}
+    cache_dir, cache_min = _cache(s)
+
+    def note(text: str) -> None:
+        err.print(f"note: {printable(text)}", markup=False)
+
     with _progress(err, enabled=not s["no_progress"]) as progress:
-        out = api.analyze(path, digest=bool(report or s["json_out"]), on_progress=progress,
+        out = api.analyze(path, digest=bool(report or s["json_out"]),
+                          on_progress=progress and progress.update,
+                          on_tick=progress and progress.tick,
+                          cache_dir=cache_dir, cache_min_bytes=cache_min, on_note=note,
                           **settings)
     for warning in out.warnings:
         err.print(f"[yellow]warning:[/] {escape(printable(warning))}")
@@ -81,6 +89,24 @@ def _run(path: Path, report: Path | None, top: int | None, s: dict[str, Any], er
 
 #: Options of the command line itself, not settings of the analysis.
 _RUN_FLAGS = ("json_out", "force", "no_progress", "strict", "exit_zero")
+_CACHE_FLAGS = ("cache_dir", "no_cache")
+
+
+def _cache(s: dict[str, Any]) -> tuple[str | None, int]:
+    """The per-tensor cache folder and the smallest checkpoint it serves: the folder
+    given (every checkpoint), else batch's default folder for big checkpoints; none
+    with --no-cache."""
+    from spectrum_cli.batch import default_cache_dir
+    from spectrum_cli.core.errors import UsageError
+    from spectrum_cli.pipeline import RESUME_MIN_BYTES
+
+    if s.get("no_cache"):
+        if s.get("cache_dir"):
+            raise UsageError("--cache-dir and --no-cache contradict each other")
+        return None, 0
+    if s.get("cache_dir"):
+        return str(s["cache_dir"]), 0
+    return str(default_cache_dir()), RESUME_MIN_BYTES
 
 
 def _warn_unfinished(doc: dict, err) -> int:
@@ -100,29 +126,51 @@ def _warn_unfinished(doc: dict, err) -> int:
 
 
 class _progress:
-    """A rich progress bar on stderr, only when stderr is a terminal."""
+    """A rich progress bar on stderr, only when stderr is a terminal: matrices done,
+    bytes measured (those taken from the cache aside) and the time left."""
 
     def __init__(self, console, enabled: bool) -> None:
         self.console = console
         self.enabled = enabled and console.is_terminal
         self.bar = None
         self.task = None
+        self.bytes = False
 
     def __enter__(self):
         if not self.enabled:
             return None
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+        from rich.progress import (
+            BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
+        )
 
         self.bar = Progress(TextColumn("{task.description}"), BarColumn(),
-                            MofNCompleteColumn(), console=self.console, transient=True)
+                            TextColumn("{task.fields[tensors]}"), DownloadColumn(),
+                            TimeRemainingColumn(), console=self.console, transient=True)
         self.bar.__enter__()
-        return self.update
+        return self
+
+    def __call__(self, done: int, total: int, name: str) -> None:
+        self.update(done, total, name)
 
     def update(self, done: int, total: int, name: str) -> None:
+        """Matrices done of all (``on_progress``); the bar follows the count until
+        bytes arrive."""
+        self._show(f"{done}/{total} tensors", name, None if self.bytes else (done, total))
+
+    def tick(self, tick) -> None:
+        """One :class:`~spectrum_cli.pipeline.Tick` (``on_tick``): the bar and the ETA
+        follow the bytes measured in this run (cached ones are not a speed)."""
+        self.bytes = True
+        self._show(f"{tick.tensors_done}/{tick.tensors_total} tensors", tick.name,
+                   (tick.bytes_done - tick.cached_bytes,
+                    max(1, tick.bytes_total - tick.cached_bytes)))
+
+    def _show(self, tensors: str, name: str, progress: tuple[int, int] | None) -> None:
         if self.task is None:
-            self.task = self.bar.add_task("analysing", total=total)
-        self.bar.update(self.task, completed=done,
-                        description=escape(printable(name))[-30:] or "done")
+            self.task = self.bar.add_task("analysing", total=None, tensors=tensors)
+        extra = {} if progress is None else {"completed": progress[0], "total": progress[1]}
+        self.bar.update(self.task, tensors=tensors,
+                        description=escape(printable(name))[-30:] or "done", **extra)
 
     def __exit__(self, *exc) -> None:
         if self.bar is not None:

@@ -11,7 +11,7 @@ import math
 import re
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -109,6 +109,9 @@ class _Planned:
         return options.square == "auto" and m <= options.square_max_dim
 
 
+#: A planned matrix (picklable: tasks of worker processes name them).
+Planned = _Planned
+
 def _plan(info, selector: Selector, options: AnalyzeOptions) -> list[_Planned] | str:
     """The matrices to analyse in one tensor, or the reason to skip it. A recurrent
     ``weight_hh`` of an LSTM (4h x h) or GRU (3h x h) gives the whole matrix plus one
@@ -159,25 +162,44 @@ def choose_backend(shape: tuple[int, int], options: AnalyzeOptions) -> str:
     return "randomized-svd" if options.device == "cuda" else "lanczos"
 
 
-def analyze_source(
-    source: Any,
-    source_info: SourceInfo,
-    options: AnalyzeOptions,
-    backends: Callable[[str], Any],
-    on_progress: Callable[[int, int, str], None] | None = None,
-    metrics: Any = None,
-) -> AnalysisResult:
-    """Analyse every selected matrix of ``source``; per-tensor failures are recorded.
+#: Memory of one tensor's measurement, for planning parallel runs: the tensor as stored,
+#: its float64 copy (8·m·n bytes) and the backend's workspace, WORKSPACE[kind] times the
+#: copy: a dense SVD holds LAPACK's copy of the matrix and its work arrays (or the Gram
+#: route's n×n product), the eigen/non-normal analysis of a square matrix adds geev's
+#: copy, the Schur form and the matrix powers; iterative backends hold a few vectors.
+WORKSPACE = {"dense": 2.0, "eigen": 3.0, "iterative": 0.5}
+MEMORY_RULE = ("per tensor: its stored bytes + 8·m·n·(1 + W) bytes, W = 2 for a dense "
+               "SVD (+3 with the eigen analysis of a square matrix), 0.5 for iterative "
+               "backends; the peak sums the workers' largest tensors")
 
-    ``backends`` maps a backend name to a backend object (the caller's registry:
-    :func:`spectrum_cli.plugins.get_backend`); :func:`choose_backend` picks the name per
-    tensor. ``metrics`` are the registered metrics (the built-in ones by default).
-    """
-    from spectrum_cli.core.measure import analyze_matrix
 
-    t0 = time.perf_counter()
-    if options.backend != "auto":
-        backends(options.backend)  # an unknown or unavailable backend fails here, once
+def expected_bytes(group: Sequence[_Planned], options: AnalyzeOptions) -> int:
+    """The expected peak memory of measuring one stored tensor (and its gate blocks): see
+    :data:`MEMORY_RULE`."""
+    first = group[0]
+    stored = math.prod(first.shape) * itemsize(first.dtype)
+    peak = 0.0
+    for p in group:
+        m, n = p.matrix_shape
+        dense = choose_backend(p.matrix_shape, options) in ("dense", "auto")
+        w = WORKSPACE["dense"] if dense else WORKSPACE["iterative"]
+        if p.wants_eigen(options):
+            w += WORKSPACE["eigen"]
+        peak = max(peak, 8.0 * m * n * (1.0 + w))
+    whole = 8.0 * math.prod(first.shape) if first.rows is None else 0.0
+    return int(stored + max(peak, whole))
+
+
+def itemsize(dtype: str) -> int:
+    """Bytes per element of a stored dtype name (8 when unknown)."""
+    digits = "".join(c for c in str(dtype) if c.isdigit())
+    return max(1, int(digits) // 8) if digits else 8
+
+
+def plan_source(source: Any, options: AnalyzeOptions
+                ) -> tuple[list[_Planned], list[SkippedTensor]]:
+    """The matrices of ``source`` to analyse, in the order of its entries, and the
+    tensors skipped with the reason."""
     selector = Selector(options.include, options.exclude)
     planned: list[_Planned] = []
     skipped: list[SkippedTensor] = []
@@ -187,31 +209,91 @@ def analyze_source(
             skipped.append(SkippedTensor(info.name, tuple(info.shape), info.dtype, p))
         else:
             planned.extend(p)
-    tensors: list[TensorResult] = []
-    errors: list[TensorError] = []
-    loaded: tuple[str, np.ndarray | None] = ("", None)  # gate blocks reuse their parent
-    for i, p in enumerate(planned):
-        if on_progress:
-            on_progress(i, len(planned), p.name)
+    return planned, skipped
+
+
+def groups(planned: Sequence[_Planned]) -> list[tuple[_Planned, ...]]:
+    """The planned matrices grouped by the stored tensor they are read from (a recurrent
+    weight and its gate blocks are one read), in plan order."""
+    out: list[list[_Planned]] = []
+    for p in planned:
+        if out and out[-1][0].source == p.source:
+            out[-1].append(p)
+        else:
+            out.append([p])
+    return [tuple(g) for g in out]
+
+
+def measure_group(source: Any, group: Sequence[_Planned], options: AnalyzeOptions,
+                  backends: Callable[[str], Any], metrics: Any = None
+                  ) -> list[TensorResult | TensorError]:
+    """Read one stored tensor of ``source`` once and measure each planned matrix of it;
+    a failure is a :class:`TensorError` of that matrix (the others go on)."""
+    from spectrum_cli.core.measure import analyze_matrix
+
+    out: list[TensorResult | TensorError] = []
+    full: np.ndarray | None = None
+    for p in group:
         try:
             backend = backends(choose_backend(p.matrix_shape, options))
-            if loaded[0] != p.source:
-                loaded = ("", None)  # free the previous tensor before reading the next
-                loaded = (p.source, np.asarray(source.read(p.source), dtype=np.float64))
-            full = loaded[1]
+            if full is None:
+                full = np.asarray(source.read(p.source), dtype=np.float64)
             a = (full.reshape(-1, full.shape[-1])[p.rows[0]:p.rows[1]] if p.rows
                  else full.reshape(p.matrix_shape))
-            tensors.append(analyze_matrix(p, np.ascontiguousarray(a), options, backend,
-                                          metrics))
+            out.append(analyze_matrix(p, np.ascontiguousarray(a), options, backend,
+                                      metrics))
         except (SpectrumError, np.linalg.LinAlgError, MemoryError, NotImplementedError) as exc:
-            errors.append(TensorError(p.name, str(exc) or type(exc).__name__))
+            out.append(TensorError(p.name, str(exc) or type(exc).__name__))
         finally:
-            a = full = None
-    loaded = ("", None)
-    if on_progress:
-        on_progress(len(planned), len(planned), "")
+            a = None
+    return out
+
+
+def analyze_source(
+    source: Any,
+    source_info: SourceInfo,
+    options: AnalyzeOptions,
+    backends: Callable[[str], Any],
+    on_progress: Callable[[int, int, str], None] | None = None,
+    metrics: Any = None,
+    measure: Callable[[list[_Planned]], list[TensorResult | TensorError]] | None = None,
+) -> AnalysisResult:
+    """Analyse every selected matrix of ``source``; per-tensor failures are recorded.
+
+    ``backends`` maps a backend name to a backend object (the caller's registry:
+    :func:`spectrum_cli.plugins.get_backend`); :func:`choose_backend` picks the name per
+    tensor. ``metrics`` are the registered metrics (the built-in ones by default).
+    ``measure``, when given, measures the planned matrices instead of this process's
+    loop (the caller's executors, cache and progress) and returns one outcome per
+    planned matrix, in plan order; ``on_progress`` is then the caller's business.
+    """
+    t0 = time.perf_counter()
+    if options.backend != "auto":
+        backends(options.backend)  # an unknown or unavailable backend fails here, once
+    planned, skipped = plan_source(source, options)
+    if measure is None:
+        outcomes = _measure_here(source, planned, options, backends, metrics, on_progress)
+    else:
+        outcomes = measure(planned)
+    tensors = [o for o in outcomes if isinstance(o, TensorResult)]
+    errors = [o for o in outcomes if isinstance(o, TensorError)]
     settings = options.as_dict()
     if options.backend == "auto":
         settings["auto_rule"] = AUTO_RULE
     return AnalysisResult(source=source_info, settings=settings, tensors=tensors,
                           skipped=skipped, errors=errors, time_s=time.perf_counter() - t0)
+
+
+def _measure_here(source: Any, planned: list[_Planned], options: AnalyzeOptions,
+                  backends: Callable[[str], Any], metrics: Any,
+                  on_progress: Callable[[int, int, str], None] | None
+                  ) -> list[TensorResult | TensorError]:
+    """Every planned matrix in this process, one stored tensor in memory at a time."""
+    out: list[TensorResult | TensorError] = []
+    for group in groups(planned):
+        if on_progress:
+            on_progress(len(out), len(planned), group[0].name)
+        out.extend(measure_group(source, group, options, backends, metrics))
+    if on_progress:
+        on_progress(len(planned), len(planned), "")
+    return out
