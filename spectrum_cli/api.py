@@ -16,11 +16,12 @@ over these functions. Nothing here prints; errors are
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 from spectrum_cli.core.errors import ExitCode, UsageError
 from spectrum_cli.settings import BY_NAME, CONFIG_KEYS
@@ -131,7 +132,8 @@ def analyze(path: str | os.PathLike, *, use_config: bool = True, digest: bool = 
     s = _check(settings, list(CONFIG_KEYS) + list(_SAFETY))
     job, cfg = resolve_job(path, s, use_config)
     run = run_options(cfg.values, cache_dir, cache_min_bytes)
-    with threads_limited(cfg.values.get("threads") or available_cores()):
+    with threads_limited(cfg.values.get("threads") or available_cores()), \
+            _scheduler(cfg.values):
         out = analyze_checkpoint(str(path), job, digest=digest, on_progress=on_progress,
                                  run=run, on_tick=on_tick, on_note=on_note)
     out.doc["settings"]["config_file"] = cfg.file
@@ -139,6 +141,24 @@ def analyze(path: str | os.PathLike, *, use_config: bool = True, digest: bool = 
 
     return Analysis(json.loads(dumps(out.doc)), out.result, tuple(out.violations),
                     tuple(out.warnings), cfg.file, out.operator_arrays, out.doc)
+
+
+@contextlib.contextmanager
+def _scheduler(values: Mapping[str, Any]) -> Iterator[None]:
+    """``scheduler``/``scheduler_file`` (from any origin) as the variables the Dask
+    executor reads, for the duration of a run."""
+    wanted = {f"SPECTRUM_{k.upper()}": str(values[k]) for k in ("scheduler", "scheduler_file")
+              if values.get(k)}
+    saved = {k: os.environ.get(k) for k in wanted}
+    os.environ.update(wanted)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def run_options(values: Mapping[str, Any], cache_dir: str | os.PathLike | None = None,
@@ -275,9 +295,11 @@ def trajectory(target: str | os.PathLike, *, jobs: int = 1,
     except ValueError as exc:
         raise UsageError(f"spike_{exc}") from None
     candidates = B.discover(str(target))
-    result = B.run_batch(candidates, job, jobs, None if cache_dir is None else str(cache_dir),
-                         threads=cfg.values.get("threads"), on_result=on_result,
-                         on_warning=on_warning, executor=cfg.values.get("executor", "auto"))
+    with _scheduler(cfg.values):
+        result = B.run_batch(candidates, job, jobs,
+                             None if cache_dir is None else str(cache_dir),
+                             threads=cfg.values.get("threads"), on_result=on_result,
+                             on_warning=on_warning, executor=cfg.values.get("executor", "auto"))
     doc = T.build(result.records, str(target),
                   {"analysis": job.options.as_dict(), "operator": job.values, "jobs": jobs,
                    "config_file": cfg.file, "executor": cfg.values.get("executor", "auto"),

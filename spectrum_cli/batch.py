@@ -467,12 +467,14 @@ def run_batch(candidates: list[Candidate], job: Any, jobs: int = 1,
             if isinstance(result, BaseException):  # a worker died (OOM, signal)
                 result = {"path": c.path, "status": "error",
                           "error": f"worker failed: {type(result).__name__}: {result}"}
+            result["path"] = c.path  # as the user named it (the task had it absolute)
             computed(c, key, result)
 
         runner = choose(executor, chosen)
         used = runner.name
-        runner.run(compute_record, [(c.path, job, key) for c, key in misses], chosen,
-                   finished)
+        # Absolute paths: a worker (a Dask one, say) has a working directory of its own.
+        runner.run(compute_record, [(os.path.abspath(c.path), job, key) for c, key in misses],
+                   chosen, finished)
     ordered = [records[c.path] for c in candidates]
     for c, r in zip(candidates, ordered):
         if r.get("step") is None:

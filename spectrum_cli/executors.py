@@ -424,10 +424,13 @@ class ProcessExecutor:
 
 
 def choose(name: str, chosen: Plan) -> Any:
-    """The executor ``name`` from the registry; ``auto``: processes when the plan has
-    workers, else serial."""
+    """The executor ``name`` from the registry; ``auto``: dask when a scheduler is named
+    (``SPECTRUM_SCHEDULER``/``_FILE``, set from --scheduler), else processes when the plan
+    has workers, else serial."""
     from spectrum_cli import plugins
 
     if name == "auto":
-        name = "processes" if chosen.workers else "serial"
+        scheduler = os.environ.get("SPECTRUM_SCHEDULER") or \
+            os.environ.get("SPECTRUM_SCHEDULER_FILE")
+        name = "dask" if scheduler else "processes" if chosen.workers else "serial"
     return plugins.executors.get(name)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -289,7 +290,9 @@ class Dispatch:
                                           plugins.get_backend, metrics))
         else:
             order = sorted(misses, key=lambda i: -needs[i])  # largest first
-            tasks = [(self.path, self.job.policy, options, parts[i]) for i in order]
+            # Absolute: a worker (a Dask one, say) has a working directory of its own.
+            where = self.path if "://" in self.path else os.path.abspath(self.path)
+            tasks = [(where, self.job.policy, options, parts[i]) for i in order]
             runner.run(measure_task, tasks, chosen, lambda k, r: finished(order[k], r))
         if self.on_progress:
             self.on_progress(len(planned), len(planned), "")

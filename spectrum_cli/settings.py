@@ -97,6 +97,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("executor", "str", "How the analyses are computed: 'serial', 'processes' or a "
             "plugin (spectrum.executors); 'auto': processes when there is more than one "
             "job.", RUN, default="auto", metavar="NAME", role="run"),
+    Setting("scheduler", "str", "A Dask scheduler (tcp://HOST:PORT) to send the tasks to "
+            "(implies --executor dask; needs spectrum-cli[distributed]).", RUN,
+            metavar="ADDRESS", role="run"),
+    Setting("scheduler_file", "str", "A Dask scheduler file (dask scheduler "
+            "--scheduler-file) instead of --scheduler.", RUN, metavar="PATH", role="run"),
     Setting("jobs", "int", "Worker processes measuring tensors in parallel, largest first "
             "(BLAS threads split so workers x threads <= cores); 1: in this process.",
             RUN, default=1, minimum=1, role="run", commands=("analyze",)),
