@@ -158,17 +158,27 @@ def test_native_writes_to_fd1_never_reach_stdout(tmp_path):
 
 
 def test_sigint_while_starting_prints_no_traceback():
-    for delay in (0.02, 0.05, 0.1, 0.2, 0.3, 0.5):
+    """Ctrl-C at any moment once spectrum's own code runs: exit 130, one line, no
+    traceback. Before that (the interpreter's startup, the console-script wrapper's import
+    line) nothing of spectrum's can act, and Python prints its own traceback there."""
+    import re
+
+    handled = False
+    for delay in (0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0):
         p = subprocess.Popen([str(SCRIPT), "analyze", str(SAMPLE / "checkpoint.pt")],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                              env={**os.environ, "NO_COLOR": "1"})
         time.sleep(delay)
         p.send_signal(signal.SIGINT)
         out, err = p.communicate(timeout=60)
-        if "init_import_site" in err:  # the interpreter itself, before any spectrum code
-            continue
+        frames = re.findall(r'File "([^"]+)"', err)
+        if "init_import_site" in err or (frames and not any("spectrum_cli" in f
+                                                            for f in frames)):
+            continue  # interrupted before any spectrum code ran
         assert "Traceback" not in err, (delay, err)
         assert p.returncode in (130, -signal.SIGINT, 0, 2), (delay, p.returncode, err)
+        handled = handled or p.returncode == 130
+    assert handled  # at least one interrupt reached spectrum's own handler
 
 
 @pytest.mark.parametrize("command", ["analyze", "batch", "diff", "model", "pseudospectrum",
