@@ -416,7 +416,6 @@ class BatchResult:
     records: list[dict[str, Any]]
     plan: Plan
     cache_warnings: list[str] = field(default_factory=list)
-    executor: str | None = None  # the executor the misses ran on (None: all cached)
 
 
 def _hash_all(candidates: list[Candidate], job: Any, jobs: int
@@ -460,7 +459,6 @@ def run_batch(candidates: list[Candidate], job: Any, jobs: int = 1,
         done(c, record)
 
     chosen = plan(jobs, threads, len(misses))
-    used = None
     if misses:
         def finished(i: int, result: Any) -> None:
             c, key = misses[i]
@@ -471,7 +469,6 @@ def run_batch(candidates: list[Candidate], job: Any, jobs: int = 1,
             computed(c, key, result)
 
         runner = choose(executor, chosen)
-        used = runner.name
         # Absolute paths: a worker (a Dask one, say) has a working directory of its own.
         runner.run(compute_record, [(os.path.abspath(c.path), job, key) for c, key in misses],
                    chosen, finished)
@@ -480,7 +477,7 @@ def run_batch(candidates: list[Candidate], job: Any, jobs: int = 1,
         if r.get("step") is None:
             r["step"] = c.name_step
     ordered.sort(key=lambda r: (r.get("step") is None, r.get("step") or 0))
-    return BatchResult(ordered, chosen, cache.warnings, used)
+    return BatchResult(ordered, chosen, cache.warnings)
 
 
 def run(candidates: list[Candidate], job: Any, jobs: int = 1, cache_dir: str | None = None,

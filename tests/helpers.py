@@ -55,3 +55,17 @@ def run_json(*args: str, env: dict | None = None) -> tuple[dict, object]:
     result = run_cli("analyze", *args, "--json", env=env)
     assert result.stdout.strip(), result.stderr
     return json.loads(result.stdout), result
+
+
+#: What may differ between two runs of the same analysis: timings, the run plan (workers,
+#: executor), the cache count and where the configuration came from.
+RUN_DEPENDENT = frozenset({"time_s", "wall_s", "created", "run", "from_cache", "config_file"})
+
+
+def stripped(doc):
+    """A document without the fields of :data:`RUN_DEPENDENT`, for comparing two runs."""
+    if isinstance(doc, dict):
+        return {k: stripped(v) for k, v in doc.items() if k not in RUN_DEPENDENT}
+    if isinstance(doc, list):
+        return [stripped(v) for v in doc]
+    return doc

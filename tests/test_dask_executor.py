@@ -29,11 +29,10 @@ from spectrum_cli.dask_executor import (  # noqa: E402
     DaskExecutor,
     connect,
 )
-from tests.helpers import run_cli, run_json  # noqa: E402
+from tests.helpers import run_cli, run_json, stripped  # noqa: E402
 
 DASK = EntryPoint("dask", "spectrum_cli.dask_executor:DaskExecutor", "spectrum.executors")
 SAMPLE = Path(__file__).resolve().parents[1] / "sample_checkpoints" / "sgd-momentum"
-TIMINGS = {"time_s", "wall_s", "created"}
 STEPS = (150, 155)  # the step before the sample run's first spike, and the spike
 
 
@@ -71,16 +70,6 @@ def closed_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return f"tcp://127.0.0.1:{s.getsockname()[1]}"
-
-
-def stripped(doc):
-    """The document without timings, the run plan and the cache count."""
-    if isinstance(doc, dict):
-        return {k: stripped(v) for k, v in doc.items()
-                if k not in TIMINGS | {"run", "from_cache", "config_file"}}
-    if isinstance(doc, list):
-        return [stripped(v) for v in doc]
-    return doc
 
 
 @pytest.fixture

@@ -18,20 +18,8 @@ import pytest
 from safetensors.numpy import save_file
 
 from spectrum_cli.executors import available_cores
-from tests.helpers import run_cli, run_json
+from tests.helpers import run_cli, run_json, stripped
 
-TIMINGS = {"time_s", "wall_s", "created"}
-
-
-def stripped(doc):
-    """The document without timings, the run plan and the cache count (what may differ
-    between two runs of the same analysis)."""
-    if isinstance(doc, dict):
-        return {k: stripped(v) for k, v in doc.items()
-                if k not in TIMINGS | {"run", "from_cache", "config_file"}}
-    if isinstance(doc, list):
-        return [stripped(v) for v in doc]
-    return doc
 
 
 @pytest.fixture
