@@ -29,7 +29,7 @@ from spectrum_cli.settings import BY_NAME, CONFIG_KEYS
 __all__ = ["Analysis", "Trajectory", "analyze", "analyze_arrays", "analyze_matrix",
            "pseudospectral_radius", "trajectory"]
 
-_SAFETY = ("allow_global", "trust_checkpoint")
+_SAFETY = ("allow_global", "trust_checkpoint", "storage_option")
 
 
 @dataclass(frozen=True)
@@ -108,7 +108,8 @@ def resolve_job(path: str | os.PathLike, settings: Mapping[str, Any],
         cfg = config.Config(values={k: v for k, v in given.items()
                                     if v is not None and v != []})
     policy = LoadPolicy(tuple(settings.get("allow_global") or ()),
-                        bool(settings.get("trust_checkpoint")), cfg.values.get("weights_key"))
+                        bool(settings.get("trust_checkpoint")), cfg.values.get("weights_key"),
+                        tuple(settings.get("storage_option") or ()))
     return Job.from_values(cfg.values, policy), cfg
 
 

@@ -108,7 +108,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("max_memory", "str", "Run fewer workers at once so that their expected peak "
             "memory (each holds one tensor's float64 copy and its workspace) stays under "
             "SIZE, e.g. 8GiB or 512MB; exit 2 if the largest tensor alone needs more.",
-            RUN, metavar="SIZE", role="run", commands=("analyze",)),
+            RUN, metavar="SIZE", role="run"),
     Setting("cache_dir", "str", "Cache per-tensor results here, so that a killed run "
             "resumes where it stopped (by the files' content hash, settings and spectrum's "
             "code). \\[default: $SPECTRUM_CACHE_DIR or ~/.cache/spectrum/batch, for "
@@ -151,6 +151,10 @@ SETTINGS: tuple[Setting, ...] = (
     # Loading safety
     Setting("allow_global", "list", "Admit this global when unpickling the files named on "
             "the command line. Repeatable.", SAFETY, metavar="MODULE.NAME", config=False, role="load"),
+    Setting("storage_option", "list", "For s3://, gs://, hf:// and other fsspec URLs: "
+            "KEY=VALUE passed to the filesystem (e.g. endpoint_url=http://HOST:PORT, "
+            "anon=true), beside the standard AWS_* variables. Repeatable.", SAFETY,
+            metavar="KEY=VALUE", config=False, role="load"),
     Setting("trust_checkpoint", "bool", "Load the files named on the command line with "
             "weights_only=False: runs code from them. Only for files you made yourself.",
             SAFETY, default=False, config=False, role="load"),

@@ -14,10 +14,12 @@ from spectrum_cli.cli import analyze as _analyze
 from spectrum_cli.cli import backends as _backends
 from spectrum_cli.cli import batch as _batch
 from spectrum_cli.cli import diff as _diff
+from spectrum_cli.cli import esd as _esd
 from spectrum_cli.cli import model as _model
 from spectrum_cli.cli import pseudospectrum as _pseudospectrum
 from spectrum_cli.cli import report as _report
 from spectrum_cli.cli import trust as _trust
+from spectrum_cli.cli import watch as _watch
 from spectrum_cli.cli.console import reserved_stdout
 from spectrum_cli.cli.options import Command, Group
 from spectrum_cli.report.output import printable
@@ -55,6 +57,8 @@ app.command("model", cls=Command)(_model.model)
 app.command("backends", cls=Command)(_backends.backends)
 app.command("pseudospectrum", cls=Command)(_pseudospectrum.pseudospectrum)
 app.command("trust", cls=Command)(_trust.trust)
+app.command("esd", cls=Command)(_esd.esd)
+app.command("watch", cls=Command)(_watch.watch)
 report_app = typer.Typer(help="Read reports back.", no_args_is_help=True)
 report_app.command("show", cls=Command)(_report.show)
 app.add_typer(report_app, name="report")

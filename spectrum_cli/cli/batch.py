@@ -16,7 +16,8 @@ from spectrum_cli.settings import NUMERICS, OPTIM, OUTPUT, RUN, SAFETY, SELECT
 
 
 
-@with_settings(SELECT, NUMERICS, OPTIM, OUTPUT, SAFETY, "executor", "scheduler", "scheduler_file")
+@with_settings(SELECT, NUMERICS, OPTIM, OUTPUT, SAFETY, "executor", "scheduler", "scheduler_file",
+               "max_memory")
 def batch(
     target: Annotated[str, typer.Argument(
         help="A directory of checkpoints (files and checkpoint-<step>/ folders), or a glob.",

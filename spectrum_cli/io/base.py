@@ -190,6 +190,8 @@ class LoadPolicy:
     allow_globals: tuple[str, ...] = ()
     trust_checkpoint: bool = False
     weights_key: str | None = None
+    #: ``KEY=VALUE`` options for fsspec URLs (``--storage-option``).
+    storage_options: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         """``--allow-global`` names are resolved here, once, before any file is read: a

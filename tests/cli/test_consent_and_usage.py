@@ -205,3 +205,18 @@ def test_batch_takes_the_selection_and_numerics_options_of_analyze():
     for s in SETTINGS:
         if s.panel in (SELECT, NUMERICS, OPTIM):
             assert s.flag in out, s.flag
+
+
+def test_trust_of_several_files_trusts_every_one(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    tomls = []
+    for i in range(3):
+        f = tmp_path / f"p{i}" / "spectrum.toml"
+        f.parent.mkdir()
+        f.write_text(f'model = "m{i}:build"\n')
+        tomls.append(f)
+    r = run_cli("trust", *tomls)
+    assert r.exit_code == 0, r.output
+    listed = run_cli("trust", "--list").stdout
+    for f in tomls:
+        assert str(f.resolve()) in listed
