@@ -94,6 +94,7 @@ def resolve_job(path: str | os.PathLike, settings: Mapping[str, Any],
     came from. Loading safety (``allow_global``, ``trust_checkpoint``) is taken from
     ``settings`` only, for the files named there."""
     from spectrum_cli import config
+    from spectrum_cli.io import storage
     from spectrum_cli.io.base import LoadPolicy
     from spectrum_cli.pipeline import Job
 
@@ -101,7 +102,7 @@ def resolve_job(path: str | os.PathLike, settings: Mapping[str, Any],
              if k in CONFIG_KEYS}
     if use_config:
         p = Path(path)
-        if near is None and p.exists():
+        if near is None and "://" not in str(path) and p.exists():
             near = p.resolve() if p.is_dir() else p.resolve().parent
         cfg = config.resolve(given, near=near)
     else:
@@ -110,6 +111,7 @@ def resolve_job(path: str | os.PathLike, settings: Mapping[str, Any],
     policy = LoadPolicy(tuple(settings.get("allow_global") or ()),
                         bool(settings.get("trust_checkpoint")), cfg.values.get("weights_key"),
                         tuple(settings.get("storage_option") or ()))
+    storage.configure(policy.storage_options)  # for listing and hashing URLs up front
     return Job.from_values(cfg.values, policy), cfg
 
 
@@ -290,7 +292,9 @@ def trajectory(target: str | os.PathLike, *, jobs: int = 1,
 
     s = _check(settings, list(CONFIG_KEYS) + list(_SAFETY))
     t = Path(target)
-    job, cfg = resolve_job(t, s, use_config, near=t.resolve() if t.is_dir() else None)
+    local = "://" not in str(target)
+    job, cfg = resolve_job(str(target), s, use_config,
+                           near=t.resolve() if local and t.is_dir() else None)
     try:
         rule = SpikeRule(spike_factor, spike_window)
     except ValueError as exc:

@@ -75,6 +75,10 @@ def _last_number(name: str) -> int | None:
 
 
 def discover(target: str) -> list[Candidate]:
+    from spectrum_cli.io import storage
+
+    if storage.is_url(target):
+        return _discover_remote(target)
     p = Path(target)
     if p.is_dir():
         items = [e for e in sorted(p.iterdir())
@@ -87,6 +91,25 @@ def discover(target: str) -> list[Candidate]:
         raise InputError(f"{target}: no checkpoints found (files {', '.join(SUFFIXES)} or "
                          "checkpoint-<step>/ folders)")
     found = [Candidate(str(e), _last_number(e.name)) for e in items]
+    return sorted(found, key=lambda c: (c.name_step is None, c.name_step or 0, c.path))
+
+
+def _discover_remote(target: str) -> list[Candidate]:
+    """:func:`discover` for an object-store folder or glob."""
+    from spectrum_cli.io import storage
+
+    if any(ch in target for ch in "*?["):
+        items = [(u, storage.pisdir(u)) for u in storage.glob(target)]
+    elif storage.is_dir(target):
+        items = storage.entries(target)
+    else:
+        items = [(target, False)]
+    found = [Candidate(u, _last_number(storage.basename(u))) for u, is_dir in items
+             if (is_dir and HF_DIR.match(storage.basename(u)))
+             or (not is_dir and os.path.splitext(u)[1] in SUFFIXES)]
+    if not found:
+        raise InputError(f"{target}: no checkpoints found (files {', '.join(SUFFIXES)} or "
+                         "checkpoint-<step>/ folders)")
     return sorted(found, key=lambda c: (c.name_step is None, c.name_step or 0, c.path))
 
 
@@ -109,7 +132,13 @@ def _open_regular(path: Path, limit: int | None = None) -> int:
 
 
 def content_hash(path: str) -> str:
-    """SHA-256 of every file of a checkpoint (one file, or a folder's files in order)."""
+    """SHA-256 of every file of a checkpoint (one file, or a folder's files in order); for
+    a URL, of what the store says of each object's content (size, ETag: see
+    :mod:`spectrum_cli.io.storage`), so that nothing is downloaded to hash it."""
+    from spectrum_cli.io import storage
+
+    if storage.is_url(path):
+        return "remote-" + storage.identity_digest(tuple(storage.files_under(path)))
     p = Path(path)
     files = [p] if not p.is_dir() else sorted(f for f in p.rglob("*") if f.is_file())
     h = hashlib.sha256()
@@ -119,6 +148,11 @@ def content_hash(path: str) -> str:
             while chunk := fh.read(1 << 20):
                 h.update(chunk)
     return h.hexdigest()
+
+
+def _absolute(path: str) -> str:
+    """What a worker (maybe on another machine) is told to read: an absolute path or URL."""
+    return path if "://" in path else os.path.abspath(path)
 
 
 def cache_key(path: str, job: Any) -> str:
@@ -294,6 +328,8 @@ def _hashed(path: str, job: Any) -> tuple[str | None, dict[str, Any] | None]:
         return cache_key(path, job), None
     except OSError as exc:
         return None, {"path": path, "status": "error", "error": f"cannot read: {exc}"}
+    except InputError as exc:  # an object store refused or lost the object
+        return None, {"path": path, "status": "error", "error": str(exc)}
 
 
 def _from_cache(cache: ResultCache, path: str, key: str) -> dict[str, Any] | None:
@@ -470,7 +506,7 @@ def run_batch(candidates: list[Candidate], job: Any, jobs: int = 1,
 
         runner = choose(executor, chosen)
         # Absolute paths: a worker (a Dask one, say) has a working directory of its own.
-        runner.run(compute_record, [(os.path.abspath(c.path), job, key) for c, key in misses],
+        runner.run(compute_record, [(_absolute(c.path), job, key) for c, key in misses],
                    chosen, finished)
     ordered = [records[c.path] for c in candidates]
     for c, r in zip(candidates, ordered):

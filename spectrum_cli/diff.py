@@ -52,6 +52,8 @@ def _is_report(path: str) -> bool:
     from spectrum_cli.core.errors import InputError
     from spectrum_cli.report.output import HDF5_MAGIC
 
+    if "://" in path:
+        return False  # reports are local files; a URL names a checkpoint
     try:
         st = os.stat(path)
     except OSError as exc:

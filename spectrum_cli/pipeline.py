@@ -528,10 +528,14 @@ def checkpoint_scalars(source: Any, warnings: list[str] | None = None) -> dict[s
     ``trainer_state.json`` beside the weights (its last logged loss at or before the
     checkpoint's global step). A damaged ``trainer_state.json`` is ignored with a
     warning: the scalars are a courtesy, the weights are the analysis."""
+    from spectrum_cli.io import storage
+
     out: dict[str, Any] = {}
-    state_file = Path(source.path if Path(source.path).is_dir()
-                      else Path(source.path).parent) / "trainer_state.json"
-    if state_file.is_file():  # a FIFO or a folder of that name is not read
+    folder = source.path if storage.pisdir(source.path) else storage.pdirname(source.path)
+    state_file = storage.pjoin(folder, "trainer_state.json")
+    present = (storage.exists(state_file) if storage.is_url(state_file)
+               else os.path.isfile(state_file))  # a FIFO or a folder of that name: no
+    if present:
         try:
             out.update(trainer_state_scalars(state_file))
         except ValueError as exc:
@@ -554,14 +558,18 @@ def _is_number(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
-def trainer_state_scalars(path: Path) -> dict[str, Any]:
+def trainer_state_scalars(path: str | os.PathLike) -> dict[str, Any]:
     """``global_step`` and the last logged ``loss`` at or before it from an HF
-    ``trainer_state.json``; ValueError says what is wrong with a damaged one."""
+    ``trainer_state.json`` (a local path or a URL); ValueError says what is wrong with a
+    damaged one."""
+    from spectrum_cli.core.errors import InputError
+    from spectrum_cli.io.base import open_regular
+
     try:
-        with open(path, "rb") as fh:
+        with open_regular(os.fspath(path)) as fh:
             blob = fh.read(_MAX_TRAINER_STATE + 1)
-    except OSError as exc:
-        raise ValueError(f"cannot read: {exc.strerror or exc}") from None
+    except (OSError, InputError) as exc:
+        raise ValueError(f"cannot read: {getattr(exc, 'strerror', None) or exc}") from None
     if len(blob) > _MAX_TRAINER_STATE:
         raise ValueError(f"larger than {_MAX_TRAINER_STATE >> 20} MiB")
     try:

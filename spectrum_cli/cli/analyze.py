@@ -15,7 +15,7 @@ from spectrum_cli.settings import NUMERICS, OPTIM, OUTPUT, RUN, SAFETY, SELECT
 
 @with_settings(SELECT, NUMERICS, OPTIM, OUTPUT, SAFETY, RUN)
 def analyze(
-    path: Annotated[Path, typer.Argument(
+    path: Annotated[str, typer.Argument(
         help="A checkpoint: torch.save file (.pt/.pth/.bin/.ckpt), .safetensors, "
              "*.index.json shards, .npy/.npz, or an HF model folder.", show_default=False)],
     report: Annotated[Optional[Path], typer.Option(
@@ -36,7 +36,7 @@ def analyze(
     raise typer.Exit(code)
 
 
-def _run(path: Path, report: Path | None, top: int | None, s: dict[str, Any], err) -> int:
+def _run(path: str, report: Path | None, top: int | None, s: dict[str, Any], err) -> int:
     from spectrum_cli import api
     from spectrum_cli.core.errors import ExitCode
     from spectrum_cli.report.output import check_target

@@ -14,8 +14,8 @@ from spectrum_cli.settings import SAFETY
 
 @with_settings("json_out", SAFETY)
 def diff(
-    a: Annotated[Path, typer.Argument(help="An HDF5 report or a checkpoint.")],
-    b: Annotated[Path, typer.Argument(help="The reference: report or checkpoint.")],
+    a: Annotated[str, typer.Argument(help="An HDF5 report or a checkpoint (path or URL).")],
+    b: Annotated[str, typer.Argument(help="The reference: report or checkpoint.")],
     md: Annotated[bool, typer.Option("--md", help="A Markdown table (for CI comments).")]
     = False,
     top: Annotated[int, typer.Option(help="Rows shown.")] = 20,
@@ -29,12 +29,18 @@ def diff(
         from spectrum_cli.io import LoadPolicy
         from spectrum_cli.pipeline import Job, config_values
 
+        from spectrum_cli.io import storage
+
+        policy = LoadPolicy(tuple(settings["allow_global"] or ()),
+                            settings["trust_checkpoint"],
+                            storage_options=tuple(settings["storage_option"] or ()))
+        storage.configure(policy.storage_options)
         for p in (a, b):
-            if not p.exists():
+            if not storage.plexists(p):
                 raise InputError(f"{p}: no such file or directory")
-        values, _ = config_values({}, near=a.resolve().parent)
-        job = Job.from_values(values, LoadPolicy(tuple(settings["allow_global"] or ()),
-                                                 settings["trust_checkpoint"]))
+        local = not storage.is_url(a)
+        values, _ = config_values({}, near=Path(a).resolve().parent if local else None)
+        job = Job.from_values(values, policy)
         json_out = settings["json_out"]
         doc = compare(str(a), str(b), job)
         if json_out:

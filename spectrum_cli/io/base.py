@@ -18,6 +18,7 @@ import functools
 import hashlib
 import importlib
 import inspect
+import io
 import math
 import os
 import pickle
@@ -31,6 +32,7 @@ from typing import IO, Any, Callable, Iterator, Protocol
 import numpy as np
 
 from spectrum_cli.core.errors import InputError, SpectrumError, UsageError
+from spectrum_cli.io import storage
 
 FLOAT_DTYPES = frozenset(
     {"float64", "float32", "float16", "bfloat16", "float8_e4m3fn", "float8_e5m2"}
@@ -102,7 +104,11 @@ def _file_kind(mode: int) -> str:
 def require_regular(path: str) -> os.stat_result:
     """``os.stat(path)`` (symlinks followed) when it is a regular file; anything else
     (missing, a symlink loop, a FIFO, a device, a directory) is an :class:`InputError`
-    raised before the path is ever opened."""
+    raised before the path is ever opened. A URL (:mod:`spectrum_cli.io.storage`) must
+    name an object, not a folder; its stat carries only the size."""
+    if storage.is_url(path):
+        size = storage.require_file(path)
+        return os.stat_result((stat.S_IFREG | 0o444, 0, 0, 1, 0, 0, size, 0, 0, 0))
     try:
         st = os.stat(path)
     except FileNotFoundError:
@@ -115,10 +121,15 @@ def require_regular(path: str) -> os.stat_result:
     return st
 
 
-def open_regular(path: str) -> IO[bytes]:
+def open_regular(path: str, *, block: int = 0) -> IO[bytes]:
     """Open a regular file for binary reading, refusing anything else without blocking:
     the path is checked first, then opened non-blocking and checked again on the open
-    descriptor (a FIFO swapped in between cannot make the open hang)."""
+    descriptor (a FIFO swapped in between cannot make the open hang). A URL opens as a
+    ranged-read file object (``block`` > 0: read ahead that many bytes; see
+    :func:`spectrum_cli.io.storage.open_file`)."""
+    if storage.is_url(path):
+        require_regular(path)
+        return storage.open_file(path, block=block)
     require_regular(path)
     extra = getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
     try:
@@ -262,7 +273,11 @@ class SourceBase:
 
 
 def sha256_files(paths: tuple[str, ...]) -> str:
-    """One SHA-256 over the files' bytes, in the given order (1 MiB reads)."""
+    """One SHA-256 over the files' bytes, in the given order (1 MiB reads). For URLs, over
+    what the store says of each object's content instead (size and content tag:
+    :func:`spectrum_cli.io.storage.identity_digest`), so nothing is downloaded twice."""
+    if any(storage.is_url(p) for p in paths):
+        return "remote:" + storage.identity_digest(tuple(paths))
     h = hashlib.sha256()
     for p in paths:
         with input_errors(p), open_regular(p) as fh:
@@ -273,6 +288,25 @@ def sha256_files(paths: tuple[str, ...]) -> str:
 
 def total_size(paths: tuple[str, ...]) -> int:
     return sum(require_regular(p).st_size for p in paths)
+
+
+def file_size(fh: IO[bytes]) -> int:
+    """The size of an open file: ``fstat`` for local files, the object's size otherwise."""
+    try:
+        return os.fstat(fh.fileno()).st_size
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        return int(fh.size)  # fsspec file objects know their size
+
+
+def read_at(fh: IO[bytes], offset: int, n: int) -> bytes:
+    """``n`` bytes at ``offset``: ``pread`` on local files (no shared file position),
+    one ranged read on remote ones."""
+    try:
+        fd = fh.fileno()
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        fh.seek(offset)
+        return fh.read(n)
+    return os.pread(fd, n, offset)
 
 
 @dataclass(frozen=True)
@@ -287,7 +321,8 @@ class Probe:
     def zip_names(self) -> list[str]:
         """The member names of a zip archive (InputError if it is a damaged one)."""
         try:
-            with open_regular(self.path) as fh, zipfile.ZipFile(fh) as zf:
+            with open_regular(self.path, block=storage.ZIP_BLOCK) as fh, \
+                    zipfile.ZipFile(fh) as zf:
                 return zf.namelist()
         except (zipfile.BadZipFile, OSError, EOFError) as exc:
             raise InputError(f"{self.path}: corrupt or truncated zip archive ({exc})") \

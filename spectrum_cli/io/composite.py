@@ -17,6 +17,7 @@ from typing import Iterator
 import numpy as np
 
 from spectrum_cli.core.errors import InputError
+from spectrum_cli.io import storage
 from spectrum_cli.io.base import (LoadPolicy, SourceBase, TensorInfo, TensorSource,
                                   input_errors, open_regular)
 
@@ -97,6 +98,11 @@ def shard_path(index_path: str, name: str) -> str:
     if name.endswith(".index.json"):
         raise InputError(f"{index_path}: shard {name!r} is itself an index (an index may "
                          "only name weight files)")
+    if storage.is_url(index_path):  # no symlinks in an object store: lexical check only
+        full_url = storage.inside(storage.dirname(index_path), name)
+        if full_url is None:
+            raise InputError(f"{index_path}: shard {name!r} is outside the index's folder")
+        return full_url
     folder = os.path.dirname(index_path) or "."
     full = os.path.join(folder, name)
     real = os.path.realpath(full)
@@ -110,7 +116,8 @@ def open_index(index_path: str, policy: LoadPolicy) -> ShardedSource:
     from spectrum_cli.io.detect import open_file
 
     paths = [shard_path(index_path, s) for s in read_shard_names(index_path)]
-    missing = [p for p in paths if not os.path.lexists(p)]
+    missing = [p for p in paths
+               if not (storage.exists(p) if storage.is_url(p) else os.path.lexists(p))]
     if missing:
         raise InputError(f"{index_path}: missing shard(s): {', '.join(missing)}")
     sources: list[TensorSource] = []

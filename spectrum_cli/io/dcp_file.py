@@ -35,6 +35,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from spectrum_cli.core.errors import InputError, UsageError
+from spectrum_cli.io import storage
 from spectrum_cli.io.base import (LoadPolicy, Probe, SourceBase, TensorInfo, input_errors,
                                   open_regular)
 from spectrum_cli.io.dcp_metadata import (METADATA_NAME, Chunk, Layout, TensorPlan,
@@ -96,7 +97,7 @@ class DCPSource(SourceBase):
 
     def __init__(self, path: str, policy: LoadPolicy | None = None) -> None:
         policy = policy or LoadPolicy()
-        meta_path = os.path.join(path, METADATA_NAME)
+        meta_path = storage.pjoin(path, METADATA_NAME)
         layout = Layout(path, load_metadata(meta_path))
         super().__init__(path, "torch-dcp", (meta_path, *sorted(layout.sizes)))
         self._layout = layout
@@ -270,7 +271,7 @@ def _metadata_is_pickle(path: str) -> bool:
         with open_regular(path) as fh:
             return fh.read(1) == b"\x80"
     except InputError:
-        return os.path.lexists(path)
+        return storage.plexists(path)
 
 
 class DCPReader:
@@ -288,15 +289,15 @@ class DCPReader:
 
     def can_open(self, p: Probe) -> bool:
         if p.is_dir:
-            return _metadata_is_pickle(os.path.join(p.path, METADATA_NAME))
-        base = os.path.basename(p.path)
+            return _metadata_is_pickle(storage.pjoin(p.path, METADATA_NAME))
+        base = storage.pbasename(p.path)
         if base == METADATA_NAME:
             return p.head[:1] == b"\x80"
         return base.endswith(".distcp") and _metadata_is_pickle(
-            os.path.join(os.path.dirname(p.path), METADATA_NAME))
+            storage.pjoin(storage.pdirname(p.path), METADATA_NAME))
 
     def open(self, path: str, policy: LoadPolicy) -> DCPSource:
-        folder = path if os.path.isdir(path) else (os.path.dirname(path) or ".")
+        folder = path if storage.pisdir(path) else storage.pdirname(path)
         source = DCPSource(folder, policy)
         if folder != path:
             source.notes.append(f"{path} is part of a DCP checkpoint: read the whole "

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from spectrum_cli.core.errors import InputError
+from spectrum_cli.io import storage
 from spectrum_cli.io.base import check_shape, input_errors, open_regular, require_regular
 
 METADATA_NAME = ".metadata"
@@ -255,6 +256,8 @@ def confined(root: str, rel: Any, meta: str) -> str:
     if not ok:
         raise InputError(f"{meta}: storage file {rel!r} is not a plain relative path "
                          "inside the checkpoint folder; refusing it")
+    if storage.is_url(root):  # an object store has no symlinks: the check above holds
+        return storage.join(root, rel)
     full = os.path.join(root, rel)
     real_root = os.path.realpath(root)
     if os.path.commonpath([real_root, os.path.realpath(full)]) != real_root:
@@ -268,7 +271,7 @@ class Layout:
 
     def __init__(self, root: str, meta: Any) -> None:
         self.root = root
-        self.meta_path = os.path.join(root, METADATA_NAME)
+        self.meta_path = storage.pjoin(root, METADATA_NAME)
         self.sizes: dict[str, int] = {}  # storage file -> its size
         version = getattr(meta, "version", None)
         self.version = version if isinstance(version, str) else None

@@ -20,7 +20,8 @@ import stat
 from typing import Any
 
 from spectrum_cli.core.errors import InputError
-from spectrum_cli.io.base import (LoadPolicy, Probe, TensorSource, input_errors,
+from spectrum_cli.io import storage
+from spectrum_cli.io.base import (LoadPolicy, Probe, TensorSource, file_size, input_errors,
                                   open_regular, require_regular)
 
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
@@ -49,7 +50,13 @@ def open_source(path: str, policy: LoadPolicy | None = None) -> TensorSource:
     Whatever the bytes, a failure is a :class:`SpectrumError` naming the file (one guard,
     :func:`~spectrum_cli.io.base.input_errors`, around the whole dispatch)."""
     policy = policy or LoadPolicy()
+    storage.configure(policy.storage_options)
+    path = storage.local_path(path)
     with input_errors(path):
+        if storage.is_url(path):
+            if storage.is_dir(path):
+                return _dispatch(Probe(path.rstrip("/"), True), policy)
+            return open_file(path, policy)
         try:
             is_dir = stat.S_ISDIR(os.stat(path).st_mode)
         except FileNotFoundError:
@@ -64,7 +71,7 @@ def open_source(path: str, policy: LoadPolicy | None = None) -> TensorSource:
 def open_file(path: str, policy: LoadPolicy) -> TensorSource:
     """A single (regular) checkpoint file or shard index, never a folder."""
     with open_regular(path) as fh:
-        size = os.fstat(fh.fileno()).st_size
+        size = file_size(fh)
         head = fh.read(64)
     if size == 0:
         raise InputError(f"{path}: empty file")
@@ -100,15 +107,16 @@ def _is_zip_head(head: bytes) -> bool:
 
 def open_directory(path: str, policy: LoadPolicy) -> TensorSource:
     """An HF-style model folder: the first of :data:`HF_CANDIDATES` that exists."""
+    remote = storage.is_url(path)
     try:
-        listing = sorted(os.listdir(path))
+        listing = storage.listdir(path) if remote else sorted(os.listdir(path))
     except OSError as exc:
         raise InputError(f"{path}: cannot list directory ({exc.strerror})") from None
     if not listing:
         raise InputError(f"{path}: empty directory")
     for name in HF_CANDIDATES:
         if name in listing:
-            full = os.path.join(path, name)
+            full = storage.join(path, name) if remote else os.path.join(path, name)
             require_regular(full)  # a FIFO or folder by that name is refused, not opened
             return open_file(full, policy)
     shown = ", ".join(listing[:8]) + (" ..." if len(listing) > 8 else "")

@@ -19,7 +19,8 @@ from typing import IO, Callable, Iterator
 import numpy as np
 
 from spectrum_cli.core.errors import InputError
-from spectrum_cli.io.base import SourceBase, TensorInfo, check_shape, open_regular
+from spectrum_cli.io.base import SourceBase, TensorInfo, check_shape, file_size, open_regular
+from spectrum_cli.io.storage import ZIP_BLOCK
 
 #: Bytes read and converted at a time.
 CHUNK_BYTES = 4 * 1024 * 1024
@@ -88,7 +89,7 @@ class NpySource(SourceBase):
                 self._arr = _read_header(fh, path)
             except (ValueError, OSError, EOFError) as exc:
                 raise InputError(f"{path}: corrupt .npy file ({exc})") from None
-            _check_fits(path, self._arr, os.fstat(fh.fileno()).st_size)
+            _check_fits(path, self._arr, file_size(fh))
 
     def entries(self) -> Iterator[TensorInfo]:
         skip = "object dtype (would need unpickling)" if self._arr.dtype.hasobject else None
@@ -105,7 +106,7 @@ class NpzSource(SourceBase):
         super().__init__(path, "npz", (path,))
         self._members: dict[str, tuple[str, _Array]] = {}
         try:
-            with open_regular(path) as raw, zipfile.ZipFile(raw) as zf:
+            with open_regular(path, block=ZIP_BLOCK) as raw, zipfile.ZipFile(raw) as zf:
                 for info in zf.infolist():
                     if info.filename.endswith(".npy"):
                         self._members[info.filename[:-4]] = (info.filename,
@@ -133,7 +134,7 @@ class NpzSource(SourceBase):
 
     def read(self, name: str) -> np.ndarray:
         member, arr = self._members[name]
-        with open_regular(self.path) as raw, zipfile.ZipFile(raw) as zf, \
+        with open_regular(self.path, block=ZIP_BLOCK) as raw, zipfile.ZipFile(raw) as zf, \
                 zf.open(member) as fh:
             fh.read(arr.data_start)  # the header, parsed when the file was opened
             return _fill(fh.read, arr, f"{self.path}[{member}]")

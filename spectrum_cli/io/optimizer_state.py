@@ -50,11 +50,15 @@ def hf_optimizer_file(checkpoint_path: str) -> str | None:
     """``optimizer.pt`` beside HF Trainer weights (``checkpoint-<step>/``), when there is
     an entry by that name (whatever its kind: :func:`load_sibling` refuses non-files)
     that is not the checkpoint itself."""
-    folder = checkpoint_path if os.path.isdir(checkpoint_path) else os.path.dirname(
+    from spectrum_cli.io import storage
+
+    folder = checkpoint_path if storage.pisdir(checkpoint_path) else storage.pdirname(
         checkpoint_path)
-    candidate = os.path.join(folder, "optimizer.pt")
-    if not os.path.lexists(candidate):
+    candidate = storage.pjoin(folder, "optimizer.pt")
+    if not storage.plexists(candidate):
         return None
+    if storage.is_url(candidate):
+        return None if candidate == checkpoint_path else candidate
     if os.path.realpath(candidate) == os.path.realpath(checkpoint_path):
         return None
     return candidate

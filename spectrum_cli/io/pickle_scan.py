@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import IO, Any, Iterator
 
 from spectrum_cli.io.base import open_regular
+from spectrum_cli.io.storage import ZIP_BLOCK
 
 _STRING_OPS = frozenset({"STRING", "BINSTRING", "SHORT_BINSTRING", "UNICODE", "BINUNICODE",
                          "SHORT_BINUNICODE", "BINUNICODE8"})
@@ -103,7 +104,7 @@ def scan_pickles(fh: IO[bytes], limit: int = 8) -> Scan:
 def scan_file(path: str) -> Scan:
     """Disassemble a torch file (its ``data.pkl`` for a zip, else the file's pickles)
     with :mod:`pickletools`: nothing is unpickled."""
-    with open_regular(path) as fh:
+    with open_regular(path, block=ZIP_BLOCK) as fh:
         if fh.read(4) != b"PK\x03\x04":
             fh.seek(0)
             return scan_pickles(fh)

@@ -20,11 +20,15 @@ from typing import Iterator
 import numpy as np
 
 from spectrum_cli.core.errors import InputError
-from spectrum_cli.io.base import SourceBase, TensorInfo, check_shape, open_regular
+from spectrum_cli.io import storage
+from spectrum_cli.io.base import (SourceBase, TensorInfo, check_shape, file_size,
+                                  open_regular, read_at)
 
 _MAX_HEADER = 100 * 1024 * 1024
 #: Bytes read and decoded at a time by :meth:`SafetensorsSource.read`.
 CHUNK_BYTES = 4 * 1024 * 1024
+#: From object storage each chunk is one ranged GET: fewer, larger requests.
+REMOTE_CHUNK_BYTES = 64 * 1024 * 1024
 
 # safetensors dtype -> (our dtype name, numpy storage dtype)
 _DTYPES: dict[str, tuple[str, str]] = {
@@ -163,7 +167,7 @@ def read_header(path: str) -> list[_Entry]:
     known dtype, a shape of non-negative ints, integer offsets inside the file that match
     the shape's byte count and do not overlap. Anything else is an :class:`InputError`."""
     with open_regular(path) as fh:
-        size = os.fstat(fh.fileno()).st_size
+        size = file_size(fh)
         head = fh.read(8)
         if len(head) < 8:
             raise InputError(f"{path}: too short to be a safetensors file ({size} bytes)")
@@ -207,11 +211,12 @@ class SafetensorsSource(SourceBase):
         itemsize = np.dtype(e.storage).itemsize
         count = e.nbytes // itemsize
         out = np.empty(count, dtype=np.float64)
-        step = max(1, CHUNK_BYTES // itemsize)
+        chunk = REMOTE_CHUNK_BYTES if storage.is_url(e.file) else CHUNK_BYTES
+        step = max(1, chunk // itemsize)
         with open_regular(e.file) as fh:
             for i in range(0, count, step):
                 n = min(step, count - i)
-                buf = os.pread(fh.fileno(), n * itemsize, e.start + i * itemsize)
+                buf = read_at(fh, e.start + i * itemsize, n * itemsize)
                 if len(buf) != n * itemsize:
                     raise InputError(f"{e.file}: short read of {name!r} (file changed "
                                      "underneath?)")

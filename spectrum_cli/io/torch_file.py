@@ -13,6 +13,7 @@ are paged in only when :meth:`TorchSource.read` touches it.
 
 from __future__ import annotations
 
+import contextlib
 import pickle
 import re
 import struct
@@ -25,8 +26,9 @@ import numpy as np
 
 from spectrum_cli.core.errors import (InputError, SpectrumError, UnsafeCheckpointError,
                                       UsageError)
-from spectrum_cli.io.base import (LoadPolicy, SourceBase, TensorInfo, require_regular,
-                                  resolve_global)
+from spectrum_cli.io import storage
+from spectrum_cli.io.base import (LoadPolicy, SourceBase, TensorInfo, open_regular,
+                                  require_regular, resolve_global)
 from spectrum_cli.io.pickle_scan import Scan, scan_file
 
 #: Keys under which training checkpoints keep the model's weights, in order of preference.
@@ -66,12 +68,22 @@ def _load(path: str, policy: LoadPolicy, is_zip: bool) -> Any:
     kwargs: dict[str, Any] = {"map_location": "cpu", "mmap": is_zip}
     require_regular(path)
     allowed = [] if policy.trust_checkpoint else allowed_globals(policy)  # UsageError first
+    with contextlib.ExitStack() as stack:
+        src: Any = path
+        if storage.is_url(path):  # a file object reading ahead; no mmap of a remote object
+            src = stack.enter_context(open_regular(path, block=storage.ZIP_BLOCK))
+            kwargs["mmap"] = False
+        return _torch_load(torch, src, path, policy, allowed, kwargs)
+
+
+def _torch_load(torch: Any, src: Any, path: str, policy: LoadPolicy, allowed: list,
+                kwargs: dict[str, Any]) -> Any:
     try:
         if policy.trust_checkpoint:
-            return torch.load(path, weights_only=False, **kwargs)
+            return torch.load(src, weights_only=False, **kwargs)
         with torch.serialization.safe_globals(allowed), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
-            return torch.load(path, weights_only=True, **kwargs)
+            return torch.load(src, weights_only=True, **kwargs)
     except pickle.UnpicklingError as exc:
         if policy.trust_checkpoint:
             raise InputError(f"{path}: corrupt pickle ({exc})") from None

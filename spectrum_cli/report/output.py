@@ -127,6 +127,8 @@ def _not_an_input(shown: str, real: str, st: os.stat_result | None,
                   inputs: Iterable[str | os.PathLike], kind: str) -> None:
     for item in inputs:
         item = os.fspath(item)
+        if "://" in item and not item.lower().startswith("file://"):
+            continue  # an object-store URL: a local write cannot replace it
         src = os.path.realpath(item)
         same = real == src
         if not same and st is not None:

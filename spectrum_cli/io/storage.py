@@ -1,0 +1,315 @@
+"""Object storage: ``s3://``, ``gs://``, ``hf://`` and other fsspec URLs wherever a path works.
+
+Needs the optional extra ``spectrum-cli[remote]`` (fsspec, s3fs); nothing here imports
+fsspec until a URL is met, and a plain path never goes through fsspec. Local files keep
+the guards of :mod:`spectrum_cli.io.base` (regular files only, opened non-blocking).
+
+Credentials and endpoint are the storage library's own (for S3: ``AWS_ACCESS_KEY_ID``,
+``AWS_SECRET_ACCESS_KEY``, ``AWS_ENDPOINT_URL``, ``AWS_PROFILE``...); ``--storage-option
+KEY=VALUE`` adds filesystem arguments (``endpoint_url=http://127.0.0.1:9000``,
+``anon=true``, ``client_kwargs.region_name=eu-west-1``). Storage options come from the
+command line only: a configuration file beside a checkpoint cannot point spectrum, and
+your credentials, at another endpoint.
+
+Reads are ranged: a file object opened here fetches only the bytes asked for
+(``cache_type="none"``: each ``read(n)`` is one ranged GET of n bytes), so reading a
+safetensors header and then one tensor transfers the header and that tensor only. Zip
+archives (torch files, .npz), which read many small pieces, use a read-ahead cache of
+:data:`ZIP_BLOCK` bytes.
+
+A remote object's identity for the result cache is its URL, size and the store's content
+tag (S3's ETag, GCS's md5/crc32c, a version id where there is one), not a hash of its
+bytes: hashing would download everything before any work starts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import posixpath
+import re
+from typing import IO, Any
+
+from spectrum_cli.core.errors import InputError, UsageError
+
+#: ``scheme://``: a URL for fsspec (a Windows drive letter ``C:`` is not a scheme).
+_URL = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]+)://")
+#: Read-ahead for zip archives (many small reads of the central directory and members).
+ZIP_BLOCK = 4 << 20
+#: The options given with ``--storage-option`` in this process (see :func:`configure`).
+_OPTIONS: dict[str, Any] = {}
+
+
+def is_url(path: Any) -> bool:
+    """True for ``scheme://...`` other than ``file://`` (local paths stay local)."""
+    m = _URL.match(str(path))
+    return bool(m) and m.group(1).lower() != "file"
+
+
+def local_path(path: str) -> str:
+    """``file:///x`` -> ``/x``; anything else unchanged."""
+    s = str(path)
+    return s[len("file://"):] if s.lower().startswith("file://") else s
+
+
+def parse_options(items: tuple[str, ...] | list[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` strings -> filesystem arguments. Dotted keys nest
+    (``client_kwargs.region_name=x`` -> ``{"client_kwargs": {"region_name": "x"}}``);
+    ``true``/``false``/``none``, integers and floats are converted, anything else stays a
+    string. A malformed item is a :class:`UsageError`."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = str(item).partition("=")
+        key = key.strip()
+        if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*",
+                                       key):
+            raise UsageError(f"--storage-option {item!r}: expected KEY=VALUE "
+                             "(e.g. endpoint_url=http://127.0.0.1:9000)")
+        *parents, leaf = key.split(".")
+        node = out
+        for p in parents:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise UsageError(f"--storage-option {item!r}: {p} is both a value and a group")
+        node[leaf] = _value(raw.strip())
+    return out
+
+
+def _value(raw: str) -> Any:
+    low = raw.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low in ("none", "null"):
+        return None
+    for cast in (int, float):
+        try:
+            return cast(raw)
+        except ValueError:
+            pass
+    return raw
+
+
+def configure(items: tuple[str, ...] | list[str]) -> None:
+    """Use these ``--storage-option`` items for every URL this process opens (a worker
+    process calls it with the options its task carries)."""
+    global _OPTIONS
+    _OPTIONS = parse_options(items)
+
+
+def filesystem(url: str) -> tuple[Any, str]:
+    """The fsspec filesystem for ``url`` and the path inside it."""
+    try:
+        import fsspec
+        from fsspec.core import split_protocol
+    except ImportError:
+        raise UsageError(f"{url}: reading URLs needs the remote extra: pip install "
+                         "'spectrum-cli[remote]'") from None
+    protocol, _ = split_protocol(url)
+    try:
+        cls = fsspec.get_filesystem_class(protocol)
+    except (ImportError, ValueError) as exc:
+        raise UsageError(f"{url}: no filesystem for {protocol}:// ({exc}); for s3:// "
+                         "install 'spectrum-cli[remote]'") from None
+    try:
+        fs = cls(**_OPTIONS)
+    except TypeError as exc:
+        raise UsageError(f"--storage-option: {protocol}:// does not take these options "
+                         f"({exc})") from None
+    return fs, cls._strip_protocol(url)
+
+
+def _remote_error(url: str, exc: BaseException) -> InputError:
+    if isinstance(exc, FileNotFoundError):
+        return InputError(f"{url}: no such file or directory")
+    if isinstance(exc, PermissionError):
+        return InputError(f"{url}: access denied ({exc})")
+    text = str(exc).strip().splitlines()
+    return InputError(f"{url}: cannot read it ({type(exc).__name__}"
+                      f"{': ' + text[0][:200] if text else ''})")
+
+
+def info(url: str) -> dict[str, Any]:
+    """The store's description of ``url`` (``type`` is ``file`` or ``directory``;
+    ``size``). A missing object, refused access or unreachable store is an InputError."""
+    fs, path = filesystem(url)
+    try:
+        fs.invalidate_cache(path)  # a run being written changes under a watch
+        return fs.info(path)
+    except Exception as exc:  # noqa: BLE001 - any failure of the store names the URL
+        raise _remote_error(url, exc) from None
+
+
+def is_dir(url: str) -> bool:
+    return info(url).get("type") == "directory"
+
+
+def exists(url: str) -> bool:
+    fs, path = filesystem(url)
+    try:
+        return bool(fs.exists(path))
+    except Exception:  # noqa: BLE001 - unreachable counts as absent; reading says why
+        return False
+
+
+def require_file(url: str) -> int:
+    """The size of ``url`` when it is a file (object); anything else is an InputError."""
+    meta = info(url)
+    if meta.get("type") != "file":
+        raise InputError(f"{url}: a directory, not a file; refusing to read it")
+    return int(meta.get("size") or 0)
+
+
+def open_file(url: str, *, block: int = 0) -> IO[bytes]:
+    """A seekable binary file object reading ``url`` by ranges: ``block`` 0 fetches
+    exactly the bytes asked for; a positive ``block`` reads ahead that much."""
+    fs, path = filesystem(url)
+    try:
+        if block:
+            return fs.open(path, "rb", block_size=block, cache_type="readahead")
+        return fs.open(path, "rb", cache_type="none")
+    except Exception as exc:  # noqa: BLE001
+        raise _remote_error(url, exc) from None
+
+
+def listdir(url: str) -> list[str]:
+    """Names (not paths) of the entries directly under the folder ``url``."""
+    fs, path = filesystem(url)
+    try:
+        fs.invalidate_cache(path)
+        entries = fs.ls(path, detail=False)
+    except Exception as exc:  # noqa: BLE001
+        raise _remote_error(url, exc) from None
+    base = path.rstrip("/")
+    names = []
+    for e in entries:
+        e = str(e).rstrip("/")
+        if e != base:
+            names.append(posixpath.basename(e))
+    return sorted(set(names))
+
+
+def _split(url: str) -> tuple[str, str]:
+    scheme, rest = url.split("://", 1)
+    return scheme + "://", rest
+
+
+def join(url: str, name: str) -> str:
+    """``url/name`` for a plain file name (no separators, no ``..``: checked by callers)."""
+    return url.rstrip("/") + "/" + name
+
+
+def dirname(url: str) -> str:
+    scheme, rest = _split(url)
+    return scheme + posixpath.dirname(rest.rstrip("/"))
+
+
+def basename(url: str) -> str:
+    return posixpath.basename(_split(url)[1].rstrip("/"))
+
+
+def inside(folder: str, name: str) -> str | None:
+    """``folder/name`` when the relative ``name`` stays inside ``folder`` (no absolute
+    path, no URL, no ``..`` escaping it); None otherwise. Object stores have no symlinks,
+    so the lexical check is the whole check."""
+    if not name or "://" in name or name.startswith(("/", "\\")) or "\\" in name:
+        return None
+    norm = posixpath.normpath(name)
+    if norm == ".." or norm.startswith("../") or norm == ".":
+        return None
+    return join(folder, norm)
+
+
+def identity(url: str) -> str:
+    """A stable description of the object's content as the store reports it: size and
+    content tag (ETag / md5 / crc32c / version id), JSON."""
+    meta = info(url)
+    keys = ("size", "ETag", "etag", "md5Hash", "md5", "crc32c", "VersionId", "version_id",
+            "LastModified", "mtime", "last_modified")
+    picked = {k: str(meta[k]) for k in keys if meta.get(k) is not None}
+    return json.dumps({"url": url, **picked}, sort_keys=True)
+
+
+def identity_digest(urls: tuple[str, ...]) -> str:
+    """One SHA-256 over the objects' :func:`identity` (the remote counterpart of hashing
+    the bytes of local files)."""
+    h = hashlib.sha256()
+    for u in urls:
+        h.update(identity(u).encode())
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+# ---- path functions that take a local path or a URL alike --------------------------
+
+def pjoin(folder: str, name: str) -> str:
+    import os
+
+    return join(folder, name) if is_url(folder) else os.path.join(folder, name)
+
+
+def pdirname(path: str) -> str:
+    import os
+
+    return dirname(path) if is_url(path) else (os.path.dirname(path) or ".")
+
+
+def pbasename(path: str) -> str:
+    import os
+
+    return basename(path) if is_url(path) else os.path.basename(path)
+
+
+def plexists(path: str) -> bool:
+    import os
+
+    return exists(path) if is_url(path) else os.path.lexists(path)
+
+
+def pisdir(path: str) -> bool:
+    import os
+
+    if is_url(path):
+        try:
+            return is_dir(path)
+        except InputError:
+            return False
+    return os.path.isdir(path)
+
+
+def entries(url: str) -> list[tuple[str, bool]]:
+    """``(url of entry, is_dir)`` for the entries directly under the folder ``url``."""
+    fs, path = filesystem(url)
+    try:
+        fs.invalidate_cache(path)
+        listing = fs.ls(path, detail=True)
+    except Exception as exc:  # noqa: BLE001
+        raise _remote_error(url, exc) from None
+    base = path.rstrip("/")
+    out = []
+    for e in listing:
+        name = str(e.get("name", "")).rstrip("/")
+        if name and name != base:
+            out.append((join(url, posixpath.basename(name)), e.get("type") == "directory"))
+    return sorted(out)
+
+
+def glob(pattern: str) -> list[str]:
+    """URLs matching a glob pattern (``s3://bucket/run/ckpt-*.pt``)."""
+    fs, path = filesystem(pattern)
+    scheme = _split(pattern)[0]
+    try:
+        return sorted(scheme + str(p) for p in fs.glob(path))
+    except Exception as exc:  # noqa: BLE001
+        raise _remote_error(pattern, exc) from None
+
+
+def files_under(url: str) -> list[str]:
+    """Every object under ``url`` (itself when it is a file), sorted."""
+    if not is_dir(url):
+        return [url]
+    fs, path = filesystem(url)
+    scheme = _split(url)[0]
+    try:
+        return sorted(scheme + str(p) for p in fs.find(path))
+    except Exception as exc:  # noqa: BLE001
+        raise _remote_error(url, exc) from None

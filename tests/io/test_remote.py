@@ -1,0 +1,247 @@
+"""Issue 12 item 3: s3:// (and other fsspec URLs) wherever a path works, against moto's S3
+server on 127.0.0.1. What crosses the wire is counted by a TCP proxy in front of the
+server, independently of spectrum and s3fs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("s3fs")
+pytest.importorskip("moto")
+
+from safetensors.numpy import save_file  # noqa: E402
+
+from spectrum_cli.io import storage  # noqa: E402
+from tests.helpers import RUN_DEPENDENT, run_cli  # noqa: E402
+from tests.remote import CREDENTIALS, moto_s3  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+SPECTRUM = Path(sys.executable).with_name("spectrum")
+SAMPLE_PT = ROOT / "sample_checkpoints" / "tiny-mlp" / "checkpoint.pt"
+
+
+@pytest.fixture(scope="module")
+def s3():
+    with moto_s3() as server:
+        yield server
+
+
+@pytest.fixture
+def s3env(s3, monkeypatch):
+    for k, v in s3.env.items():
+        monkeypatch.setenv(k, v)
+    return s3
+
+
+def numbers(doc: dict) -> dict:
+    """name -> the per-tensor metrics (what must be identical wherever the bytes live)."""
+    out = {}
+    for t in doc["tensors"]:
+        out[t["name"]] = {k: v for k, v in t.items()
+                          if isinstance(v, (int, float)) and k not in RUN_DEPENDENT}
+    return out
+
+
+def analyze_json(*args: str) -> dict:
+    r = run_cli("analyze", *args, "--json", "--no-cache")
+    assert r.exit_code == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def assert_same(a: dict, b: dict) -> None:
+    na, nb = numbers(a), numbers(b)
+    assert na.keys() == nb.keys() and na
+    for name in na:
+        for k, v in na[name].items():
+            assert nb[name][k] == pytest.approx(v, rel=1e-12, abs=0), (name, k)
+
+
+def sharded_llm(folder: Path, layers: int = 4, seed: int = 0) -> dict[str, np.ndarray]:
+    """A small sharded HF folder: 2 shards, an index, a config.json."""
+    rng = np.random.default_rng(seed)
+    tensors = {}
+    for i in range(layers):
+        tensors[f"model.layers.{i}.self_attn.q_proj.weight"] = rng.standard_normal((64, 64))
+        tensors[f"model.layers.{i}.mlp.up_proj.weight"] = rng.standard_normal((512, 128))
+        tensors[f"model.layers.{i}.input_layernorm.weight"] = np.ones(64)
+    folder.mkdir(parents=True)
+    names = sorted(tensors)
+    half = len(names) // 2
+    weight_map = {}
+    for k, part in enumerate((names[:half], names[half:])):
+        shard = f"model-{k + 1:05d}-of-00002.safetensors"
+        save_file({n: tensors[n].astype(np.float32) for n in part}, str(folder / shard))
+        weight_map.update({n: shard for n in part})
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    (folder / "config.json").write_text("{}")
+    return tensors
+
+
+def test_safetensors_from_s3_equals_local(s3env, tmp_path):
+    rng = np.random.default_rng(1)
+    local = tmp_path / "m.safetensors"
+    save_file({"a": rng.standard_normal((40, 30)), "b": rng.standard_normal((30, 30))},
+              str(local))
+    url = s3env.upload(local, "s3://remote1/m.safetensors")
+    assert_same(analyze_json(str(local)), analyze_json(url))
+
+
+def test_torch_zip_through_a_file_object_equals_local(s3env):
+    url = s3env.upload(SAMPLE_PT, "s3://remote2/tiny/checkpoint.pt")
+    remote = analyze_json(url)
+    assert remote["source"]["files"] == [url]
+    assert_same(analyze_json(str(SAMPLE_PT)), remote)
+
+
+def test_sharded_folder_and_include_reads_a_small_part(s3env, tmp_path):
+    folder = tmp_path / "llm"
+    sharded_llm(folder, layers=8)
+    url = s3env.upload(folder, "s3://remote3/llm")
+    total = sum(f.stat().st_size for f in folder.iterdir())
+    s3env.proxy.reset()
+    assert_same(analyze_json(str(folder)), analyze_json(url))
+    everything = s3env.proxy.received
+    assert everything > total  # every tensor's bytes came over the wire (plus HTTP)
+    s3env.proxy.reset()
+    one = analyze_json(url, "--include", "model.layers.0.mlp.up_proj.weight")
+    assert [t["name"] for t in one["tensors"]] == ["model.layers.0.mlp.up_proj.weight"]
+    tensor_bytes = 512 * 128 * 4
+    # The index, both headers, that tensor: a fraction of the folder, well under half.
+    assert tensor_bytes < s3env.proxy.received < tensor_bytes + 64 * 1024
+    assert s3env.proxy.received < 0.2 * total
+
+
+def test_storage_option_instead_of_the_environment(s3, tmp_path, monkeypatch):
+    for k in ("AWS_ENDPOINT_URL", *CREDENTIALS):
+        monkeypatch.delenv(k, raising=False)
+    url = s3.upload(SAMPLE_PT, "s3://remote4/checkpoint.pt")
+    doc = analyze_json(url, "--storage-option", f"endpoint_url={s3.endpoint}",
+                       "--storage-option", "key=testing", "--storage-option", "secret=testing",
+                       "--storage-option", "client_kwargs.region_name=us-east-1")
+    assert_same(analyze_json(str(SAMPLE_PT)), doc)
+
+
+@pytest.mark.parametrize("option", ["novalue", "=x", "a..b=1"])
+def test_malformed_storage_option_is_a_usage_error(s3env, option):
+    r = run_cli("analyze", "s3://remote4/checkpoint.pt", "--storage-option", option)
+    assert r.exit_code == 2 and "--storage-option" in r.stderr
+
+
+def test_storage_options_never_come_from_a_config_file(s3env, tmp_path, monkeypatch):
+    (tmp_path / "spectrum.toml").write_text('storage_option = ["endpoint_url=http://evil"]\n')
+    monkeypatch.chdir(tmp_path)
+    r = run_cli("analyze", "s3://remote4/checkpoint.pt")
+    assert r.exit_code == 2 and "storage_option" in r.stderr
+
+
+def test_missing_object_and_bucket_name_the_url(s3env):
+    for url in ("s3://remote4/nope.pt", "s3://no-such-bucket-x/a.pt"):
+        r = run_cli("analyze", url)
+        assert r.exit_code == 2, r.output
+        assert url in r.stderr and "Traceback" not in r.stderr
+
+
+def test_index_naming_a_shard_outside_its_folder_is_refused(s3env, tmp_path):
+    folder = tmp_path / "evil"
+    sharded_llm(folder, layers=2)
+    s3env.upload(folder, "s3://remote5/secret")  # what the index tries to reach
+    for bad in ("../secret/model-00001-of-00002.safetensors",
+                "s3://remote5/secret/model-00001-of-00002.safetensors"):
+        doc = json.loads((folder / "model.safetensors.index.json").read_text())
+        first = next(iter(doc["weight_map"]))
+        doc["weight_map"][first] = bad
+        (folder / "model.safetensors.index.json").write_text(json.dumps(doc))
+        url = s3env.upload(folder, "s3://remote5/evil")
+        r = run_cli("analyze", url)
+        assert r.exit_code == 2, r.output
+        assert "outside the index's folder" in r.stderr
+
+
+def test_hf_checkpoint_folder_reads_trainer_state_from_s3(s3env, tmp_path):
+    folder = tmp_path / "checkpoint-30"
+    sharded_llm(folder, layers=1)
+    (folder / "trainer_state.json").write_text(json.dumps(
+        {"global_step": 30, "log_history": [{"step": 20, "loss": 1.5}]}))
+    url = s3env.upload(folder, "s3://remote6/run/checkpoint-30")
+    doc = analyze_json(url)
+    assert doc["checkpoint"]["step"] == 30 and doc["checkpoint"]["loss"] == 1.5
+
+
+def test_batch_of_an_s3_folder_equals_local_and_caches(s3env, tmp_path):
+    run = tmp_path / "run"
+    for step in (10, 20):
+        sharded_llm(run / f"checkpoint-{step}", layers=1, seed=step)
+    url = s3env.upload(run, "s3://remote7/run")
+    cache = tmp_path / "cache"
+
+    def batch(target: str) -> dict:
+        r = run_cli("batch", target, "--json", "--cache-dir", cache)
+        assert r.exit_code == 0, r.stderr
+        return json.loads(r.stdout)
+
+    local, remote = batch(str(run)), batch(url)
+    assert [c["path"] for c in remote["checkpoints"]] == [f"{url}/checkpoint-10",
+                                                          f"{url}/checkpoint-20"]
+    for a, b in zip(local["checkpoints"], remote["checkpoints"]):
+        assert a["indicators"] == pytest.approx(b["indicators"], rel=1e-12)
+    s3env.proxy.reset()
+    again = batch(url)
+    assert all(c["cached"] for c in again["checkpoints"])
+    assert s3env.proxy.received < 16 * 1024  # listings and HEADs only: nothing re-read
+
+
+def test_jobs_2_from_s3_equals_jobs_1(s3env, tmp_path):
+    folder = tmp_path / "llm"
+    sharded_llm(folder, layers=3)
+    url = s3env.upload(folder, "s3://remote8/llm")
+    assert_same(analyze_json(url), analyze_json(url, "--jobs", "2"))
+
+
+def test_console_script_reads_s3(s3, tmp_path):
+    url = s3.upload(SAMPLE_PT, "s3://remote9/checkpoint.pt")
+    report = tmp_path / "r.h5"
+    env = {**os.environ, **s3.env}
+    r = subprocess.run([str(SPECTRUM), "analyze", url, "--report", str(report), "--json"],
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["source"]["path"] == url and report.stat().st_size > 0
+
+
+def test_unreachable_endpoint_fails_fast_with_exit_2(tmp_path):
+    t0 = time.monotonic()
+    env = {**os.environ, **CREDENTIALS, "AWS_ENDPOINT_URL": "http://127.0.0.1:9",
+           "AWS_MAX_ATTEMPTS": "1"}
+    r = subprocess.run([str(SPECTRUM), "analyze", "s3://b/x.pt"], capture_output=True,
+                       text=True, env=env, timeout=120)
+    assert r.returncode == 2, r.stderr
+    assert "s3://b/x.pt" in r.stderr and "Traceback" not in r.stderr
+    assert time.monotonic() - t0 < 100
+
+
+def test_url_helpers_confine_names():
+    assert storage.inside("s3://b/run", "model.safetensors") == "s3://b/run/model.safetensors"
+    assert storage.inside("s3://b/run", "sub/x.bin") == "s3://b/run/sub/x.bin"
+    for bad in ("../x", "a/../../x", "/etc/passwd", "s3://c/x", "..", "a\\b", ""):
+        assert storage.inside("s3://b/run", bad) is None
+    assert storage.is_url("s3://b/k") and storage.is_url("gs://b/k")
+    assert not storage.is_url("file:///tmp/x") and not storage.is_url("C:/x")
+    assert storage.parse_options(["anon=true", "a.b=3", "x=1.5", "s=hi"]) == {
+        "anon": True, "a": {"b": 3}, "x": 1.5, "s": "hi"}
+
+
+def test_diff_of_a_remote_and_a_local_checkpoint(s3env):
+    url = s3env.upload(SAMPLE_PT, "s3://remote10/checkpoint.pt")
+    r = run_cli("diff", url, str(SAMPLE_PT), "--json")
+    assert r.exit_code == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["a"]["path"] == url and doc["tensors"]
+    for t in doc["tensors"]:  # the same bytes, read from S3 and from disk
+        assert all(m["delta"] == 0 for m in t["metrics"].values()), t["name"]
