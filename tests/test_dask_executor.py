@@ -121,6 +121,30 @@ def test_a_relative_path_reaches_the_workers(on_cluster, several, monkeypatch):
     assert doc["summary"]["errors"] == 0
 
 
+def test_workers_read_from_s3_with_the_storage_options_of_the_command(on_cluster, several):
+    """Workers read the object themselves: the URL and --storage-option travel with the
+    task (the workers' environment has no endpoint or credentials)."""
+    pytest.importorskip("s3fs")
+    pytest.importorskip("moto")
+    from tests.remote import moto_s3
+
+    local, r1 = run_json(several, "--threads", "1", "--no-cache")
+    with moto_s3() as s3:
+        url = s3.upload(several, "s3://dask-bucket/several.safetensors")
+        s3.proxy.reset()
+        remote, r2 = run_json(url, "--threads", "1", "--jobs", "2", "--no-cache",
+                              "--executor", "dask",
+                              "--storage-option", f"endpoint_url={s3.endpoint}",
+                              "--storage-option", "key=testing",
+                              "--storage-option", "secret=testing")
+        assert s3.proxy.received >= several.stat().st_size  # the workers did read it
+    assert r1.exit_code == r2.exit_code == 0, r2.stderr
+    assert remote["settings"]["run"]["executor"] == "dask"
+    a, b = stripped(local), stripped(remote)
+    a.pop("source"), b.pop("source")
+    assert a == b  # every number, bit for bit
+
+
 def test_scheduler_option_alone_selects_dask(on_cluster, several, monkeypatch):
     """--scheduler (no --executor): the tasks go to that cluster."""
     address = os.environ["SPECTRUM_SCHEDULER"]
