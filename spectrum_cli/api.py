@@ -168,15 +168,19 @@ def run_options(values: Mapping[str, Any], cache_dir: str | os.PathLike | None =
                 cache_min_bytes: int = 0) -> Any:
     """How the tensors are measured, from the resolved settings (jobs, threads,
     max_memory, executor) and the cache folder."""
-    from spectrum_cli.executors import parse_size
     from spectrum_cli.pipeline import RunOptions
 
-    limit = values.get("max_memory")
     return RunOptions(jobs=int(values.get("jobs") or 1), threads=values.get("threads"),
-                      max_memory=None if limit in (None, "") else parse_size(limit),
+                      max_memory=_size_or_none(values.get("max_memory")),
                       executor=values.get("executor") or "auto",
                       cache_dir=None if cache_dir is None else str(cache_dir),
                       cache_min_bytes=cache_min_bytes)
+
+
+def _size_or_none(limit: Any) -> int | None:
+    from spectrum_cli.executors import parse_size
+
+    return None if limit in (None, "") else parse_size(limit)
 
 
 class _Arrays:
@@ -304,10 +308,12 @@ def trajectory(target: str | os.PathLike, *, jobs: int = 1,
         result = B.run_batch(candidates, job, jobs,
                              None if cache_dir is None else str(cache_dir),
                              threads=cfg.values.get("threads"), on_result=on_result,
-                             on_warning=on_warning, executor=cfg.values.get("executor", "auto"))
+                             on_warning=on_warning, executor=cfg.values.get("executor", "auto"),
+                             max_memory=_size_or_none(cfg.values.get("max_memory")))
     doc = T.build(result.records, str(target),
                   {"analysis": job.options.as_dict(), "operator": job.values, "jobs": jobs,
                    "config_file": cfg.file, "executor": cfg.values.get("executor", "auto"),
+                   "parallel_over": result.parallel_over,
                    **result.plan.as_settings()}, rule, job.fail_on)
     inputs = (str(target), *(str(c.path) for c in candidates))
     return Trajectory(json.loads(dumps(doc)), result.records, inputs, doc)

@@ -301,14 +301,15 @@ def valid_record(record: Any, key: str) -> bool:
 # --------------------------------------------------------------------------- one checkpoint
 
 
-def compute_record(path: str, job: Any, key: str) -> dict[str, Any]:
-    """Analyse one checkpoint (no cache): its record, ``status`` "ok" or "error"."""
+def compute_record(path: str, job: Any, key: str, run: Any = None) -> dict[str, Any]:
+    """Analyse one checkpoint (no cache): its record, ``status`` "ok" or "error".
+    ``run`` (:class:`~spectrum_cli.pipeline.RunOptions`): its tensors in parallel."""
     from spectrum_cli.pipeline import analyze_checkpoint
     from spectrum_cli.report.document import json_safe
 
     t0 = time.perf_counter()
     try:
-        out = analyze_checkpoint(path, job, digest=False)
+        out = analyze_checkpoint(path, job, digest=False, run=run)
     except SpectrumError as exc:
         return {"path": path, "status": "error", "error": str(exc)}
     except Exception as exc:  # a bug or a torch failure on this file: keep going
@@ -452,6 +453,7 @@ class BatchResult:
     records: list[dict[str, Any]]
     plan: Plan
     cache_warnings: list[str] = field(default_factory=list)
+    parallel_over: str = "checkpoints"
 
 
 def _hash_all(candidates: list[Candidate], job: Any, jobs: int
@@ -463,13 +465,49 @@ def _hash_all(candidates: list[Candidate], job: Any, jobs: int
         return list(hashers.map(lambda c: _hashed(c.path, job), candidates))
 
 
+#: A checkpoint at least this big is analysed with its tensors in parallel, not whole in
+#: one worker (which would serialise its tensors and hold the pool's other workers idle).
+BIG_CHECKPOINT = 1 << 30
+
+
+def checkpoint_bytes(path: str) -> int:
+    """The stored size of a checkpoint (a file, or a folder's files), 0 if unknown."""
+    from spectrum_cli.io import storage
+
+    try:
+        if storage.is_url(path):
+            return sum(storage.require_file(u) for u in storage.files_under(path))
+        p = Path(path)
+        if p.is_dir():
+            return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+        return p.stat().st_size
+    except (OSError, SpectrumError):
+        return 0
+
+
+def parallel_over(misses: int, jobs: int, sizes: list[int], max_memory: int | None) -> str:
+    """``"checkpoints"`` (one worker per checkpoint) or ``"tensors"`` (checkpoints one at
+    a time, each one's tensors in parallel, largest first). Tensors when there are fewer
+    checkpoints to compute than workers, when one of them is big
+    (:data:`BIG_CHECKPOINT`), or under ``--max-memory``, whose per-tensor estimate only
+    the tensor path can honour."""
+    if jobs <= 1 or misses == 0:
+        return "checkpoints"
+    if max_memory is not None or misses < jobs or any(n >= BIG_CHECKPOINT for n in sizes):
+        return "tensors"
+    return "checkpoints"
+
+
 def run_batch(candidates: list[Candidate], job: Any, jobs: int = 1,
               cache_dir: str | None = None, threads: int | None = None,
               on_result: Callable[[dict[str, Any]], None] | None = None,
-              on_warning: Warn | None = None, executor: str = "auto") -> BatchResult:
+              on_warning: Warn | None = None, executor: str = "auto",
+              max_memory: int | None = None) -> BatchResult:
     """Analyse every candidate: cached results first (in this process: no torch, no
     user code), then the misses with ``executor`` (a name in the ``spectrum.executors``
-    registry; ``auto``: worker processes when ``jobs`` > 1 and there are several)."""
+    registry; ``auto``: worker processes when ``jobs`` > 1 and there are several), one
+    checkpoint per task or, for big checkpoints and under ``max_memory`` (bytes), one
+    tensor per task (:func:`parallel_over`)."""
     records: dict[str, dict[str, Any]] = {}
     cache = ResultCache(cache_dir, on_warning)
 
@@ -494,7 +532,21 @@ def run_batch(candidates: list[Candidate], job: Any, jobs: int = 1,
             cache.put(key, record)
         done(c, record)
 
-    chosen = plan(jobs, threads, len(misses))
+    mode = parallel_over(len(misses), jobs, [checkpoint_bytes(c.path) for c, _ in misses]
+                         if jobs > 1 and misses else [], max_memory)
+    if mode == "tensors":
+        from spectrum_cli.pipeline import RunOptions
+
+        chosen = plan(jobs, threads, jobs)
+        tensors = RunOptions(jobs=jobs, threads=chosen.threads, max_memory=max_memory,
+                             executor=executor)
+        for c, key in misses:  # one checkpoint at a time; its tensors on every worker
+            record = compute_record(_absolute(c.path), job, key, tensors)
+            record["path"] = c.path
+            computed(c, key, record)
+        misses = []
+    else:
+        chosen = plan(jobs, threads, len(misses))
     if misses:
         def finished(i: int, result: Any) -> None:
             c, key = misses[i]
@@ -513,7 +565,7 @@ def run_batch(candidates: list[Candidate], job: Any, jobs: int = 1,
         if r.get("step") is None:
             r["step"] = c.name_step
     ordered.sort(key=lambda r: (r.get("step") is None, r.get("step") or 0))
-    return BatchResult(ordered, chosen, cache.warnings)
+    return BatchResult(ordered, chosen, cache.warnings, mode)
 
 
 def run(candidates: list[Candidate], job: Any, jobs: int = 1, cache_dir: str | None = None,
