@@ -134,6 +134,7 @@ def analyze(path: str | os.PathLike, *, use_config: bool = True, digest: bool = 
 
     s = _check(settings, list(CONFIG_KEYS) + list(_SAFETY))
     job, cfg = resolve_job(path, s, use_config)
+    _require_device(cfg.values)
     run = run_options(cfg.values, cache_dir, cache_min_bytes)
     with threads_limited(cfg.values.get("threads") or available_cores()), \
             _scheduler(cfg.values):
@@ -175,6 +176,24 @@ def run_options(values: Mapping[str, Any], cache_dir: str | os.PathLike | None =
                       executor=values.get("executor") or "auto",
                       cache_dir=None if cache_dir is None else str(cache_dir),
                       cache_min_bytes=cache_min_bytes)
+
+
+def _require_device(values: Mapping[str, Any]) -> None:
+    """``--device cuda`` where this machine computes and has no CUDA device is a usage
+    error said once, before anything is read (on a Dask cluster the workers decide)."""
+    if values.get("device") != "cuda":
+        return
+    if values.get("executor") == "dask" or values.get("scheduler") or \
+            values.get("scheduler_file") or os.environ.get("SPECTRUM_SCHEDULER") or \
+            os.environ.get("SPECTRUM_SCHEDULER_FILE"):
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        built = "built with CUDA " + torch.version.cuda if torch.version.cuda else \
+            "a CPU-only build"
+        raise UsageError(f"--device cuda: torch sees no CUDA device on this machine "
+                         f"(torch {torch.__version__}, {built})")
 
 
 def _size_or_none(limit: Any) -> int | None:
@@ -299,6 +318,7 @@ def trajectory(target: str | os.PathLike, *, jobs: int = 1,
     local = "://" not in str(target)
     job, cfg = resolve_job(str(target), s, use_config,
                            near=t.resolve() if local and t.is_dir() else None)
+    _require_device(cfg.values)
     try:
         rule = SpikeRule(spike_factor, spike_window)
     except ValueError as exc:
