@@ -73,7 +73,7 @@ class Analysis:
                      inputs=list(self.result.source.files))
 
 
-def _check(settings: Mapping[str, Any], allowed: Sequence[str]) -> dict[str, Any]:
+def check_settings(settings: Mapping[str, Any], allowed: Sequence[str]) -> dict[str, Any]:
     """Validate setting names (a typo is an error naming the known ones) and normalise
     list-valued settings given as a single string."""
     out = {}
@@ -132,7 +132,7 @@ def analyze(path: str | os.PathLike, *, use_config: bool = True, digest: bool = 
     from spectrum_cli.executors import available_cores, threads_limited
     from spectrum_cli.pipeline import analyze_checkpoint
 
-    s = _check(settings, list(CONFIG_KEYS) + list(_SAFETY))
+    s = check_settings(settings, list(CONFIG_KEYS) + list(_SAFETY))
     job, cfg = resolve_job(path, s, use_config)
     _require_device(cfg.values)
     run = run_options(cfg.values, cache_dir, cache_min_bytes)
@@ -240,7 +240,7 @@ def analyze_arrays(arrays: Mapping[str, Any], **settings: Any) -> Any:
     from spectrum_cli.core.analyze import analyze_source
     from spectrum_cli.core.results import SourceInfo
 
-    s = _check(settings, list(CONFIG_KEYS))
+    s = check_settings(settings, list(CONFIG_KEYS))
     job, _ = resolve_job("<arrays>", s, use_config=False)
     source = _Arrays(arrays)
     info = SourceInfo(source.path, source.format, (), 0, None)
@@ -313,7 +313,7 @@ def trajectory(target: str | os.PathLike, *, jobs: int = 1,
     from spectrum_cli.report import trajectory as T
     from spectrum_cli.report.document import dumps
 
-    s = _check(settings, list(CONFIG_KEYS) + list(_SAFETY))
+    s = check_settings(settings, list(CONFIG_KEYS) + list(_SAFETY))
     t = Path(target)
     local = "://" not in str(target)
     job, cfg = resolve_job(str(target), s, use_config,

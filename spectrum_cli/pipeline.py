@@ -39,7 +39,7 @@ class Job:
 
         fail_on = tuple(values.get("fail_on", ()))
         # Validate now: a bad condition is a usage error up front.
-        parse_conditions(fail_on, _metric_names())
+        parse_conditions(fail_on, metric_names())
         options = AnalyzeOptions(
             include=tuple(values.get("include", ())), exclude=tuple(values.get("exclude", ())),
             eps=parse_eps(values.get("eps", [])),
@@ -61,7 +61,7 @@ class Job:
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _metric_names() -> list[str]:
+def metric_names() -> list[str]:
     """Names --fail-on accepts beside the core's: the registered metrics (entry points
     only: nothing is imported) and the operator metrics each optimizer rule declares."""
     from spectrum_cli import plugins
@@ -126,10 +126,10 @@ def analyze_checkpoint(path: str, job: Job, digest: bool = True,
     from spectrum_cli.core.thresholds import evaluate, parse_conditions
     from spectrum_cli.io import open_source
     from spectrum_cli.io.base import sha256_files, total_size
-    from spectrum_cli.report.document import build_document, unchecked
+    from spectrum_cli.report.document import build_document
 
     t0 = time.perf_counter()
-    conditions = parse_conditions(job.fail_on, _metric_names())
+    conditions = parse_conditions(job.fail_on, metric_names())
     warnings: list[str] = []
     source = open_source(str(path), job.policy)
     try:
@@ -152,14 +152,25 @@ def analyze_checkpoint(path: str, job: Job, digest: bool = True,
     if dispatch is not None:
         doc["settings"]["run"] = dispatch.record
         doc["summary"]["from_cache"] = dispatch.from_cache
-    if optim is not None:
-        doc["optimizer"] = dict(optim.optimizer, notes=optim.notes)
-        doc["operators"] = operators
-        doc["fail_on"]["unchecked"] += unchecked(conditions, [Checkable(o) for o in operators])
-        doc["summary"]["operators"] = len(operators)
+    attach_operators(doc, optim, conditions)
     # All the work: reading, measuring, the optimizer state and its operators.
     doc["summary"]["wall_s"] = time.perf_counter() - t0
     return Outcome(doc, result, optim.arrays if optim else [], warnings, violations)
+
+
+def attach_operators(doc: dict[str, Any], optim: Any, conditions: Any) -> None:
+    """Put an optimizer report (:class:`~spectrum_cli.optim.analysis.OptimizerReport`,
+    or None) into an analysis document: the optimizer's metrics and notes, the operators,
+    the --fail-on conditions they could not check, their count."""
+    from spectrum_cli.report.document import unchecked
+
+    if optim is None:
+        return
+    operators = optim.operators
+    doc["optimizer"] = dict(optim.optimizer, notes=optim.notes)
+    doc["operators"] = operators
+    doc["fail_on"]["unchecked"] += unchecked(conditions, [Checkable(o) for o in operators])
+    doc["summary"]["operators"] = len(operators)
 
 
 # --------------------------------------------------------------------------- dispatch

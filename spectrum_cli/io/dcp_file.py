@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import io
 import math
-import os
 import pickle
 import warnings
 from typing import Any, Iterator

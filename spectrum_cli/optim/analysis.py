@@ -119,7 +119,7 @@ def analyze_optimizer(state: Mapping, weights: Mapping[str, Any],
             raise InputError(f"{where}: {rule.refusal}")
         report.notes.append(rule.refusal)
         return report
-    before_first = _before_first_step(snapshot)
+    before_first = before_first_step(snapshot)
     if before_first and rule.before_first_step:
         report.notes.append(rule.before_first_step)
     if source is None:
@@ -130,21 +130,37 @@ def analyze_optimizer(state: Mapping, weights: Mapping[str, Any],
     if before_first and rule.before_first_step:
         raise InputError(f"{where}: {rule.before_first_step}; save the optimizer after at "
                          "least one step(), or analyse the weights without --model/--data")
-    selector = Selector(options.params, ())
+    from spectrum_cli.io.usercode import load_callable, resolve_loss
+
+    return operators_on(snapshot, report, before_first, options, backends,
+                        lambda names: (model, load_callable(source.data, "--data")(),
+                                       resolve_loss(source.loss), names), "--params")
+
+
+def operators_on(snapshot: opt_io.OptimizerSnapshot, report: OptimizerReport,
+                 before_first: bool, options: OperatorOptions,
+                 backends: Callable[[str], Any] | None,
+                 problem_inputs: Callable[[list[str]], tuple[Any, Any, Any, list[str]]],
+                 params_flag: str = "--params") -> OptimizerReport:
+    """The update operators of ``snapshot``'s rule, added to ``report``: the parameters
+    the optimizer tracks (all of them before the first step) that ``options.params``
+    selects, the loss Hessian over them (checked once against double backward), the
+    rule's operator forms. ``problem_inputs(names)`` gives ``(model, data, loss,
+    names)`` for :func:`spectrum_cli.core.hessian.build_problem` (a checkpoint's model
+    and the user's data, or a live model's copy and batch)."""
+    from spectrum_cli.core.hessian import build_problem
+
+    rule = snapshot.rule
     tracked = [p for p in snapshot.params if p.moments]
     if before_first:  # buffers are state, not structure (SGD)
         tracked = [p for p in snapshot.params if p.shape is not None]
         report.notes.append(rule.without_state)
+    selector = Selector(options.params, ())
     chosen = [p for p in tracked if selector(p.name)]
     if not chosen:
-        raise UsageError("no optimizer-tracked parameter matches --params "
+        raise UsageError(f"no optimizer-tracked parameter matches {params_flag} "
                          f"{list(options.params)}")
-    from spectrum_cli.core.hessian import build_problem
-    from spectrum_cli.io.usercode import resolve_loss
-    from spectrum_cli.io.usercode import load_callable
-
-    data = load_callable(source.data, "--data")()
-    problem = build_problem(model, data, resolve_loss(source.loss), [p.name for p in chosen])
+    problem = build_problem(*problem_inputs([p.name for p in chosen]))
     report.notes.extend(problem.notes)
     check = problem.check_against_double_backward(options.seed)
     if not check <= 1e-8:
@@ -159,7 +175,7 @@ def analyze_optimizer(state: Mapping, weights: Mapping[str, Any],
     return report
 
 
-def _before_first_step(snapshot: opt_io.OptimizerSnapshot) -> bool:
+def before_first_step(snapshot: opt_io.OptimizerSnapshot) -> bool:
     """True when no parameter has optimizer state at all: a snapshot saved before the
     first ``step()`` (or plain SGD without momentum, which never keeps buffers)."""
     return bool(snapshot.params) and not any(p.moments for p in snapshot.params)

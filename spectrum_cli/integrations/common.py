@@ -1,0 +1,86 @@
+"""What the framework callbacks share: when to measure, the logged names, the stop rule.
+
+Each callback owns a :class:`Schedule`: measure every ``every_n_steps`` optimizer steps
+(in memory, no checkpoint needed) and/or whenever the framework saves a checkpoint
+(``on_save``), at most once per step. A measurement's indicators are logged as
+``<prefix><indicator>`` (``spectrum/tensors.max_kappa``), plus
+``<prefix>fail_on_violations`` (their count) when ``fail_on`` conditions are set; a
+violation stops the training (each framework's own flag) and is logged as a warning on
+the ``spectrum_cli.integrations`` logger.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from spectrum_cli.core.errors import UsageError
+
+log = logging.getLogger("spectrum_cli.integrations")
+
+
+def missing_extra(package: str, extra: str) -> ImportError:
+    """The ImportError raised when a framework integration's package is not installed."""
+    return ImportError(f"this integration needs {package}: "
+                       f"pip install 'spectrum-cli[{extra}]'")
+
+
+class Schedule:
+    """The monitor of one callback, when it measures, and what came of it.
+
+    ``monitor``: a :class:`~spectrum_cli.integrations.monitor.SpectrumMonitor`, or None
+    to build one from ``settings`` (not both). ``last``: the latest measurement;
+    ``stopped``: the measurement that stopped the training (None while none did)."""
+
+    def __init__(self, monitor: Any, settings: dict[str, Any], every_n_steps: int | None,
+                 on_save: bool, prefix: str) -> None:
+        from spectrum_cli.integrations.monitor import SpectrumMonitor
+
+        if every_n_steps is not None and (isinstance(every_n_steps, bool) or not isinstance(
+                every_n_steps, int) or every_n_steps < 1):
+            raise UsageError(f"every_n_steps: expected a positive integer or None, got "
+                             f"{every_n_steps!r}")
+        if not isinstance(on_save, bool):
+            raise UsageError(f"on_save: expected True or False, got {on_save!r}")
+        if every_n_steps is None and not on_save:
+            raise UsageError("every_n_steps=None and on_save=False: the callback would "
+                             "never measure")
+        if not isinstance(prefix, str):
+            raise UsageError(f"prefix: expected a string, got {prefix!r}")
+        if monitor is not None and settings:
+            raise UsageError(f"pass either a monitor or its settings, not both (got "
+                             f"{', '.join(sorted(settings))} besides the monitor)")
+        self.monitor = monitor if monitor is not None else SpectrumMonitor(**settings)
+        self.every_n_steps, self.on_save, self.prefix = every_n_steps, on_save, prefix
+        self.last: Any = None
+        self.stopped: Any = None
+
+    def every(self, step: int) -> bool:
+        """Whether ``step`` is one of the every-N steps and not measured yet."""
+        return (self.every_n_steps is not None and step > 0
+                and step % self.every_n_steps == 0 and not self.measured(step))
+
+    def measured(self, step: int) -> bool:
+        return self.last is not None and self.last.step == step
+
+    @property
+    def wants_operators(self) -> bool:
+        return self.monitor.loss is not None
+
+    def measure(self, model: Any, step: int, optimizer: Any = None,
+                batch: Any = None) -> tuple[Any, dict[str, float]]:
+        """Measure; returns the measurement and the values to log under the prefix."""
+        m = self.monitor.measure(model, step,
+                                 optimizer=optimizer if self.wants_operators else None,
+                                 batch=batch)
+        self.last = m
+        for warning in m.warnings:  # a matrix that could not be measured, say
+            log.warning("spectrum: step %s: %s", step, warning)
+        logs = {f"{self.prefix}{k}": float(v) for k, v in m.indicators.items()}
+        if self.monitor.fail_on:
+            logs[f"{self.prefix}fail_on_violations"] = float(len(m.violations))
+        if m.failed and self.stopped is None:
+            self.stopped = m
+        if m.failed:
+            log.warning("%s; stopping the training", m.message())
+        return m, logs

@@ -1,0 +1,131 @@
+"""``SpectrumCallback`` for the Hugging Face ``transformers.Trainer``
+(``pip install 'spectrum-cli[hf]'``).
+
+>>> trainer = Trainer(model=model, args=args, train_dataset=train)      # doctest: +SKIP
+>>> spectrum = SpectrumCallback.attach(trainer, every_n_steps=100,
+...                                    fail_on=["kappa>1e4"], include=["*.attn.*"])
+>>> trainer.train()
+
+When: at every step on which the trainer is about to save a checkpoint (measured in
+``on_step_end``, before the save, so the values are in that checkpoint's
+``trainer_state.json``; a save decided later, after an evaluation say, is measured in
+``on_save``) and, with ``every_n_steps``, every N optimizer steps without any checkpoint.
+What: the indicators of :class:`~spectrum_cli.integrations.monitor.SpectrumMonitor`
+(the keyword settings go to it) under ``spectrum/<indicator>``.
+
+Where the values go: through ``Trainer.log``, the trainer's own path for metrics, so
+they land in ``state.log_history`` (hence every later ``trainer_state.json``) and reach
+every reporting callback (``report_to``: TensorBoard, W&B, MLflow, ...), exactly as the
+training loss does. A ``TrainerCallback`` is not handed its trainer, so bind it:
+:meth:`SpectrumCallback.attach` (creates, binds, adds) or ``callback.bind(trainer)``
+after ``Trainer(callbacks=[callback])``. Unbound, the values still go to
+``state.log_history`` (and ``trainer_state.json``) but to no reporting integration, and
+the callback warns once.
+
+``fail_on``: a violation sets ``control.should_training_stop`` (the trainer stops after
+this step, saving as it was going to), logs the violations as a warning on the
+``spectrum_cli.integrations`` logger and keeps the measurement in ``callback.stopped``.
+
+Operator indicators: ``loss`` (``"mse"``, ``"cross_entropy"`` or a callable
+``(outputs, targets) -> scalar``) and ``batch``, a held-out ``(inputs, targets)`` pair
+on which ``model(inputs)`` runs (the trainer does not hand its batches to callbacks);
+the optimizer is the trainer's. Their cost is described in
+:mod:`spectrum_cli.integrations.operators`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from spectrum_cli.integrations.common import Schedule, log, missing_extra
+
+try:
+    from transformers import TrainerCallback
+except ImportError:  # pragma: no cover - exercised only without the extra
+    raise missing_extra("transformers", "hf") from None
+
+__all__ = ["SpectrumCallback"]
+
+
+class SpectrumCallback(TrainerCallback):
+    """Measure the model's weight spectra during ``Trainer.train()``; see the module.
+
+    ``trainer``: the trainer to log through (or :meth:`bind` it later);
+    ``every_n_steps``: also measure every N optimizer steps (None: only at saves);
+    ``on_save``: measure at the trainer's checkpoint saves; ``monitor``: a ready
+    :class:`~spectrum_cli.integrations.monitor.SpectrumMonitor`, else ``settings`` build
+    one (``include``, ``exclude``, ``indicators``, ``fail_on``, ``loss``, ``batch``, ...);
+    ``prefix``: of the logged names."""
+
+    def __init__(self, trainer: Any = None, *, every_n_steps: int | None = None,
+                 on_save: bool = True, monitor: Any = None, prefix: str = "spectrum/",
+                 **settings: Any) -> None:
+        self.schedule = Schedule(monitor, settings, every_n_steps, on_save, prefix)
+        self.trainer = trainer
+        self._warned_unbound = False
+
+    @classmethod
+    def attach(cls, trainer: Any, **kwargs: Any) -> "SpectrumCallback":
+        """A callback bound to ``trainer`` and added to its callbacks."""
+        callback = cls(trainer, **kwargs)
+        trainer.add_callback(callback)
+        return callback
+
+    def bind(self, trainer: Any) -> "SpectrumCallback":
+        """Log through ``trainer`` (its ``log``: history and reporting callbacks)."""
+        self.trainer = trainer
+        return self
+
+    @property
+    def last(self) -> Any:
+        """The latest :class:`~spectrum_cli.integrations.monitor.Measurement`."""
+        return self.schedule.last
+
+    @property
+    def stopped(self) -> Any:
+        """The measurement whose ``fail_on`` violation stopped the training, or None."""
+        return self.schedule.stopped
+
+    # -- the trainer's events ----------------------------------------------------------
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        step = state.global_step
+        s = self.schedule
+        if s.every(step) or (s.on_save and control.should_save and not s.measured(step)):
+            self._measure(state, control, kwargs)
+        return control
+
+    def on_epoch_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        # save_strategy="epoch" decides here, after on_step_end and before the save.
+        s = self.schedule
+        if s.on_save and control.should_save and not s.measured(state.global_step):
+            self._measure(state, control, kwargs)
+        return control
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        # A save decided after an evaluation (save_strategy="best") or a final save:
+        # measured now, so the values reach the log (and the next trainer_state.json).
+        s = self.schedule
+        if s.on_save and not s.measured(state.global_step):
+            self._measure(state, control, kwargs)
+        return control
+
+    def _measure(self, state: Any, control: Any, kwargs: dict[str, Any]) -> None:
+        model = kwargs.get("model")
+        if model is None:
+            log.warning("spectrum: the trainer passed no model to the callback; "
+                        "nothing measured at step %s", state.global_step)
+            return
+        m, logs = self.schedule.measure(model, state.global_step, kwargs.get("optimizer"))
+        if self.trainer is not None:
+            self.trainer.log(dict(logs))
+        else:
+            if not self._warned_unbound:
+                log.warning("spectrum: SpectrumCallback is not bound to its Trainer "
+                            "(SpectrumCallback.attach(trainer) or callback.bind(trainer)):"
+                            " the values go to state.log_history only, not to the "
+                            "reporting integrations (TensorBoard, W&B)")
+                self._warned_unbound = True
+            state.log_history.append({**logs, "step": state.global_step})
+        if m.failed:
+            control.should_training_stop = True

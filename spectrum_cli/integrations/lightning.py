@@ -1,0 +1,101 @@
+"""``SpectrumCallback`` for Lightning's ``Trainer.fit``
+(``pip install 'spectrum-cli[lightning]'``).
+
+>>> trainer = L.Trainer(max_steps=1000, callbacks=[                    # doctest: +SKIP
+...     SpectrumCallback(every_n_steps=100, fail_on=["kappa>1e4"], include=["*.attn.*"])])
+>>> trainer.fit(module, train_loader)
+
+When: with ``every_n_steps``, every N optimizer steps in ``on_train_batch_end`` (in
+memory, no checkpoint needed), and, with ``on_save`` (default), whenever a checkpoint is
+saved (``on_save_checkpoint``), at most once per step. What: the indicators of
+:class:`~spectrum_cli.integrations.monitor.SpectrumMonitor` (the keyword settings go to
+it) under ``spectrum/<indicator>``.
+
+Where the values go: to every logger of the trainer (``logger.log_metrics(values,
+step=trainer.global_step)``: TensorBoard, CSV, W&B, ...) directly, so they are written
+whatever ``log_every_n_steps`` is; in ``on_train_batch_end`` also to
+``pl_module.log_dict(..., logger=False)``, so that ``trainer.callback_metrics`` holds them
+(``EarlyStopping(monitor="spectrum/tensors.max_kappa")`` works) without a second copy
+in the loggers.
+
+``fail_on``: a violation sets ``trainer.should_stop`` (Lightning ends the fit after this
+batch), logs the violations as a warning on the ``spectrum_cli.integrations`` logger and
+keeps the measurement in ``callback.stopped``.
+
+Operator indicators: ``loss`` (``"mse"``, ``"cross_entropy"`` or a callable
+``(outputs, targets) -> scalar`` of ``pl_module(inputs)``); the batch is the one the
+trainer just trained on (an ``(inputs, targets)`` pair) unless a held-out ``batch`` is
+given, and the optimizer the trainer's only one. Their cost is described in
+:mod:`spectrum_cli.integrations.operators`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from spectrum_cli.core.errors import UsageError
+from spectrum_cli.integrations.common import Schedule, missing_extra
+
+try:
+    from lightning.pytorch import Callback
+except ImportError:  # pragma: no cover - exercised only without the extra
+    raise missing_extra("lightning", "lightning") from None
+
+__all__ = ["SpectrumCallback"]
+
+
+class SpectrumCallback(Callback):
+    """Measure the module's weight spectra during ``Trainer.fit``; see the module.
+
+    ``every_n_steps``: measure every N optimizer steps (None: only at saves);
+    ``on_save``: measure when a checkpoint is saved; ``monitor``: a ready
+    :class:`~spectrum_cli.integrations.monitor.SpectrumMonitor`, else ``settings`` build
+    one (``include``, ``exclude``, ``indicators``, ``fail_on``, ``loss``, ``batch``, ...);
+    ``prefix``: of the logged names."""
+
+    def __init__(self, *, every_n_steps: int | None = None, on_save: bool = True,
+                 monitor: Any = None, prefix: str = "spectrum/", **settings: Any) -> None:
+        self.schedule = Schedule(monitor, settings, every_n_steps, on_save, prefix)
+        self._batch: Any = None
+
+    @property
+    def last(self) -> Any:
+        """The latest :class:`~spectrum_cli.integrations.monitor.Measurement`."""
+        return self.schedule.last
+
+    @property
+    def stopped(self) -> Any:
+        """The measurement whose ``fail_on`` violation stopped the training, or None."""
+        return self.schedule.stopped
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        s = self.schedule
+        if s.wants_operators and s.monitor.batch is None:
+            self._batch = batch  # the batch just trained on, for a save-time measurement
+        if not s.every(trainer.global_step):
+            return
+        logs = self._measure(trainer, pl_module, batch)
+        pl_module.log_dict(logs, logger=False, on_step=True, on_epoch=False)
+
+    def on_save_checkpoint(self, trainer: Any, pl_module: Any,
+                           checkpoint: dict[str, Any]) -> None:
+        s = self.schedule
+        if s.on_save and not s.measured(trainer.global_step):
+            self._measure(trainer, pl_module, self._batch)
+
+    def _measure(self, trainer: Any, pl_module: Any, batch: Any) -> dict[str, float]:
+        optimizer = None
+        if self.schedule.wants_operators:
+            if len(trainer.optimizers) != 1:
+                raise UsageError(f"operator indicators need exactly one optimizer; the "
+                                 f"trainer has {len(trainer.optimizers)}")
+            optimizer = trainer.optimizers[0]
+        held_out = self.schedule.monitor.batch
+        m, logs = self.schedule.measure(pl_module, trainer.global_step, optimizer,
+                                        held_out if held_out is not None else batch)
+        for logger in trainer.loggers:
+            logger.log_metrics(logs, step=trainer.global_step)
+        if m.failed:
+            trainer.should_stop = True
+        return logs

@@ -1,0 +1,288 @@
+"""The framework-free monitor behind the training-loop callbacks.
+
+:class:`SpectrumMonitor` measures the weights a training loop holds in memory (a
+``torch.nn.Module`` or a state dict of tensors or arrays: no checkpoint file) exactly as
+``spectrum analyze`` measures a checkpoint (:func:`spectrum_cli.core.analyze.analyze_source`
+with the same settings, backends and metric plugins), builds the same document, and
+reduces it to the indicators ``spectrum batch`` records per checkpoint
+(:func:`spectrum_cli.batch.indicators`: ``tensors.max_kappa``, ``tensors.min_stable_rank``,
+``<form>.spectral_radius``, ``optimizer.eos_ratio_gd``, ...), so a live series and a
+batch trajectory of the same run have the same names and values. ``fail_on`` conditions
+are the command line's (:mod:`spectrum_cli.core.thresholds`), evaluated on the tensors
+and the operator entries as ``spectrum analyze --fail-on`` evaluates them.
+
+Operator indicators (ρ(J), κ(V), edge-of-stability ratios, Hessian extremes) need the
+model, the optimizer, a batch and the loss: pass ``loss`` to the monitor and the
+optimizer and batch to :meth:`SpectrumMonitor.measure`
+(:mod:`spectrum_cli.integrations.operators`).
+
+Cost, paid while training waits: every selected matrix is copied to the CPU in float64,
+one at a time, and gets a full SVD (O(m n min(m, n)) flops, Golub & Van Loan, *Matrix
+Computations*, 4th ed., §8.6; about 1 s for the 40 matrices of a 22.7M-parameter model
+of MiniLM's shape on one core, measured), square matrices up
+to ``square_max_dim`` also an eigen-analysis (``square="none"`` skips it). Restrict the
+work with ``include``/``exclude`` globs (``*`` crosses dots, or ``re:REGEX``) and measure
+every N steps rather than every step. Operator indicators cost far more (see
+:mod:`~spectrum_cli.integrations.operators`). Tied weights (one tensor under two names)
+are measured once. Under data parallelism each process holds the same replica and
+computes the same numbers, so every rank reaches the same ``fail_on`` decision; spectrum
+gathers no sharded parameters (what ``state_dict()`` of a ZeRO-3 or FSDP model holds on
+each process is what is measured, and an empty partition is skipped as empty).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from spectrum_cli.core.errors import UsageError
+from spectrum_cli.settings import names
+
+#: Settings of the schema that mean something for weights in memory: the analysis
+#: settings, BLAS threads, the operator settings other than what names code to import
+#: (the loop hands over its model, optimizer and batch; ``loss`` is an argument of its
+#: own, a name or a callable) and ``fail_on``.
+ALLOWED = (*names("analysis"), "threads",
+           *(n for n in names("operator") if n not in ("model", "data", "loss")), "fail_on")
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One measurement of the weights at ``step``.
+
+    ``indicators``: name -> value, the names of ``spectrum batch``'s trajectory (only
+    those the monitor's ``indicators`` patterns select); ``violations``: the ``fail_on``
+    violations (:class:`spectrum_cli.core.thresholds.Violation`); ``document``: the
+    ``spectrum analyze --json`` document of these weights (JSON-safe);
+    ``singular_values``: each analysed matrix's singular values (for histograms)."""
+
+    step: int
+    indicators: dict[str, float]
+    violations: tuple[Any, ...]
+    document: dict[str, Any] = field(repr=False)
+    singular_values: dict[str, np.ndarray] = field(repr=False, default_factory=dict)
+    warnings: tuple[str, ...] = ()
+    time_s: float = 0.0
+
+    @property
+    def failed(self) -> bool:
+        """Whether some ``fail_on`` condition is violated."""
+        return bool(self.violations)
+
+    def message(self, limit: int = 5) -> str:
+        """One line naming the violations (the first ``limit``), for a log."""
+        if not self.violations:
+            return f"spectrum: step {self.step}: no fail_on condition violated"
+        shown = "; ".join(f"{v.tensor}: {v.condition.metric} = {v.value:.6g} violates "
+                          f"{v.condition}" for v in self.violations[:limit])
+        more = len(self.violations) - limit
+        return (f"spectrum: step {self.step}: {len(self.violations)} fail_on violation(s): "
+                f"{shown}" + (f" (and {more} more)" if more > 0 else ""))
+
+
+class LiveTensors:
+    """Weights in memory as a tensor source (the reader protocol of
+    :mod:`spectrum_cli.io.base`): ``entries()`` from shapes and dtypes without copying,
+    ``read(name)`` one float64 CPU copy at a time. A tensor stored under two names (tied
+    weights) is listed once, the later names skipped with the reason."""
+
+    format = "live"
+    files: tuple[str, ...] = ()
+
+    def __init__(self, weights: Mapping[str, Any], path: str = "<live weights>") -> None:
+        from spectrum_cli.io.base import TensorInfo
+
+        self.path = path
+        self.notes: list[str] = []
+        self._weights = dict(weights)
+        self.size_bytes = 0
+        seen: dict[Any, str] = {}
+        self._entries = []
+        for name, value in self._weights.items():
+            shape, dtype, key, nbytes = _describe(value)
+            skip = None
+            if key is not None and key in seen:
+                skip = f"the same tensor as {seen[key]!r} (tied weights)"
+            else:
+                if key is not None:
+                    seen[key] = name
+                self.size_bytes += nbytes
+            self._entries.append(TensorInfo(str(name), shape, dtype, skip))
+
+    def entries(self) -> list[Any]:
+        return list(self._entries)
+
+    def read(self, name: str) -> np.ndarray:
+        value = self._weights[name]
+        if type(value).__module__.startswith("torch"):
+            import torch
+
+            return value.detach().to(device="cpu", dtype=torch.float64, copy=True).numpy()
+        return np.array(value, dtype=np.float64, copy=True)
+
+    def scalars(self) -> dict[str, Any]:
+        return {}
+
+    def training_state(self) -> Any:
+        return None
+
+    def close(self) -> None:
+        pass
+
+
+def _describe(value: Any) -> tuple[tuple[int, ...], str, Any, int]:
+    """Shape, dtype name, identity of the stored data (None: unknown) and bytes."""
+    if type(value).__module__.startswith("torch"):
+        dtype = str(value.dtype).removeprefix("torch.")
+        key = None
+        if value.numel() and value.device.type != "meta":
+            key = (str(value.device), value.untyped_storage().data_ptr(),
+                   value.storage_offset(), tuple(value.shape), tuple(value.stride()), dtype)
+        return tuple(value.shape), dtype, key, value.numel() * value.element_size()
+    a = np.asarray(value)
+    key = (a.__array_interface__["data"][0], a.shape, a.strides, a.dtype.str) if a.size \
+        else None
+    return tuple(a.shape), a.dtype.name, key, a.nbytes
+
+
+def _weights_of(model_or_state: Any) -> tuple[Mapping[str, Any], Any]:
+    """(the state dict, the module or None)."""
+    if hasattr(model_or_state, "state_dict") and hasattr(model_or_state, "named_parameters"):
+        return model_or_state.state_dict(), model_or_state
+    if isinstance(model_or_state, Mapping):
+        return model_or_state, None
+    raise UsageError("expected a torch.nn.Module or a mapping of names to tensors/arrays, "
+                     f"got {type(model_or_state).__name__}")
+
+
+class SpectrumMonitor:
+    """Measure in-memory weights; see the module docstring for what and at what cost.
+
+    ``settings`` are the schema's analysis settings with underscores, as for
+    :func:`spectrum_cli.analyze` (``include``, ``exclude``, ``square``, ``backend``,
+    ``threads``, ``fail_on``, and for the operators ``params``, ``dense_max``,
+    ``coordinates``, ``step_convention``); no configuration file or ``SPECTRUM_*``
+    variable is read. ``indicators``: names or patterns (globs, ``re:REGEX``) of the
+    indicators to report (None: all). ``loss``: ``"mse"``, ``"cross_entropy"`` or a
+    callable ``(outputs, targets) -> scalar``; with it, :meth:`measure` given an
+    optimizer and a batch adds the update-operator indicators. ``batch``: a held-out
+    ``(inputs, targets)`` used when :meth:`measure` gets none.
+    """
+
+    def __init__(self, *, indicators: Sequence[str] | None = None,
+                 loss: str | Callable[[Any, Any], Any] | None = None, batch: Any = None,
+                 **settings: Any) -> None:
+        from spectrum_cli.api import check_settings, resolve_job
+        from spectrum_cli.core.selection import compile_pattern
+        from spectrum_cli.core.thresholds import parse_conditions
+        from spectrum_cli.pipeline import metric_names
+
+        unknown = sorted(set(settings) - set(ALLOWED))
+        if unknown:
+            raise UsageError(f"SpectrumMonitor: unknown or file-only setting(s) "
+                             f"{', '.join(unknown)}; known: {', '.join(ALLOWED)}")
+        if loss is not None and not (callable(loss) or loss in ("mse", "cross_entropy")):
+            raise UsageError(f"loss: expected 'mse', 'cross_entropy' or a callable "
+                             f"(outputs, targets) -> scalar, got {loss!r}")
+        if isinstance(indicators, str):
+            indicators = [indicators]
+        checked = check_settings(settings, list(ALLOWED))
+        self.job, _ = resolve_job("<live>", checked, use_config=False)
+        self.conditions = parse_conditions(self.job.fail_on, metric_names())
+        self.threads = checked.get("threads")
+        self.loss, self.batch = loss, batch
+        self.indicator_patterns = tuple(indicators) if indicators is not None else None
+        self._match = None if indicators is None else [
+            compile_pattern(p, "indicators") for p in indicators]
+
+    @property
+    def fail_on(self) -> tuple[str, ...]:
+        return tuple(self.job.fail_on)
+
+    def wants(self, name: str) -> bool:
+        """Whether the indicator ``name`` is reported."""
+        if self._match is None:
+            return True
+        return name in (self.indicator_patterns or ()) or any(m(name) for m in self._match)
+
+    def measure(self, model_or_state: Any, step: int, *, optimizer: Any = None,
+                batch: Any = None, loss_value: float | None = None) -> Measurement:
+        """Measure the weights of ``model_or_state`` at training step ``step``.
+
+        ``optimizer`` and ``batch`` (else the monitor's held-out batch) add the operator
+        indicators when the monitor has a ``loss``; ``loss_value``, the training loss
+        at this step if known, is recorded as the checkpoint's loss (as batch reads it
+        from ``trainer_state.json``; without one, batch's indicators include the
+        per-tensor κ of the largest tensors, ``tensor.kappa[<name>]``)."""
+        from spectrum_cli.executors import available_cores, threads_limited
+
+        if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
+            raise UsageError(f"step: expected a non-negative integer, got {step!r}")
+        weights, module = _weights_of(model_or_state)
+        with_operators = self.loss is not None and optimizer is not None
+        if with_operators and module is None:
+            raise UsageError("operator indicators need the torch.nn.Module, not a state "
+                             "dict")
+        use_batch = batch if batch is not None else self.batch
+        if with_operators and use_batch is None:
+            raise UsageError("operator indicators need a batch: pass batch= to the monitor"
+                             " (held out) or to measure()")
+        t0 = time.perf_counter()
+        with threads_limited(self.threads or available_cores()):
+            doc, result, violations = self._document(
+                weights, int(step), module if with_operators else None, optimizer,
+                use_batch, loss_value)
+        from spectrum_cli.batch import indicators
+        from spectrum_cli.report.document import json_safe
+
+        doc = json_safe(doc)
+        values = {k: v for k, v in indicators(doc).items() if self.wants(k)}
+        singular = {t.name: np.asarray(t.singular_values.values) for t in result.tensors
+                    if t.singular_values is not None}
+        warnings = [f"{e.name}: {e.message}" for e in result.errors]
+        return Measurement(int(step), values, tuple(violations), doc, singular,
+                           tuple(warnings), time.perf_counter() - t0)
+
+    def _document(self, weights: Mapping[str, Any], step: int, module: Any, optimizer: Any,
+                  batch: Any, loss_value: float | None
+                  ) -> tuple[dict[str, Any], Any, list[Any]]:
+        """The analysis document of the weights (plus the operators), as
+        :func:`spectrum_cli.pipeline.analyze_checkpoint` builds it for a file."""
+        from spectrum_cli import plugins
+        from spectrum_cli.core.analyze import analyze_source
+        from spectrum_cli.core.results import SourceInfo
+        from spectrum_cli.core.thresholds import evaluate
+        from spectrum_cli.pipeline import Checkable, attach_operators
+        from spectrum_cli.report.document import build_document
+
+        source = LiveTensors(weights, f"<live weights at step {step}>")
+        info = SourceInfo(source.path, source.format, (), source.size_bytes, None)
+        result = analyze_source(source, info, self.job.options, plugins.get_backend,
+                                metrics=plugins.metric_plugins())
+        report = None
+        if module is not None:
+            from spectrum_cli.integrations.operators import live_operators
+
+            report = live_operators(module, optimizer, batch, self.loss,
+                                    self._operator_options())
+        operators = report.operators if report is not None else []
+        violations = evaluate(self.conditions,
+                              list(result.tensors) + [Checkable(o) for o in operators])
+        doc = build_document(result, self.conditions, violations)
+        doc["checkpoint"] = {"step": step}
+        if loss_value is not None:
+            doc["checkpoint"]["loss"] = float(loss_value)
+        attach_operators(doc, report, self.conditions)
+        return doc, result, violations
+
+    def _operator_options(self) -> Any:
+        from spectrum_cli.optim.analysis import OperatorOptions
+
+        o, v = self.job.options, self.job.values
+        return OperatorOptions(eps=o.eps, power_max=o.power_max, seed=o.seed,
+                               params=tuple(v.get("params", ())),
+                               **{k: v[k] for k in ("dense_max", "coordinates",
+                                                    "step_convention") if k in v})
