@@ -320,7 +320,33 @@ def compute_record(path: str, job: Any, key: str, run: Any = None) -> dict[str, 
             "loss": doc.get("checkpoint", {}).get("loss"),
             "indicators": indicators(doc), "document": doc,
             "violations": doc["fail_on"]["violations"], "warnings": out.warnings,
+            "sv_histogram": sv_histogram(out.result),
             "time_s": time.perf_counter() - t0}
+
+
+#: Bins of :func:`sv_histogram`: log10 σ from LO to HI in BINS equal bins.
+SV_HIST_LO, SV_HIST_HI, SV_HIST_BINS = -8.0, 4.0, 240
+
+
+def sv_histogram(result: Any) -> dict[str, Any]:
+    """The distribution of the singular values computed for a checkpoint (every
+    analysed matrix together; all of them with the dense backend, the extremes with an
+    iterative one): counts of log10 σ in fixed bins, so that checkpoints compare (for
+    TensorBoard's histograms); σ below the range (zeros included) and above it are
+    counted in ``below`` and ``above``."""
+    import numpy as np
+
+    parts = [np.asarray(t.singular_values.values, dtype=np.float64)
+             for t in getattr(result, "tensors", ())
+             if getattr(t, "singular_values", None) is not None]
+    sv = np.concatenate(parts) if parts else np.zeros(0)
+    sv = sv[np.isfinite(sv)]
+    with np.errstate(divide="ignore"):
+        x = np.log10(np.abs(sv))
+    inside = (x >= SV_HIST_LO) & (x <= SV_HIST_HI)
+    counts, _ = np.histogram(x[inside], bins=SV_HIST_BINS, range=(SV_HIST_LO, SV_HIST_HI))
+    return {"lo": SV_HIST_LO, "hi": SV_HIST_HI, "counts": [int(c) for c in counts],
+            "below": int((x < SV_HIST_LO).sum()), "above": int((x > SV_HIST_HI).sum())}
 
 
 def _hashed(path: str, job: Any) -> tuple[str | None, dict[str, Any] | None]:

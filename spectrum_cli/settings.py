@@ -1,4 +1,5 @@
-"""The settings schema: every option that ``analyze`` and ``batch`` share, declared once.
+"""The settings schema: every option that ``analyze``, ``batch`` and ``watch`` share,
+declared once.
 
 From these entries come the command-line options (help, choices, panels:
 :mod:`spectrum_cli.cli.options`), the keys of ``spectrum.toml`` / ``[tool.spectrum]`` and
@@ -18,6 +19,8 @@ OPTIM = "Optimizer state and Hessian"
 OUTPUT = "Output and CI"
 SAFETY = "Loading safety (command line only)"
 RUN = "Run"
+WATCH = "Watch"
+TENSORBOARD = "TensorBoard"
 
 
 @dataclass(frozen=True)
@@ -37,9 +40,10 @@ class Setting:
     config: bool = True
     option: str | None = None  # the command-line spelling, when not --name-with-dashes
     role: str = "analysis"  # what it shapes: analysis, operator, load, run or output
-    #: The commands whose options are derived from this entry (batch declares its own
-    #: --jobs, --cache-dir and --no-cache).
-    commands: tuple[str, ...] = ("analyze", "batch")
+    #: The commands whose options are derived from this entry (batch and watch declare
+    #: their own --cache-dir and --no-cache; watch analyses one checkpoint at a time in
+    #: its own process, so it takes no executor options).
+    commands: tuple[str, ...] = ("analyze", "batch", "watch")
 
     @property
     def flag(self) -> str:
@@ -96,19 +100,21 @@ SETTINGS: tuple[Setting, ...] = (
     # Run
     Setting("executor", "str", "How the analyses are computed: 'serial', 'processes' or a "
             "plugin (spectrum.executors); 'auto': processes when there is more than one "
-            "job.", RUN, default="auto", metavar="NAME", role="run"),
+            "job.", RUN, default="auto", metavar="NAME", role="run",
+            commands=("analyze", "batch")),
     Setting("scheduler", "str", "A Dask scheduler (tcp://HOST:PORT) to send the tasks to "
             "(implies --executor dask; needs spectrum-cli[distributed]).", RUN,
-            metavar="ADDRESS", role="run"),
+            metavar="ADDRESS", role="run", commands=("analyze", "batch")),
     Setting("scheduler_file", "str", "A Dask scheduler file (dask scheduler "
-            "--scheduler-file) instead of --scheduler.", RUN, metavar="PATH", role="run"),
+            "--scheduler-file) instead of --scheduler.", RUN, metavar="PATH", role="run",
+            commands=("analyze", "batch")),
     Setting("jobs", "int", "Worker processes measuring tensors in parallel, largest first "
             "(BLAS threads split so workers x threads <= cores); 1: in this process.",
             RUN, default=1, minimum=1, role="run", commands=("analyze",)),
     Setting("max_memory", "str", "Run fewer workers at once so that their expected peak "
             "memory (each holds one tensor's float64 copy and its workspace) stays under "
             "SIZE, e.g. 8GiB or 512MB; exit 2 if the largest tensor alone needs more.",
-            RUN, metavar="SIZE", role="run"),
+            RUN, metavar="SIZE", role="run", commands=("analyze", "batch")),
     Setting("cache_dir", "str", "Cache per-tensor results here, so that a killed run "
             "resumes where it stopped (by the files' content hash, settings and spectrum's "
             "code). \\[default: $SPECTRUM_CACHE_DIR or ~/.cache/spectrum/batch, for "
@@ -140,7 +146,7 @@ SETTINGS: tuple[Setting, ...] = (
             OUTPUT, default=False, config=False, role="output"),
     Setting("strict", "bool", "Exit 2 if an iterative method did not converge or a "
             "--fail-on condition could not be checked.", OUTPUT, default=False,
-            config=False, role="output"),
+            config=False, role="output", commands=("analyze", "batch")),
     Setting("json_out", "bool", "Print one JSON document on stdout instead of the table.",
             OUTPUT, default=False, config=False, option="--json", role="output"),
     Setting("force", "bool", "Let --report/--plot replace an existing file that spectrum "
@@ -148,6 +154,28 @@ SETTINGS: tuple[Setting, ...] = (
             default=False, config=False, role="output"),
     Setting("no_progress", "bool", "No progress bar (it only shows on a terminal anyway).",
             OUTPUT, default=False, config=False, role="output"),
+    # Watch
+    Setting("poll", "float", "Seconds between two looks at the folder.", WATCH, default=2.0,
+            minimum=0.01, role="run", commands=("watch",)),
+    Setting("settle", "float", "Read a checkpoint once its files are unchanged across two "
+            "polls and for at least this many seconds (an HF folder also needs its weights "
+            "and trainer_state.json, a DCP folder its .metadata).", WATCH, default=2.0,
+            minimum=0.0, role="run", commands=("watch",)),
+    Setting("idle_timeout", "float", "End (exit 0 when all is well) once no new checkpoint "
+            "came for this many seconds. \\[default: watch until Ctrl-C]", WATCH,
+            metavar="SECONDS", minimum=0.0, role="run", commands=("watch",)),
+    Setting("keep_going", "bool", "At a --fail-on violation, print the alert and go on "
+            "watching (exit 1 at the end) instead of stopping with exit 1.", WATCH,
+            default=False, config=False, role="output", commands=("watch",)),
+    Setting("on_alert", "str", "Run this command at each alert (split like a shell "
+            "would, run without one), the alert in SPECTRUM_ALERT_CHECKPOINT, _STEP, "
+            "_METRIC, _VALUE, _CONDITION, _TENSOR, _MESSAGE ...; stopped after 30 s; a "
+            "failure is a warning. Command line only.", WATCH, metavar="CMD",
+            config=False, role="output", commands=("watch",)),
+    Setting("tensorboard", "str", "Write every checkpoint's indicators as scalars and its "
+            "singular-value distribution (log10 σ) as a histogram to this TensorBoard log "
+            "folder (needs spectrum-cli\\[tensorboard]).", TENSORBOARD, metavar="LOGDIR",
+            config=False, role="output", commands=("watch",)),
     # Loading safety
     Setting("allow_global", "list", "Admit this global when unpickling the files named on "
             "the command line. Repeatable.", SAFETY, metavar="MODULE.NAME", config=False, role="load"),

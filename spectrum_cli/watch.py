@@ -1,0 +1,516 @@
+"""``spectrum watch``: follow a run's checkpoint folder while training writes it.
+
+The checkpoints are the ones ``spectrum batch`` reads (files ``.pt .pth .ckpt .bin
+.safetensors``, HF ``checkpoint-<step>/`` folders) and ``torch.distributed.checkpoint``
+(DCP) folders, directly under the watched folder. One is read only once it is complete
+and has *settled*, so that a checkpoint still being written is never read half-way:
+
+- every file of it (one file, or each file under a folder) has the same size,
+  modification time and inode at two polls in a row, and at least ``settle`` seconds
+  have passed since its last change (its modification time, or the poll that saw the
+  change, whichever is later);
+- an HF folder also holds its weights (``model.safetensors``, or the index and every
+  shard it names; ``pytorch_model.bin`` likewise) and ``trainer_state.json``, which the
+  Trainer writes after them; a DCP folder holds ``.metadata``, which DCP writes last.
+
+A checkpoint that changes after it was read (``last.ckpt`` rewritten) is read again.
+Each is analysed through the functions ``batch`` uses (same cache key, same cache
+folder, same record), and the trajectory report is rewritten atomically.
+
+Alerts (``--fail-on``, trajectory conditions, ``--on-alert``): :mod:`spectrum_cli.alerts`.
+
+Nothing here imports typer or rich; the command line (:mod:`spectrum_cli.cli.watch`)
+shows what the callbacks of :meth:`Watch.run` report.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from spectrum_cli.alerts import (Alert, TrajectoryCondition, loss_of, as_number,
+                                 checkpoint_alerts, split_conditions, trajectory_alerts)
+from spectrum_cli.batch import (HF_DIR, SUFFIXES, ResultCache, _last_number, cache_key,
+                                compute_record, indicators)
+from spectrum_cli.core.errors import InputError, UsageError
+from spectrum_cli.core.trajectory import SpikeRule
+
+DEFAULT_POLL = 2.0
+DEFAULT_SETTLE = 2.0
+#: While a backlog is worked through, the report is rewritten at most this often (it
+#: is always rewritten at the end of a poll, at an alert and when the watch ends).
+REPORT_EVERY = 5.0
+#: Entries of the watched folder looked at per poll, and files per checkpoint folder.
+MAX_ENTRIES = 100_000
+MAX_FOLDER_FILES = 10_000
+DCP_METADATA = ".metadata"
+TRAINER_STATE = "trainer_state.json"
+
+
+# --------------------------------------------------------------------------- the folder
+
+
+@dataclass(frozen=True)
+class Item:
+    """One checkpoint seen in the folder at one poll."""
+
+    path: str                 # as the user names it: the folder joined with the name
+    name: str
+    kind: str                 # "file", "hf" or "dcp"
+    signature: tuple          # (relative name, size, mtime_ns, inode) of every file
+    newest_mtime: float       # seconds since the epoch
+    missing: str | None = None  # what it still lacks to be complete (None: complete)
+
+    @property
+    def name_step(self) -> int | None:
+        return _last_number(self.name)
+
+
+class LocalFolder:
+    """The checkpoints directly under a local folder, with what tells when each is
+    complete and settled. The only place ``watch`` lists and stats: an object store is
+    another class with the same :meth:`scan`."""
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+
+    def scan(self) -> list[Item]:
+        try:
+            with os.scandir(self.root) as it:
+                entries = sorted((e for _, e in zip(range(MAX_ENTRIES), it)),
+                                 key=lambda e: e.name)
+        except OSError as exc:
+            raise InputError(f"{self.root}: cannot list the folder "
+                             f"({exc.strerror or exc})") from None
+        items = []
+        for e in entries:
+            path = os.path.join(self.root, e.name)
+            try:
+                if e.is_file():  # follows a symlink, as batch's discovery does
+                    if os.path.splitext(e.name)[1] in SUFFIXES:
+                        st = e.stat()
+                        items.append(Item(path, e.name, "file", (_stat_row("", st),),
+                                          st.st_mtime))
+                elif e.is_dir():
+                    item = _folder_item(path, e.name)
+                    if item is not None:
+                        items.append(item)
+            except OSError:  # gone or changed under us: the next poll sees it again
+                continue
+        return items
+
+
+def _stat_row(name: str, st: os.stat_result) -> tuple:
+    return (name, st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+def _folder_item(path: str, name: str) -> Item | None:
+    """An HF or DCP checkpoint folder (None for any other folder, which is not walked)."""
+    if not (HF_DIR.match(name) or os.path.isfile(os.path.join(path, DCP_METADATA))):
+        return None
+    files: dict[str, os.stat_result] = {}
+    for root, dirs, names in os.walk(path):  # symlinked folders are not followed
+        dirs.sort()
+        for n in sorted(names)[:MAX_FOLDER_FILES - len(files)]:
+            full = os.path.join(root, n)
+            with contextlib.suppress(OSError):  # a dangling link, a file just removed
+                files[os.path.relpath(full, path)] = os.stat(full)
+        if len(files) >= MAX_FOLDER_FILES:
+            break
+    if DCP_METADATA in files:
+        kind, missing = "dcp", None
+    elif HF_DIR.match(name):
+        kind, missing = "hf", _hf_missing(path, files)
+    else:  # its .metadata went away meanwhile
+        return None
+    signature = tuple(_stat_row(k, st) for k, st in sorted(files.items()))
+    newest = max((st.st_mtime for st in files.values()), default=0.0)
+    return Item(path, name, kind, signature, newest, missing)
+
+
+def _hf_missing(path: str, files: Mapping[str, Any]) -> str | None:
+    """What an HF checkpoint folder still lacks: its weights, a shard its index names,
+    or ``trainer_state.json`` (None when it is complete)."""
+    from spectrum_cli.io.composite import read_shard_names
+    from spectrum_cli.io.detect import HF_CANDIDATES
+
+    weights = next((c for c in HF_CANDIDATES if c in files), None)
+    if weights is None:
+        return "weights (" + " or ".join(c for c in HF_CANDIDATES
+                                          if not c.endswith(".json")) + ")"
+    if weights.endswith(".index.json"):
+        try:
+            shards = read_shard_names(os.path.join(path, weights))
+        except (InputError, OSError):
+            shards = []  # a damaged index: once settled, the analysis says what is wrong
+        absent = [s for s in shards if os.path.normpath(s) not in files]
+        if absent:
+            more = f" and {len(absent) - 1} more" if len(absent) > 1 else ""
+            return f"shard {absent[0]}{more}"
+    if TRAINER_STATE not in files:
+        return TRAINER_STATE
+    return None
+
+
+@dataclass
+class _State:
+    signature: tuple
+    changed: float       # monotonic time of the last change known
+    unchanged_polls: int = 0
+    done: bool = False
+
+
+@dataclass(frozen=True)
+class Pending:
+    """A checkpoint seen but not read yet, and why."""
+
+    item: Item
+    reason: str
+
+
+class Follower:
+    """Which checkpoints of a folder are complete and settled (see the module)."""
+
+    def __init__(self, folder: Any, settle: float = DEFAULT_SETTLE,
+                 clock: Callable[[], float] = time.monotonic,
+                 wall: Callable[[], float] = time.time) -> None:
+        if not settle >= 0:
+            raise UsageError(f"--settle: expected a number >= 0, got {settle!r}")
+        self.folder, self.settle, self.clock, self.wall = folder, settle, clock, wall
+        self._states: dict[str, _State] = {}
+        #: Whether the last poll saw a new checkpoint or a change to one.
+        self.active = False
+
+    def poll(self) -> tuple[list[Item], list[Pending]]:
+        """One look: the checkpoints that became ready (each once, until it changes
+        again) and those still pending."""
+        items = self.folder.scan()
+        now, wall = self.clock(), self.wall()
+        ready: list[Item] = []
+        pending: list[Pending] = []
+        self.active = False
+        for it in items:
+            st = self._states.get(it.path)
+            if st is None:
+                # Its modification time says how long it has been still already.
+                st = self._states[it.path] = _State(
+                    it.signature, now - min(max(0.0, wall - it.newest_mtime), 1e9))
+                self.active = True
+            elif st.signature != it.signature:
+                st.signature, st.changed, st.unchanged_polls, st.done = \
+                    it.signature, now, 0, False
+                self.active = True
+            else:
+                st.unchanged_polls += 1
+            if st.done:
+                continue
+            quiet = now - st.changed
+            if it.missing is not None:
+                pending.append(Pending(it, f"waiting for {it.missing}"))
+            elif st.unchanged_polls < 1:
+                pending.append(Pending(it, "new or changed since the last poll"))
+            elif quiet < self.settle:
+                pending.append(Pending(it, f"settling (unchanged for {quiet:.1f} of "
+                                           f"{self.settle:g} s)"))
+            else:
+                st.done = True
+                ready.append(it)
+        seen = {it.path for it in items}
+        for gone in [p for p in self._states if p not in seen]:
+            del self._states[gone]
+        return ready, pending
+
+
+# --------------------------------------------------------------------------- the watch
+
+
+@dataclass(frozen=True)
+class Update:
+    """One checkpoint analysed: its record (``status`` "ok" or "error") and alerts."""
+
+    record: dict[str, Any]
+    alerts: list[Alert] = field(default_factory=list)
+
+
+class Watch:
+    """Follow ``target`` and analyse each checkpoint as it settles (see the module).
+
+    ``report``: the HDF5 trajectory, rewritten atomically as checkpoints are analysed;
+    ``tensorboard``: a log folder for the indicators and singular-value histograms."""
+
+    def __init__(self, target: str, job: Any, *, cache_dir: str | None = None,
+                 rule: SpikeRule = SpikeRule(), conditions: Sequence[TrajectoryCondition] = (),
+                 settle: float = DEFAULT_SETTLE, settings: Mapping[str, Any] | None = None,
+                 report: str | None = None, force: bool = False,
+                 tensorboard: str | None = None, warn: Callable[[str], None] | None = None,
+                 folder: Any = None, clock: Callable[[], float] = time.monotonic,
+                 wall: Callable[[], float] = time.time) -> None:
+        self.target, self.job, self.rule = str(target), job, rule
+        self.conditions = list(conditions)
+        self.settings = dict(settings or {})
+        self.report, self.force, self.clock = report, force, clock
+        self.warn = warn or (lambda message: None)
+        self.cache = ResultCache(cache_dir, self.warn)
+        self.follower = Follower(folder or LocalFolder(self.target), settle, clock, wall)
+        self.records: list[dict[str, Any]] = []
+        self.alerts: list[Alert] = []
+        self.pending: list[Pending] = []
+        self._tensorboard = None
+        if tensorboard is not None:  # opened now: a missing package is said up front
+            from spectrum_cli.report.tensorboard import TensorBoardWriter
+
+            self._tensorboard = TensorBoardWriter(tensorboard)
+        self._dirty, self._written = False, -math.inf
+        self._checked_names = False
+
+    # ---- one poll, one checkpoint
+
+    def poll(self) -> list[Item]:
+        """Look once: the checkpoints ready to be read, in the order of their names'
+        steps (:attr:`pending` holds the others)."""
+        ready, self.pending = self.follower.poll()
+        return sorted(ready, key=lambda it: (it.name_step is None, it.name_step or 0,
+                                             it.path))
+
+    def analyse(self, item: Item) -> Update:
+        """Analyse one checkpoint (from the cache when its content and settings match
+        an entry), add its record and return it with the alerts it raises."""
+        record = self._record(item.path)
+        if record.get("step") is None:
+            record["step"] = item.name_step
+        self._insert(record)
+        alerts: list[Alert] = []
+        if record["status"] == "ok":
+            ok = [r for r in self.records if r["status"] == "ok"]
+            alerts = checkpoint_alerts(record) + trajectory_alerts(
+                self.conditions, ok, next(i for i, r in enumerate(ok) if r is record),
+                self.rule)
+            self._check_names(record)
+            self._to_tensorboard(record)
+        self.alerts.extend(alerts)
+        self._dirty = True
+        return Update(record, alerts)
+
+    def _record(self, path: str) -> dict[str, Any]:
+        try:
+            key = cache_key(path, self.job)
+        except (OSError, InputError) as exc:
+            return {"path": path, "status": "error", "error": f"cannot read: {exc}"}
+        record = self.cache.get(key)
+        if record is not None:
+            record.pop("cache_format", None)
+            record.update(path=path, cached=True, indicators=indicators(record["document"]))
+            return record
+        record = compute_record(path, self.job, key)
+        if record["status"] == "ok":
+            self.cache.put(key, record)
+        return record
+
+    def _insert(self, record: dict[str, Any]) -> None:
+        """Keep the records in step order; a checkpoint read again replaces its record
+        of the same step."""
+        same = [r for r in self.records
+                if r["path"] == record["path"] and r.get("step") == record.get("step")]
+        for r in same:
+            self.records.remove(r)
+            self.alerts = [a for a in self.alerts
+                           if not (a.checkpoint == r["path"] and a.step == r.get("step"))]
+        key = (record.get("step") is None, record.get("step") or 0)
+        at = next((i for i, r in enumerate(self.records)
+                   if (r.get("step") is None, r.get("step") or 0) > key), len(self.records))
+        self.records.insert(at, record)
+
+    def _check_names(self, record: Mapping[str, Any]) -> None:
+        """At the first analysed checkpoint, say which trajectory conditions name an
+        indicator it does not have (a typo would otherwise never fire)."""
+        if self._checked_names:
+            return
+        self._checked_names = True
+        have = set(record["indicators"])
+        for c in self.conditions:
+            if c.indicator == "spike" or c.indicator == "loss":
+                if record.get("loss") is None:
+                    self.warn(f"--fail-on {c}: {record['path']} logs no loss")
+            elif c.indicator not in have:
+                known = ", ".join(sorted(have)[:12]) + (" ..." if len(have) > 12 else "")
+                self.warn(f"--fail-on {c}: {record['path']} has no indicator "
+                          f"{c.indicator!r} (it has: {known or 'none'})")
+
+    # ---- outputs
+
+    def document(self) -> dict[str, Any]:
+        """The trajectory document of the checkpoints so far (``spectrum batch``'s
+        schema; trajectory alerts are listed with the violations, ``kind``
+        "trajectory")."""
+        from spectrum_cli.report import trajectory as T
+
+        doc = T.build(self.records, self.target, self.settings, self.rule,
+                      self.job.fail_on)
+        doc["fail_on"]["conditions"] = list(doc["fail_on"]["conditions"]) + [
+            str(c) for c in self.conditions]
+        extra = [a.as_violation() for a in self.alerts if a.kind == "trajectory"]
+        merged = doc["fail_on"]["violations"] + extra
+        merged.sort(key=lambda v: (v.get("step") is None, v.get("step") or 0))
+        doc["fail_on"]["violations"] = merged
+        doc["summary"]["violations"] = len(merged)
+        return doc
+
+    def write_report(self) -> None:
+        """Rewrite the report (atomically) if there is one and anything to write."""
+        from spectrum_cli.report import trajectory as T
+
+        if self.report is None or not self.records:
+            return
+        T.write(self.report, self.document(), self.records, force=self.force,
+                inputs=(self.target,))
+        self._dirty, self._written = False, self.clock()
+
+    def flush(self, due_only: bool = False) -> None:
+        """Write the report when something changed (``due_only``: and the last write
+        is :data:`REPORT_EVERY` seconds old)."""
+        if self._dirty and (not due_only or self.clock() - self._written >= REPORT_EVERY):
+            self.write_report()
+
+    def _to_tensorboard(self, record: Mapping[str, Any]) -> None:
+        if self._tensorboard is None or record.get("step") is None:
+            return
+        scalars = {k: v for k, v in record["indicators"].items() if as_number(v) is not None}
+        if as_number(record.get("loss")) is not None:
+            scalars["loss"] = loss_of(record)
+        hist = sv_values(record.get("sv_histogram"))
+        self._tensorboard.add(int(record["step"]), scalars,
+                              {"singular_values/log10": hist} if hist is not None else None)
+
+    def close(self) -> None:
+        """Write the report and close the TensorBoard log (at the end of a watch)."""
+        try:
+            if self._dirty:
+                self.write_report()
+        finally:
+            if self._tensorboard is not None:
+                tb, self._tensorboard = self._tensorboard, None
+                tb.close()
+
+    # ---- the loop
+
+    def run(self, *, poll: float = DEFAULT_POLL, idle_timeout: float | None = None,
+            keep_going: bool = False, on_update: Callable[[Update], None] | None = None,
+            on_alert: Callable[[Alert], None] | None = None,
+            on_poll: Callable[["Watch"], None] | None = None,
+            sleep: Callable[[float], None] = time.sleep) -> str:
+        """Poll every ``poll`` seconds until ``idle_timeout`` seconds pass without a new
+        or changing checkpoint while none is settling (returns "idle"), or, unless
+        ``keep_going``, until a checkpoint raises an alert (returns "alert", the report
+        written first). Runs until interrupted when ``idle_timeout`` is None. Does not
+        :meth:`close`."""
+        if not poll > 0:
+            raise UsageError(f"--poll: expected a number > 0, got {poll!r}")
+        last = self.clock()
+        while True:
+            ready = self.poll()
+            if self.follower.active:
+                last = self.clock()
+            for item in ready:
+                update = self.analyse(item)
+                last = self.clock()
+                if update.alerts:
+                    self.flush()  # the report holds the checkpoint before anyone is told
+                if on_update is not None:
+                    on_update(update)
+                for alert in update.alerts:
+                    if on_alert is not None:
+                        on_alert(alert)
+                if update.alerts and not keep_going:
+                    return "alert"
+                self.flush(due_only=True)
+            self.flush()
+            if on_poll is not None:
+                on_poll(self)
+            # A complete checkpoint still settling came just now: never idle over it.
+            settling = any(p.item.missing is None for p in self.pending)
+            if idle_timeout is not None and not settling \
+                    and self.clock() - last >= idle_timeout:
+                return "idle"
+            sleep(poll)
+
+
+# --------------------------------------------------------------------------- helpers
+
+def sv_values(hist: Any) -> Any:
+    """Values whose histogram is the record's: each bin's centre repeated by its count
+    (values outside the range at its ends); None when the record has none."""
+    import numpy as np
+
+    if not isinstance(hist, dict):
+        return None
+    try:
+        lo, hi, counts = float(hist["lo"]), float(hist["hi"]), list(hist["counts"])
+        below, above = int(hist.get("below", 0)), int(hist.get("above", 0))
+        if not counts or not all(isinstance(c, int) and c >= 0 for c in counts) \
+                or not hi > lo or below < 0 or above < 0:
+            return None
+    except (KeyError, TypeError, ValueError):
+        return None
+    width = (hi - lo) / len(counts)
+    centres = lo + width * (np.arange(len(counts)) + 0.5)
+    values = np.concatenate([np.full(below, lo), np.repeat(centres, counts),
+                             np.full(above, hi)])
+    return values if values.size else None
+
+
+def check_folder(target: str) -> None:
+    """A local folder to watch, or the reason why not (InputError / UsageError)."""
+    if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]+://", target) and not \
+            target.lower().startswith("file://"):
+        raise UsageError(f"{target}: watch follows local folders; URLs are not supported "
+                         "yet")
+    if not os.path.exists(target):
+        raise InputError(f"{target}: no such folder")
+    if not os.path.isdir(target):
+        raise InputError(f"{target}: not a folder (watch follows the folder a run "
+                         "writes its checkpoints to)")
+
+
+def inside_checkpoint(target: str, path: str) -> bool:
+    """Whether ``path`` lies inside a subfolder of ``target`` (writing there would change
+    a checkpoint folder being watched)."""
+    root, real = os.path.realpath(target), os.path.realpath(path)
+    try:
+        rel = os.path.relpath(real, root)
+    except ValueError:
+        return False
+    parts = Path(rel).parts
+    return len(parts) > 1 and parts[0] != os.pardir
+
+
+def resolve(target: str, settings: Mapping[str, Any], use_config: bool = True
+            ) -> tuple[Any, Any, list[TrajectoryCondition]]:
+    """The job (settings > ``SPECTRUM_*`` > the nearest configuration file, as batch's),
+    the configuration, and the trajectory conditions split off ``fail_on`` (which
+    ``analyze`` would not accept)."""
+    from spectrum_cli import config
+    from spectrum_cli.io.base import LoadPolicy
+    from spectrum_cli.pipeline import Job
+    from spectrum_cli.settings import CONFIG_KEYS
+
+    given = {k: (v if v is not False else None) for k, v in settings.items()
+             if k in CONFIG_KEYS}
+    if use_config:
+        cfg = config.resolve(given, near=Path(target).resolve())
+    else:
+        cfg = config.Config(values={k: v for k, v in given.items()
+                                    if v is not None and v != []})
+    values = dict(cfg.values)
+    per_tensor, conditions = split_conditions(values.pop("fail_on", None) or [])
+    if per_tensor:
+        values["fail_on"] = per_tensor
+    policy = LoadPolicy(tuple(settings.get("allow_global") or ()),
+                        bool(settings.get("trust_checkpoint")), values.get("weights_key"),
+                        tuple(settings.get("storage_option") or ()))
+    return Job.from_values(values, policy), cfg, conditions
