@@ -430,7 +430,13 @@ def choose(name: str, chosen: Plan) -> Any:
     from spectrum_cli import plugins
 
     if name == "auto":
-        scheduler = os.environ.get("SPECTRUM_SCHEDULER") or \
-            os.environ.get("SPECTRUM_SCHEDULER_FILE")
-        name = "dask" if scheduler else "processes" if chosen.workers else "serial"
+        name = "dask" if scheduler_named() else "processes" if chosen.workers else "serial"
     return plugins.executors.get(name)
+
+
+def scheduler_named() -> bool:
+    """Whether a Dask scheduler is named (``SPECTRUM_SCHEDULER``/``_FILE``, which
+    --scheduler and --scheduler-file set): then ``auto`` sends the tasks there, even
+    with one job (the cluster's workers do the work, not this process)."""
+    return bool(os.environ.get("SPECTRUM_SCHEDULER") or
+                os.environ.get("SPECTRUM_SCHEDULER_FILE"))

@@ -341,9 +341,10 @@ class Dispatch:
     def _runner(self, chosen: Any) -> Any:
         """The executor of the misses; None: this process's loop (no workers, and no
         executor other than auto or serial asked for)."""
-        from spectrum_cli.executors import choose
+        from spectrum_cli.executors import choose, scheduler_named
 
-        if not chosen.workers and self.run.executor in ("auto", "serial"):
+        if not chosen.workers and (self.run.executor == "serial" or
+                                   self.run.executor == "auto" and not scheduler_named()):
             return None
         return choose(self.run.executor, chosen)
 

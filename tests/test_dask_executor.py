@@ -156,6 +156,18 @@ def test_scheduler_option_alone_selects_dask(on_cluster, several, monkeypatch):
     assert "SPECTRUM_SCHEDULER" not in os.environ  # set for the run only
 
 
+def test_scheduler_with_one_job_still_uses_the_cluster(on_cluster, several, monkeypatch):
+    """--scheduler implies the dask executor even at the default --jobs 1: the cluster's
+    workers compute, not the client."""
+    address = os.environ["SPECTRUM_SCHEDULER"]
+    monkeypatch.delenv("SPECTRUM_SCHEDULER")
+    before = _processed(on_cluster)
+    doc, result = run_json(several, "--no-cache", "--scheduler", address)
+    assert result.exit_code == 0, result.stderr
+    assert doc["settings"]["run"]["executor"] == "dask"
+    assert _processed(on_cluster) - before >= 5
+
+
 def _processed(cluster) -> int:
     """How many ``measure_task`` tasks the scheduler has seen."""
     def count(dask_scheduler):
