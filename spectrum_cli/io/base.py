@@ -128,8 +128,7 @@ def open_regular(path: str, *, block: int = 0) -> IO[bytes]:
     ranged-read file object (``block`` > 0: read ahead that many bytes; see
     :func:`spectrum_cli.io.storage.open_file`)."""
     if storage.is_url(path):
-        require_regular(path)
-        return storage.open_file(path, block=block)
+        return storage.open_file(path, block=block, size=require_regular(path).st_size)
     require_regular(path)
     extra = getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
     try:

@@ -133,7 +133,6 @@ def info(url: str) -> dict[str, Any]:
     ``size``). A missing object, refused access or unreachable store is an InputError."""
     fs, path = filesystem(url)
     try:
-        fs.invalidate_cache(path)  # a run being written changes under a watch
         return fs.info(path)
     except Exception as exc:  # noqa: BLE001 - any failure of the store names the URL
         raise _remote_error(url, exc) from None
@@ -159,14 +158,20 @@ def require_file(url: str) -> int:
     return int(meta.get("size") or 0)
 
 
-def open_file(url: str, *, block: int = 0) -> IO[bytes]:
+def open_file(url: str, *, block: int = 0, size: int | None = None) -> IO[bytes]:
     """A seekable binary file object reading ``url`` by ranges: ``block`` 0 fetches
-    exactly the bytes asked for; a positive ``block`` reads ahead that much."""
+    exactly the bytes asked for; a positive ``block`` reads ahead that much. ``size``
+    (known from :func:`require_file`) saves the store a second HEAD request."""
     fs, path = filesystem(url)
+    kwargs: dict[str, Any] = ({"block_size": block, "cache_type": "readahead"} if block
+                              else {"cache_type": "none"})
     try:
-        if block:
-            return fs.open(path, "rb", block_size=block, cache_type="readahead")
-        return fs.open(path, "rb", cache_type="none")
+        if size is not None:
+            try:
+                return fs.open(path, "rb", size=size, **kwargs)
+            except TypeError:  # a filesystem whose files do not take the size
+                pass
+        return fs.open(path, "rb", **kwargs)
     except Exception as exc:  # noqa: BLE001
         raise _remote_error(url, exc) from None
 
