@@ -69,6 +69,10 @@ class Candidate:
     name_step: int | None
 
 
+#: What marks a torch.distributed.checkpoint folder (written last by DCP).
+DCP_METADATA = ".metadata"
+
+
 def _last_number(name: str) -> int | None:
     numbers = re.findall(r"\d+", name)
     return int(numbers[-1]) if numbers else None
@@ -82,14 +86,15 @@ def discover(target: str) -> list[Candidate]:
     p = Path(target)
     if p.is_dir():
         items = [e for e in sorted(p.iterdir())
-                 if (e.is_file() and e.suffix in SUFFIXES) or (e.is_dir() and HF_DIR.match(e.name))]
+                 if (e.is_file() and e.suffix in SUFFIXES) or (e.is_dir() and (
+                     HF_DIR.match(e.name) or (e / DCP_METADATA).is_file()))]
     else:
         items = [Path(x) for x in sorted(glob.glob(target))]
         if not items and not any(ch in target for ch in "*?["):
             raise InputError(f"{target}: no such file or directory")
     if not items:
         raise InputError(f"{target}: no checkpoints found (files {', '.join(SUFFIXES)} or "
-                         "checkpoint-<step>/ folders)")
+                         "checkpoint-<step>/ or DCP folders)")
     found = [Candidate(str(e), _last_number(e.name)) for e in items]
     return sorted(found, key=lambda c: (c.name_step is None, c.name_step or 0, c.path))
 
@@ -105,11 +110,12 @@ def _discover_remote(target: str) -> list[Candidate]:
     else:
         items = [(target, False)]
     found = [Candidate(u, _last_number(storage.basename(u))) for u, is_dir in items
-             if (is_dir and HF_DIR.match(storage.basename(u)))
+             if (is_dir and (HF_DIR.match(storage.basename(u))
+                             or storage.exists(storage.join(u, DCP_METADATA))))
              or (not is_dir and os.path.splitext(u)[1] in SUFFIXES)]
     if not found:
         raise InputError(f"{target}: no checkpoints found (files {', '.join(SUFFIXES)} or "
-                         "checkpoint-<step>/ folders)")
+                         "checkpoint-<step>/ or DCP folders)")
     return sorted(found, key=lambda c: (c.name_step is None, c.name_step or 0, c.path))
 
 

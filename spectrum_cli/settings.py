@@ -175,7 +175,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("tensorboard", "str", "Write every checkpoint's indicators as scalars and its "
             "singular-value distribution (log10 σ) as a histogram to this TensorBoard log "
             "folder (needs spectrum-cli\\[tensorboard]).", TENSORBOARD, metavar="LOGDIR",
-            config=False, role="output", commands=("watch",)),
+            config=False, role="output", commands=("watch", "batch")),
     # Loading safety
     Setting("allow_global", "list", "Admit this global when unpickling the files named on "
             "the command line. Repeatable.", SAFETY, metavar="MODULE.NAME", config=False, role="load"),
@@ -202,7 +202,8 @@ def names(role: str) -> tuple[str, ...]:
 CONFIG_KEYS: dict[str, str] = {s.name: s.kind for s in SETTINGS if s.config}
 
 #: Keys that are unsafe to take from a file or the environment (refused, not ignored).
-FORBIDDEN = ("trust_checkpoint", "allow_global", "allow_globals", "weights_only")
+FORBIDDEN = ("trust_checkpoint", "allow_global", "allow_globals", "weights_only",
+             "on_alert", "storage_option")
 
 #: Settings that are neither analysis values nor flags of the run itself.
 _RUN_ONLY = {"exit_zero", "strict", "json_out", "force", "no_progress", "allow_global",

@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,8 +35,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 from spectrum_cli.alerts import (Alert, TrajectoryCondition, loss_of, as_number,
                                  checkpoint_alerts, split_conditions, trajectory_alerts)
-from spectrum_cli.batch import (HF_DIR, SUFFIXES, ResultCache, _last_number, cache_key,
-                                compute_record, indicators)
+from spectrum_cli.batch import (DCP_METADATA, HF_DIR, SUFFIXES, ResultCache, _last_number,
+                                cache_key, compute_record, indicators)
 from spectrum_cli.core.errors import InputError, UsageError
 from spectrum_cli.core.trajectory import SpikeRule
 
@@ -49,7 +48,6 @@ REPORT_EVERY = 5.0
 #: Entries of the watched folder looked at per poll, and files per checkpoint folder.
 MAX_ENTRIES = 100_000
 MAX_FOLDER_FILES = 10_000
-DCP_METADATA = ".metadata"
 TRAINER_STATE = "trainer_state.json"
 
 
@@ -106,6 +104,51 @@ class LocalFolder:
         return items
 
 
+class RemoteFolder:
+    """The checkpoints directly under a folder of an object store (an fsspec URL): the
+    same items as :class:`LocalFolder`, with each object's size and content tag (ETag)
+    as its signature and the store's modification time. An object store shows an object
+    only once its upload is complete, so a file is never half-written there; a folder
+    can still be half-uploaded, which the settling rule covers as on a disk."""
+
+    def __init__(self, root: str) -> None:
+        self.root = root.rstrip("/")
+
+    def scan(self) -> list[Item]:
+        from spectrum_cli.io import storage
+
+        items = []
+        for url, is_dir in storage.entries(self.root)[:MAX_ENTRIES]:
+            name = storage.basename(url)
+            if not is_dir:
+                if os.path.splitext(name)[1] in SUFFIXES:
+                    meta = storage.info(url)
+                    items.append(Item(url, name, "file", (("", *storage.signature(meta)),),
+                                      storage.modified(meta)))
+                continue
+            if not HF_DIR.match(name) and not storage.exists(storage.join(url,
+                                                                          DCP_METADATA)):
+                continue
+            files = storage.tree(url, MAX_FOLDER_FILES)
+            if DCP_METADATA in files:
+                kind, missing = "dcp", None
+            elif HF_DIR.match(name):
+                kind, missing = "hf", _hf_missing(url, files)
+            else:
+                continue
+            signature = tuple((k, *storage.signature(m)) for k, m in files.items())
+            newest = max((storage.modified(m) for m in files.values()), default=0.0)
+            items.append(Item(url, name, kind, signature, newest, missing))
+        return items
+
+
+def folder_for(target: str) -> "LocalFolder | RemoteFolder":
+    """The lister of the folder ``target`` (a local path or a URL)."""
+    from spectrum_cli.io import storage
+
+    return RemoteFolder(target) if storage.is_url(target) else LocalFolder(target)
+
+
 def _stat_row(name: str, st: os.stat_result) -> tuple:
     return (name, st.st_size, st.st_mtime_ns, st.st_ino)
 
@@ -134,6 +177,12 @@ def _folder_item(path: str, name: str) -> Item | None:
     return Item(path, name, kind, signature, newest, missing)
 
 
+def _join(folder: str, name: str) -> str:
+    from spectrum_cli.io import storage
+
+    return storage.pjoin(folder, name)
+
+
 def _hf_missing(path: str, files: Mapping[str, Any]) -> str | None:
     """What an HF checkpoint folder still lacks: its weights, a shard its index names,
     or ``trainer_state.json`` (None when it is complete)."""
@@ -146,7 +195,7 @@ def _hf_missing(path: str, files: Mapping[str, Any]) -> str | None:
                                           if not c.endswith(".json")) + ")"
     if weights.endswith(".index.json"):
         try:
-            shards = read_shard_names(os.path.join(path, weights))
+            shards = read_shard_names(_join(path, weights))
         except (InputError, OSError):
             shards = []  # a damaged index: once settled, the analysis says what is wrong
         absent = [s for s in shards if os.path.normpath(s) not in files]
@@ -257,7 +306,7 @@ class Watch:
         self.report, self.force, self.clock = report, force, clock
         self.warn = warn or (lambda message: None)
         self.cache = ResultCache(cache_dir, self.warn)
-        self.follower = Follower(folder or LocalFolder(self.target), settle, clock, wall)
+        self.follower = Follower(folder or folder_for(self.target), settle, clock, wall)
         self.records: list[dict[str, Any]] = []
         self.alerts: list[Alert] = []
         self.pending: list[Pending] = []
@@ -378,14 +427,9 @@ class Watch:
             self.write_report()
 
     def _to_tensorboard(self, record: Mapping[str, Any]) -> None:
-        if self._tensorboard is None or record.get("step") is None:
-            return
-        scalars = {k: v for k, v in record["indicators"].items() if as_number(v) is not None}
-        if as_number(record.get("loss")) is not None:
-            scalars["loss"] = loss_of(record)
-        hist = sv_values(record.get("sv_histogram"))
-        self._tensorboard.add(int(record["step"]), scalars,
-                              {"singular_values/log10": hist} if hist is not None else None)
+        payload = tensorboard_payload(record)
+        if self._tensorboard is not None and payload is not None:
+            self._tensorboard.add(*payload)
 
     def close(self) -> None:
         """Write the report and close the TensorBoard log (at the end of a watch)."""
@@ -442,6 +486,21 @@ class Watch:
 
 # --------------------------------------------------------------------------- helpers
 
+def tensorboard_payload(record: Mapping[str, Any]) -> tuple[int, dict, dict | None] | None:
+    """What ``--tensorboard`` writes for one checkpoint's record (of ``watch`` or
+    ``batch``): its step, the indicators and loss as scalars, the singular values' log10
+    histogram; None for a record without a step or without results."""
+    if record.get("step") is None or record.get("status", "ok") != "ok":
+        return None
+    scalars = {k: v for k, v in record.get("indicators", {}).items()
+               if as_number(v) is not None}
+    if as_number(record.get("loss")) is not None:
+        scalars["loss"] = loss_of(record)
+    hist = sv_values(record.get("sv_histogram"))
+    return (int(record["step"]), scalars,
+            {"singular_values/log10": hist} if hist is not None else None)
+
+
 def sv_values(hist: Any) -> Any:
     """Values whose histogram is the record's: each bin's centre repeated by its count
     (values outside the range at its ends); None when the record has none."""
@@ -465,11 +524,14 @@ def sv_values(hist: Any) -> Any:
 
 
 def check_folder(target: str) -> None:
-    """A local folder to watch, or the reason why not (InputError / UsageError)."""
-    if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]+://", target) and not \
-            target.lower().startswith("file://"):
-        raise UsageError(f"{target}: watch follows local folders; URLs are not supported "
-                         "yet")
+    """A folder to watch (local, or a URL), or the reason why not (InputError)."""
+    from spectrum_cli.io import storage
+
+    if storage.is_url(target):
+        if not storage.is_dir(target):
+            raise InputError(f"{target}: not a folder (watch follows the folder a run "
+                             "writes its checkpoints to)")
+        return
     if not os.path.exists(target):
         raise InputError(f"{target}: no such folder")
     if not os.path.isdir(target):
@@ -480,6 +542,8 @@ def check_folder(target: str) -> None:
 def inside_checkpoint(target: str, path: str) -> bool:
     """Whether ``path`` lies inside a subfolder of ``target`` (writing there would change
     a checkpoint folder being watched)."""
+    if "://" in target and not target.lower().startswith("file://"):
+        return False  # a local file cannot be inside a folder of an object store
     root, real = os.path.realpath(target), os.path.realpath(path)
     try:
         rel = os.path.relpath(real, root)
@@ -501,8 +565,11 @@ def resolve(target: str, settings: Mapping[str, Any], use_config: bool = True
 
     given = {k: (v if v is not False else None) for k, v in settings.items()
              if k in CONFIG_KEYS}
+    from spectrum_cli.io import storage
+
     if use_config:
-        cfg = config.resolve(given, near=Path(target).resolve())
+        cfg = config.resolve(given, near=None if storage.is_url(target)
+                             else Path(target).resolve())
     else:
         cfg = config.Config(values={k: v for k, v in given.items()
                                     if v is not None and v != []})
@@ -513,4 +580,5 @@ def resolve(target: str, settings: Mapping[str, Any], use_config: bool = True
     policy = LoadPolicy(tuple(settings.get("allow_global") or ()),
                         bool(settings.get("trust_checkpoint")), values.get("weights_key"),
                         tuple(settings.get("storage_option") or ()))
+    storage.configure(policy.storage_options)
     return Job.from_values(values, policy), cfg, conditions

@@ -17,7 +17,7 @@ from spectrum_cli.settings import NUMERICS, OPTIM, OUTPUT, RUN, SAFETY, SELECT
 
 
 @with_settings(SELECT, NUMERICS, OPTIM, OUTPUT, SAFETY, "executor", "scheduler", "scheduler_file",
-               "max_memory")
+               "max_memory", "tensorboard")
 def batch(
     target: Annotated[str, typer.Argument(
         help="A directory of checkpoints (files and checkpoint-<step>/ folders), or a glob.",
@@ -83,7 +83,12 @@ def _run(target: str, report: Path | None, plot: Path | None, top: int, jobs: in
     def warn(message: str) -> None:
         err.print(f"[yellow]warning:[/] {escape(printable(message))}")
 
-    settings = {k: v for k, v in s.items() if k not in _RUN_FLAGS}
+    settings = {k: v for k, v in s.items() if k not in _RUN_FLAGS + ("tensorboard",)}
+    board = None
+    if s["tensorboard"] is not None:  # opened up front: a missing package is said now
+        from spectrum_cli.report.tensorboard import TensorBoardWriter
+
+        board = TensorBoardWriter(s["tensorboard"])
     with _Bar(err, len(candidates), enabled=not s["no_progress"]) as bar:
         run = api.trajectory(target, jobs=jobs, cache_dir=cache, spike_factor=spike_factor,
                              spike_window=spike_window, on_result=bar.advance,
@@ -92,6 +97,10 @@ def _run(target: str, report: Path | None, plot: Path | None, top: int, jobs: in
     if report is not None:
         run.write_report(report, force=s["force"])
         err.print(f"trajectory written to {printable(report)}", markup=False)
+    if board is not None:
+        _tensorboard(board, run.records)
+        err.print(f"TensorBoard events written to {printable(s['tensorboard'])}",
+                  markup=False)
     if s["json_out"]:
         print(json.dumps(doc, indent=2))
     else:
@@ -118,12 +127,23 @@ def _run(target: str, report: Path | None, plot: Path | None, top: int, jobs: in
     return int(ExitCode.OK)
 
 
+def _tensorboard(writer: Any, records: list[dict[str, Any]]) -> None:
+    """Every analysed checkpoint's indicators, loss and singular-value histogram."""
+    from spectrum_cli.watch import tensorboard_payload
+
+    with writer:
+        for record in records:
+            payload = tensorboard_payload(record)
+            if payload is not None:
+                writer.add(*payload)
+
+
 #: Run-level indicators shown when the run has no loss to score them against.
 _OVERVIEW = ("tensors.max_kappa", "tensors.max_sigma_max", "tensors.min_stable_rank",
              "tensors.mean_spectral_entropy_normalized")
 
 
-def render(doc: dict, console, top: int = 12) -> None:
+def render(doc: dict, console, top: int = 12, command: str = "batch") -> None:
     """The batch summary: the scorecard when the run logged a loss, else how the
     indicators moved over the run (first, last, min, max)."""
     from rich.text import Text
@@ -131,7 +151,7 @@ def render(doc: dict, console, top: int = 12) -> None:
     from spectrum_cli.cli.summary import _Row, fitted_table, fmt
 
     s = doc["summary"]
-    console.print(Text.assemble(("spectrum batch ", "bold"), printable(
+    console.print(Text.assemble((f"spectrum {command} ", "bold"), printable(
         f"{doc['source']}: {s['analysed']} checkpoints analysed ({s['from_cache']} from "
         f"cache), {s['failed']} failed")), soft_wrap=True)
     ok = [c for c in doc["checkpoints"] if c["status"] == "ok"]

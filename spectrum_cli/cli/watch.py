@@ -83,8 +83,8 @@ def _run(target: str, report: Path | None, top: int, cache_dir: Path | None,
     from spectrum_cli.report.output import check_target
     from spectrum_cli.settings import BY_NAME
 
+    job, cfg, conditions = W.resolve(target, s)  # first: it sets the storage options
     W.check_folder(target)
-    job, cfg, conditions = W.resolve(target, s)
 
     def value(name: str) -> Any:
         return cfg.values.get(name, BY_NAME[name].default)
@@ -166,7 +166,7 @@ def _run(target: str, report: Path | None, top: int, cache_dir: Path | None,
     else:
         from spectrum_cli.cli.batch import render
 
-        render(doc, stdout_console(), top)
+        render(doc, stdout_console(), top, command="watch")
     failed = [r for r in w.records if r["status"] != "ok"]
     if reason == "alert":
         return int(ExitCode.OK if s["exit_zero"] else ExitCode.THRESHOLD_VIOLATED)

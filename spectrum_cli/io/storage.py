@@ -298,6 +298,44 @@ def entries(url: str) -> list[tuple[str, bool]]:
     return sorted(out)
 
 
+def tree(url: str, limit: int) -> dict[str, dict[str, Any]]:
+    """Every object under the folder ``url`` (at most ``limit``): its path relative to
+    ``url`` -> what the store says of it (``size``, ETag...), read afresh."""
+    fs, path = filesystem(url)
+    base = path.rstrip("/") + "/"
+    try:
+        fs.invalidate_cache(path)
+        found = fs.find(path, detail=True)
+    except Exception as exc:  # noqa: BLE001
+        raise _remote_error(url, exc) from None
+    out: dict[str, dict[str, Any]] = {}
+    for name, meta in sorted(found.items()):
+        if len(out) >= limit:
+            break
+        name = str(name)
+        if name.startswith(base) and meta.get("type") != "directory":
+            out[name[len(base):]] = meta
+    return out
+
+
+def signature(meta: dict[str, Any]) -> tuple:
+    """What changes when an object is replaced: its size and content tag."""
+    tag = next((str(meta[k]) for k in ("ETag", "etag", "md5Hash", "crc32c", "VersionId",
+                                        "mtime", "LastModified") if meta.get(k)), "")
+    return (int(meta.get("size") or 0), tag)
+
+
+def modified(meta: dict[str, Any]) -> float:
+    """The object's modification time (seconds since the epoch), 0 when unknown."""
+    for k in ("LastModified", "mtime", "last_modified", "updated"):
+        v = meta.get(k)
+        if hasattr(v, "timestamp"):
+            return float(v.timestamp())
+        if isinstance(v, (int, float)):
+            return float(v)
+    return 0.0
+
+
 def glob(pattern: str) -> list[str]:
     """URLs matching a glob pattern (``s3://bucket/run/ckpt-*.pt``)."""
     fs, path = filesystem(pattern)

@@ -400,3 +400,22 @@ def test_stand_ins_are_fresh_per_load():
     assert MetadataUnpickler(io.BytesIO(build)).load().name == "float64"
     assert MetadataUnpickler(io.BytesIO(b"\x80\x04ctorch\nfloat32\n.")).load().name == \
         "float32"
+
+
+def test_batch_finds_dcp_folders_among_the_checkpoints(tmp_path):
+    """A run folder of DCP checkpoints (what FSDP writes per step) is a trajectory."""
+    import json
+
+    from tests.helpers import run_cli
+
+    run = tmp_path / "run"
+    for step in (10, 20):
+        weights, _ = model_state()
+        save({"model": {k: v * (1 + step / 100) for k, v in weights.items()}},
+             run / f"step_{step}")
+    (run / "notes").mkdir()  # a folder that is no checkpoint is not one
+    r = run_cli("batch", run, "--json", "--no-cache")
+    assert r.exit_code == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert [c["step"] for c in doc["checkpoints"]] == [10, 20]
+    assert all(c["status"] == "ok" for c in doc["checkpoints"])

@@ -245,3 +245,36 @@ def test_diff_of_a_remote_and_a_local_checkpoint(s3env):
     assert doc["a"]["path"] == url and doc["tensors"]
     for t in doc["tensors"]:  # the same bytes, read from S3 and from disk
         assert all(m["delta"] == 0 for m in t["metrics"].values()), t["name"]
+
+
+def test_watch_follows_an_s3_folder_as_checkpoints_arrive(s3env, tmp_path):
+    """Issue 14 item 1 with a URL: checkpoints uploaded while the watch runs are each
+    analysed once; the report holds batch's numbers for them."""
+    import threading
+
+    from tests.batch.folders import weights_only_run
+
+    src = weights_only_run(tmp_path / "src", steps=3)
+    files = sorted(src.glob("*.safetensors"))
+    url = "s3://remote11/run"
+    s3env.upload(files[0], f"{url}/{files[0].name}")
+    report = tmp_path / "traj.h5"
+
+    def uploader() -> None:
+        for f in files[1:]:
+            time.sleep(0.8)
+            s3env.upload(f, f"{url}/{f.name}")
+
+    t = threading.Thread(target=uploader, daemon=True)
+    t.start()
+    r = run_cli("watch", url, "--report", report, "--idle-timeout", "3", "--poll", "0.2",
+                "--settle", "0.3", "--no-cache", "--no-progress")
+    t.join(30)
+    assert r.exit_code == 0, r.stderr
+    lines = [x for x in r.stderr.splitlines() if x.startswith("step ")]
+    assert [x.split()[1] for x in lines] == ["0", "100", "200"]
+    shown = json.loads(run_cli("report", "show", report, "--json").stdout)
+    local = json.loads(run_cli("batch", src, "--json", "--no-cache").stdout)
+    assert [c["path"] for c in shown["checkpoints"]] == [f"{url}/{f.name}" for f in files]
+    for got, want in zip(shown["checkpoints"], local["checkpoints"]):
+        assert got["indicators"] == pytest.approx(want["indicators"], rel=1e-12)

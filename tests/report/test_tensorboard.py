@@ -136,3 +136,29 @@ def test_writing_imports_neither_torch_nor_tensorflow(tmp_path):
                          check=True, cwd=tmp_path).stdout
     assert out.strip() == "[]"
     assert os.listdir(tmp_path)
+
+
+def test_batch_tensorboard_writes_every_checkpoint(tmp_path):
+    """`spectrum batch --tensorboard`: each checkpoint's indicators as scalars at its step
+    (TensorBoard's own reader), and the log10 singular-value histogram."""
+    import json
+
+    from tests.batch.folders import weights_only_run
+    from tests.helpers import run_cli
+
+    run = weights_only_run(tmp_path / "run", steps=3)
+    logdir = tmp_path / "tb"
+    r = run_cli("batch", run, "--json", "--no-cache", "--tensorboard", logdir)
+    assert r.exit_code == 0, r.stderr
+    doc = json.loads(r.stdout)
+    ea = read(logdir)
+    tags = ea.Tags()
+    kappa = "tensors.max_kappa"
+    assert kappa in tags["scalars"] and "singular_values/log10" in tags["histograms"]
+    events = ea.Scalars(kappa)
+    assert [e.step for e in events] == [c["step"] for c in doc["checkpoints"]]
+    for e, c in zip(events, doc["checkpoints"]):
+        assert e.value == pytest.approx(c["indicators"][kappa], rel=1e-6)  # float32
+    hists = ea.Histograms("singular_values/log10")
+    # 3 matrices per checkpoint: 16 + 16 + 4 singular values
+    assert [h.histogram_value.num for h in hists] == [36, 36, 36]
