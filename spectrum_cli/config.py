@@ -22,6 +22,14 @@ from spectrum_cli.settings import FORBIDDEN  # noqa: E402
 
 
 _MAX_CONFIG_BYTES = 1 << 20
+#: Why a forbidden key is command line only, where the general reason does not fit.
+_COMMAND_LINE_ONLY = {
+    "on_alert": "a file found beside a checkpoint must not choose a command to run "
+                "(give --on-alert on the command line)",
+    "storage_option": "a file found beside a checkpoint must not point spectrum, and your "
+                      "credentials, at another endpoint (give --storage-option on the "
+                      "command line)",
+}
 
 
 def _load_toml(path: Path) -> dict[str, Any]:
@@ -127,9 +135,10 @@ def _normalize(table: Mapping[str, Any], origin: str, strict: bool = True) -> di
     for raw_key, value in table.items():
         key = raw_key.replace("-", "_").lower()
         if key in FORBIDDEN:
+            why = _COMMAND_LINE_ONLY.get(key, "unsafe loading is only enabled from the "
+                                         "command line (--trust-checkpoint, --allow-global)")
             raise UsageError(f"{origin}: {raw_key!r} cannot be set in a configuration file "
-                             "or the environment; unsafe loading is only enabled from the "
-                             "command line (--trust-checkpoint, --allow-global)")
+                             f"or the environment; {why}")
         if key not in KEYS:
             if not strict:  # unrelated SPECTRUM_* variables are not ours to judge
                 continue

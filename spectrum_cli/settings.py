@@ -90,6 +90,9 @@ SETTINGS: tuple[Setting, ...] = (
             default="cpu", choices=("cpu", "cuda")),
     Setting("dtype", "str", "Working precision.", NUMERICS, default="float64",
             choices=("float64", "float32")),
+    Setting("randomize", "bool", "Also compute rand_distance, the distance of the ESD "
+            "from that of the entry-permuted matrix (WeightWatcher's randomize=True; one "
+            "more spectrum per matrix, seeded by --seed).", NUMERICS, default=False),
     Setting("top_k", "int", "How many of the largest singular values backends of extremes "
             "compute (2 give σ_max and the spectral gap).", NUMERICS, default=2, minimum=1),
     Setting("seed", "int", "Seed of start vectors and probes (iterative backends).",

@@ -55,6 +55,7 @@ class AnalyzeOptions:
     eps: tuple[float, ...] = ()
     eps_relative: bool = False
     power_max: int = 200
+    randomize: bool = False
 
     def __post_init__(self) -> None:
         if self.conv not in CONV_MODES:

@@ -34,7 +34,9 @@ def analyze_matrix(planned: Any, a: np.ndarray, options: Any, backend: Any,
     ``metrics`` are the registered :class:`~spectrum_cli.core.metrics.Metric` objects
     (the built-in ones by default); a metric this backend cannot serve is listed in
     ``unavailable`` with the reason."""
-    registered = M.BUILTIN if metrics is None else M.ordered(metrics)
+    registered = M.BUILTIN if metrics is None else tuple(
+        m for m in M.ordered(metrics)
+        if not m.opt_in or getattr(options, m.opt_in, False))  # costly ones when asked
     t0 = time.perf_counter()
     base = dict(name=planned.name, shape=tuple(planned.shape),
                 matrix_shape=tuple(planned.matrix_shape), dtype=planned.dtype,
@@ -60,12 +62,21 @@ def analyze_matrix(planned: Any, a: np.ndarray, options: Any, backend: Any,
     if e:
         b = ldexp(a, -e)
         fro_b = math.sqrt(float(np.einsum("ij,ij->", b, b)))
+    reasons: dict[str, str] = {}
     if "all" in caps.singular_values:
         sv = backend.singular_values(b, which="all", route=options.svd_route,
                                      frobenius_norm=fro_b, **common)
-        values = M.singular_value_metrics(sv.values, a.shape, options.effective_rank_tau,
-                                          registered, failed=extra.setdefault("unavailable",
-                                                                             {}))
+        failed = extra.setdefault("unavailable", {})
+        builtin = {m.name for m in M.BUILTIN}
+        # Built-ins are ratios or are scaled back below; other metrics get the spectrum
+        # of A itself (absolute scales: log norms, xmin, the MP edge).
+        values = M.singular_value_metrics(
+            sv.values, a.shape, options.effective_rank_tau,
+            [m for m in registered if m.name in builtin], failed=failed)
+        values.update(M.singular_value_metrics(
+            ldexp(sv.values, e) if e else sv.values, a.shape, options.effective_rank_tau,
+            [m for m in registered if m.name not in builtin], failed=failed,
+            seed=options.seed, reasons=reasons))
     else:
         sv, extra = _extremes(b, options, backend, fro_b ** 2, common, planned.name)
         values = extra.pop("metrics")
@@ -95,10 +106,14 @@ def analyze_matrix(planned: Any, a: np.ndarray, options: Any, backend: Any,
             why = (f"backend {backend.name!r} computes no eigenvalues of non-symmetric "
                    "matrices")
             unavailable.update({k: why for k in ("spectral_radius", *M.NONNORMAL_METRICS)})
-    _plugin_metrics(registered, a, eig, metrics, unavailable)
+    full = sv.values if sv.which == "all" else None
+    _plugin_metrics(registered, a, eig, metrics, unavailable, reasons,
+                    M.SpectrumContext(tuple(a.shape), options.effective_rank_tau,
+                                      options.seed, full))
     metrics["nonfinite_count"] = 0
     converged = sv.converged and extra.get("converged", True)
-    notes = list(sv.notes) + extra.get("notes", [])
+    notes = list(sv.notes) + extra.get("notes", []) + [
+        f"{name} undefined: {why}" for name, why in reasons.items()]
     return TensorResult(**base, status="ok", metrics=metrics, singular_values=sv,
                         eigenvalues=eig, notes=tuple(notes),
                         time_s=time.perf_counter() - t0,
@@ -108,10 +123,10 @@ def analyze_matrix(planned: Any, a: np.ndarray, options: Any, backend: Any,
 
 
 def _plugin_metrics(registered: Any, a: np.ndarray, eig: Any, metrics: dict[str, Any],
-                    unavailable: dict[str, str]) -> None:
+                    unavailable: dict[str, str], reasons: dict[str, str],
+                    ctx: M.SpectrumContext) -> None:
     """Registered metrics of the eigenvalues or of the matrix itself; a metric that
     fails is unavailable with its error, never a crash and never silently absent."""
-    ctx = M.SpectrumContext(tuple(a.shape))
     for m in registered:
         if m.needs == "singular_values" or m.name in metrics:
             continue
@@ -119,10 +134,14 @@ def _plugin_metrics(registered: Any, a: np.ndarray, eig: Any, metrics: dict[str,
             unavailable[m.name] = ("needs eigenvalues: square matrices eigen-analysed under "
                                    "--square")
             continue
+        arg = eig.values if m.needs == "eigenvalues" else a
         try:
-            metrics[m.name] = m(eig.values if m.needs == "eigenvalues" else a, ctx)
+            metrics[m.name] = m(arg, ctx)
         except Exception as exc:  # noqa: BLE001 - a plugin's failure is reported, not fatal
-            unavailable[m.name] = f"metric failed: {type(exc).__name__}: {exc}"
+            unavailable[m.name] = M.failure(exc)
+            continue
+        if metrics[m.name] is None and (why := m.reason(arg, ctx)):
+            reasons[m.name] = why
 
 
 def _scale_back(sv: Any, metrics: dict[str, Any], extra: dict[str, Any], e: int) -> Any:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 import numpy as np
@@ -67,6 +67,11 @@ METRICS: dict[str, str] = {
     "nonfinite_count": "number of NaN or Inf entries (0 for analysed matrices)",
 }
 
+#: WeightWatcher's columns (:mod:`spectrum_cli.core.esd_metrics`) are contract names too.
+from spectrum_cli.core.esd_metrics import ESD_METRICS  # noqa: E402  (numpy only)
+
+METRICS.update(ESD_METRICS)
+
 #: Metrics of update operators (the contract names, beside the per-tensor ones).
 OPERATOR_METRICS = {
     "spectral_radius": "ρ(J)",
@@ -96,6 +101,11 @@ class SpectrumContext:
 
     shape: tuple[int, int]
     tau: float = DEFAULT_EFFECTIVE_RANK_TAU
+    #: The analysis's seed (``--seed``), for metrics that draw random numbers.
+    seed: int = 0
+    #: The matrix's full singular spectrum when computed (for metrics of the matrix that
+    #: also need it, such as ``rand_distance``); None otherwise.
+    singular_values: Any = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -116,6 +126,20 @@ class Metric:
     needs: str = "singular_values"
     description: str = ""
     context: bool = False
+    #: ``explain(values, context)``: why the value is undefined (None) for this input.
+    explain: Callable[..., str | None] | None = None
+    #: The name of a boolean analysis setting without which the metric is not computed
+    #: (a costly one, such as ``rand_distance`` under ``--randomize``).
+    opt_in: str = ""
+
+    def reason(self, values: Any, context: "SpectrumContext") -> str | None:
+        """Why this metric is undefined here, when it says (None otherwise)."""
+        if self.explain is None:
+            return None
+        try:
+            return self.explain(values, context)
+        except Exception:  # noqa: BLE001 - an explanation must never cost the analysis
+            return None
 
     def __call__(self, values: np.ndarray, context: SpectrumContext) -> float | int | None:
         value = self.compute(values, context) if self.context else self.compute(values)
@@ -147,7 +171,8 @@ def as_metric(name: str, obj: Any) -> Metric:
         if obj.needs not in NEEDS:
             raise TypeError(f"metric {name!r}: needs must be one of {NEEDS}, got {obj.needs!r}")
         return Metric(name, obj.compute, obj.needs, getattr(obj, "description", ""),
-                      bool(getattr(obj, "context", False)))
+                      bool(getattr(obj, "context", False)), getattr(obj, "explain", None),
+                      str(getattr(obj, "opt_in", "") or ""))
     if callable(obj):
         doc = (getattr(obj, "__doc__", None) or "").strip().splitlines()
         return Metric(name, obj, "singular_values", doc[0] if doc else "")
@@ -242,27 +267,42 @@ def ordered(metrics: Any) -> tuple[Metric, ...]:
 
 def singular_value_metrics(
     s: np.ndarray, shape: tuple[int, int], tau: float = DEFAULT_EFFECTIVE_RANK_TAU,
-    metrics: Any = None, failed: dict[str, str] | None = None,
+    metrics: Any = None, failed: dict[str, str] | None = None, seed: int = 0,
+    reasons: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Metrics of the descending singular values ``s`` of an m x n matrix: the built-in
     ones, or those of ``metrics`` (the registry's) that need the singular values. A
-    metric that raises is recorded in ``failed`` (name -> reason) when given."""
+    metric that raises is recorded in ``failed`` (name -> reason) when given; one that
+    is undefined (None) and says why, in ``reasons``."""
     if not 0.0 < tau < 1.0:
         raise ValueError(f"tau: expected a number in (0, 1), got {tau!r}")
     s = np.asarray(s, dtype=np.float64)
-    ctx = SpectrumContext(tuple(shape), tau)
+    ctx = SpectrumContext(tuple(shape), tau, seed, s)
     chosen = BUILTIN if metrics is None else ordered(
         m for m in metrics if m.needs == "singular_values")
     out: dict[str, Any] = {}
     for m in chosen:
         if failed is None:
             out[m.name] = m(s, ctx)
-            continue
-        try:
-            out[m.name] = m(s, ctx)
-        except Exception as exc:  # noqa: BLE001 - a plugin's failure is reported
-            failed[m.name] = f"metric failed: {type(exc).__name__}: {exc}"
+        else:
+            try:
+                out[m.name] = m(s, ctx)
+            except Exception as exc:  # noqa: BLE001 - a plugin's failure is reported
+                failed[m.name] = failure(exc)
+                continue
+        if out[m.name] is None and reasons is not None:
+            why = m.reason(s, ctx)
+            if why:
+                reasons[m.name] = why
     return out
+
+
+def failure(exc: BaseException) -> str:
+    """How a metric's exception is reported: its message when it says the metric is
+    unavailable for this input (an ``unavailable`` attribute), else as a failure."""
+    if getattr(exc, "unavailable", False):
+        return str(exc)
+    return f"metric failed: {type(exc).__name__}: {exc}"
 
 
 def entry_metrics(a: np.ndarray) -> dict[str, Any]:

@@ -125,7 +125,7 @@ def test_checkpoints_written_while_it_runs(tmp_path):
         assert got["indicators"] == pytest.approx(want["indicators"], rel=1e-12)
     assert shown["checkpoints"][2]["indicators"]["tensor.kappa[head.weight]"] == \
         pytest.approx(kappa(files[2], "head.weight"), rel=1e-10)  # the one read in halves
-    assert "spectrum batch" in result.stdout  # the trajectory's summary at the end
+    assert "spectrum watch" in result.stdout  # the trajectory's summary at the end
 
 
 def test_a_violation_stops_the_watch_with_the_report_up_to_it(tmp_path):
@@ -296,11 +296,13 @@ def test_on_alert_is_command_line_only(tmp_path):
     marker = tmp_path / "ran"
     (run / "spectrum.toml").write_text(f'on-alert = "touch {marker}"\nfail-on = ["kappa>0"]\n')
     result = run_cli("watch", run, "--idle-timeout", "0.3", *FAST)
-    assert result.exit_code == 2 and "unknown key 'on-alert'" in result.stderr
+    assert result.exit_code == 2 and "'on-alert' cannot be set" in result.stderr
+    assert "command to run" in result.stderr and not marker.exists()
     (run / "spectrum.toml").unlink()
     result = run_cli("watch", run, "--idle-timeout", "0.3", "--fail-on", "kappa>0", *FAST,
                      env={"SPECTRUM_ON_ALERT": f"touch {marker}"})
-    assert result.exit_code == 1 and not marker.exists()
+    assert result.exit_code == 2 and not marker.exists()  # refused by name, not ignored
+    assert "'ON_ALERT' cannot be set" in result.stderr
 
 
 def test_outputs_are_checked_before_the_watch(tmp_path):

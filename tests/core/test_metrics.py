@@ -61,10 +61,21 @@ def test_every_metric_matches_numpy_float64(rng, shape, kappa):
 
 
 def test_metric_names_are_the_contract(rng):
+    from spectrum_cli import plugins
+    from spectrum_cli.core.esd_metrics import ESD_METRICS
+
+    core = set(METRICS) - set(ESD_METRICS)  # the built-ins alone (no registry)
     got = analyse(rng.standard_normal((12, 12)))
-    assert set(got) == set(METRICS)
+    assert set(got) == core
     got = analyse(rng.standard_normal((12, 7)))
-    assert set(got) == set(METRICS) - {"spectral_radius", *NONNORMAL_METRICS}
+    assert set(got) == core - {"spectral_radius", *NONNORMAL_METRICS}
+    p = _Planned("w", (30, 20), "float64", (30, 20), "matrix")
+    for randomize in (False, True):  # the registered metrics: every contract name
+        got = analyze_matrix(p, rng.standard_normal((30, 20)),
+                             AnalyzeOptions(randomize=randomize), DenseBackend(),
+                             plugins.metric_plugins()).metrics
+        want = set(METRICS) - {"spectral_radius", *NONNORMAL_METRICS}
+        assert set(got) == (want if randomize else want - {"rand_distance"})
 
 
 def test_closed_forms_flat_spectrum():

@@ -1,0 +1,407 @@
+"""The empirical spectral density (ESD) of a weight matrix, as WeightWatcher reads it.
+
+The ESD is the set of eigenvalues λ_i = σ_i² of WᵀW (the squared singular values of the
+float64 matrix, not normalized). Everything here follows WeightWatcher 0.7.7
+(Martin & Mahoney, "Implicit self-regularization in deep neural networks", JMLR
+22(165), 2021; Martin, Peng & Mahoney, "Predicting trends in the quality of
+state-of-the-art neural networks without access to training or testing data", Nature
+Communications 12:4122, 2021) so that the numbers agree with its columns on the same
+matrix; where spectrum adds or differs, the docstring says so.
+
+Power law of the tail (Clauset, Shalizi & Newman, "Power-law distributions in empirical
+data", SIAM Review 51(4), 2009, §3): among the eigenvalues above ``threshold`` (1e-5,
+WeightWatcher's ``EVALS_THRESH``), sorted x_1 <= ... <= x_N, each x_i but the last is a
+candidate xmin with tail size n = N - i + 1 (x_i included) and
+
+    S_i = Σ_{j>=i} ln(x_j / x_i),   α_i = 1 + n / S_i                 (eq. 3.1)
+    D_i = max_{j>=i} |1 - (x_j/x_i)^(1-α_i) - (j - i)/n|              (KS, §3.3)
+
+(WeightWatcher's one-sided empirical CDF (j - i)/n). The fit is the first i of minimal
+D_i among those with α_i > 1; σ = (α - 1)/√n (eq. 3.2). With N < 20 eigenvalues
+(WeightWatcher's small-n branch) only tails of at least 8 are candidates and α is the
+bias-corrected 1 + (n - 1)/S_i. The reported tail count is #{λ >= xmin}.
+
+Beyond WeightWatcher, an exact interval for α at the chosen xmin: given x_i, the n - 1
+tail points above it are i.i.d. Pareto(α, x_i), so ln(x_j/x_i) ~ Exp(α - 1) and
+(α - 1)·S_i ~ Gamma(n - 1, 1) (Johnson, Kotz & Balakrishnan, *Continuous Univariate
+Distributions* 1, 2nd ed., ch. 20); the interval is 1 + Gamma⁻¹(q; n - 1)/S_i for
+q = (1 ∓ level)/2. It does not include the uncertainty of choosing xmin;
+:func:`bootstrap_alpha` does (the nonparametric bootstrap Clauset et al. use for the
+uncertainty of xmin and α), at B times the cost of a fit.
+
+Cost: the S_i are N - 1 suffix sums (numpy's pairwise sums, as WeightWatcher computes
+them) and the D_i need Σ_i (N - i) ≈ N²/2 exponentials, evaluated in row blocks of at
+most 2^20 entries (8 MiB per temporary, three temporaries); N = 8192 takes about 0.25 s
+on one core. Candidates whose D is within 1e-9 of the minimum are recomputed with
+WeightWatcher's own expression so that ties resolve as it resolves them.
+
+Results are memoized (a small LRU cache keyed on a hash of the eigenvalues' bytes and
+the settings): the dozen metrics computed from one spectrum share one fit.
+
+Also here: WeightWatcher's log norms (:func:`log_norms`). The Marchenko-Pastur fit of
+the bulk is :mod:`spectrum_cli.core.marchenko_pastur`, ``rand_distance``
+:mod:`spectrum_cli.core.randomization`, all of them for one matrix
+:mod:`spectrum_cli.core.esd_analysis`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+#: WeightWatcher's ``EVALS_THRESH``: eigenvalues at or below it are left out of the fit.
+EVALS_THRESHOLD = 1e-5
+#: WeightWatcher's ``SMALL_N_CUTOFF``: fewer eigenvalues above the threshold select the
+#: small-n variant of the fit.
+SMALL_N = 20
+#: The smallest tail the small-n variant considers (WeightWatcher's ``k_min``).
+SMALL_N_MIN_TAIL = 8
+#: WeightWatcher's ``DEFAULT_MIN_EVALS``: it skips matrices with fewer eigenvalues.
+MIN_EVALS = 8
+#: WeightWatcher's warnings: α below 2 "over-trained", above 6 "under-trained".
+OVER_TRAINED, UNDER_TRAINED = "over-trained", "under-trained"
+OVER_TRAINED_BELOW, UNDER_TRAINED_ABOVE = 2.0, 6.0
+DEFAULT_LEVEL = 0.95
+#: Row blocks of the KS scan hold at most this many entries.
+BLOCK_ENTRIES = 1 << 20
+#: Candidates within this distance of the smallest D are rechecked exactly.
+TIE_TOLERANCE = 1e-9
+
+INTERVAL_METHOD = "exact Gamma pivot at the chosen xmin ((alpha-1)*S ~ Gamma(n-1, 1))"
+
+
+@dataclass(frozen=True)
+class PowerLawFit:
+    """The power-law fit of the ESD's tail (see the module docstring).
+
+    ``alpha`` is None when the fit is undefined for these eigenvalues, and ``reason``
+    says why; the other fields are then None too. ``variant`` is ``"standard"`` or
+    ``"small-n"`` (WeightWatcher's branch for N < 20). ``interval`` is the exact
+    ``level`` interval for α at the chosen xmin. ``warning`` is WeightWatcher's
+    ``"over-trained"`` (α < 2) or ``"under-trained"`` (α > 6), or None.
+    """
+
+    alpha: float | None
+    xmin: float | None
+    xmax: float | None
+    ks_distance: float | None
+    sigma: float | None
+    tail_count: int | None
+    interval: tuple[float, float] | None
+    n_fit: int
+    level: float
+    variant: str | None
+    warning: str | None
+    reason: str | None
+    threshold: float
+
+    @property
+    def defined(self) -> bool:
+        return self.alpha is not None
+
+
+@dataclass(frozen=True)
+class LogNorms:
+    """WeightWatcher's norm columns (base-10 logarithms; None where undefined):
+    ``log_norm`` = log10 Σλ_i, ``log_spectral_norm`` = log10 λ_max, ``log_alpha_norm`` =
+    log10 Σλ_i^α and ``alpha_weighted`` = α·log10 λ_max (Martin, Peng & Mahoney 2021)."""
+
+    log_norm: float | None
+    log_spectral_norm: float | None
+    log_alpha_norm: float | None
+    alpha_weighted: float | None
+
+
+@dataclass(frozen=True)
+class BootstrapInterval:
+    """Percentile interval of α over ``n_boot`` resamples (with replacement) of the
+    eigenvalues above the threshold, each refitted with its own xmin; ``n_defined``
+    resamples gave a defined α."""
+
+    low: float | None
+    high: float | None
+    level: float
+    n_boot: int
+    n_defined: int
+    seed: int
+
+
+# ---- memo --------------------------------------------------------------------------
+
+_CACHE: OrderedDict[bytes, Any] = OrderedDict()
+_CACHE_SIZE = 64
+_LOCK = threading.Lock()
+
+
+def memoized(kind: str, arrays: tuple[np.ndarray, ...], params: tuple[Any, ...],
+             compute: Callable[[], Any]) -> Any:
+    """``compute()``, remembered under a hash of ``kind``, the arrays' bytes, shapes and
+    dtypes and ``params`` (the last 64 results)."""
+    h = hashlib.blake2b(repr((kind, params)).encode(), digest_size=20)
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        h.update(repr((a.shape, a.dtype.str)).encode())
+        h.update(a.tobytes())
+    key = h.digest()
+    with _LOCK:
+        if key in _CACHE:
+            _CACHE.move_to_end(key)
+            return _CACHE[key]
+    value = compute()
+    with _LOCK:
+        _CACHE[key] = value
+        while len(_CACHE) > _CACHE_SIZE:
+            _CACHE.popitem(last=False)
+    return value
+
+
+def clear_cache() -> None:
+    with _LOCK:
+        _CACHE.clear()
+
+
+# ---- eigenvalues -------------------------------------------------------------------
+
+def eigenvalues(singular_values: np.ndarray) -> np.ndarray:
+    """λ_i = σ_i², ascending, float64 (values past 1.3e154 overflow to inf)."""
+    s = np.asarray(singular_values, dtype=np.float64).ravel()
+    with np.errstate(over="ignore"):
+        return np.sort(s * s)
+
+
+def _check_evals(evals: np.ndarray) -> tuple[np.ndarray, str | None]:
+    lam = np.sort(np.asarray(evals, dtype=np.float64).ravel())
+    if lam.size and not np.isfinite(lam).all():
+        return lam, "eigenvalues are not all finite (NaN, or σ past 1.3e154)"
+    if lam.size and lam[0] < 0:
+        return lam, "negative eigenvalues: expected λ = σ² >= 0"
+    return lam, None
+
+
+def warning_for(alpha: float | None) -> str | None:
+    """WeightWatcher's warning for α: "over-trained" below 2, "under-trained" above 6."""
+    if alpha is None:
+        return None
+    if alpha < OVER_TRAINED_BELOW:
+        return OVER_TRAINED
+    if alpha > UNDER_TRAINED_ABOVE:
+        return UNDER_TRAINED
+    return None
+
+
+# ---- the power-law fit -------------------------------------------------------------
+
+def _tail_sums(logx: np.ndarray) -> np.ndarray:
+    """S_i = Σ_{j>=i} ln x_j - n_i ln x_i for i < N - 1, with numpy's pairwise sum of
+    each suffix (the same expression, so the same bits, as WeightWatcher's)."""
+    N = logx.size
+    return np.array([np.sum(logx[i:]) - float(N - i) * logx[i] for i in range(N - 1)],
+                    dtype=np.float64)
+
+
+def _ks_exact(x: np.ndarray, i: int, alpha: float) -> float:
+    """D_i by WeightWatcher's own expression (power of the ratio)."""
+    n = float(x.size - i)
+    with np.errstate(all="ignore"):
+        return float(np.max(np.abs(1 - (x[i:] / x[i]) ** (-alpha + 1) - np.arange(n) / n)))
+
+
+def _ks_scan(x: np.ndarray, logx: np.ndarray, alphas: np.ndarray,
+             rows: np.ndarray) -> np.ndarray:
+    """D_i for every candidate i (True in ``rows``), 1 elsewhere: the KS distances of
+    the module docstring in row blocks of at most :data:`BLOCK_ENTRIES` entries."""
+    N = x.size
+    D = np.ones(N - 1)
+    finite = rows & np.isfinite(alphas)
+    for i in np.flatnonzero(rows & ~finite):  # α = ±inf: 1^(-inf) needs pow's rules
+        D[i] = _ks_exact(x, int(i), float(alphas[i]))
+    i0 = 0
+    while i0 < N - 1:
+        cols = N - i0
+        i1 = min(N - 1, i0 + max(1, BLOCK_ENTRIES // cols))
+        take = finite[i0:i1]
+        if take.any():
+            r = np.arange(i0, i1)[take]
+            a = alphas[r]
+            dev = logx[None, i0:] - logx[r, None]       # ln(x_j/x_i)
+            dev *= (1.0 - a)[:, None]
+            np.exp(dev, out=dev)                          # (x_j/x_i)^(1-α)
+            np.subtract(1.0, dev, out=dev)                # the fitted CDF
+            k = np.arange(i0, N)[None, :] - r[:, None]    # j - i
+            dev -= k / (N - r)[:, None].astype(np.float64)  # minus the empirical CDF
+            np.abs(dev, out=dev)
+            dev[k < 0] = 0.0                              # j < i is not in the tail
+            D[r] = dev.max(axis=1)
+        i0 = i1
+    return D
+
+
+def _choose(x: np.ndarray, alphas: np.ndarray, D: np.ndarray) -> int:
+    """The first index of minimal D, ties among near-equal candidates resolved with
+    WeightWatcher's own expression for D."""
+    best = float(D.min())
+    near = np.flatnonzero(D <= best + TIE_TOLERANCE)
+    if near.size == 1:
+        return int(near[0])
+    exact = [(_ks_exact(x, int(i), float(alphas[i])) if D[i] < 1.0 else 1.0, int(i))
+             for i in near]
+    return min(exact)[1]
+
+
+def _scan(x: np.ndarray) -> tuple[int, np.ndarray, np.ndarray, np.ndarray, str]:
+    """(chosen index, α_i, D_i, S_i, variant) for sorted x (N >= 2), as WeightWatcher's
+    ``WWFit`` chooses: the standard scan, or its small-n branch for N < 20."""
+    N = x.size
+    logx = np.log(x)
+    S = _tail_sums(logx)
+    n = (N - np.arange(N - 1)).astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        if N >= SMALL_N:
+            alphas = 1 + n / S
+            D = _ks_scan(x, logx, alphas, alphas > 1)
+            return _choose(x, alphas, D), alphas, D, S, "standard"
+        # Small n: tails of >= 8 with S > 1e-12, bias-corrected α. WeightWatcher scores
+        # them with J = D - 0.868/sqrt(n), but its caller then re-selects by minimal D
+        # (WW_powerlaw.WWFit.__init__): what it reports is the minimal-D candidate.
+        ok = (n >= SMALL_N_MIN_TAIL) & (S > 1e-12)
+        alphas = np.where(ok, 1 + (n - 1) / S, 0.0)
+        rows = ok & (alphas > 1)
+        D = _ks_scan(x, logx, alphas, rows)
+        if not rows.any():  # no candidate: the whole sample is the tail
+            if S[0] > 1e-12:
+                alphas[0] = 1 + (N - 1) / S[0]
+                D[0] = _ks_exact(x, 0, float(alphas[0]))
+        return _choose(x, alphas, D), alphas, D, S, "small-n"
+
+
+def _gamma_interval(S: float, n: int, level: float) -> tuple[float, float] | None:
+    """1 + Gamma⁻¹(q; n - 1)/S for q = (1 ∓ level)/2 (None when n < 2 or S <= 0)."""
+    if n < 2 or not S > 0 or not math.isfinite(S):
+        return None
+    from scipy.special import gammaincinv
+
+    q = (1.0 - level) / 2.0
+    return (1.0 + float(gammaincinv(n - 1, q)) / S, 1.0 + float(gammaincinv(n - 1, 1 - q)) / S)
+
+
+def exact_interval(tail: np.ndarray, level: float = DEFAULT_LEVEL
+                   ) -> tuple[float, float] | None:
+    """The exact ``level`` interval for α when the power law starts at the smallest
+    value of ``tail``: 1 + Gamma⁻¹(q; n - 1)/S, S = Σ ln(x_j/x_min), q = (1 ∓ level)/2
+    (module docstring). None for fewer than 2 values or all equal."""
+    _validate(level, 0.0)
+    x = np.sort(np.asarray(tail, dtype=np.float64).ravel())
+    if x.size < 2 or not (np.isfinite(x).all() and x[0] > 0):
+        return None
+    logx = np.log(x)
+    return _gamma_interval(float(np.sum(logx) - x.size * logx[0]), int(x.size), level)
+
+
+def _undefined(reason: str, n_fit: int, level: float, threshold: float) -> PowerLawFit:
+    return PowerLawFit(None, None, None, None, None, None, None, n_fit, level, None, None,
+                       reason, threshold)
+
+
+def _validate(level: float, threshold: float) -> None:
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level: expected a number in (0, 1), got {level!r}")
+    if not (math.isfinite(threshold) and threshold >= 0.0):
+        raise ValueError(f"threshold: expected a finite number >= 0, got {threshold!r}")
+
+
+def fit_power_law(evals: np.ndarray, *, threshold: float = EVALS_THRESHOLD,
+                  level: float = DEFAULT_LEVEL, min_evals: int = MIN_EVALS) -> PowerLawFit:
+    """The power-law fit of the tail of the eigenvalues ``evals`` (any order; the
+    module docstring gives the method). Undefined, with the reason, when there are
+    fewer than ``min_evals`` eigenvalues (WeightWatcher skips such matrices), fewer
+    than 2 above ``threshold``, when those are all equal (WeightWatcher then reports
+    rounding noise), or when no candidate gives α > 1. Memoized."""
+    _validate(level, threshold)
+    evals = np.asarray(evals, dtype=np.float64).ravel()
+    return memoized("power_law", (evals,), (threshold, level, min_evals),
+                    lambda: _fit_power_law(evals, threshold, level, min_evals))
+
+
+def _fit_power_law(evals: np.ndarray, threshold: float, level: float,
+                   min_evals: int) -> PowerLawFit:
+    lam, bad = _check_evals(evals)
+    x = lam[lam > threshold]
+    N = int(x.size)
+    if bad:
+        return _undefined(bad, N, level, threshold)
+    if lam.size < min_evals:
+        return _undefined(f"{lam.size} eigenvalues: fewer than {min_evals} "
+                          "(WeightWatcher's min_evals)", N, level, threshold)
+    if N < 2:
+        return _undefined(f"{N} eigenvalue(s) above {threshold:g}: no tail to fit", N,
+                          level, threshold)
+    if x[0] == x[-1]:
+        return _undefined(f"all {N} eigenvalues above {threshold:g} are equal: no power "
+                          "law", N, level, threshold)
+    i, alphas, D, S, variant = _scan(x)
+    alpha = float(alphas[i])
+    if not (math.isfinite(alpha) and alpha > 1.0 and D[i] < 1.0):
+        return _undefined("no candidate xmin gives a finite alpha > 1", N, level, threshold)
+    n = N - i
+    xmin = float(x[i])
+    return PowerLawFit(
+        alpha=alpha, xmin=xmin, xmax=float(x[-1]), ks_distance=float(D[i]),
+        sigma=(alpha - 1.0) / math.sqrt(n), tail_count=int(np.count_nonzero(lam >= xmin)),
+        interval=_gamma_interval(float(S[i]), n, level), n_fit=N, level=level,
+        variant=variant, warning=warning_for(alpha), reason=None, threshold=threshold)
+
+
+def bootstrap_alpha(evals: np.ndarray, n_boot: int = 200, *, seed: int = 0,
+                    level: float = DEFAULT_LEVEL, threshold: float = EVALS_THRESHOLD
+                    ) -> BootstrapInterval:
+    """Percentile interval of α over ``n_boot`` nonparametric bootstrap resamples of the
+    eigenvalues above ``threshold``, each refitted from scratch (xmin included): the
+    uncertainty of the whole procedure, as Clauset et al. (2009) estimate it. Costs
+    ``n_boot`` fits."""
+    _validate(level, threshold)
+    if not (isinstance(n_boot, int) and n_boot >= 1):
+        raise ValueError(f"n_boot: expected a positive integer, got {n_boot!r}")
+    lam, bad = _check_evals(evals)
+    x = lam[lam > threshold]
+    if bad or x.size < 2:
+        return BootstrapInterval(None, None, level, n_boot, 0, seed)
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(n_boot):
+        xb = np.sort(rng.choice(x, x.size, replace=True))
+        if xb[0] == xb[-1]:
+            continue
+        i, alphas, D, _, _ = _scan(xb)
+        a = float(alphas[i])
+        if math.isfinite(a) and a > 1.0 and D[i] < 1.0:
+            values.append(a)
+    if not values:
+        return BootstrapInterval(None, None, level, n_boot, 0, seed)
+    q = (1.0 - level) / 2.0
+    lo, hi = np.quantile(np.array(values), [q, 1.0 - q])
+    return BootstrapInterval(float(lo), float(hi), level, n_boot, len(values), seed)
+
+
+# ---- norms -------------------------------------------------------------------------
+
+def log_norms(evals: np.ndarray, alpha: float | None) -> LogNorms:
+    """WeightWatcher's log norms of the eigenvalues (see :class:`LogNorms`), computed
+    relative to λ_max so that no power overflows; undefined (None) for a zero matrix,
+    and the α-dependent ones when ``alpha`` is None."""
+    lam, bad = _check_evals(evals)
+    if bad or lam.size == 0 or lam[-1] <= 0.0:
+        return LogNorms(None, None, None, None)
+    top = float(lam[-1])
+    r = lam / top
+    log_top = math.log10(top)
+    log_norm = log_top + math.log10(float(np.sum(r)))
+    if alpha is None:
+        return LogNorms(log_norm, log_top, None, None)
+    return LogNorms(log_norm, log_top, alpha * log_top + math.log10(float(np.sum(r ** alpha))),
+                    alpha * log_top)
