@@ -424,7 +424,10 @@ def indicators(doc: dict[str, Any]) -> dict[str, float]:
 
     for metric, how in (("kappa", max), ("sigma_max", max), ("stable_rank", min),
                         ("spectral_entropy", "mean"), ("spectral_entropy_normalized", "mean"),
-                        ("kappa_V", max), ("spectral_radius", max)):
+                        ("kappa_V", max), ("spectral_radius", max),
+                        # WeightWatcher's model-level averages
+                        ("alpha", "mean"), ("alpha_weighted", "mean"),
+                        ("log_alpha_norm", "mean"), ("rand_distance", "mean")):
         vals = collect(metric)
         if vals:
             name = f"tensors.{'mean' if how == 'mean' else how.__name__}_{metric}"

@@ -138,11 +138,14 @@ def render(doc: dict[str, Any], console: Console, top: int | None = None) -> Non
     console.print(Text.assemble(("spectrum ", "bold"), f"{printable(src['path'])} ",
                                 (f"[{printable(src['format'])}]", "dim")), soft_wrap=True)
     with_rho = any("spectral_radius" in t["metrics"] for t in shown)
+    with_alpha = any("alpha" in t["metrics"] for t in shown)
     columns = [("tensor", "left", False), ("shape", "left", False), ("κ", "right", False),
                ("σmax", "right", True), ("σmin", "right", True), ("Hnorm", "right", True),
-               ("srank", "right", True)] + ([("ρ", "right", True)] if with_rho else [])
+               ("srank", "right", True)] + ([("α", "right", True)] if with_alpha else []) \
+        + ([("ρ", "right", True)] if with_rho else [])
     keys = ["kappa", "sigma_max", "sigma_min", "spectral_entropy_normalized",
-            "stable_rank"] + (["spectral_radius"] if with_rho else [])
+            "stable_rank"] + (["alpha"] if with_alpha else []) \
+        + (["spectral_radius"] if with_rho else [])
     rows = []
     for t in shown:
         m = t["metrics"]
@@ -152,7 +155,8 @@ def render(doc: dict[str, Any], console: Console, top: int | None = None) -> Non
             row = _Row([name, shape, f"{m.get('nonfinite_count', '?')} NaN/Inf",
                         *["-"] * (len(keys) - 1)])
         else:
-            row = _Row([name, shape, *[_cell(t, k) for k in keys]])
+            row = _Row([name, shape, *[_alpha_cell(t) if k == "alpha" else _cell(t, k)
+                                       for k in keys]])
         row.style = _row_style(t) or None
         rows.append(row)
     table, dropped = fitted_table(columns, rows, console.width)
@@ -254,6 +258,35 @@ def nonnormal_table(tensors: list[dict], total_width: int) -> Table:
     return table
 
 
+#: WeightWatcher's reading of alpha: below 2 "over-trained", above 6 "under-trained"
+#: (Martin & Mahoney, JMLR 22(165), 2021; weightwatcher 0.7.7's warnings).
+ALPHA_LOW, ALPHA_HIGH = 2.0, 6.0
+
+
+def _alpha_cell(t: dict) -> Text:
+    a = from_json_value(t["metrics"].get("alpha"))
+    style = "" if a is None else "red" if a < ALPHA_LOW else "yellow" if a > ALPHA_HIGH else ""
+    return Text(_cell(t, "alpha", 2), style=style)
+
+
+def alpha_line(tensors: list[dict]) -> Text | None:
+    """The model-level reading of alpha, as WeightWatcher users look at it: the mean and
+    range over the tensors, and how many are over- or under-trained by its thresholds."""
+    vals = [from_json_value(t["metrics"].get("alpha")) for t in tensors
+            if t["status"] == "ok"]
+    vals = [v for v in vals if isinstance(v, (int, float)) and math.isfinite(v)]
+    if not vals:
+        return None
+    low = sum(v < ALPHA_LOW for v in vals)
+    high = sum(v > ALPHA_HIGH for v in vals)
+    text = (f"α (ESD power-law tail, WeightWatcher's alpha): mean {fmt(sum(vals) / len(vals))}"
+            f", {fmt(min(vals))} … {fmt(max(vals))} over {len(vals)} tensors")
+    if low or high:
+        text += (f"; {low} below {ALPHA_LOW:g} (over-trained), {high} above {ALPHA_HIGH:g} "
+                 "(under-trained)")
+    return Text(text, style="yellow" if low or high else "dim")
+
+
 def _plugin_metric_lines(tensors: list[dict]) -> list[Text]:
     """One line per metric from a plugin (spectrum.metrics): its range over the tensors,
     and on how many it was unavailable."""
@@ -316,6 +349,9 @@ def footnotes(doc: dict, tensors: list[dict], shown: list[dict]) -> list[Text]:
             out.append(Text(f"non-finite: {t['name']}: {'; '.join(t['notes'])}", style="red"))
         elif from_json_value(t["metrics"].get("kappa")) == math.inf:
             out.append(Text(f"singular: {t['name']} has σ_min = 0 (κ = inf)", style="yellow"))
+    line = alpha_line(tensors)
+    if line is not None:
+        out.append(line)
     out.extend(_plugin_metric_lines(tensors))
     if doc["skipped"]:
         reasons = Counter(r["reason"] for r in doc["skipped"])
