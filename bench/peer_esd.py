@@ -108,7 +108,8 @@ plugins.entry_points = lambda group=None: [
     if group != "spectrum.metrics" or ep.name not in drop]
 plugins.clear_cache()
 from spectrum_cli.cli.app import run
-sys.exit(run(["analyze", sys.argv[1], "--json", "--no-cache", "--threads", "1"]))
+sys.exit(run(["analyze", sys.argv[1], "--json", "--no-cache", "--threads", "1"]
+              + ([] if sys.argv[2] == "plain" else ["--randomize"])))
 """
 
 
