@@ -268,7 +268,10 @@ def _arm_forkserver() -> None:
 _arm_forkserver()
 
 
-def _worker_init(threads: int, main: int) -> None:
+def _worker_init(threads: int, main: int, environ: dict[str, str] | None = None) -> None:
+    if environ is not None:  # the parent's environment now, not the forkserver's at start
+        os.environ.clear()
+        os.environ.update(environ)
     die_with_parent(main)
     # Ctrl-C reaches the whole process group: the parent handles it and kills the
     # workers, which must not print a KeyboardInterrupt traceback each.
@@ -344,7 +347,8 @@ def worker_pool(workers: int, threads: int) -> Iterator[ProcessPoolExecutor]:
     finished = terminated = False
     try:
         pool = ProcessPoolExecutor(max_workers=workers, initializer=_worker_init,
-                                   initargs=(threads, os.getpid()), mp_context=_context())
+                                   initargs=(threads, os.getpid(), dict(os.environ)),
+                                   mp_context=_context())
         yield pool
         pool.shutdown(wait=True)
         finished = True

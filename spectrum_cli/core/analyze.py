@@ -165,13 +165,20 @@ def choose_backend(shape: tuple[int, int], options: AnalyzeOptions) -> str:
 
 #: Memory of one tensor's measurement, for planning parallel runs: the tensor as stored,
 #: its float64 copy (8·m·n bytes) and the backend's workspace, WORKSPACE[kind] times the
-#: copy: a dense SVD holds LAPACK's copy of the matrix and its work arrays (or the Gram
-#: route's n×n product), the eigen/non-normal analysis of a square matrix adds geev's
-#: copy, the Schur form and the matrix powers; iterative backends hold a few vectors.
-WORKSPACE = {"dense": 2.0, "eigen": 3.0, "iterative": 0.5}
-MEMORY_RULE = ("per tensor: its stored bytes + 8·m·n·(1 + W) bytes, W = 2 for a dense "
-               "SVD (+3 with the eigen analysis of a square matrix), 0.5 for iterative "
-               "backends; the peak sums the workers' largest tensors")
+#: copy: a dense SVD holds LAPACK's copy of the matrix (numpy's gesdd works on one; the
+#: Gram route needs less, but falls back to gesdd for an ill-conditioned matrix) plus the
+#: k×k Gram product and eigvalsh's copy of it (2·k²/(m·n) of the copy, k = min(m, n),
+#: for the matrices of aspect ratio >= 2 that ``--svd-route auto`` sends that way),
+#: the eigen/non-normal analysis of a square matrix adds geev's copy, the Schur form and
+#: the matrix powers; iterative backends hold a few vectors. Measured on TinyLlama's
+#: 32000x2048 embedding (bench/bench_llm.py): 738 MiB peak RSS of a worker, torch
+#: included, where this rule says 1.25 GB (the fallback's peak).
+WORKSPACE = {"dense": 1.0, "eigen": 3.0, "iterative": 0.5}
+MEMORY_RULE = ("per tensor: its stored bytes + 8·m·n·(1 + W) bytes, W = 1 for a dense "
+               "SVD (+ 2·k²/(m·n), k = min(m, n), at aspect ratio >= 2: the Gram route; "
+               "+3 with the eigen analysis of a square "
+               "matrix), 0.5 for iterative backends; the peak sums the workers' largest "
+               "tensors")
 
 
 def expected_bytes(group: Sequence[_Planned], options: AnalyzeOptions) -> int:
@@ -183,7 +190,9 @@ def expected_bytes(group: Sequence[_Planned], options: AnalyzeOptions) -> int:
     for p in group:
         m, n = p.matrix_shape
         dense = choose_backend(p.matrix_shape, options) in ("dense", "auto")
-        w = WORKSPACE["dense"] if dense else WORKSPACE["iterative"]
+        k = min(m, n)
+        gram = 2.0 * k * k / (m * n) if max(m, n) >= 2 * k else 0.0  # the auto route's
+        w = WORKSPACE["dense"] + gram if dense else WORKSPACE["iterative"]
         if p.wants_eigen(options):
             w += WORKSPACE["eigen"]
         peak = max(peak, 8.0 * m * n * (1.0 + w))

@@ -27,7 +27,7 @@ _MAX_HEADER = 100 * 1024 * 1024
 #: Bytes read and decoded at a time by :meth:`SafetensorsSource.read`.
 CHUNK_BYTES = 4 * 1024 * 1024
 #: From object storage each chunk is one ranged GET: fewer, larger requests.
-REMOTE_CHUNK_BYTES = 64 * 1024 * 1024
+REMOTE_CHUNK_BYTES = 16 * 1024 * 1024
 
 # safetensors dtype -> (our dtype name, numpy storage dtype)
 _DTYPES: dict[str, tuple[str, str]] = {

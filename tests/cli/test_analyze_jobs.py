@@ -70,8 +70,8 @@ def test_thread_plan_is_recorded_and_fits_the_cores(several):
 
 def test_max_memory_lowers_the_workers(several):
     doc, _ = run_json(several, "--threads", "1", "--no-cache")
-    # The largest stored tensor (220x160, dense): its float32 bytes + 8·m·n·(1 + 2).
-    largest = 220 * 160 * 4 + 8 * 220 * 160 * 3
+    # The largest stored tensor (220x160, dense, gesdd): its float32 bytes + 8·m·n·(1 + 1).
+    largest = 220 * 160 * 4 + 8 * 220 * 160 * 2
     limited, result = run_json(several, "--threads", "1", "--jobs", "2", "--no-cache",
                                "--max-memory", str(largest + 1000))
     assert result.exit_code == 0, result.stderr
