@@ -202,35 +202,27 @@ def _size_or_none(limit: Any) -> int | None:
     return None if limit in (None, "") else parse_size(limit)
 
 
-class _Arrays:
+def _arrays_source(arrays: Mapping[str, Any]) -> Any:
     """In-memory matrices as a tensor source (the reader protocol of io/base.py)."""
+    import numpy as np
 
-    format = "arrays"
-    files: tuple[str, ...] = ()
+    from spectrum_cli.io.base import MemorySource, TensorInfo
 
-    def __init__(self, arrays: Mapping[str, Any]) -> None:
-        import numpy as np
+    class Arrays(MemorySource):
+        format = "arrays"
 
-        self.path = "<arrays>"
-        self.notes: list[str] = []
-        self._arrays = {str(k): np.asarray(v) for k, v in arrays.items()}
+        def __init__(self) -> None:
+            super().__init__("<arrays>")
+            self._arrays = {str(k): np.asarray(v) for k, v in arrays.items()}
 
-    def entries(self) -> list[Any]:
-        from spectrum_cli.io.base import TensorInfo
+        def entries(self) -> list[Any]:
+            return [TensorInfo(k, tuple(v.shape), v.dtype.name)
+                    for k, v in self._arrays.items()]
 
-        return [TensorInfo(k, tuple(v.shape), v.dtype.name) for k, v in self._arrays.items()]
+        def read(self, name: str) -> Any:
+            return self._arrays[name]
 
-    def read(self, name: str) -> Any:
-        return self._arrays[name]
-
-    def scalars(self) -> dict[str, Any]:
-        return {}
-
-    def training_state(self) -> Any:
-        return None
-
-    def close(self) -> None:
-        pass
+    return Arrays()
 
 
 def analyze_arrays(arrays: Mapping[str, Any], **settings: Any) -> Any:
@@ -242,7 +234,7 @@ def analyze_arrays(arrays: Mapping[str, Any], **settings: Any) -> Any:
 
     s = check_settings(settings, list(CONFIG_KEYS))
     job, _ = resolve_job("<arrays>", s, use_config=False)
-    source = _Arrays(arrays)
+    source = _arrays_source(arrays)
     info = SourceInfo(source.path, source.format, (), 0, None)
     return analyze_source(source, info, job.options, plugins.get_backend,
                           metrics=plugins.metric_plugins())

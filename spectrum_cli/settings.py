@@ -84,7 +84,7 @@ SETTINGS: tuple[Setting, ...] = (
             "'gesdd', or 'auto'.", NUMERICS, default="auto",
             choices=("auto", "gram", "gesdd")),
     Setting("backend", "str", "'dense', 'lanczos', 'randomized-svd', a plugin (see "
-            "`spectrum backends`) or 'auto': dense up to 2^26 entries and min side 8192, "
+            "`spectrum backends`) or 'auto': dense up to 2^28 entries and min side 8192, "
             "else lanczos.", NUMERICS, default="auto", metavar="NAME"),
     Setting("device", "str", "Where dense and randomized-svd compute.", NUMERICS,
             default="cpu", choices=("cpu", "cuda")),

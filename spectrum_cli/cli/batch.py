@@ -9,7 +9,8 @@ from typing import Annotated, Any, Optional
 import typer
 
 from spectrum_cli.cli.console import escape, exit_codes, stderr_console, stdout_console
-from spectrum_cli.cli.options import with_settings
+from spectrum_cli.cli.options import (CacheDir, NoCache, SpikeFactor, SpikeWindow,
+                                      with_settings)
 from spectrum_cli.report.output import printable
 from spectrum_cli.settings import NUMERICS, OPTIM, OUTPUT, RUN, SAFETY, SELECT
 
@@ -34,18 +35,10 @@ def batch(
     jobs: Annotated[int, typer.Option(
         "--jobs", "-j", min=1, help="Worker processes (each with --threads BLAS threads).",
         rich_help_panel=RUN)] = 1,
-    cache_dir: Annotated[Optional[Path], typer.Option(
-        help="Where per-checkpoint results are cached (by content hash and settings). "
-        "\\[default: $SPECTRUM_CACHE_DIR or ~/.cache/spectrum/batch]",
-        rich_help_panel=RUN)] = None,
-    no_cache: Annotated[bool, typer.Option(
-        "--no-cache", metavar="", help="Recompute everything; write no cache.",
-        rich_help_panel=RUN)] = False,
-    spike_factor: Annotated[float, typer.Option(
-        help="Unstable when loss > FACTOR x min of the previous WINDOW checkpoints.",
-        rich_help_panel=RUN)] = 2.0,
-    spike_window: Annotated[int, typer.Option(help="See --spike-factor.", min=1,
-                                              rich_help_panel=RUN)] = 10,
+    cache_dir: CacheDir = None,
+    no_cache: NoCache = False,
+    spike_factor: SpikeFactor = 2.0,
+    spike_window: SpikeWindow = 10,
     **settings: Any,
 ) -> None:
     """Analyse every checkpoint of a run: trajectory, loss spikes, indicator scorecard.

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import functools
 import inspect
+from pathlib import Path
 from typing import Annotated, Any, Callable, Literal, Optional
 
 import typer
 from typer.core import TyperCommand, TyperGroup
 
-from spectrum_cli.settings import BY_NAME, SETTINGS, Setting
+from spectrum_cli.settings import BY_NAME, RUN, SETTINGS, Setting
 
 _PY = {"str": str, "int": int, "float": float}
 
@@ -98,3 +99,19 @@ class Group(TyperGroup):
 
     def get_params(self, ctx):  # noqa: ANN001, ANN201
         return _untagged(super().get_params(ctx))
+
+
+# ---- options of the run commands (batch, watch) that the schema does not hold --------
+
+CacheDir = Annotated[Optional[Path], typer.Option(
+    help="Where per-checkpoint results are cached (by content hash and settings; shared "
+    "by batch and watch). \\[default: $SPECTRUM_CACHE_DIR or ~/.cache/spectrum/batch]",
+    rich_help_panel=RUN)]
+NoCache = Annotated[bool, typer.Option(
+    "--no-cache", metavar="", help="Recompute everything; write no cache.",
+    rich_help_panel=RUN)]
+SpikeFactor = Annotated[float, typer.Option(
+    help="Unstable when loss > FACTOR x min of the previous WINDOW checkpoints.",
+    rich_help_panel=RUN)]
+SpikeWindow = Annotated[int, typer.Option(help="See --spike-factor.", min=1,
+                                          rich_help_panel=RUN)]

@@ -17,9 +17,10 @@ from typing import Annotated, Any, Iterator, Optional
 import typer
 
 from spectrum_cli.cli.console import escape, exit_codes, stderr_console, stdout_console
-from spectrum_cli.cli.options import with_settings
+from spectrum_cli.cli.options import (CacheDir, NoCache, SpikeFactor, SpikeWindow,
+                                      with_settings)
 from spectrum_cli.report.output import printable
-from spectrum_cli.settings import OUTPUT, RUN, SETTINGS
+from spectrum_cli.settings import OUTPUT, SETTINGS
 
 #: The schema's settings whose ``commands`` name watch.
 WATCH_SETTINGS = tuple(s.name for s in SETTINGS if "watch" in s.commands)
@@ -35,18 +36,10 @@ def watch(
         "analysed and when the watch ends (see --force).", rich_help_panel=OUTPUT)] = None,
     top: Annotated[int, typer.Option(min=1, help="Indicators shown in the live table.",
                                      rich_help_panel=OUTPUT)] = 12,
-    cache_dir: Annotated[Optional[Path], typer.Option(
-        help="Where per-checkpoint results are cached (shared with batch). "
-        "\\[default: $SPECTRUM_CACHE_DIR or ~/.cache/spectrum/batch]",
-        rich_help_panel=RUN)] = None,
-    no_cache: Annotated[bool, typer.Option(
-        "--no-cache", metavar="", help="Recompute everything; write no cache.",
-        rich_help_panel=RUN)] = False,
-    spike_factor: Annotated[float, typer.Option(
-        help="Unstable when loss > FACTOR x min of the previous WINDOW checkpoints.",
-        rich_help_panel=RUN)] = 2.0,
-    spike_window: Annotated[int, typer.Option(help="See --spike-factor.", min=1,
-                                              rich_help_panel=RUN)] = 10,
+    cache_dir: CacheDir = None,
+    no_cache: NoCache = False,
+    spike_factor: SpikeFactor = 2.0,
+    spike_window: SpikeWindow = 10,
     **settings: Any,
 ) -> None:
     """Follow a run's checkpoint folder: analyse each checkpoint once it is written

@@ -144,10 +144,13 @@ def _plan(info, selector: Selector, options: AnalyzeOptions) -> list[_Planned] |
 
 
 #: ``--backend auto``: dense (exact, every metric) while the matrix has at most this
-#: many entries (512 MiB in float64) and its smaller side at most AUTO_DENSE_MAX_DIM;
-#: beyond, lanczos (bounds for σ_max and σ_min, an SLQ estimate of the entropy), or on
-#: a GPU randomized-svd (lanczos runs on the CPU only).
-AUTO_DENSE_MAX_ENTRIES = 2**26
+#: many entries (2 GiB in float64: Llama-70B's 28672x8192 MLP and 32000x8192 embedding
+#: matrices, whose Gram route costs far less than Lanczos to the same accuracy: 32000x4096
+#: took 68 s with lanczos at one thread, bench/project_llm.py) and its smaller side at
+#: most AUTO_DENSE_MAX_DIM (the k×k Gram or SVD workspace); beyond, lanczos (bounds for
+#: σ_max and σ_min, an SLQ estimate of the entropy), or on a GPU randomized-svd (lanczos
+#: runs on the CPU only).
+AUTO_DENSE_MAX_ENTRIES = 2**28
 AUTO_DENSE_MAX_DIM = 8192
 AUTO_RULE = (f"dense if m*n <= {AUTO_DENSE_MAX_ENTRIES} and min(m, n) <= {AUTO_DENSE_MAX_DIM},"
              " else lanczos (randomized-svd on --device cuda)")

@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from spectrum_cli.core.eigen import complex_schur
 from spectrum_cli.core.scaling import ldexp, scale_exponent
 
 EPS = float(np.finfo(np.float64).eps)
@@ -253,9 +254,8 @@ def sigma_min_grid(a: np.ndarray, xs: np.ndarray, ys: np.ndarray,
                    chunk: int = 256) -> np.ndarray:
     """σ_min(zI - A) on the grid z = x + iy (rows: ys, columns: xs), by batched SVDs of
     the triangular Schur factor (unitarily invariant, so equal to those of A)."""
-    import scipy.linalg as sla
 
-    t, _ = sla.schur(np.asarray(a, dtype=np.complex128), output="complex")
+    t = complex_schur(a)
     zs = (xs[None, :] + 1j * ys[:, None]).ravel()
     out = np.empty(zs.size)
     n = t.shape[0]

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from spectrum_cli.core.eigen import complex_schur
 from spectrum_cli.core.scaling import ldexp, scale_exponent
 
 DEFAULT_POWER_MAX = 200
@@ -109,12 +110,10 @@ def kreiss_lower_bound(a: np.ndarray, per_decade: int = 2, angular: int = 24,
     are refined by bounded 1-D searches (Brent) in log d and in the angle. The value is the
     largest ratio so evaluated (``argmax`` records its z), or 1 (the limit |z| -> ∞,
     ``argmax`` None) if that is larger: a lower bound of K(A), never an estimate."""
-    import scipy.linalg as sla
-
     a = np.asarray(a, dtype=np.float64)
     e = scale_exponent(a)
     b = ldexp(a, -e)  # exact; zI - A = 2^e (2^-e z I - B)
-    t, _ = sla.schur(b.astype(np.complex128), output="complex")
+    t = complex_schur(b)
     lam = np.diag(t)
     rho = ldexp(float(np.max(np.abs(lam))), e)
     if rho >= 1.0:

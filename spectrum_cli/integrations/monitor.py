@@ -39,6 +39,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from spectrum_cli.core.errors import UsageError
+from spectrum_cli.io.base import MemorySource
 from spectrum_cli.settings import names
 
 #: Settings of the schema that mean something for weights in memory: the analysis
@@ -83,20 +84,18 @@ class Measurement:
                 f"{shown}" + (f" (and {more} more)" if more > 0 else ""))
 
 
-class LiveTensors:
+class LiveTensors(MemorySource):
     """Weights in memory as a tensor source (the reader protocol of
     :mod:`spectrum_cli.io.base`): ``entries()`` from shapes and dtypes without copying,
     ``read(name)`` one float64 CPU copy at a time. A tensor stored under two names (tied
     weights) is listed once, the later names skipped with the reason."""
 
     format = "live"
-    files: tuple[str, ...] = ()
 
     def __init__(self, weights: Mapping[str, Any], path: str = "<live weights>") -> None:
         from spectrum_cli.io.base import TensorInfo
 
-        self.path = path
-        self.notes: list[str] = []
+        super().__init__(path)
         self._weights = dict(weights)
         self.size_bytes = 0
         seen: dict[Any, str] = {}
@@ -123,14 +122,6 @@ class LiveTensors:
             return value.detach().to(device="cpu", dtype=torch.float64, copy=True).numpy()
         return np.array(value, dtype=np.float64, copy=True)
 
-    def scalars(self) -> dict[str, Any]:
-        return {}
-
-    def training_state(self) -> Any:
-        return None
-
-    def close(self) -> None:
-        pass
 
 
 def _describe(value: Any) -> tuple[tuple[int, ...], str, Any, int]:

@@ -271,6 +271,27 @@ class SourceBase:
         self.close()
 
 
+class MemorySource:
+    """Base of tensor sources held in memory (arrays, a live model's weights): no files,
+    no stored step or loss, no optimizer state, nothing to close."""
+
+    format = "memory"
+    files: tuple[str, ...] = ()
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.notes: list[str] = []
+
+    def scalars(self) -> dict[str, Any]:
+        return {}
+
+    def training_state(self) -> Any:
+        return None
+
+    def close(self) -> None:
+        pass
+
+
 def sha256_files(paths: tuple[str, ...]) -> str:
     """One SHA-256 over the files' bytes, in the given order (1 MiB reads). For URLs, over
     what the store says of each object's content instead (size and content tag:

@@ -178,19 +178,7 @@ def open_file(url: str, *, block: int = 0, size: int | None = None) -> IO[bytes]
 
 def listdir(url: str) -> list[str]:
     """Names (not paths) of the entries directly under the folder ``url``."""
-    fs, path = filesystem(url)
-    try:
-        fs.invalidate_cache(path)
-        entries = fs.ls(path, detail=False)
-    except Exception as exc:  # noqa: BLE001
-        raise _remote_error(url, exc) from None
-    base = path.rstrip("/")
-    names = []
-    for e in entries:
-        e = str(e).rstrip("/")
-        if e != base:
-            names.append(posixpath.basename(e))
-    return sorted(set(names))
+    return sorted({basename(u) for u, _ in entries(url)})
 
 
 def _split(url: str) -> tuple[str, str]:

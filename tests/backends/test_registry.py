@@ -105,7 +105,9 @@ def test_auto_rule_is_documented_and_recorded(small):
     opts = AnalyzeOptions()
     assert choose_backend((30522, 384), opts) == "dense"
     assert choose_backend((16384, 4096), opts) == "dense"
-    assert choose_backend((65536, 4096), opts) == "lanczos"
+    assert choose_backend((65536, 4096), opts) == "dense"  # 2^28 entries: Gram route
+    assert choose_backend((28672, 8192), opts) == "dense"  # Llama-2-70B's MLP
+    assert choose_backend((65537, 4096), opts) == "lanczos"
     assert choose_backend((100, 20000), opts) == "dense"
     assert choose_backend((9000, 9000), opts) == "lanczos"
     assert choose_backend((10, 10), AnalyzeOptions(backend="lanczos")) == "lanczos"

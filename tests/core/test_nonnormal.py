@@ -183,3 +183,17 @@ def test_properties(n, seed, eps):
         assert lo <= e.spectral_radius + eps * e.kappa_V * (1 + 1e-8)  # Bauer-Fike
     assert 0 <= e.henrici_relative <= 1 + 1e-12
     assert e.max_eig_condition >= 1 - 1e-12
+
+
+def test_schur_of_entries_far_below_the_others_converges():
+    """zgees failed on this matrix (found by hypothesis in test_metrics): 1.0 beside
+    entries of 5e-299. The matrix is diagonal up to entries below eps²: ρ = 1 and
+    Henrici's departure is zero to within the decomposition's backward error."""
+    from spectrum_cli.core.eigen import eigenstructure
+
+    a = np.full((11, 11), 4.91498492e-299)
+    a[3, 0] = 3.85207393e-68
+    a[4, 4] = 1.0
+    out = eigenstructure(a)
+    assert out.spectral_radius == pytest.approx(1.0, rel=1e-15)
+    assert 0.0 <= out.henrici <= 11 * np.finfo(float).eps
