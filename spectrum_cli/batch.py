@@ -106,7 +106,7 @@ def _discover_remote(target: str) -> list[Candidate]:
     if any(ch in target for ch in "*?["):
         items = [(u, storage.pisdir(u)) for u in storage.glob(target)]
     elif storage.is_dir(target):
-        items = storage.entries(target)
+        items = [(u, is_dir) for u, is_dir, _ in storage.entries(target)]
     else:
         items = [(target, False)]
     found = [Candidate(u, _last_number(storage.basename(u))) for u, is_dir in items
@@ -144,7 +144,7 @@ def content_hash(path: str) -> str:
     from spectrum_cli.io import storage
 
     if storage.is_url(path):
-        return "remote-" + storage.identity_digest(tuple(storage.files_under(path)))
+        return "remote-" + storage.identity_digest(storage.objects(path))
     p = Path(path)
     files = [p] if not p.is_dir() else sorted(f for f in p.rglob("*") if f.is_file())
     h = hashlib.sha256()
@@ -511,7 +511,7 @@ def checkpoint_bytes(path: str) -> int:
 
     try:
         if storage.is_url(path):
-            return sum(storage.require_file(u) for u in storage.files_under(path))
+            return sum(int(m.get("size") or 0) for m in storage.objects(path).values())
         p = Path(path)
         if p.is_dir():
             return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())

@@ -39,6 +39,7 @@ from spectrum_cli.batch import (DCP_METADATA, HF_DIR, SUFFIXES, ResultCache, _la
                                 cache_key, compute_record, indicators)
 from spectrum_cli.core.errors import InputError, UsageError
 from spectrum_cli.core.trajectory import SpikeRule
+from spectrum_cli.io import storage
 
 DEFAULT_POLL = 2.0
 DEFAULT_SETTLE = 2.0
@@ -115,14 +116,11 @@ class RemoteFolder:
         self.root = root.rstrip("/")
 
     def scan(self) -> list[Item]:
-        from spectrum_cli.io import storage
-
         items = []
-        for url, is_dir in storage.entries(self.root)[:MAX_ENTRIES]:
+        for url, is_dir, meta in storage.entries(self.root)[:MAX_ENTRIES]:
             name = storage.basename(url)
             if not is_dir:
-                if os.path.splitext(name)[1] in SUFFIXES:
-                    meta = storage.info(url)
+                if os.path.splitext(name)[1] in SUFFIXES:  # the listing has size and tag
                     items.append(Item(url, name, "file", (("", *storage.signature(meta)),),
                                       storage.modified(meta)))
                 continue
@@ -144,8 +142,6 @@ class RemoteFolder:
 
 def folder_for(target: str) -> "LocalFolder | RemoteFolder":
     """The lister of the folder ``target`` (a local path or a URL)."""
-    from spectrum_cli.io import storage
-
     return RemoteFolder(target) if storage.is_url(target) else LocalFolder(target)
 
 
@@ -177,12 +173,6 @@ def _folder_item(path: str, name: str) -> Item | None:
     return Item(path, name, kind, signature, newest, missing)
 
 
-def _join(folder: str, name: str) -> str:
-    from spectrum_cli.io import storage
-
-    return storage.pjoin(folder, name)
-
-
 def _hf_missing(path: str, files: Mapping[str, Any]) -> str | None:
     """What an HF checkpoint folder still lacks: its weights, a shard its index names,
     or ``trainer_state.json`` (None when it is complete)."""
@@ -195,7 +185,7 @@ def _hf_missing(path: str, files: Mapping[str, Any]) -> str | None:
                                           if not c.endswith(".json")) + ")"
     if weights.endswith(".index.json"):
         try:
-            shards = read_shard_names(_join(path, weights))
+            shards = read_shard_names(storage.pjoin(path, weights))
         except (InputError, OSError):
             shards = []  # a damaged index: once settled, the analysis says what is wrong
         absent = [s for s in shards if os.path.normpath(s) not in files]
@@ -525,8 +515,6 @@ def sv_values(hist: Any) -> Any:
 
 def check_folder(target: str) -> None:
     """A folder to watch (local, or a URL), or the reason why not (InputError)."""
-    from spectrum_cli.io import storage
-
     if storage.is_url(target):
         if not storage.is_dir(target):
             raise InputError(f"{target}: not a folder (watch follows the folder a run "
@@ -565,8 +553,6 @@ def resolve(target: str, settings: Mapping[str, Any], use_config: bool = True
 
     given = {k: (v if v is not False else None) for k, v in settings.items()
              if k in CONFIG_KEYS}
-    from spectrum_cli.io import storage
-
     if use_config:
         cfg = config.resolve(given, near=None if storage.is_url(target)
                              else Path(target).resolve())

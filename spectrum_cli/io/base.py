@@ -297,7 +297,7 @@ def sha256_files(paths: tuple[str, ...]) -> str:
     what the store says of each object's content instead (size and content tag:
     :func:`spectrum_cli.io.storage.identity_digest`), so nothing is downloaded twice."""
     if any(storage.is_url(p) for p in paths):
-        return "remote:" + storage.identity_digest(tuple(paths))
+        return "remote:" + storage.identity_digest({p: storage.info(p) for p in paths})
     h = hashlib.sha256()
     for p in paths:
         with input_errors(p), open_regular(p) as fh:

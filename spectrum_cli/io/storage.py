@@ -28,7 +28,8 @@ import hashlib
 import json
 import posixpath
 import re
-from typing import IO, Any
+from contextlib import contextmanager
+from typing import IO, Any, Iterator
 
 from spectrum_cli.core.errors import InputError, UsageError
 
@@ -128,14 +129,24 @@ def _remote_error(url: str, exc: BaseException) -> InputError:
                       f"{': ' + text[0][:200] if text else ''})")
 
 
+@contextmanager
+def _store(url: str) -> Iterator[tuple[Any, str]]:
+    """The filesystem of ``url`` and the path in it; any failure of the store inside the
+    block (missing, refused, unreachable) is an InputError naming the URL."""
+    fs, path = filesystem(url)
+    try:
+        yield fs, path
+    except InputError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any failure of the store names the URL
+        raise _remote_error(url, exc) from None
+
+
 def info(url: str) -> dict[str, Any]:
     """The store's description of ``url`` (``type`` is ``file`` or ``directory``;
     ``size``). A missing object, refused access or unreachable store is an InputError."""
-    fs, path = filesystem(url)
-    try:
+    with _store(url) as (fs, path):
         return fs.info(path)
-    except Exception as exc:  # noqa: BLE001 - any failure of the store names the URL
-        raise _remote_error(url, exc) from None
 
 
 def is_dir(url: str) -> bool:
@@ -162,23 +173,20 @@ def open_file(url: str, *, block: int = 0, size: int | None = None) -> IO[bytes]
     """A seekable binary file object reading ``url`` by ranges: ``block`` 0 fetches
     exactly the bytes asked for; a positive ``block`` reads ahead that much. ``size``
     (known from :func:`require_file`) saves the store a second HEAD request."""
-    fs, path = filesystem(url)
     kwargs: dict[str, Any] = ({"block_size": block, "cache_type": "readahead"} if block
                               else {"cache_type": "none"})
-    try:
+    with _store(url) as (fs, path):
         if size is not None:
             try:
                 return fs.open(path, "rb", size=size, **kwargs)
             except TypeError:  # a filesystem whose files do not take the size
                 pass
         return fs.open(path, "rb", **kwargs)
-    except Exception as exc:  # noqa: BLE001
-        raise _remote_error(url, exc) from None
 
 
 def listdir(url: str) -> list[str]:
     """Names (not paths) of the entries directly under the folder ``url``."""
-    return sorted({basename(u) for u, _ in entries(url)})
+    return sorted({basename(u) for u, _, _ in entries(url)})
 
 
 def _split(url: str) -> tuple[str, str]:
@@ -212,22 +220,13 @@ def inside(folder: str, name: str) -> str | None:
     return join(folder, norm)
 
 
-def identity(url: str) -> str:
-    """A stable description of the object's content as the store reports it: size and
-    content tag (ETag / md5 / crc32c / version id), JSON."""
-    meta = info(url)
-    keys = ("size", "ETag", "etag", "md5Hash", "md5", "crc32c", "VersionId", "version_id",
-            "LastModified", "mtime", "last_modified")
-    picked = {k: str(meta[k]) for k in keys if meta.get(k) is not None}
-    return json.dumps({"url": url, **picked}, sort_keys=True)
-
-
-def identity_digest(urls: tuple[str, ...]) -> str:
-    """One SHA-256 over the objects' :func:`identity` (the remote counterpart of hashing
-    the bytes of local files)."""
+def identity_digest(objects: dict[str, dict[str, Any]]) -> str:
+    """One SHA-256 over each object's URL and :func:`signature` (size and content tag),
+    ``objects`` mapping URLs to what the store says of them (:func:`objects`): the remote
+    counterpart of hashing the bytes of local files."""
     h = hashlib.sha256()
-    for u in urls:
-        h.update(identity(u).encode())
+    for url, meta in sorted(objects.items()):
+        h.update(json.dumps([url, *signature(meta)]).encode())
         h.update(b"\0")
     return h.hexdigest()
 
@@ -269,33 +268,29 @@ def pisdir(path: str) -> bool:
     return os.path.isdir(path)
 
 
-def entries(url: str) -> list[tuple[str, bool]]:
-    """``(url of entry, is_dir)`` for the entries directly under the folder ``url``."""
-    fs, path = filesystem(url)
-    try:
-        fs.invalidate_cache(path)
+def entries(url: str) -> list[tuple[str, bool, dict[str, Any]]]:
+    """``(url of entry, is_dir, what the store says of it)`` for the entries directly
+    under the folder ``url``, from one listing read afresh."""
+    with _store(url) as (fs, path):
+        fs.invalidate_cache(path)  # a run being written changes under a watch
         listing = fs.ls(path, detail=True)
-    except Exception as exc:  # noqa: BLE001
-        raise _remote_error(url, exc) from None
     base = path.rstrip("/")
     out = []
     for e in listing:
         name = str(e.get("name", "")).rstrip("/")
         if name and name != base:
-            out.append((join(url, posixpath.basename(name)), e.get("type") == "directory"))
-    return sorted(out)
+            out.append((join(url, posixpath.basename(name)), e.get("type") == "directory",
+                        e))
+    return sorted(out, key=lambda x: x[0])
 
 
 def tree(url: str, limit: int) -> dict[str, dict[str, Any]]:
     """Every object under the folder ``url`` (at most ``limit``): its path relative to
     ``url`` -> what the store says of it (``size``, ETag...), read afresh."""
-    fs, path = filesystem(url)
-    base = path.rstrip("/") + "/"
-    try:
+    with _store(url) as (fs, path):
         fs.invalidate_cache(path)
         found = fs.find(path, detail=True)
-    except Exception as exc:  # noqa: BLE001
-        raise _remote_error(url, exc) from None
+    base = path.rstrip("/") + "/"
     out: dict[str, dict[str, Any]] = {}
     for name, meta in sorted(found.items()):
         if len(out) >= limit:
@@ -326,21 +321,18 @@ def modified(meta: dict[str, Any]) -> float:
 
 def glob(pattern: str) -> list[str]:
     """URLs matching a glob pattern (``s3://bucket/run/ckpt-*.pt``)."""
-    fs, path = filesystem(pattern)
-    scheme = _split(pattern)[0]
-    try:
-        return sorted(scheme + str(p) for p in fs.glob(path))
-    except Exception as exc:  # noqa: BLE001
-        raise _remote_error(pattern, exc) from None
+    with _store(pattern) as (fs, path):
+        return sorted(_split(pattern)[0] + str(p) for p in fs.glob(path))
 
 
-def files_under(url: str) -> list[str]:
-    """Every object under ``url`` (itself when it is a file), sorted."""
-    if not is_dir(url):
-        return [url]
-    fs, path = filesystem(url)
-    scheme = _split(url)[0]
-    try:
-        return sorted(scheme + str(p) for p in fs.find(path))
-    except Exception as exc:  # noqa: BLE001
-        raise _remote_error(url, exc) from None
+#: Objects of one checkpoint folder looked at, at most.
+MAX_OBJECTS = 100_000
+
+
+def objects(url: str) -> dict[str, dict[str, Any]]:
+    """The object ``url``, or every object under the folder ``url``: URL -> what the
+    store says of it (one listing, no request per object)."""
+    meta = info(url)
+    if meta.get("type") != "directory":
+        return {url: meta}
+    return {join(url, rel): m for rel, m in tree(url, MAX_OBJECTS).items()}
