@@ -25,6 +25,22 @@ def missing_extra(package: str, extra: str) -> ImportError:
                        f"pip install 'spectrum-cli[{extra}]'")
 
 
+class Scheduled:
+    """What both framework callbacks expose of their :class:`Schedule`."""
+
+    schedule: "Schedule"
+
+    @property
+    def last(self) -> Any:
+        """The latest :class:`~spectrum_cli.integrations.monitor.Measurement`."""
+        return self.schedule.last
+
+    @property
+    def stopped(self) -> Any:
+        """The measurement whose ``fail_on`` violation stopped the training, or None."""
+        return self.schedule.stopped
+
+
 class Schedule:
     """The monitor of one callback, when it measures, and what came of it.
 

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from spectrum_cli.integrations.common import Schedule, log, missing_extra
+from spectrum_cli.integrations.common import Schedule, Scheduled, log, missing_extra
 
 try:
     from transformers import TrainerCallback
@@ -47,7 +47,7 @@ except ImportError:  # pragma: no cover - exercised only without the extra
 __all__ = ["SpectrumCallback"]
 
 
-class SpectrumCallback(TrainerCallback):
+class SpectrumCallback(Scheduled, TrainerCallback):
     """Measure the model's weight spectra during ``Trainer.train()``; see the module.
 
     ``trainer``: the trainer to log through (or :meth:`bind` it later);
@@ -75,16 +75,6 @@ class SpectrumCallback(TrainerCallback):
         """Log through ``trainer`` (its ``log``: history and reporting callbacks)."""
         self.trainer = trainer
         return self
-
-    @property
-    def last(self) -> Any:
-        """The latest :class:`~spectrum_cli.integrations.monitor.Measurement`."""
-        return self.schedule.last
-
-    @property
-    def stopped(self) -> Any:
-        """The measurement whose ``fail_on`` violation stopped the training, or None."""
-        return self.schedule.stopped
 
     # -- the trainer's events ----------------------------------------------------------
 

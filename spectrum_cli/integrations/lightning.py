@@ -34,7 +34,7 @@ from __future__ import annotations
 from typing import Any
 
 from spectrum_cli.core.errors import UsageError
-from spectrum_cli.integrations.common import Schedule, missing_extra
+from spectrum_cli.integrations.common import Schedule, Scheduled, missing_extra
 
 try:
     from lightning.pytorch import Callback
@@ -44,7 +44,7 @@ except ImportError:  # pragma: no cover - exercised only without the extra
 __all__ = ["SpectrumCallback"]
 
 
-class SpectrumCallback(Callback):
+class SpectrumCallback(Scheduled, Callback):
     """Measure the module's weight spectra during ``Trainer.fit``; see the module.
 
     ``every_n_steps``: measure every N optimizer steps (None: only at saves);
@@ -57,16 +57,6 @@ class SpectrumCallback(Callback):
                  monitor: Any = None, prefix: str = "spectrum/", **settings: Any) -> None:
         self.schedule = Schedule(monitor, settings, every_n_steps, on_save, prefix)
         self._batch: Any = None
-
-    @property
-    def last(self) -> Any:
-        """The latest :class:`~spectrum_cli.integrations.monitor.Measurement`."""
-        return self.schedule.last
-
-    @property
-    def stopped(self) -> Any:
-        """The measurement whose ``fail_on`` violation stopped the training, or None."""
-        return self.schedule.stopped
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
