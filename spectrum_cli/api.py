@@ -93,26 +93,43 @@ def resolve_job(path: str | os.PathLike, settings: Mapping[str, Any],
     """The job for ``path`` (settings > ``SPECTRUM_*`` > file) and the configuration it
     came from. Loading safety (``allow_global``, ``trust_checkpoint``) is taken from
     ``settings`` only, for the files named there."""
+    from spectrum_cli.pipeline import Job
+
+    cfg = resolve_config(path, settings, use_config, near)
+    return Job.from_values(cfg.values, load_policy(settings, cfg.values.get("weights_key"))), cfg
+
+
+def resolve_config(path: str | os.PathLike, settings: Mapping[str, Any],
+                   use_config: bool = True, near: Path | None = None) -> Any:
+    """The configuration for ``path``: settings > ``SPECTRUM_*`` > the nearest
+    spectrum.toml / [tool.spectrum] (looked for beside a local path only; never in a
+    bucket)."""
     from spectrum_cli import config
     from spectrum_cli.io import storage
-    from spectrum_cli.io.base import LoadPolicy
-    from spectrum_cli.pipeline import Job
 
     given = {k: (v if v is not False else None) for k, v in settings.items()
              if k in CONFIG_KEYS}
-    if use_config:
-        p = Path(path)
-        if near is None and "://" not in str(path) and p.exists():
-            near = p.resolve() if p.is_dir() else p.resolve().parent
-        cfg = config.resolve(given, near=near)
-    else:
-        cfg = config.Config(values={k: v for k, v in given.items()
-                                    if v is not None and v != []})
+    if not use_config:
+        return config.Config(values={k: v for k, v in given.items()
+                                     if v is not None and v != []})
+    p = Path(path)
+    if near is None and not storage.is_url(path) and p.exists():
+        near = p.resolve() if p.is_dir() else p.resolve().parent
+    return config.resolve(given, near=near)
+
+
+def load_policy(settings: Mapping[str, Any], weights_key: str | None = None) -> Any:
+    """How far checkpoints are trusted and how URLs are reached, from the command line's
+    settings only (``allow_global``, ``trust_checkpoint``, ``storage_option``); the
+    storage options apply to this process from now on (listing, hashing)."""
+    from spectrum_cli.io import storage
+    from spectrum_cli.io.base import LoadPolicy
+
     policy = LoadPolicy(tuple(settings.get("allow_global") or ()),
-                        bool(settings.get("trust_checkpoint")), cfg.values.get("weights_key"),
+                        bool(settings.get("trust_checkpoint")), weights_key,
                         tuple(settings.get("storage_option") or ()))
-    storage.configure(policy.storage_options)  # for listing and hashing URLs up front
-    return Job.from_values(cfg.values, policy), cfg
+    storage.configure(policy.storage_options)
+    return policy
 
 
 def analyze(path: str | os.PathLike, *, use_config: bool = True, digest: bool = True,
@@ -183,9 +200,10 @@ def _require_device(values: Mapping[str, Any]) -> None:
     error said once, before anything is read (on a Dask cluster the workers decide)."""
     if values.get("device") != "cuda":
         return
+    from spectrum_cli.executors import scheduler_named
+
     if values.get("executor") == "dask" or values.get("scheduler") or \
-            values.get("scheduler_file") or os.environ.get("SPECTRUM_SCHEDULER") or \
-            os.environ.get("SPECTRUM_SCHEDULER_FILE"):
+            values.get("scheduler_file") or scheduler_named():
         return
     import torch
 
@@ -306,10 +324,7 @@ def trajectory(target: str | os.PathLike, *, jobs: int = 1,
     from spectrum_cli.report.document import dumps
 
     s = check_settings(settings, list(CONFIG_KEYS) + list(_SAFETY))
-    t = Path(target)
-    local = "://" not in str(target)
-    job, cfg = resolve_job(str(target), s, use_config,
-                           near=t.resolve() if local and t.is_dir() else None)
+    job, cfg = resolve_job(str(target), s, use_config)
     _require_device(cfg.values)
     try:
         rule = SpikeRule(spike_factor, spike_window)

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from spectrum_cli.core.errors import InputError, SpectrumError
+from spectrum_cli.io import storage
 from spectrum_cli.core.metrics import METRICS
 from spectrum_cli.executors import Plan, choose, plan
 
@@ -79,8 +80,6 @@ def _last_number(name: str) -> int | None:
 
 
 def discover(target: str) -> list[Candidate]:
-    from spectrum_cli.io import storage
-
     if storage.is_url(target):
         return _discover_remote(target)
     p = Path(target)
@@ -101,8 +100,6 @@ def discover(target: str) -> list[Candidate]:
 
 def _discover_remote(target: str) -> list[Candidate]:
     """:func:`discover` for an object-store folder or glob."""
-    from spectrum_cli.io import storage
-
     if any(ch in target for ch in "*?["):
         items = [(u, storage.pisdir(u)) for u in storage.glob(target)]
     elif storage.is_dir(target):
@@ -141,8 +138,6 @@ def content_hash(path: str) -> str:
     """SHA-256 of every file of a checkpoint (one file, or a folder's files in order); for
     a URL, of what the store says of each object's content (size, ETag: see
     :mod:`spectrum_cli.io.storage`), so that nothing is downloaded to hash it."""
-    from spectrum_cli.io import storage
-
     if storage.is_url(path):
         return "remote-" + storage.identity_digest(storage.objects(path))
     p = Path(path)
@@ -154,11 +149,6 @@ def content_hash(path: str) -> str:
             while chunk := fh.read(1 << 20):
                 h.update(chunk)
     return h.hexdigest()
-
-
-def _absolute(path: str) -> str:
-    """What a worker (maybe on another machine) is told to read: an absolute path or URL."""
-    return path if "://" in path else os.path.abspath(path)
 
 
 def cache_key(path: str, job: Any) -> str:
@@ -507,8 +497,6 @@ BIG_CHECKPOINT = 1 << 30
 
 def checkpoint_bytes(path: str) -> int:
     """The stored size of a checkpoint (a file, or a folder's files), 0 if unknown."""
-    from spectrum_cli.io import storage
-
     try:
         if storage.is_url(path):
             return sum(int(m.get("size") or 0) for m in storage.objects(path).values())
@@ -576,7 +564,7 @@ def run_batch(candidates: list[Candidate], job: Any, jobs: int = 1,
         tensors = RunOptions(jobs=jobs, threads=chosen.threads, max_memory=max_memory,
                              executor=executor)
         for c, key in misses:  # one checkpoint at a time; its tensors on every worker
-            record = compute_record(_absolute(c.path), job, key, tensors)
+            record = compute_record(storage.absolute(c.path), job, key, tensors)
             record["path"] = c.path
             computed(c, key, record)
         misses = []
@@ -593,7 +581,8 @@ def run_batch(candidates: list[Candidate], job: Any, jobs: int = 1,
 
         runner = choose(executor, chosen)
         # Absolute paths: a worker (a Dask one, say) has a working directory of its own.
-        runner.run(compute_record, [(_absolute(c.path), job, key) for c, key in misses],
+        runner.run(compute_record,
+                   [(storage.absolute(c.path), job, key) for c, key in misses],
                    chosen, finished)
     ordered = [records[c.path] for c in candidates]
     for c, r in zip(candidates, ordered):

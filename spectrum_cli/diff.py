@@ -52,7 +52,9 @@ def _is_report(path: str) -> bool:
     from spectrum_cli.core.errors import InputError
     from spectrum_cli.report.output import HDF5_MAGIC
 
-    if "://" in path:
+    from spectrum_cli.io import storage
+
+    if storage.is_url(path):
         return False  # reports are local files; a URL names a checkpoint
     try:
         st = os.stat(path)

@@ -301,8 +301,9 @@ class Dispatch:
                                           plugins.get_backend, metrics))
         else:
             order = sorted(misses, key=lambda i: -needs[i])  # largest first
-            # Absolute: a worker (a Dask one, say) has a working directory of its own.
-            where = self.path if "://" in self.path else os.path.abspath(self.path)
+            from spectrum_cli.io import storage
+
+            where = storage.absolute(self.path)
             tasks = [(where, self.job.policy, options, parts[i]) for i in order]
             runner.run(measure_task, tasks, chosen, lambda k, r: finished(order[k], r))
         if self.on_progress:

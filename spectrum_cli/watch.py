@@ -530,7 +530,7 @@ def check_folder(target: str) -> None:
 def inside_checkpoint(target: str, path: str) -> bool:
     """Whether ``path`` lies inside a subfolder of ``target`` (writing there would change
     a checkpoint folder being watched)."""
-    if "://" in target and not target.lower().startswith("file://"):
+    if storage.is_url(target):
         return False  # a local file cannot be inside a folder of an object store
     root, real = os.path.realpath(target), os.path.realpath(path)
     try:
@@ -546,25 +546,13 @@ def resolve(target: str, settings: Mapping[str, Any], use_config: bool = True
     """The job (settings > ``SPECTRUM_*`` > the nearest configuration file, as batch's),
     the configuration, and the trajectory conditions split off ``fail_on`` (which
     ``analyze`` would not accept)."""
-    from spectrum_cli import config
-    from spectrum_cli.io.base import LoadPolicy
+    from spectrum_cli.api import load_policy, resolve_config
     from spectrum_cli.pipeline import Job
-    from spectrum_cli.settings import CONFIG_KEYS
 
-    given = {k: (v if v is not False else None) for k, v in settings.items()
-             if k in CONFIG_KEYS}
-    if use_config:
-        cfg = config.resolve(given, near=None if storage.is_url(target)
-                             else Path(target).resolve())
-    else:
-        cfg = config.Config(values={k: v for k, v in given.items()
-                                    if v is not None and v != []})
+    cfg = resolve_config(target, settings, use_config)
     values = dict(cfg.values)
     per_tensor, conditions = split_conditions(values.pop("fail_on", None) or [])
     if per_tensor:
         values["fail_on"] = per_tensor
-    policy = LoadPolicy(tuple(settings.get("allow_global") or ()),
-                        bool(settings.get("trust_checkpoint")), values.get("weights_key"),
-                        tuple(settings.get("storage_option") or ()))
-    storage.configure(policy.storage_options)
+    policy = load_policy(settings, values.get("weights_key"))
     return Job.from_values(values, policy), cfg, conditions

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -24,23 +23,15 @@ def diff(
     """Compare two reports or checkpoints: metric deltas, spectra, weights (A vs B)."""
     err = stderr_console()
     with exit_codes(err):
+        from spectrum_cli.api import resolve_job
         from spectrum_cli.core.errors import InputError
         from spectrum_cli.diff import compare, markdown
-        from spectrum_cli.io import LoadPolicy
-        from spectrum_cli.pipeline import Job, config_values
-
         from spectrum_cli.io import storage
 
-        policy = LoadPolicy(tuple(settings["allow_global"] or ()),
-                            settings["trust_checkpoint"],
-                            storage_options=tuple(settings["storage_option"] or ()))
-        storage.configure(policy.storage_options)
+        job, _ = resolve_job(a, settings)  # configuration beside A, as analyze finds it
         for p in (a, b):
             if not storage.plexists(p):
                 raise InputError(f"{p}: no such file or directory")
-        local = not storage.is_url(a)
-        values, _ = config_values({}, near=Path(a).resolve().parent if local else None)
-        job = Job.from_values(values, policy)
         json_out = settings["json_out"]
         doc = compare(str(a), str(b), job)
         if json_out:

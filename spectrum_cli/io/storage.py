@@ -233,6 +233,14 @@ def identity_digest(objects: dict[str, dict[str, Any]]) -> str:
 
 # ---- path functions that take a local path or a URL alike --------------------------
 
+def absolute(path: str) -> str:
+    """What a worker (maybe on another machine, with a working directory of its own) is
+    told to read: an absolute path, or the URL as it is."""
+    import os
+
+    return path if is_url(path) else os.path.abspath(path)
+
+
 def pjoin(folder: str, name: str) -> str:
     import os
 
