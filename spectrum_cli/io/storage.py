@@ -138,6 +138,11 @@ def _store(url: str) -> Iterator[tuple[Any, str]]:
         yield fs, path
     except InputError:
         raise
+    except TypeError as exc:  # some filesystems take their options only at first use
+        if _OPTIONS and "keyword argument" in str(exc):
+            raise UsageError(f"--storage-option: {url.split('://', 1)[0]}:// does not take "
+                             f"these options ({exc})") from None
+        raise _remote_error(url, exc) from None
     except Exception as exc:  # noqa: BLE001 - any failure of the store names the URL
         raise _remote_error(url, exc) from None
 
