@@ -175,7 +175,7 @@ def eigenvalues(singular_values: np.ndarray) -> np.ndarray:
         return np.sort(s * s)
 
 
-def _check_evals(evals: np.ndarray) -> tuple[np.ndarray, str | None]:
+def check_evals(evals: np.ndarray) -> tuple[np.ndarray, str | None]:
     lam = np.sort(np.asarray(evals, dtype=np.float64).ravel())
     if lam.size and not np.isfinite(lam).all():
         return lam, "eigenvalues are not all finite (NaN, or σ past 1.3e154)"
@@ -330,7 +330,7 @@ def fit_power_law(evals: np.ndarray, *, threshold: float = EVALS_THRESHOLD,
 
 def _fit_power_law(evals: np.ndarray, threshold: float, level: float,
                    min_evals: int) -> PowerLawFit:
-    lam, bad = _check_evals(evals)
+    lam, bad = check_evals(evals)
     x = lam[lam > threshold]
     N = int(x.size)
     if bad:
@@ -367,7 +367,7 @@ def bootstrap_alpha(evals: np.ndarray, n_boot: int = 200, *, seed: int = 0,
     _validate(level, threshold)
     if not (isinstance(n_boot, int) and n_boot >= 1):
         raise ValueError(f"n_boot: expected a positive integer, got {n_boot!r}")
-    lam, bad = _check_evals(evals)
+    lam, bad = check_evals(evals)
     x = lam[lam > threshold]
     if bad or x.size < 2:
         return BootstrapInterval(None, None, level, n_boot, 0, seed)
@@ -394,7 +394,7 @@ def log_norms(evals: np.ndarray, alpha: float | None) -> LogNorms:
     """WeightWatcher's log norms of the eigenvalues (see :class:`LogNorms`), computed
     relative to λ_max so that no power overflows; undefined (None) for a zero matrix,
     and the α-dependent ones when ``alpha`` is None."""
-    lam, bad = _check_evals(evals)
+    lam, bad = check_evals(evals)
     if bad or lam.size == 0 or lam[-1] <= 0.0:
         return LogNorms(None, None, None, None)
     top = float(lam[-1])

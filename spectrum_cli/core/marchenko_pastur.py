@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from spectrum_cli.core.esd import _check_evals, memoized
+from spectrum_cli.core.esd import check_evals, memoized
 
 BANDWIDTH = 0.1
 GRID_POINTS = 1000
@@ -132,7 +132,7 @@ def _fit(evals: np.ndarray, N: int, M: int) -> MarchenkoPasturFit:
     from scipy import optimize
 
     q = N / M
-    lam, bad = _check_evals(evals)
+    lam, bad = check_evals(evals)
     if bad:
         return _undefined(bad, q)
     if lam.size < 2:

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from spectrum_cli.report.plots import _pyplot
+from spectrum_cli.report.plots import pyplot
 
 
 def esd_histogram(evals: np.ndarray, bins: int = 80, lower: float = 0.0
@@ -44,7 +44,7 @@ def plot_esd(path: str, evals: np.ndarray, fit: Any, mp: Any = None, title: str 
     suffix). ``fit`` is a :class:`~spectrum_cli.core.esd.PowerLawFit` and ``mp`` a
     :class:`~spectrum_cli.core.marchenko_pastur.MarchenkoPasturFit` (either may be
     undefined: then it is not drawn, and the legend says why)."""
-    plt = _pyplot()
+    plt = pyplot()
     lam = np.asarray(evals, dtype=np.float64)
     bins = default_bins(lam.size) if bins is None else bins
     # As WeightWatcher's plot: the eigenvalues above xmin/100 (0.004 λ_max without a fit).

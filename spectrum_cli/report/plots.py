@@ -9,7 +9,7 @@ import numpy as np
 from spectrum_cli.core.errors import UsageError
 
 
-def _pyplot():
+def pyplot():
     try:
         import matplotlib
 
@@ -41,7 +41,7 @@ def plot_pseudospectrum(path: str, a: np.ndarray, eps: Sequence[float],
     ``outer_radius`` is ρ_ε for the largest ε (it frames the picture)."""
     from spectrum_cli.core.pseudospectra import sigma_min_grid
 
-    plt = _pyplot()
+    plt = pyplot()
     lam = np.linalg.eigvals(a)
     levels = sorted(eps)
     x0, x1, y0, y1 = pseudospectrum_frame(lam, outer_radius)
@@ -125,7 +125,7 @@ def _tensor_panels(doc: dict, series) -> list[tuple[str, list[str], bool, float 
 
 def trajectory_figure(doc: dict):
     """The figure of :func:`plot_trajectory` (matplotlib ``Figure``, not saved)."""
-    plt = _pyplot()
+    plt = pyplot()
     ok = [c for c in doc["checkpoints"] if c["status"] == "ok"]
     steps = np.array([c["step"] if c["step"] is not None else i for i, c in enumerate(ok)],
                      dtype=float)
@@ -198,7 +198,7 @@ def plot_trajectory(path: str, doc: dict) -> None:
     edge-of-stability ratios with their threshold 1; instability windows shaded. Without
     optimizer operators (weights-only checkpoints): the tensors' max κ with the κ of the
     tensors that reach the largest, max σ_max, min stable rank and mean entropy."""
-    plt = _pyplot()
+    plt = pyplot()
     fig = trajectory_figure(doc)
     try:
         fig.savefig(path)
@@ -211,7 +211,7 @@ def plot_hessian_density(path: str, grid: np.ndarray, density: np.ndarray, lam_m
                          momentum: float = 0.0) -> None:
     """The Hessian's spectral density (log scale) with λ_max, λ_min, 2/lr and, with
     momentum μ, the heavy-ball edge 2(1+μ)/lr."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 3.6), dpi=110)
     ax.semilogy(grid, np.maximum(density, 1e-300), lw=1.2, label="SLQ density")
     ax.axvline(lam_max, color="C3", ls="--", lw=1, label=f"λ_max = {lam_max:.4g}")
@@ -240,7 +240,7 @@ def plot_hessian_density(path: str, grid: np.ndarray, density: np.ndarray, lam_m
 
 def plot_entropy_histogram(path: str, entropies: np.ndarray) -> None:
     """Histogram of per-sample input-Jacobian spectral entropies."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.4), dpi=110)
     ax.hist(entropies, bins=min(40, max(5, entropies.size // 4)), color="C0", alpha=0.8)
     ax.set_xlabel("spectral entropy of J_f(x) (nats)")
