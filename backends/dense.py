@@ -1,49 +1,78 @@
 """Dense LAPACK backend: full singular spectra and eigenvalues, exact to rounding.
 
-CPU: numpy's LAPACK (scipy only for the ``gesvd`` fallback). CUDA (``device="cuda"``):
-``torch.linalg`` on the GPU. float64 by default, float32 on request.
+CPU: numpy's LAPACK (scipy for the LU/QR factors and the ``gesvd`` fallback; torch's
+``eigvalsh`` for Gram matrices of side >= :data:`TORCH_EIGVALSH_MIN_DIM`). CUDA
+(``device="cuda"``): ``torch.linalg`` on the GPU. float64 by default, float32 on request.
 
 Two CPU routes to the singular values of an ``m x n`` matrix ``W`` (``k = min(m, n)``):
 
 ``gram``
     ``eigvalsh`` of the ``k x k`` Gram matrix (``WᵀW`` or ``WWᵀ``), ``sigma = sqrt(lambda)``.
     About ``m k²`` flops instead of LAPACK's ``4 m k²``, but squaring loses accuracy at
-    the bottom of the spectrum: a backward error ``δλ ≈ c·eps·σ_max²`` in the eigenvalues
-    (Demmel, *Applied Numerical Linear Algebra*, 1997, §5.2 and Thm 5.5) becomes a
-    relative error ``c·eps·κ²/2`` in ``σ_min``. We model ``c = sqrt(k)`` (conservative by
-    3-6x on the calibration set in ``tests/backends/test_dense_routes.py``) and accept the
-    route only when that predicted relative error of κ is at most
-    :data:`GRAM_KAPPA_REL_ERR` (1e-9, ten times below the 1e-8 contract); otherwise we
-    fall back to ``gesdd`` and say so.
+    the bottom of the spectrum: a backward error ``δ ≈ c·eps·σ_max²`` in the eigenvalues
+    (Demmel, *Applied Numerical Linear Algebra*, 1997, §5.2 and Thm 5.5) moves ``σ_i`` by
+    at most ``min(√δ, δ/σ_i)``, a relative error ``c·eps·κ²/2`` in ``σ_min``. We model
+    ``c = sqrt(k)`` (conservative by 3-6x on the calibration set in
+    ``tests/backends/test_dense_routes.py``). When the predicted relative error of κ is
+    at most :data:`GRAM_KAPPA_REL_ERR` (1e-9, ten times below the 1e-8 contract) the Gram
+    values are the result (route ``gram``). Otherwise the values whose error bound exceeds
+    :data:`REFINE_TARGET`·σ_max, σ_min among them, are *refined* (routes ``gram+lu``
+    for a square matrix, ``gram+qr`` otherwise): subspace iteration with ``(WᵀW)⁻¹``
+    applied through an LU (or QR) factor of ``W`` (inverse subspace iteration; Golub &
+    Van Loan, *Matrix Computations*, 4th ed., §8.2.4 and §8.6.1), then Rayleigh–Ritz
+    on ``W`` itself: the singular values of ``W X`` for the orthonormal block ``X``.
+    A Ritz triplet ``(σ̃, ũ, ṽ)`` has residual ``ρ = ‖Wᵀũ - σ̃ṽ‖`` (``Wṽ = σ̃ũ`` by
+    construction); as an eigenpair of the augmented matrix ``[[0, W], [Wᵀ, 0]]`` its
+    error is at most ``ρ²/gap`` (Kato–Temple; Parlett, *The Symmetric Eigenvalue
+    Problem*, 1998, Thm 10.6.1), the gap taken to every other singular value's Gram
+    enclosure, and at most ``ρ`` when no gap is known. The iteration stops when every
+    refined value's bound is below its target; each must also lie in its own Gram
+    enclosure, or the route is abandoned. Refinement is tried for at most
+    :data:`REFINE_MAX` values (and k/4): more small values than that, a singular factor
+    or no convergence in :data:`REFINE_MAX_STEPS` steps fall back to gesdd, with a note.
 ``gesdd``
     LAPACK's divide-and-conquer SVD (``numpy.linalg.svd``'s driver), backward stable:
     every singular value within ``p(m, n)·eps·σ_max`` (Golub & Van Loan, *Matrix
     Computations*, 4th ed., §8.6). If it fails to converge, ``gesvd`` is tried next.
 
-``auto`` takes ``gram`` for matrices with aspect ratio >= :data:`GRAM_MIN_ASPECT` (where
-it saves most and where trained layers are usually well conditioned) and ``gesdd`` for
-near-square ones, whose Gram saving is small and which are often too ill-conditioned.
+``auto`` tries ``gram`` first for matrices of aspect ratio >= 2 and for those whose
+smaller side is at least 512 (:func:`spectrum_cli.core.backend.auto_takes_gram`); small
+near-square ones go straight to ``gesdd``. On one core, for the 2048 x 2048 attention
+projections of bench/make_llm_shaped.py's TinyLlama shape, gesdd takes ~2.2 s and the
+Gram eigenvalues plus refinement ~0.75 s, 8 values refined (``bench/bench_dense_routes.py``).
 """
 
 from __future__ import annotations
 
 import math
 import time
+import warnings
 from typing import Any
 
 import numpy as np
 
 from spectrum_backends._common import as_torch, check_options, cuda_note, select
-from spectrum_cli.core.backend import SVD_ROUTES, Capabilities, check_which
+from spectrum_cli.core.backend import SVD_ROUTES, Capabilities, auto_takes_gram, check_which
 from spectrum_cli.core.linear_operator import as_operator
 from spectrum_cli.core.results import Eigenvalues, SingularValues
 from spectrum_cli.core.scaling import ldexp, scale_exponent, scaled_result
 
 EPS = float(np.finfo(np.float64).eps)
-#: Largest predicted relative error of kappa for which the Gram route is accepted.
+#: Largest predicted relative error of kappa for which the Gram values are kept unrefined.
 GRAM_KAPPA_REL_ERR = 1e-9
-#: ``auto`` uses the Gram route only when max(m, n) >= GRAM_MIN_ASPECT * min(m, n).
-GRAM_MIN_ASPECT = 2.0
+#: Gram values whose error bound exceeds this fraction of σ_max are refined (under a third
+#: of the contract's 1e-10·σ_max; the bound itself is conservative: on the TinyLlama-shaped
+#: bench matrices the real error of every Gram value was at most 8% of it); σ_min is
+#: refined to 1e-10 relative.
+REFINE_TARGET = 3e-11
+#: At most this many values (and at most k/4) are refined; beyond, gesdd is cheaper.
+REFINE_MAX = 64
+REFINE_MAX_STEPS = 30
+#: Seed of the refinement's start block: the same matrix always gives the same numbers.
+REFINE_SEED = 20261205
+#: Gram matrices of at least this side go to torch's eigvalsh (MKL's syevd: 0.30 s at
+#: k = 2048 on one core, numpy's OpenBLAS 0.66 s; equal below 1024).
+TORCH_EIGVALSH_MIN_DIM = 1024
 ROUTES = SVD_ROUTES  # the routes --svd-route names (core owns the list)
 ALL = ("all", "largest", "smallest")
 
@@ -87,7 +116,7 @@ class DenseBackend:
         a = np.asarray(_numpy(_explicit(op)), dtype=np.float64)
         t0 = time.perf_counter()
         e = scale_exponent(a)
-        lam = ldexp(np.linalg.eigvalsh(ldexp(a, -e))[::-1].copy(), e)
+        lam = ldexp(_eigvalsh(ldexp(a, -e))[::-1].copy(), e)
         return Eigenvalues(select(lam, k, which), self.name, "syevd", "exact",
                            time.perf_counter() - t0, which=which)
 
@@ -180,16 +209,14 @@ def _singular_values(a: np.ndarray, route: str,
                      frobenius_norm: float | None) -> SingularValues:
     t0 = time.perf_counter()
     m, n = a.shape
-    k = min(m, n)
     notes: list[str] = []
-    if route == "gram" or (route == "auto" and max(m, n) >= GRAM_MIN_ASPECT * k):
-        values, reason = _gram_route(a, frobenius_norm)
-        if values is not None:
-            s_max = float(values[0])
-            err = 0.5 * math.sqrt(k) * EPS * s_max * (s_max / float(values[-1]))
-            return SingularValues(values, "dense", "gram", "exact", err,
-                                  time.perf_counter() - t0)
-        notes.append(f"gram route rejected ({reason}); fell back to gesdd")
+    if route == "gram" or (route == "auto" and auto_takes_gram(m, n)):
+        got = _gram_route(a, frobenius_norm)
+        if not isinstance(got, str):
+            values, err, used, settings = got
+            return SingularValues(values, "dense", used, "exact", err,
+                                  time.perf_counter() - t0, settings=settings)
+        notes.append(f"gram route rejected ({got}); fell back to gesdd")
     values, used = _lapack_route(a)
     if used != "gesdd":
         notes.append("gesdd did not converge; used gesvd")
@@ -198,30 +225,147 @@ def _singular_values(a: np.ndarray, route: str,
                           time.perf_counter() - t0, tuple(notes))
 
 
-def _gram_route(a: np.ndarray, fro: float | None = None) -> tuple[np.ndarray | None, str]:
+def _gram_route(a: np.ndarray, fro: float | None = None
+                ) -> tuple[np.ndarray, float, str, dict[str, Any]] | str:
+    """(values, error bound, route, settings), or why the route cannot promise the
+    contract."""
     if fro == 0.0:
-        return None, "zero matrix"
+        return "zero matrix"
     # Scale by a power of two (exact) so that squaring neither overflows nor underflows;
     # a known, moderate ‖A‖_F proves no scaling is needed and saves a pass over A.
     e = 0
     if fro is None or not 1e-140 < fro < 1e140:
         amax = max(float(a.max()), -float(a.min()))  # no |a| temporary: page faults
         if amax == 0.0:
-            return None, "zero matrix"
+            return "zero matrix"
         _, e = math.frexp(amax)
     scaled = np.ldexp(a, -e) if abs(e) > 200 else a
-    g = scaled.T @ scaled if a.shape[0] >= a.shape[1] else scaled @ scaled.T
-    lam = np.linalg.eigvalsh(g)  # LAPACK syevd
+    tall = scaled if scaled.shape[0] >= scaled.shape[1] else scaled.T
+    k = tall.shape[1]
+    lam = _eigvalsh(tall.T @ tall)[::-1]  # LAPACK syevd, descending
     if lam[0] <= 0.0:
-        return None, "Gram matrix is numerically singular"
-    kappa = math.sqrt(lam[-1] / lam[0])
-    limit = gram_kappa_limit(min(a.shape))
-    if kappa > limit:
-        return None, f"estimated kappa {kappa:.3g} > {limit:.3g}"
-    values = np.sqrt(lam[::-1])
-    if scaled is not a:
-        values = np.ldexp(values, e)
-    return values, ""
+        return "zero matrix"
+    kappa = math.sqrt(lam[0] / lam[-1]) if lam[-1] > 0.0 else math.inf
+    limit = gram_kappa_limit(k)
+    if kappa <= limit:
+        values = np.sqrt(lam)
+        err = 0.5 * math.sqrt(k) * EPS * float(values[0]) * kappa
+        got: tuple[np.ndarray, float, str, dict[str, Any]] | str = (values, err, "gram", {})
+    else:
+        got = _refine_bottom(tall, lam)
+        if isinstance(got, str):
+            return f"estimated kappa {kappa:.3g} > {limit:.3g}; {got}"
+    if e and scaled is not a:
+        values, err, used, settings = got
+        got = (np.ldexp(values, e), math.ldexp(err, e), used, settings)
+    return got
+
+
+def _eigvalsh(g: np.ndarray) -> np.ndarray:
+    """Ascending eigenvalues of a symmetric float64 matrix (LAPACK syevd): torch's (MKL)
+    for a side >= :data:`TORCH_EIGVALSH_MIN_DIM`, numpy's below or without torch."""
+    if g.shape[0] >= TORCH_EIGVALSH_MIN_DIM:
+        try:
+            import torch
+
+            return torch.linalg.eigvalsh(torch.from_numpy(g)).numpy()
+        except (ImportError, RuntimeError):  # no torch, or MKL's syevd did not converge
+            pass
+    return np.linalg.eigvalsh(g)
+
+
+def _refine_bottom(w: np.ndarray, lam: np.ndarray
+                   ) -> tuple[np.ndarray, float, str, dict[str, Any]] | str:
+    """The singular values of a tall or square ``w`` (``m >= k``) from its Gram
+    eigenvalues ``lam`` (descending), the bottom ones refined by inverse subspace
+    iteration and Rayleigh–Ritz (see the module docstring); or why not."""
+    import scipy.linalg as sla
+
+    m, k = w.shape
+    s_hat = np.sqrt(np.maximum(lam, 0.0))
+    smax = float(s_hat[0])
+    delta = math.sqrt(k) * EPS * float(lam[0])  # modelled error of each Gram eigenvalue
+    with np.errstate(divide="ignore"):
+        enclosure = np.minimum(math.sqrt(delta), delta / s_hat)  # |σ̂_i - σ_i| <= this
+    target = REFINE_TARGET * smax
+    # Refine the values the Gram route cannot promise to the target, and every value that
+    # may be the smallest (its enclosure reaches σ_min's): κ is promised to 1e-10.
+    lowest = s_hat[-1] + enclosure[-1]
+    r = max(1, int(np.count_nonzero(enclosure > target)),
+            int(np.count_nonzero(s_hat - enclosure <= lowest)))
+    if r > min(REFINE_MAX, k // 4):
+        return f"{r} small singular values to refine"
+    # F: a square matrix with W's singular values, and solves with F and Fᵀ. A square W
+    # is its own F (LU with partial pivoting); a tall one's is the R of W = QR
+    # (Householder, backward stable like gesdd, which starts from the same QR).
+    if m == k:
+        f = w
+        with warnings.catch_warnings():  # a zero pivot is answered below, not warned
+            warnings.simplefilter("ignore", sla.LinAlgWarning)
+            lu = sla.lu_factor(w, check_finite=False)
+        diagonal = np.diagonal(lu[0])
+        route = "gram+lu"
+
+        def solve(x: np.ndarray, trans: int) -> np.ndarray:  # F⁻¹x or F⁻ᵀx
+            return sla.lu_solve(lu, x, trans=trans, check_finite=False)
+    else:
+        f = sla.qr(w, mode="r", check_finite=False)[0][:k]
+        diagonal = np.diagonal(f)
+        route = "gram+qr"
+
+        def solve(x: np.ndarray, trans: int) -> np.ndarray:
+            return sla.solve_triangular(f, x, trans=trans, check_finite=False)
+    if not np.all(diagonal):
+        return "the matrix is singular"
+    b = min(k, r + max(8, r))
+    x = np.linalg.qr(np.random.default_rng(REFINE_SEED).standard_normal((k, b)))[0]
+    floor = max(m, k) * EPS * smax  # rounding in the factor and the products: gesdd's model
+    own = np.arange(k - r, k)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        previous = None
+        for step in range(1, REFINE_MAX_STEPS + 1):
+            x = np.linalg.qr(solve(solve(x, 1), 0))[0]  # (FᵀF)⁻¹ = F⁻¹F⁻ᵀ
+            if not np.all(np.isfinite(x)):
+                return "the factor is too ill-conditioned"
+            if step < 2:
+                continue
+            _, ritz, yt = np.linalg.svd(f @ x, full_matrices=False)
+            ritz = ritz[-r:]
+            # The residuals (~60% of a step) only once the wanted Ritz values have
+            # settled to their targets from one step to the next.
+            settled = previous is not None and bool(
+                np.all(np.abs(ritz - previous) <= np.minimum(target, 1e-10 * ritz)))
+            previous = ritz
+            if not settled and step < REFINE_MAX_STEPS:
+                continue
+            v = x @ yt[-r:].T  # Ritz vectors of the r smallest values
+            # Left vectors from F⁻ᵀv (its error along large σ_i shrinks by σ_min/σ_i,
+            # where u = Fv/θ would grow it by σ_i/θ), the two-sided Rayleigh quotient
+            # and the residual of z = [u; v]/√2 for [[0, F], [Fᵀ, 0]].
+            u = solve(v, 1)
+            u /= np.linalg.norm(u, axis=0)
+            fv = f @ v
+            theta = np.einsum("ij,ij->j", u, fv)
+            rho = np.sqrt(0.5 * (np.linalg.norm(fv - u * theta, axis=0) ** 2
+                                 + np.linalg.norm(f.T @ u - v * theta, axis=0) ** 2))
+            # Gap: distance to every other singular value's enclosure, and to the
+            # augmented matrix's eigenvalues -σ_i (at least θ away).
+            dist = np.abs(theta[:, None] - s_hat[None, :]) - enclosure[None, :]
+            dist[np.arange(r), own] = np.inf
+            gap = np.minimum(dist.min(axis=1), theta)
+            bound = np.where(gap > rho, rho * rho / np.where(gap > rho, gap, 1.0), rho)
+            if np.all(bound <= np.minimum(target, 1e-10 * theta)):
+                break
+        else:
+            return f"the refinement did not converge in {REFINE_MAX_STEPS} steps"
+    order = np.argsort(theta)[::-1]
+    theta, bound = theta[order], bound[order]
+    if np.any(np.abs(theta - s_hat[own]) > enclosure[own] + bound + floor):
+        return "the refined values leave their Gram enclosures"
+    values = np.sort(np.concatenate([s_hat[:k - r], theta]))[::-1]  # a cluster may mix
+    kept = float(enclosure[k - r - 1]) if k > r else 0.0
+    err = max(kept, float(bound.max()) + floor)
+    return values, err, route, {"refined": r, "refine_steps": step}
 
 
 def _lapack_route(a: np.ndarray) -> tuple[np.ndarray, str]:

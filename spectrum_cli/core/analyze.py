@@ -16,7 +16,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from spectrum_cli.core import metrics as M
-from spectrum_cli.core.backend import SVD_ROUTES
+from spectrum_cli.core.backend import SVD_ROUTES, auto_takes_gram
 from spectrum_cli.core.errors import SpectrumError, UsageError
 from spectrum_cli.core.results import (
     AnalysisResult, SkippedTensor, SourceInfo, TensorError, TensorResult,
@@ -169,16 +169,18 @@ def choose_backend(shape: tuple[int, int], options: AnalyzeOptions) -> str:
 #: Memory of one tensor's measurement, for planning parallel runs: the tensor as stored,
 #: its float64 copy (8·m·n bytes) and the backend's workspace, WORKSPACE[kind] times the
 #: copy: a dense SVD holds LAPACK's copy of the matrix (numpy's gesdd works on one; the
-#: Gram route needs less, but falls back to gesdd for an ill-conditioned matrix) plus the
-#: k×k Gram product and eigvalsh's copy of it (2·k²/(m·n) of the copy, k = min(m, n),
-#: for the matrices of aspect ratio >= 2 that ``--svd-route auto`` sends that way),
+#: Gram route's LU or QR factor is one too, and it falls back to gesdd for an
+#: ill-conditioned matrix) plus the k×k Gram product and eigvalsh's copy of it
+#: (2·k²/(m·n) of the copy, k = min(m, n), for the matrices that ``--svd-route auto``
+#: sends that way: aspect ratio >= 2 or k >= 512, see ``auto_takes_gram``),
 #: the eigen/non-normal analysis of a square matrix adds geev's copy, the Schur form and
 #: the matrix powers; iterative backends hold a few vectors. Measured on TinyLlama's
 #: 32000x2048 embedding (bench/bench_llm.py): 738 MiB peak RSS of a worker, torch
 #: included, where this rule says 1.25 GB (the fallback's peak).
 WORKSPACE = {"dense": 1.0, "eigen": 3.0, "iterative": 0.5}
 MEMORY_RULE = ("per tensor: its stored bytes + 8·m·n·(1 + W) bytes, W = 1 for a dense "
-               "SVD (+ 2·k²/(m·n), k = min(m, n), at aspect ratio >= 2: the Gram route; "
+               "SVD (+ 2·k²/(m·n), k = min(m, n), at aspect ratio >= 2 or k >= 512: the Gram "
+               "route; "
                "+3 with the eigen analysis of a square "
                "matrix), 0.5 for iterative backends; the peak sums the workers' largest "
                "tensors")
@@ -194,7 +196,7 @@ def expected_bytes(group: Sequence[_Planned], options: AnalyzeOptions) -> int:
         m, n = p.matrix_shape
         dense = choose_backend(p.matrix_shape, options) in ("dense", "auto")
         k = min(m, n)
-        gram = 2.0 * k * k / (m * n) if max(m, n) >= 2 * k else 0.0  # the auto route's
+        gram = 2.0 * k * k / (m * n) if auto_takes_gram(m, n) else 0.0
         w = WORKSPACE["dense"] + gram if dense else WORKSPACE["iterative"]
         if p.wants_eigen(options):
             w += WORKSPACE["eigen"]

@@ -18,6 +18,18 @@ from typing import Any, Protocol, runtime_checkable
 #: The singular-value routes of the dense backend (``--svd-route``): Gram matrix with a
 #: checked error bound, LAPACK gesdd, or a choice between them.
 SVD_ROUTES = ("auto", "gram", "gesdd")
+#: ``auto`` takes the Gram route for matrices of aspect ratio >= GRAM_MIN_ASPECT (where it
+#: saves most) and for those whose smaller side is at least GRAM_MIN_DIM (where the Gram
+#: eigenvalues plus a refinement of the bottom of the spectrum beat gesdd); small
+#: near-square matrices go to gesdd.
+GRAM_MIN_ASPECT = 2.0
+GRAM_MIN_DIM = 512
+
+
+def auto_takes_gram(m: int, n: int) -> bool:
+    """Whether ``--svd-route auto`` tries the Gram route first for an ``m x n`` matrix."""
+    k = min(m, n)
+    return max(m, n) >= GRAM_MIN_ASPECT * k or k >= GRAM_MIN_DIM
 
 from spectrum_cli.core.linear_operator import Operator
 from spectrum_cli.core.results import Eigenvalues, Estimate, SingularValues

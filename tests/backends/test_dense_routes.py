@@ -11,6 +11,8 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import torch
 
 from spectrum_backends import dense
@@ -48,7 +50,7 @@ def test_every_route_meets_the_contract(rng, route, shape, kappa, profile):
     sv = dense.singular_values(a, route=route)
     assert_contract(a, sv.values)
     assert sv.accuracy == "exact" and sv.backend == "dense"
-    assert sv.route in ("gram", "gesdd")
+    assert sv.route in ("gram", "gram+lu", "gram+qr", "gesdd")
     if route == "gesdd":
         assert sv.route == "gesdd"
 
@@ -64,10 +66,109 @@ def test_gram_route_taken_when_safe_and_refused_when_not(rng):
     well = with_spectrum(rng, (600, 50), spectrum_of("geometric", 50, 10.0))
     sv = dense.singular_values(well, route="auto")
     assert sv.route == "gram" and sv.notes == ()
-    ill = with_spectrum(rng, (600, 50), spectrum_of("geometric", 50, 1e5))
+    # Too ill-conditioned for the Gram values alone, and too many small values (a
+    # geometric spectrum down to 1e-7 has ~45% of them below the Gram route's reach)
+    # to refine: gesdd, and the note says why.
+    ill = with_spectrum(rng, (600, 50), spectrum_of("geometric", 50, 1e7))
     sv = dense.singular_values(ill, route="gram")
     assert sv.route == "gesdd"
     assert "gram route rejected" in sv.notes[0] and "estimated kappa" in sv.notes[0]
+    assert "small singular values to refine" in sv.notes[0]
+
+
+# --- The refined Gram route: the bottom of the spectrum by inverse subspace iteration --
+
+
+def few_small(rng, shape, kappa, small=3, dtype="bfloat16"):
+    """A matrix whose spectrum is a bulk in [0.5, 1] and ``small`` values down to
+    1/kappa (what trained square projections look like: a few small values), rounded to
+    a stored dtype."""
+    k = min(shape)
+    s = np.concatenate([np.linspace(1.0, 0.5, k - small),
+                        np.geomspace(10.0 / kappa, 1.0 / kappa, small)])
+    return stored_as(with_spectrum(rng, shape, s), dtype)
+
+
+@pytest.mark.parametrize("shape,route", [((600, 600), "gram+lu"), ((700, 600), "gram+qr"),
+                                         ((600, 1300), "gram+qr")])
+@pytest.mark.parametrize("kappa", [1e3, 1e5, 1e7])
+def test_refined_route_meets_the_contract(rng, shape, route, kappa):
+    a = few_small(rng, shape, kappa)
+    sv = dense.singular_values(a, route="auto")
+    assert sv.route == route, sv.notes
+    assert 1 <= sv.settings["refined"] <= dense.REFINE_MAX
+    assert_contract(a, sv.values)
+    # The stated error bound holds against gesdd (whose own error is p·eps·σ_max).
+    ref = oracle_svdvals(a)
+    assert np.max(np.abs(sv.values - ref)) <= sv.error_estimate + max(shape) * dense.EPS * ref[0]
+
+
+def test_refined_route_is_faster_than_its_fallback_would_suggest(rng):
+    """The route's purpose: a square matrix of k >= 512 no longer needs gesdd. Not a
+    timing test: it checks that auto takes the route and refines only a few values."""
+    a = few_small(rng, (512, 512), 1e4, small=2)
+    sv = dense.singular_values(a)
+    assert sv.route == "gram+lu" and sv.settings["refined"] <= 4 and sv.notes == ()
+
+
+@pytest.mark.parametrize("bottom,route", [(2e-4, "gram+lu"), (1e-5, "gesdd")])
+def test_refined_values_of_a_cluster_at_the_bottom(rng, bottom, route):
+    """Singular values closer together than the residuals: no Kato-Temple gap, only the
+    linear residual bound (~sqrt(k)·eps·σ_max). It certifies σ_min to 1e-10 at 2e-4,
+    not at 1e-5, where gesdd takes over. Either way the result is sorted and true."""
+    k = 400
+    cluster = np.full(4, bottom) * (1 + 1e-13 * np.arange(4))
+    a = with_spectrum(rng, (k, k), np.concatenate([np.linspace(1.0, 0.5, k - 4), cluster]))
+    sv = dense.singular_values(a, route="gram")
+    assert sv.route == route, sv.notes
+    assert_contract(a, sv.values)
+
+
+def test_refinement_is_deterministic(rng):
+    a = few_small(rng, (600, 600), 1e5)
+    one, two = dense.singular_values(a), dense.singular_values(a.copy())
+    assert one.route == "gram+lu" and np.array_equal(one.values, two.values)
+
+
+def test_singular_square_matrix_falls_back(rng):
+    a = few_small(rng, (600, 600), 1e3, dtype="float64")
+    a[:, 17] = 0.0  # an exactly zero column: the LU factor has a zero pivot
+    sv = dense.singular_values(a, route="gram")
+    assert sv.route == "gesdd" and sv.values[-1] <= 1e-15 * sv.values[0]
+    assert "gram route rejected" in sv.notes[0]
+
+
+def test_refinement_that_does_not_converge_falls_back(rng, monkeypatch):
+    monkeypatch.setattr(dense, "REFINE_MAX_STEPS", 1)  # Rayleigh-Ritz starts at step 2
+    a = few_small(rng, (600, 600), 1e5)
+    sv = dense.singular_values(a)
+    assert sv.route == "gesdd" and "did not converge in 1 steps" in sv.notes[0]
+    assert_contract(a, sv.values)
+
+
+def test_refined_values_must_lie_in_their_gram_enclosures(rng, monkeypatch):
+    """A Gram eigensolver that is wrong at the bottom (beyond its modelled error) is
+    caught by the cross-check, not reported."""
+    real = dense._eigvalsh
+
+    def wrong(g):
+        lam = real(g)
+        lam[0] *= 4.0  # σ_min doubled
+        return lam
+
+    monkeypatch.setattr(dense, "_eigvalsh", wrong)
+    a = few_small(rng, (600, 600), 1e4)
+    sv = dense.singular_values(a)
+    assert sv.route == "gesdd" and "leave their Gram enclosures" in sv.notes[0]
+    assert_contract(a, sv.values)
+
+
+def test_refinement_under_extreme_scaling(rng):
+    a = few_small(rng, (600, 600), 1e5, dtype="float64") * 1e-250
+    sv = dense.singular_values(a, route="gram")
+    assert sv.route == "gram+lu"
+    np.testing.assert_allclose(sv.values, oracle_svdvals(a), rtol=0,
+                               atol=1e-10 * oracle_svdvals(a)[0])
 
 
 def test_gram_limit_leaves_margin_below_the_contract(rng):
@@ -152,3 +253,21 @@ def test_bad_arguments_name_themselves():
         dense.singular_values(np.eye(3), route="fast")
     with pytest.raises(ValueError, match="square"):
         dense.eigenvalues(np.zeros((3, 4)))
+
+
+@settings(max_examples=60, deadline=None)
+@given(k=st.integers(8, 160), extra=st.integers(0, 40), small=st.integers(0, 12),
+       log_kappa=st.floats(1.0, 8.0), spread=st.floats(0.0, 1.0),
+       dtype=st.sampled_from(["float64", "bfloat16"]), seed=st.integers(0, 2**31))
+def test_gram_route_contract_property(k, extra, small, log_kappa, spread, dtype, seed):
+    """Whatever the spectrum (a bulk, a few small values, clusters: spread 0 makes
+    the small ones equal), the Gram route, refined or not, meets the contract or falls
+    back to gesdd."""
+    rng = np.random.default_rng(seed)
+    small = min(small, k - 1)
+    bottom = 10.0 ** -log_kappa * (1.0 + spread * np.arange(small, 0, -1))
+    s = np.sort(np.concatenate([np.linspace(1.0, 0.3, k - small), bottom]))[::-1]
+    a = stored_as(with_spectrum(rng, (k + extra, k), s), dtype)
+    sv = dense.singular_values(a, route="gram")
+    assert sv.route in ("gram", "gram+lu", "gram+qr", "gesdd")
+    assert_contract(a, sv.values)
