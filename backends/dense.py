@@ -17,19 +17,23 @@ Two CPU routes to the singular values of an ``m x n`` matrix ``W`` (``k = min(m,
     at most :data:`GRAM_KAPPA_REL_ERR` (1e-9, ten times below the 1e-8 contract) the Gram
     values are the result (route ``gram``). Otherwise the values whose error bound exceeds
     :data:`REFINE_TARGET`·σ_max, σ_min among them, are *refined* (routes ``gram+lu``
-    for a square matrix, ``gram+qr`` otherwise): subspace iteration with ``(WᵀW)⁻¹``
-    applied through an LU (or QR) factor of ``W`` (inverse subspace iteration; Golub &
-    Van Loan, *Matrix Computations*, 4th ed., §8.2.4 and §8.6.1), then Rayleigh–Ritz
-    on ``W`` itself: the singular values of ``W X`` for the orthonormal block ``X``.
-    A Ritz triplet ``(σ̃, ũ, ṽ)`` has residual ``ρ = ‖Wᵀũ - σ̃ṽ‖`` (``Wṽ = σ̃ũ`` by
-    construction); as an eigenpair of the augmented matrix ``[[0, W], [Wᵀ, 0]]`` its
-    error is at most ``ρ²/gap`` (Kato–Temple; Parlett, *The Symmetric Eigenvalue
-    Problem*, 1998, Thm 10.6.1), the gap taken to every other singular value's Gram
-    enclosure, and at most ``ρ`` when no gap is known. The iteration stops when every
-    refined value's bound is below its target; each must also lie in its own Gram
-    enclosure, or the route is abandoned. Refinement is tried for at most
-    :data:`REFINE_MAX` values (and k/4): more small values than that, a singular factor
-    or no convergence in :data:`REFINE_MAX_STEPS` steps fall back to gesdd, with a note.
+    for a square matrix, ``gram+qr`` otherwise): subspace iteration with ``(FᵀF)⁻¹``,
+    where ``F`` is ``W`` itself (square, through its LU factor) or the ``R`` of
+    ``W = QR`` (inverse subspace iteration; Golub & Van Loan, *Matrix Computations*, 4th
+    ed., §8.2.4 and §8.6.1), then Rayleigh–Ritz on ``F``: the right Ritz vectors ``ṽ``
+    of the smallest singular values of ``F X``. The left vectors come from ``F⁻ᵀṽ``
+    (accurate to rounding, where ``Fṽ/σ̃`` would amplify ``ṽ``'s rounding by κ), ``σ̃``
+    is the two-sided Rayleigh quotient ``ũᵀFṽ`` and ``ρ`` the residual of ``[ũ; ṽ]/√2``
+    as an eigenvector of the augmented matrix ``[[0, F], [Fᵀ, 0]]``, whose error is at
+    most ``ρ²/gap`` (Kato–Temple; Parlett, *The Symmetric Eigenvalue Problem*, 1998,
+    Thm 10.6.1), the gap taken to every other singular value's Gram enclosure and to
+    ``-σ̃``, and at most ``ρ`` when no gap is known. Refined are the values whose Gram
+    bound exceeds the target and every value whose enclosure reaches σ_min's (any of
+    them may be the smallest). The iteration stops when every refined value's bound is
+    below its target (:data:`REFINE_TARGET`·σ_max, and 1e-10 relative); each must also
+    lie in its own Gram enclosure, or the route is abandoned. Refinement is tried for at
+    most :data:`REFINE_MAX` values (and k/4): more, a singular factor or no convergence
+    in :data:`REFINE_MAX_STEPS` steps fall back to gesdd, with a note.
 ``gesdd``
     LAPACK's divide-and-conquer SVD (``numpy.linalg.svd``'s driver), backward stable:
     every singular value within ``p(m, n)·eps·σ_max`` (Golub & Van Loan, *Matrix

@@ -80,7 +80,7 @@ SETTINGS: tuple[Setting, ...] = (
             default=200, minimum=1),
     Setting("effective_rank_tau", "float", "effective_rank counts singular values above "
             "tau·σ_max.", NUMERICS, default=0.01),
-    Setting("svd_route", "str", "Dense backend: 'gram' (checked, falls back to gesdd), "
+    Setting("svd_route", "str", "Dense backend: 'gram' (checked, refined, falls back to gesdd), "
             "'gesdd', or 'auto'.", NUMERICS, default="auto",
             choices=("auto", "gram", "gesdd")),
     Setting("backend", "str", "'dense', 'lanczos', 'randomized-svd', a plugin (see "
