@@ -8,9 +8,9 @@ Whole processes, each timed with ``time.perf_counter`` around it, in this order 
 one untimed read of every file, so that all runs find the page cache equally warm),
 ``--runs`` rounds of them interleaved (medians and min-max printed):
 
-  jobs1    .venv/bin/spectrum analyze FOLDER --json --no-cache --jobs 1  (spectrum's own
-           process, every core as BLAS threads)
-  jobs2    ... --jobs 2                       (2 worker processes x cores/2 BLAS threads)
+  jobs1    .venv/bin/spectrum analyze FOLDER --json --no-cache --jobs 1 --threads 1
+           (spectrum's own process, one BLAS thread: the one-core run)
+  jobs2    ... --jobs 2 --threads 1           (2 worker processes x 1 BLAS thread)
   dask     ... --executor dask --scheduler tcp://127.0.0.1:P  (a LocalCluster of 2 worker
            processes x 1 thread that this script starts; Dask's nanny gives each one BLAS
            thread; the workers are warmed by an untimed one-tensor run first, as a
@@ -20,7 +20,8 @@ one untimed read of every file, so that all runs find the page cache equally war
   numpy    bench/baseline_numpy_svd.py FOLDER: load, .to(float64), np.linalg.svd(
            compute_uv=False) per matrix, default BLAS threads (every core);
            ``--baseline-sample K`` times K matrices per distinct shape and extrapolates by
-           count (labelled "extrapolated")
+           count (labelled "extrapolated"); ``--numpy-one-thread`` adds the same loop at
+           one BLAS thread, printed against --jobs 1 (one core each)
   ww       WeightWatcher 0.7.7 (bench/.venv-peers, from ``bash bench/setup_peers.sh``) on
            the same folder, for reference; skipped when absent
 
@@ -38,8 +39,8 @@ Dask workers outlive the run: their VmHWM is reset (``/proc/PID/clear_refs`` 5) 
 it and read after it.
 
 Identity: every metric of every tensor must agree across jobs1, jobs2 and dask (max
-relative difference <= 1e-12; not 0: jobs1's BLAS runs 2 threads, the workers' 1, and
-the last bits of a float64 SVD depend on the blocking). Targets (issue #12, for the
+relative difference <= 1e-12; every run uses one BLAS thread per process, so they
+usually agree bit for bit). Targets (issue #12, for the
 tinyllama shape): jobs2 >= 1.8x jobs1; numpy loop >= 4x jobs2's time; dask <= 1.35x
 jobs2's time; peak RSS per worker <= 1 GB (10^9 bytes), over jobs1, jobs2 and dask.
 
@@ -435,11 +436,16 @@ def measure_target(target: str, storage_options: dict[str, str] | None,
 
 
 def baseline(folder: Path, sample: int, env: dict[str, str],
-             timeout: float | None) -> Run:
+             timeout: float | None, one_thread: bool = False) -> Run:
+    """The numpy loop with the machine's default BLAS threads (every core), or with one
+    (``one_thread``: the per-core comparison with --jobs 1)."""
     argv = [sys.executable, str(HERE / "baseline_numpy_svd.py"), str(folder)]
     if sample:
         argv += ["--sample", str(sample)]
-    run = run_measured("numpy", argv, env, timeout)
+    if one_thread:
+        env = {**env, **{k: "1" for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                                           "MKL_NUM_THREADS")}}
+    run = run_measured("numpy1" if one_thread else "numpy", argv, env, timeout)
     _parse_json(run)
     if run.doc and run.doc["extrapolated"]:
         # The measured process minus its timed loop, plus the loop over every matrix.
@@ -776,6 +782,8 @@ def main() -> int:
                          "(the S3 runs are done once)")
     ap.add_argument("--no-dask", action="store_true")
     ap.add_argument("--no-numpy", action="store_true")
+    ap.add_argument("--numpy-one-thread", action="store_true",
+                    help="also time the numpy loop at one BLAS thread (against --jobs 1)")
     ap.add_argument("--no-ww", action="store_true", help="skip WeightWatcher")
     ap.add_argument("--s3", action="store_true",
                     help="also from moto's S3 through a byte-counting proxy")
@@ -832,6 +840,9 @@ def main() -> int:
             if not args.no_numpy:
                 one_round["numpy"] = baseline(folder, args.baseline_sample, env,
                                               args.timeout)
+                if args.numpy_one_thread:
+                    one_round["numpy1"] = baseline(folder, args.baseline_sample, env,
+                                                   args.timeout, one_thread=True)
             if not args.no_ww:
                 ww = weightwatcher(folder, args.peers_python, env, args.timeout)
                 if ww is not None:
@@ -901,6 +912,10 @@ def targets(runs: dict[str, Run], s3_runs: dict[str, Run], folder_bytes: int,
         if "jobs1" in ok:
             print(f"  {'  (numpy loop / --jobs 1, for information)':44s} "
                   f"{wall / ok['jobs1'].wall:13.2f}x")
+    if "numpy1" in ok and "jobs1" in ok:
+        wall = effective_wall(ok["numpy1"])
+        print(f"  {'  (numpy loop 1 thread / --jobs 1, per core)':44s} "
+              f"{wall / ok['jobs1'].wall:13.2f}x   ({wall:.1f} s / {ok['jobs1'].wall:.1f} s)")
     if "dask" in ok and "jobs2" in ok:
         s = ok["dask"].wall / ok["jobs2"].wall
         row("Dask 2x1 wall / --jobs 2 wall", f"{s:.2f}", f"<= {TARGETS['dask_over_jobs2']}",
