@@ -8,8 +8,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -89,6 +90,34 @@ def code_fingerprint() -> str:
     return _FINGERPRINT[0]
 
 
+class Digest:
+    """The SHA-256 of files (:func:`~spectrum_cli.io.base.sha256_files`), computed in a
+    daemon thread from construction on; :meth:`result` waits for it and raises what the
+    hashing raised."""
+
+    def __init__(self, files: tuple[str, ...]) -> None:
+        self._value: str | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(files,), daemon=True,
+                                        name="spectrum-sha256")
+        self._thread.start()
+
+    def _run(self, files: tuple[str, ...]) -> None:
+        from spectrum_cli.io.base import sha256_files
+
+        try:
+            self._value = sha256_files(files)
+        except BaseException as exc:  # handed to the caller by result()
+            self._error = exc
+
+    def result(self) -> str:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        assert self._value is not None
+        return self._value
+
+
 @dataclass
 class Outcome:
     doc: dict[str, Any]
@@ -125,7 +154,7 @@ def analyze_checkpoint(path: str, job: Job, digest: bool = True,
     from spectrum_cli.core.results import SourceInfo
     from spectrum_cli.core.thresholds import evaluate, parse_conditions
     from spectrum_cli.io import open_source
-    from spectrum_cli.io.base import sha256_files, total_size
+    from spectrum_cli.io.base import total_size
     from spectrum_cli.report.document import build_document
 
     t0 = time.perf_counter()
@@ -133,13 +162,19 @@ def analyze_checkpoint(path: str, job: Job, digest: bool = True,
     warnings: list[str] = []
     source = open_source(str(path), job.policy)
     try:
+        # The content hash runs beside the measurements (reading and hashing release the
+        # GIL): on a 2 GB checkpoint it is ~1.6 s, on a 140 GB one minutes.
+        content = Digest(tuple(source.files)) if digest else None
         info = SourceInfo(str(path), source.format, source.files, total_size(source.files),
-                          sha256_files(source.files) if digest else None, tuple(source.notes))
+                          None, tuple(source.notes))
         dispatch = None if run is None else Dispatch(str(path), source, info, job, run,
-                                                     on_progress, on_tick, on_note)
+                                                     on_progress, on_tick, on_note,
+                                                     content.result if content else None)
         result = analyze_source(source, info, job.options, plugins.get_backend,
                                 on_progress=on_progress, metrics=plugins.metric_plugins(),
                                 measure=dispatch)
+        if content is not None:
+            result = replace(result, source=replace(result.source, sha256=content.result()))
         optim = optimizer_report(source, job, warnings)
         scalars = checkpoint_scalars(source, warnings)
     finally:
@@ -240,9 +275,11 @@ class Dispatch:
     def __init__(self, path: str, source: Any, info: Any, job: Job, run: RunOptions,
                  on_progress: Callable[[int, int, str], None] | None = None,
                  on_tick: Callable[[Tick], None] | None = None,
-                 on_note: Callable[[str], None] | None = None) -> None:
+                 on_note: Callable[[str], None] | None = None,
+                 content: Callable[[], str] | None = None) -> None:
         self.path, self.source, self.info, self.job, self.run = path, source, info, job, run
         self.on_progress, self.on_tick, self.on_note = on_progress, on_tick, on_note
+        self.content = content  # the files' hash (waits for it), when already under way
         self.record: dict[str, Any] = {}
         self.from_cache = 0
 
@@ -360,7 +397,8 @@ class Dispatch:
         from spectrum_cli.batch import ResultCache
         from spectrum_cli.io.base import sha256_files
 
-        content = self.info.sha256 or sha256_files(tuple(self.source.files))
+        content = (self.info.sha256 or (self.content() if self.content else None)
+                   or sha256_files(tuple(self.source.files)))
         prefix = hashlib.sha256(f"{content}-{self.job.settings_key()}".encode()).hexdigest()
         keys = [f"{prefix[:32]}-{hashlib.sha256(g[0].source.encode()).hexdigest()[:32]}"
                 for g in parts]
