@@ -721,7 +721,7 @@ def fmt_mib(n: int) -> str:
 def threads_of(run: Run, dask_threads: list[int] | None = None) -> str:
     if run.label.startswith("dask") and dask_threads is not None:
         return f"{len(dask_threads)} workers x {max(dask_threads, default=0)} (nanny)"
-    if run.label == "numpy" and run.doc:
+    if run.label in ("numpy", "numpy1") and run.doc:
         pools = ", ".join(f"{p['api']} {p['num_threads']}" for p in run.doc["threadpools"])
         return f"1 process: {pools}"
     if run.label == "ww":

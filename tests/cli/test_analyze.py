@@ -37,6 +37,36 @@ def ckpt(tmp_path, rng):
     return path, sd
 
 
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_content_hash_computed_beside_the_work_is_the_files(ckpt, tmp_path, jobs):
+    """The hash runs in a thread while tensors are measured; the document and the cache
+    both get the file's real SHA-256."""
+    import hashlib
+
+    path, _ = ckpt
+    args = [path, "--jobs", jobs, "--cache-dir", tmp_path / "cache"]
+    doc, result = run_json(*args)
+    assert result.exit_code == 0
+    assert doc["source"]["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    again, _ = run_json(*args)  # the cache was keyed by that hash: every tensor hits
+    assert again["summary"]["from_cache"] == len(doc["tensors"])
+
+
+def test_a_failing_content_hash_is_exit_2_naming_the_file(ckpt, monkeypatch):
+    from spectrum_cli.core.errors import InputError
+    from spectrum_cli.io import base
+
+    path, _ = ckpt
+
+    def unreadable(paths):
+        raise InputError(f"{paths[0]}: read error while hashing")
+
+    monkeypatch.setattr(base, "sha256_files", unreadable)
+    result = run_cli("analyze", path, "--json")
+    assert result.exit_code == ExitCode.USAGE_OR_INPUT_ERROR, result.output
+    assert f"{path}: read error while hashing" in result.stderr
+
+
 def test_json_document_schema(ckpt):
     path, sd = ckpt
     doc, result = run_json(path)
