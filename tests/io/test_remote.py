@@ -279,3 +279,62 @@ def test_watch_follows_an_s3_folder_as_checkpoints_arrive(s3env, tmp_path):
     assert [c["path"] for c in shown["checkpoints"]] == [f"{url}/{f.name}" for f in files]
     for got, want in zip(shown["checkpoints"], local["checkpoints"]):
         assert got["indicators"] == pytest.approx(want["indicators"], rel=1e-12)
+
+
+def _mixed_dtypes(path: Path) -> dict[str, np.ndarray]:
+    """bfloat16, float16, float32 and float8 tensors of odd sizes (pieces end mid-row)."""
+    import torch
+    from safetensors.torch import save_file as save_torch
+
+    g = torch.Generator().manual_seed(5)
+    tensors = {"bf16": torch.randn(301, 67, generator=g).to(torch.bfloat16),
+               "f16": torch.randn(97, 41, generator=g).to(torch.float16),
+               "f32": torch.randn(53, 29, generator=g),
+               "e4m3": torch.randn(45, 33, generator=g).to(torch.float8_e4m3fn)}
+    save_torch(tensors, str(path))
+    return {k: v.to(torch.float64).numpy() for k, v in tensors.items()}
+
+
+def test_remote_pieces_read_ahead_and_decode_exactly(s3env, tmp_path, monkeypatch):
+    """Many small GETs (one fetched ahead by a thread) and decode slices that do not line
+    up with them give exactly the values torch decodes; no prefetch thread outlives a read."""
+    import threading
+
+    from spectrum_cli.io import safetensors_file as st
+
+    local = tmp_path / "mixed.safetensors"
+    want = _mixed_dtypes(local)
+    url = s3env.upload(local, "s3://remote-pieces/mixed.safetensors")
+    monkeypatch.setattr(st, "REMOTE_CHUNK_BYTES", 1000)  # 10-40 GETs per tensor
+    monkeypatch.setattr(st, "CHUNK_BYTES", 96)  # several decode slices per GET
+    remote, plain = st.SafetensorsSource(url), st.SafetensorsSource(str(local))
+    for name, values in want.items():
+        got = remote.read(name)
+        assert got.dtype == np.float64 and got.shape == values.shape
+        np.testing.assert_array_equal(got, values)
+        np.testing.assert_array_equal(plain.read(name), values)
+    assert not [t for t in threading.enumerate() if t.name.startswith("spectrum-prefetch")]
+
+
+def test_short_remote_piece_is_an_input_error_naming_file_and_tensor(s3env, tmp_path,
+                                                                      monkeypatch):
+    """A GET that returns fewer bytes than asked (the object changed underneath) fails in
+    the prefetch thread; the error reaches the caller, naming the object and the tensor."""
+    from spectrum_cli.core.errors import InputError
+    from spectrum_cli.io import safetensors_file as st
+
+    local = tmp_path / "mixed.safetensors"
+    _mixed_dtypes(local)
+    url = s3env.upload(local, "s3://remote-short/mixed.safetensors")
+    monkeypatch.setattr(st, "REMOTE_CHUNK_BYTES", 1000)
+    src = st.SafetensorsSource(url)
+    real, calls = st.read_at, []
+
+    def truncating(fh, offset, n):
+        calls.append(offset)
+        data = real(fh, offset, n)
+        return data[:-1] if len(calls) == 3 else data
+
+    monkeypatch.setattr(st, "read_at", truncating)
+    with pytest.raises(InputError, match=r"mixed\.safetensors: short read of 'bf16'"):
+        src.read("bf16")
