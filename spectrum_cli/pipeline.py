@@ -160,6 +160,8 @@ def analyze_checkpoint(path: str, job: Job, digest: bool = True,
     t0 = time.perf_counter()
     conditions = parse_conditions(job.fail_on, metric_names())
     warnings: list[str] = []
+    if run is not None:
+        start_workers_early(str(path), run)
     source = open_source(str(path), job.policy)
     try:
         # The content hash runs beside the measurements (reading and hashing release the
@@ -212,6 +214,32 @@ def attach_operators(doc: dict[str, Any], optim: Any, conditions: Any) -> None:
 
 #: An analysis whose expected peak memory reaches this says it up front.
 ANNOUNCE_PEAK = 1 << 30
+#: Checkpoints of at least this many bytes (or any URL) start the workers' forkserver
+#: before their headers are read, when the run may use worker processes.
+EARLY_START_BYTES = 64 << 20
+
+
+def start_workers_early(path: str, run: "RunOptions") -> None:
+    """Start the worker processes' server (:func:`spectrum_cli.executors.start_early`)
+    now when ``run`` will likely use it: ``--jobs`` > 1 on this machine, and a big
+    checkpoint (by the sizes of its files, no reads) or one in object storage, whose
+    headers take longest to read. Small ones and cached reruns may need no workers."""
+    from spectrum_cli.executors import scheduler_named, start_early
+    from spectrum_cli.io import storage
+
+    if run.jobs < 2 or run.executor not in ("auto", "processes") or scheduler_named():
+        return
+    remote = storage.is_url(path)
+    if not remote:
+        try:
+            entries = list(os.scandir(path)) if os.path.isdir(path) else None
+            size = (sum(e.stat().st_size for e in entries if e.is_file(follow_symlinks=False))
+                    if entries is not None else os.stat(path).st_size)
+        except OSError:
+            return  # opening it says what is wrong
+        if size < EARLY_START_BYTES:
+            return
+    start_early(remote)
 #: The command line's default cache serves checkpoints of at least this many bytes.
 RESUME_MIN_BYTES = 256 << 20
 
@@ -256,8 +284,10 @@ def measure_task(path: str, policy: LoadPolicy, options: AnalyzeOptions,
     ``group`` names and measure its matrices (TensorResult or TensorError each)."""
     from spectrum_cli import plugins
     from spectrum_cli.core.analyze import measure_group
+    from spectrum_cli.executors import steady_malloc
     from spectrum_cli.io import open_source
 
+    steady_malloc()  # a Dask worker's first task sets it; then a no-op
     source = open_source(path, policy)
     try:
         return measure_group(source, group, options, plugins.get_backend,
@@ -331,7 +361,9 @@ class Dispatch:
         if runner is None:
             from spectrum_cli import plugins
             from spectrum_cli.core.analyze import measure_group
+            from spectrum_cli.executors import steady_malloc
 
+            steady_malloc()
             metrics = plugins.metric_plugins()
             for i in misses:
                 finished(i, measure_group(self.source, parts[i], options,

@@ -1,0 +1,94 @@
+"""How a measuring process is set up beyond its threads: glibc's mmap threshold fixed
+(:func:`spectrum_cli.executors.steady_malloc`) and the workers' server started before the
+headers are read (:func:`spectrum_cli.pipeline.start_workers_early`)."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+
+import pytest
+
+from spectrum_cli import executors as X
+from spectrum_cli import pipeline as P
+
+GLIBC = sys.platform == "linux" and platform.libc_ver()[0] == "glibc"
+
+#: Frees a 24 MiB block (glibc then raises its threshold to 24 MiB), then fills and frees
+#: an 8 MiB one, and prints how much of it the process still holds.
+_PROBE = """
+import sys
+import numpy as np
+if sys.argv[1] == "fixed":
+    from spectrum_cli.executors import steady_malloc
+    steady_malloc()
+def rss():
+    return int(open("/proc/self/statm").read().split()[1]) * 4096
+big = np.ones(3 << 20); del big
+before = rss()
+a = np.ones(1 << 20)
+del a
+print((rss() - before) / 2**20)
+"""
+
+
+def _held_mib(mode: str) -> float:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    out = subprocess.run([sys.executable, "-c", _PROBE, mode], env=env, check=True,
+                         capture_output=True, text=True).stdout
+    return float(out)
+
+
+@pytest.mark.skipif(not GLIBC, reason="glibc's mallopt")
+def test_steady_malloc_hands_freed_blocks_back():
+    """glibc's default keeps a freed 8 MiB block in the heap after a bigger one was freed
+    (the fragmentation this fixes); with the threshold fixed it goes back at once."""
+    assert _held_mib("default") >= 7.5
+    assert _held_mib("fixed") < 1.0
+
+
+def test_steady_malloc_respects_the_environment_and_runs_once(monkeypatch):
+    calls = []
+    monkeypatch.setattr(X, "_malloc_fixed", False)
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "65536")
+    import ctypes
+
+    monkeypatch.setattr(ctypes, "CDLL", lambda *a: calls.append(a))
+    X.steady_malloc()
+    assert calls == [] and not X._malloc_fixed  # the user's choice stands
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_")
+    X.steady_malloc()
+    X.steady_malloc()
+    assert X._malloc_fixed and len(calls) <= 1  # once (none off glibc)
+
+
+@pytest.fixture
+def started(monkeypatch):
+    seen: list[bool] = []
+    monkeypatch.setattr(X, "start_early", lambda remote=False: seen.append(remote))
+    monkeypatch.delenv("SPECTRUM_SCHEDULER", raising=False)
+    monkeypatch.delenv("SPECTRUM_SCHEDULER_FILE", raising=False)
+    return seen
+
+
+def test_workers_start_early_only_where_they_will_likely_be_used(started, tmp_path,
+                                                                 monkeypatch):
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(b"x" * 4096)
+    run2 = P.RunOptions(jobs=2)
+    P.start_workers_early(str(folder), P.RunOptions(jobs=1))
+    P.start_workers_early(str(folder), run2)  # small: maybe no workers at all
+    P.start_workers_early(str(folder), P.RunOptions(jobs=2, executor="serial"))
+    assert started == []
+    monkeypatch.setattr(P, "EARLY_START_BYTES", 4096)
+    P.start_workers_early(str(folder), run2)
+    P.start_workers_early(str(folder / "model.safetensors"), run2)
+    P.start_workers_early("s3://bucket/ckpt", run2)  # remote: no request made here
+    P.start_workers_early(str(tmp_path / "missing"), run2)  # opening it will say why
+    assert started == [False, False, True]
+    monkeypatch.setenv("SPECTRUM_SCHEDULER", "tcp://127.0.0.1:1")
+    P.start_workers_early("s3://bucket/ckpt", run2)  # a cluster does the work
+    assert started == [False, False, True]
