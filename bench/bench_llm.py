@@ -6,7 +6,8 @@
 
 Whole processes, each timed with ``time.perf_counter`` around it, in this order (after
 one untimed read of every file, so that all runs find the page cache equally warm),
-``--runs`` rounds of them interleaved (medians and min-max printed):
+``--runs`` rounds of spectrum's runs interleaved (medians and min-max printed; the numpy
+loop and WeightWatcher, minutes each, in the first round only):
 
   jobs1    .venv/bin/spectrum analyze FOLDER --json --no-cache --jobs 1 --threads 1
            (spectrum's own process, one BLAS thread: the one-core run)
@@ -44,15 +45,16 @@ usually agree bit for bit). Targets (issue #12, for the
 tinyllama shape): jobs2 >= 1.8x jobs1; numpy loop >= 4x jobs2's time; dask <= 1.35x
 jobs2's time; peak RSS per worker <= 1 GB (10^9 bytes), over jobs1, jobs2 and dask.
 
-S3 (``--s3``): moto's server (``moto.server.ThreadedMotoServer``) and a byte-counting TCP
-proxy in front of it, each in a child process; the folder is uploaded (not counted), and
-jobs1, jobs2 and dask are repeated on ``s3://BUCKET/NAME`` with ``--storage-option
-endpoint_url=`` the proxy, plus an ``--include`` of one layer; the bytes are counted by
-the proxy, independently of spectrum's own accounting. Numbers must equal the local
-runs'; the one-layer run must read < 5% of the folder's bytes (a target for tinyllama:
-a layer is 4.0% of it; on the small shape a layer alone is 11%). moto and the proxy are
-Python processes on the same cores as the runs: the S3 bytes are exact, the S3 times
-are not a real object store's. :func:`measure_target` is the hook: a target (path or
+S3 (``--s3``): moto's server (``moto.server.ThreadedMotoServer``) in a child process,
+counting the bytes of every response body it writes (a WSGI wrapper, independent of
+spectrum and s3fs); the folder is uploaded (not counted), and jobs1, jobs2 and dask run
+on ``s3://BUCKET/NAME`` with ``--storage-option endpoint_url=`` the server in every round
+(interleaved with the local runs, medians reported), plus one ``--include`` of one layer.
+Numbers must equal the local runs'; the one-layer run must read < 5% of the folder's
+bytes (a target for tinyllama: a layer is 4.0% of it; on the small shape a layer alone
+is 11%). moto is a Python process on the same cores as the runs (it used ~4 s of CPU to
+serve the 2 GB folder): the S3 bytes are exact, the S3 times are not a real object
+store's, and the --jobs 2 run, which has no idle core to give moto, pays most of it. :func:`measure_target` is the hook: a target (path or
 URL) plus storage options in, timed runs out.
 """
 
@@ -491,20 +493,32 @@ def warm_page_cache(folder: Path) -> int:
 # --------------------------------------------------------------------------- S3
 
 
-def _pump(src: Any, dst: Any, counter: Any) -> None:
-    try:
-        while True:
-            data = src.recv(1 << 16)
-            if not data:
-                break
-            dst.sendall(data)
-            with counter.get_lock():
-                counter.value += len(data)
-    except OSError:
-        pass
-    finally:
-        with _suppress():
-            dst.shutdown(1)  # SHUT_WR: the other side sees the end
+class _Counting:
+    """WSGI middleware around moto's app: adds the bytes of every response body to
+    ``down`` and of every request body to ``up`` (shared counters), as they are written;
+    independent of spectrum and s3fs. Counting here rather than in a proxy keeps a
+    second copy of every byte, and a third process, off the cores the runs use."""
+
+    def __init__(self, app: Any, down: Any, up: Any) -> None:
+        self.app, self.down, self.up = app, down, up
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        try:
+            sent = int(environ.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            sent = 0
+        with self.up.get_lock():
+            self.up.value += sent
+        body = self.app(environ, start_response)
+        try:
+            for chunk in body:
+                with self.down.get_lock():
+                    self.down.value += len(chunk)
+                yield chunk
+        finally:
+            close = getattr(body, "close", None)
+            if close is not None:
+                close()
 
 
 def _ranged_gets() -> None:
@@ -558,9 +572,10 @@ def _ranged_gets() -> None:
     S3Response.get_object = ranged
 
 
-def _serve_moto(conn: Any, fast_ranges: bool) -> None:
-    """Child process: moto's S3 server on 127.0.0.1; sends its port, runs until the
-    parent sends anything or goes away."""
+def _serve_moto(conn: Any, fast_ranges: bool, down: Any, up: Any) -> None:
+    """Child process: moto's S3 server on 127.0.0.1, its bytes counted by
+    :class:`_Counting`; sends its port, runs until the parent sends anything or goes
+    away."""
     import logging
 
     from moto.server import ThreadedMotoServer
@@ -570,47 +585,19 @@ def _serve_moto(conn: Any, fast_ranges: bool) -> None:
         _ranged_gets()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
+    wsgi = getattr(server, "_server", None)  # werkzeug's server: it calls .app per request
+    if wsgi is None or not hasattr(wsgi, "app"):
+        raise RuntimeError("moto's ThreadedMotoServer changed: no werkzeug server to count at")
+    wsgi.app = _Counting(wsgi.app, down, up)
     conn.send(server.get_host_and_port()[1])
     with _suppress():
         conn.recv()
     server.stop()
 
 
-def _serve_proxy(conn: Any, upstream_port: int, down: Any, up: Any) -> None:
-    """Child process: a TCP proxy on 127.0.0.1 in front of ``upstream_port`` counting
-    the bytes each way (``down``: server to client). Its own process: sharing moto's
-    GIL halved the throughput."""
-    import socket
-    import socketserver
-    import threading
-
-    class Handler(socketserver.BaseRequestHandler):
-        def handle(self) -> None:
-            upstream = socket.create_connection(("127.0.0.1", upstream_port))
-            for sock in (upstream, self.request):  # no Nagle delay on small requests
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            t = threading.Thread(target=_pump, args=(self.request, upstream, up), daemon=True)
-            t.start()
-            _pump(upstream, self.request, down)
-            t.join()
-            upstream.close()
-
-    class Proxy(socketserver.ThreadingTCPServer):
-        daemon_threads = True
-        allow_reuse_address = True
-
-    proxy = Proxy(("127.0.0.1", 0), Handler)
-    threading.Thread(target=proxy.serve_forever, daemon=True).start()
-    conn.send(proxy.server_address[1])
-    with _suppress():
-        conn.recv()
-    proxy.shutdown()
-
-
 class S3Service:
-    """moto and the counting proxy, each in a child process (spawned: this process may
-    hold a Dask event loop thread); ``endpoint`` goes through the proxy, ``direct``
-    to moto."""
+    """moto's S3 server in a child process (spawned: this process may hold a Dask event
+    loop thread), counting the bytes it serves; ``endpoint`` is its URL."""
 
     BUCKET = "spectrum-bench"
 
@@ -620,10 +607,8 @@ class S3Service:
         ctx = mp.get_context("spawn")
         self.down, self.up = ctx.Value("q", 0), ctx.Value("q", 0)
         self._conns, self._procs = [], []
-        moto_port = self._start(ctx, _serve_moto, fast_ranges)
-        proxy_port = self._start(ctx, _serve_proxy, moto_port, self.down, self.up)
-        self.direct = f"http://127.0.0.1:{moto_port}"
-        self.endpoint = f"http://127.0.0.1:{proxy_port}"
+        port = self._start(ctx, _serve_moto, fast_ranges, self.down, self.up)
+        self.endpoint = f"http://127.0.0.1:{port}"
 
     def _start(self, ctx: Any, target: Any, *args: Any) -> int:
         conn, child = ctx.Pipe()
@@ -646,10 +631,11 @@ class S3Service:
         return {"down": self.down.value, "up": self.up.value}
 
     def upload(self, folder: Path) -> str:
-        """Upload the folder's files straight to moto (not counted); its s3:// URL."""
+        """Upload the folder's files to moto (not counted: runs reset the counters); its
+        s3:// URL."""
         import boto3
 
-        s3 = boto3.client("s3", endpoint_url=self.direct, region_name="us-east-1")
+        s3 = boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1")
         s3.create_bucket(Bucket=self.BUCKET)
         for path in sorted(folder.iterdir()):
             if path.is_file():
@@ -657,7 +643,7 @@ class S3Service:
         return f"s3://{self.BUCKET}/{folder.name}"
 
     def check_ranges(self, folder: Path, url: str, tries: int = 20) -> None:
-        """RuntimeError unless ranged GETs through the proxy return the files' bytes
+        """RuntimeError unless ranged GETs return the files' bytes
         (random ranges of every file, and its last byte)."""
         import random
 
@@ -778,15 +764,15 @@ def main() -> int:
                     help="time K matrices per distinct shape in the numpy loop and "
                          "extrapolate by count (0: every matrix)")
     ap.add_argument("--runs", type=int, default=1,
-                    help="rounds of the local runs, interleaved; medians are reported "
-                         "(the S3 runs are done once)")
+                    help="rounds of spectrum's local and --s3 runs, interleaved; medians "
+                         "are reported (the numpy loop and WeightWatcher run in the first)")
     ap.add_argument("--no-dask", action="store_true")
     ap.add_argument("--no-numpy", action="store_true")
     ap.add_argument("--numpy-one-thread", action="store_true",
                     help="also time the numpy loop at one BLAS thread (against --jobs 1)")
     ap.add_argument("--no-ww", action="store_true", help="skip WeightWatcher")
     ap.add_argument("--s3", action="store_true",
-                    help="also from moto's S3 through a byte-counting proxy")
+                    help="also from moto's S3 server (counting the bytes it serves)")
     ap.add_argument("--moto-whole-reads", action="store_true",
                     help="--s3: leave moto reading a whole object per ranged GET (slow)")
     ap.add_argument("--peers-python", type=Path, default=PEERS)
@@ -833,17 +819,28 @@ def main() -> int:
                                "folder_bytes": folder_bytes}
     try:
         dask_threads = dask.threads() if dask else None
+        url = ""
+        if s3 is not None:
+            url = s3.upload(folder)
+            s3.check_ranges(folder, url)
         rounds: dict[str, list[Run]] = {}
-        for _ in range(args.runs):  # interleaved: slow drifts of the machine hit all alike
+        s3_rounds: dict[str, list[Run]] = {}
+        for k in range(args.runs):  # interleaved: slow drifts of the machine hit all alike
             one_round = measure_target(str(folder), None, spectrum, env, dask, smallest,
                                        args.timeout)
-            if not args.no_numpy:
+            if s3 is not None:
+                for label, run in measure_target(url, {"endpoint_url": s3.endpoint}, spectrum,
+                                                 env, dask, smallest, args.timeout,
+                                                 counter=s3).items():
+                    s3_rounds.setdefault(label, []).append(run)
+            # The baselines (minutes each, far from their targets) run in the first round.
+            if not args.no_numpy and not k:
                 one_round["numpy"] = baseline(folder, args.baseline_sample, env,
                                               args.timeout)
                 if args.numpy_one_thread:
                     one_round["numpy1"] = baseline(folder, args.baseline_sample, env,
                                                    args.timeout, one_thread=True)
-            if not args.no_ww:
+            if not args.no_ww and not k:
                 ww = weightwatcher(folder, args.peers_python, env, args.timeout)
                 if ww is not None:
                     one_round["ww"] = ww
@@ -852,13 +849,8 @@ def main() -> int:
         if not args.no_ww and not args.peers_python.exists():
             print(f"ww: skipped ({args.peers_python} missing: bash bench/setup_peers.sh)")
         runs = {label: median_run(rs) for label, rs in rounds.items()}
-        s3_runs: dict[str, Run] = {}
+        s3_runs = {label: median_run(rs) for label, rs in s3_rounds.items()}
         if s3 is not None:
-            url = s3.upload(folder)
-            s3.check_ranges(folder, url)
-            options = {"endpoint_url": s3.endpoint}
-            s3_runs = measure_target(url, options, spectrum, env, dask, smallest,
-                                     args.timeout, counter=s3)
             base = [spectrum, "analyze", url, "--json", "--no-cache", "--no-progress",
                     "--storage-option", f"endpoint_url={s3.endpoint}", "--include", layer]
             s3.reset()
@@ -874,7 +866,7 @@ def main() -> int:
 
     print_runs("local folder (* extrapolated)", runs, dask_threads, folder_bytes)
     if s3_runs:
-        print_runs(f"from S3 (moto through a counting proxy, {s3.endpoint})", s3_runs,
+        print_runs(f"from S3 (moto, bytes counted by the server, {s3.endpoint}; medians)", s3_runs,
                    dask_threads, folder_bytes)
     figures["runs"] = {k: {"wall": r.extra.get("wall_full", r.wall), "measured_wall": r.wall,
                            "rc": r.rc, "peak_rss_worker": peak_worker(r),
