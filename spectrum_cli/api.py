@@ -168,18 +168,12 @@ def analyze(path: str | os.PathLike, *, use_config: bool = True, digest: bool = 
 def _scheduler(values: Mapping[str, Any]) -> Iterator[None]:
     """``scheduler``/``scheduler_file`` (from any origin) as the variables the Dask
     executor reads, for the duration of a run."""
+    from spectrum_cli.executors import environ_set
+
     wanted = {f"SPECTRUM_{k.upper()}": str(values[k]) for k in ("scheduler", "scheduler_file")
               if values.get(k)}
-    saved = {k: os.environ.get(k) for k in wanted}
-    os.environ.update(wanted)
-    try:
+    with environ_set(wanted):
         yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def run_options(values: Mapping[str, Any], cache_dir: str | os.PathLike | None = None,

@@ -23,7 +23,7 @@ import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from spectrum_cli.core.errors import UsageError
 
@@ -198,22 +198,33 @@ def limit_threads(threads: int) -> None:
 
 
 @contextlib.contextmanager
-def threads_limited(threads: int) -> Iterator[None]:
-    """:func:`limit_threads` for a block of this process, then back as it was (libraries
-    loaded meanwhile get what the environment asks for)."""
-    saved_env = {k: os.environ.get(k) for k in THREAD_ENV}
-    torch = sys.modules.get("torch")
-    saved_torch = torch.get_num_threads() if torch is not None else None
-    saved_blas = {lib.filepath: lib.num_threads for lib in _blas_controllers()}
+def environ_set(values: Mapping[str, str], restore: Sequence[str] = ()) -> Iterator[None]:
+    """``values`` in this process's environment for a block; on leaving, those variables
+    and ``restore`` (which the block may change) are as they were, absent ones removed."""
+    saved = {k: os.environ.get(k) for k in (*values, *restore)}
+    os.environ.update(values)
     try:
-        limit_threads(threads)
         yield
     finally:
-        for k, v in saved_env.items():
+        for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+@contextlib.contextmanager
+def threads_limited(threads: int) -> Iterator[None]:
+    """:func:`limit_threads` for a block of this process, then back as it was (libraries
+    loaded meanwhile get what the environment asks for)."""
+    torch = sys.modules.get("torch")
+    saved_torch = torch.get_num_threads() if torch is not None else None
+    saved_blas = {lib.filepath: lib.num_threads for lib in _blas_controllers()}
+    try:
+        with environ_set({}, restore=THREAD_ENV):
+            limit_threads(threads)
+            yield
+    finally:
         fallback = env_threads()
         for lib in _blas_controllers():
             n = saved_blas.get(lib.filepath, fallback)
@@ -343,22 +354,12 @@ def start_early(remote: bool = False) -> None:
         _context(remote)
 
 
-@contextlib.contextmanager
-def _pool_environ(threads: int) -> Iterator[None]:
+def _pool_environ(threads: int) -> Any:
     """This process's environment while a pool (or its forkserver) starts: ``threads``
     BLAS/OpenMP threads, inherited by the workers, and the pid the forkserver arms its
     death signal for; restored on leaving."""
-    saved = {k: os.environ.get(k) for k in (*THREAD_ENV, _MAIN_PID_ENV)}
-    os.environ.update({k: str(threads) for k in THREAD_ENV})
-    os.environ[_MAIN_PID_ENV] = str(os.getpid())
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    return environ_set({**{k: str(threads) for k in THREAD_ENV},
+                        _MAIN_PID_ENV: str(os.getpid())})
 
 
 def _start_forkserver() -> None:

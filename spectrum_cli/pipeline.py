@@ -214,6 +214,8 @@ def attach_operators(doc: dict[str, Any], optim: Any, conditions: Any) -> None:
 
 #: An analysis whose expected peak memory reaches this says it up front.
 ANNOUNCE_PEAK = 1 << 30
+#: The command line's default cache serves checkpoints of at least this many bytes.
+RESUME_MIN_BYTES = 256 << 20
 #: Checkpoints of at least this many bytes (or any URL) start the workers' forkserver
 #: before their headers are read, when the run may use worker processes.
 EARLY_START_BYTES = 64 << 20
@@ -232,16 +234,16 @@ def start_workers_early(path: str, run: "RunOptions") -> None:
     remote = storage.is_url(path)
     if not remote:
         try:
-            entries = list(os.scandir(path)) if os.path.isdir(path) else None
-            size = (sum(e.stat().st_size for e in entries if e.is_file(follow_symlinks=False))
-                    if entries is not None else os.stat(path).st_size)
+            if os.path.isdir(path):
+                with os.scandir(path) as it:  # sizes only: nothing is opened
+                    size = sum(e.stat().st_size for e in it if e.is_file(follow_symlinks=False))
+            else:
+                size = os.stat(path).st_size
         except OSError:
             return  # opening it says what is wrong
         if size < EARLY_START_BYTES:
             return
     start_early(remote)
-#: The command line's default cache serves checkpoints of at least this many bytes.
-RESUME_MIN_BYTES = 256 << 20
 
 
 @dataclass(frozen=True)
