@@ -32,8 +32,9 @@ Two CPU routes to the singular values of an ``m x n`` matrix ``W`` (``k = min(m,
     them may be the smallest). The iteration stops when every refined value's bound is
     below its target (:data:`REFINE_TARGET`·σ_max, and 1e-10 relative); each must also
     lie in its own Gram enclosure, or the route is abandoned. Refinement is tried for at
-    most :data:`REFINE_MAX` values (and k/4): more, a singular factor or no convergence
-    in :data:`REFINE_MAX_STEPS` steps fall back to gesdd, with a note.
+    most :func:`refine_limit` values (k/64, at least 64, at most k/4): more, a singular
+    factor or no convergence in :data:`REFINE_MAX_STEPS` steps fall back to gesdd, with
+    a note.
 ``gesdd``
     LAPACK's divide-and-conquer SVD (``numpy.linalg.svd``'s driver), backward stable:
     every singular value within ``p(m, n)·eps·σ_max`` (Golub & Van Loan, *Matrix
@@ -69,8 +70,14 @@ GRAM_KAPPA_REL_ERR = 1e-9
 #: bench matrices the real error of every Gram value was at most 8% of it); σ_min is
 #: refined to 1e-10 relative.
 REFINE_TARGET = 3e-11
-#: At most this many values (and at most k/4) are refined; beyond, gesdd is cheaper.
+#: Refinement is tried for up to max(REFINE_MAX, k // REFINE_PER_SIDE) values (and at most
+#: k/4; :func:`refine_limit`). Its cost is the LU or QR factor (2/3·k³ or 4/3·k³ flops)
+#: plus ~11 steps of ~12·k²·r flops, all BLAS-3, against gesdd's 8/3·k³ of which half
+#: runs at BLAS-2 (memory) speed: at r = k/64 still the cheaper of the two. Measured on
+#: one core, a 8192 x 8192 projection of bench/make_llm_shaped.py's Llama-2-70B shape
+#: (105 values to refine): Gram 24.7 s + refinement 25.7 s, where gesdd takes 276 s.
 REFINE_MAX = 64
+REFINE_PER_SIDE = 64
 REFINE_MAX_STEPS = 30
 #: Seed of the refinement's start block: the same matrix always gives the same numbers.
 REFINE_SEED = 20261205
@@ -278,6 +285,12 @@ def _eigvalsh(g: np.ndarray) -> np.ndarray:
     return np.linalg.eigvalsh(g)
 
 
+def refine_limit(k: int) -> int:
+    """Most values the refinement is tried for on a ``k``-column matrix (see
+    :data:`REFINE_PER_SIDE`)."""
+    return min(k // 4, max(REFINE_MAX, k // REFINE_PER_SIDE))
+
+
 def _refine_bottom(w: np.ndarray, lam: np.ndarray
                    ) -> tuple[np.ndarray, float, str, dict[str, Any]] | str:
     """The singular values of a tall or square ``w`` (``m >= k``) from its Gram
@@ -297,7 +310,7 @@ def _refine_bottom(w: np.ndarray, lam: np.ndarray
     lowest = s_hat[-1] + enclosure[-1]
     r = max(1, int(np.count_nonzero(enclosure > target)),
             int(np.count_nonzero(s_hat - enclosure <= lowest)))
-    if r > min(REFINE_MAX, k // 4):
+    if r > refine_limit(k):
         return f"{r} small singular values to refine"
     # F: a square matrix with W's singular values, and solves with F and Fᵀ. A square W
     # is its own F (LU with partial pivoting); a tall one's is the R of W = QR

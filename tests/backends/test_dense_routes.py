@@ -96,7 +96,7 @@ def test_refined_route_meets_the_contract(rng, shape, route, kappa):
     a = few_small(rng, shape, kappa)
     sv = dense.singular_values(a, route="auto")
     assert sv.route == route, sv.notes
-    assert 1 <= sv.settings["refined"] <= dense.REFINE_MAX
+    assert 1 <= sv.settings["refined"] <= dense.refine_limit(min(shape))
     assert_contract(a, sv.values)
     # The stated error bound holds against gesdd (whose own error is p·eps·σ_max).
     ref = oracle_svdvals(a)
@@ -109,6 +109,30 @@ def test_refined_route_is_faster_than_its_fallback_would_suggest(rng):
     a = few_small(rng, (512, 512), 1e4, small=2)
     sv = dense.singular_values(a)
     assert sv.route == "gram+lu" and sv.settings["refined"] <= 4 and sv.notes == ()
+
+
+@pytest.mark.parametrize("per_side,route", [(32, "gram+lu"), (300, "gesdd")])
+def test_refinement_limit_grows_with_the_side(rng, monkeypatch, per_side, route):
+    """Twelve small values on a 600 x 600 matrix (seven beyond the Gram route's reach),
+    the floor lowered to 4: refined when the limit is one value per 32 of the side (18),
+    gesdd with a note at one per 300 (4). (The real floor is 64 values and one per 64: a
+    side of 8192 refines up to 128.)"""
+    monkeypatch.setattr(dense, "REFINE_MAX", 4)
+    monkeypatch.setattr(dense, "REFINE_PER_SIDE", per_side)
+    a = few_small(rng, (600, 600), 1e5, small=12)
+    sv = dense.singular_values(a)
+    assert sv.route == route, sv.notes
+    assert_contract(a, sv.values)
+    if route == "gram+lu":
+        assert sv.settings["refined"] > 4 and sv.notes == ()  # more than the floor
+    else:
+        assert "small singular values to refine" in sv.notes[0]
+
+
+def test_refine_limit_values():
+    assert dense.refine_limit(16) == 4  # k/4 caps a small matrix
+    assert dense.refine_limit(2048) == 64 and dense.refine_limit(4096) == 64
+    assert dense.refine_limit(8192) == 128 and dense.refine_limit(28672) == 448
 
 
 @pytest.mark.parametrize("bottom,route", [(2e-4, "gram+lu"), (1e-5, "gesdd")])
