@@ -3,7 +3,7 @@
 Registered in the ``spectrum.executors`` group as ``dask`` (optional extra
 ``spectrum-cli[distributed]``). The client (this process) submits each task, a
 module-level function and its picklable arguments such as
-``pipeline.measure_task(path, policy, options, tensor)`` or
+``pipeline.measure_task(path, policy, options, tensor, run)`` or
 ``batch.compute_record(path, job, key)``, to the scheduler; a worker opens the source
 itself (shared filesystem or object storage), computes and returns the small result;
 this process gathers results as they finish and writes the report. A worker lost

@@ -32,6 +32,7 @@ class ShardedSource(SourceBase):
         files = tuple(f for s in shards for f in s.files)
         super().__init__(path, fmt, files)
         self._shards = shards
+        self.shareable = all(getattr(s, "shareable", False) for s in shards)
         self._owner: dict[str, TensorSource] = {}
         for shard in shards:
             self.notes.extend(shard.notes)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import struct
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import IO, Iterator
@@ -27,12 +28,15 @@ import numpy as np
 from spectrum_cli.core.errors import InputError
 from spectrum_cli.io import storage
 from spectrum_cli.io.base import (SourceBase, TensorInfo, check_shape, file_size,
-                                  open_regular, read_at)
+                                  open_regular, read_at, read_into)
 
 _MAX_HEADER = 100 * 1024 * 1024
-#: Bytes decoded at a time by :meth:`SafetensorsSource.read` (and read at a time, locally):
-#: the decoding temporaries stay this small whatever the tensor.
+#: Bytes read at a time from a local file, into a buffer each thread reuses.
 CHUNK_BYTES = 4 * 1024 * 1024
+#: Stored bytes decoded at a time by :meth:`SafetensorsSource.read`: the bfloat16
+#: decoding's uint32 temporary (a reused buffer too) stays in the core's cache (256 KiB:
+#: 0.13 s per 92 MB bf16 tensor on one core, against 0.18 s for fresh 4 MiB slices).
+DECODE_BYTES = 256 * 1024
 #: From object storage each piece is one ranged GET (fewer, larger requests); two are in
 #: memory at once, the one decoded and the one arriving.
 REMOTE_CHUNK_BYTES = 16 * 1024 * 1024
@@ -100,6 +104,33 @@ _F8 = {
 
 
 _SPECIAL = frozenset({"bfloat16", *_F8})
+
+
+def decode_into(raw: np.ndarray, dtype: str, out: np.ndarray) -> None:
+    """:func:`decode` of ``raw`` written into the float64 ``out`` (its size), through this
+    thread's reused buffer instead of a temporary."""
+    if dtype == "bfloat16":
+        bits = _buffer("bits", raw.size, np.uint32)
+        np.left_shift(raw, 16, dtype=np.uint32, out=bits)
+        out[...] = bits.view(np.float32)
+    elif dtype in _F8:
+        np.take(_F8[dtype], raw, out=out)
+    else:
+        out[...] = raw
+
+
+_scratch = threading.local()
+
+
+def _buffer(kind: str, n: int, dtype: type) -> np.ndarray:
+    """This thread's reusable buffer ``kind``: its first ``n`` elements. Reused memory is
+    already mapped, where a fresh array per piece makes the kernel map (and zero) every
+    page again."""
+    buf = getattr(_scratch, kind, None)
+    if buf is None or buf.size < n:
+        buf = np.empty(n, dtype=dtype)
+        setattr(_scratch, kind, buf)
+    return buf[:n]
 
 
 def decode(raw: np.ndarray, dtype: str) -> np.ndarray:
@@ -204,6 +235,8 @@ def read_header(path: str) -> list[_Entry]:
 class SafetensorsSource(SourceBase):
     """One safetensors file (shards are combined by :mod:`spectrum_cli.io.composite`)."""
 
+    shareable = True  # parsed header only; each read opens the file
+
     def __init__(self, path: str) -> None:
         super().__init__(path, "safetensors", (path,))
         self._entries = {e.info.name: e for e in read_header(path)}
@@ -219,18 +252,21 @@ class SafetensorsSource(SourceBase):
         itemsize = np.dtype(e.storage).itemsize
         count = e.nbytes // itemsize
         out = np.empty(count, dtype=np.float64)
-        step = max(1, CHUNK_BYTES // itemsize)  # elements decoded at a time
+        step = max(1, DECODE_BYTES // itemsize)  # elements decoded at a time
+        special = e.info.dtype in _SPECIAL
         with open_regular(e.file) as fh:
             for first, buf in _pieces(fh, e, remote=storage.is_url(e.file)):
                 raw = np.frombuffer(buf, dtype=e.storage)
                 for i in range(0, raw.size, step):
                     part = raw[i:i + step]
+                    dst = out[first + i:first + i + part.size]
                     # Plain dtypes cast during assignment (no temporary); others decode.
                     # NaN payloads are kept quietly: the caller's screen names them.
                     with np.errstate(invalid="ignore"):
-                        out[first + i:first + i + part.size] = (
-                            part if e.info.dtype not in _SPECIAL
-                            else decode(part, e.info.dtype))
+                        if special:
+                            decode_into(part, e.info.dtype, dst)
+                        else:
+                            dst[...] = part
                 del raw, buf  # before the next piece arrives: two pieces at most
         return out.reshape(e.info.shape)
 
@@ -244,14 +280,23 @@ def _pieces(fh: IO[bytes], e: _Entry, remote: bool) -> Iterator[tuple[int, bytes
     size = max(1, (REMOTE_CHUNK_BYTES if remote else CHUNK_BYTES) // itemsize) * itemsize
     spans = [(off, min(size, e.nbytes - off)) for off in range(0, e.nbytes, size)]
 
-    def fetch(off: int, n: int) -> bytes:
-        buf = read_at(fh, e.start + off, n)
-        if len(buf) != n:
+    def short(got: int, n: int) -> None:
+        if got != n:
             raise InputError(f"{e.file}: short read of {e.info.name!r} (file changed "
                              "underneath?)")
+
+    def fetch(off: int, n: int) -> bytes:
+        buf = read_at(fh, e.start + off, n)
+        short(len(buf), n)
         return buf
 
-    if not remote or len(spans) < 2:
+    if not remote:  # into this thread's reused buffer: the caller decodes it at once
+        for off, n in spans:
+            piece = _buffer("piece", n, np.uint8)
+            short(read_into(fh, e.start + off, piece), n)
+            yield off // itemsize, piece
+        return
+    if len(spans) < 2:
         for off, n in spans:
             yield off // itemsize, fetch(off, n)
         return

@@ -236,3 +236,66 @@ def test_peak_memory_is_about_one_tensor(tmp_path):
         tracemalloc.stop()
     assert len(result.tensors) == 12
     assert peak < 3 * one, f"peak {peak / 2**20:.1f} MiB for tensors of {one / 2**20:.0f} MiB"
+
+
+def _odd_dtypes(path) -> dict[str, np.ndarray]:
+    """bfloat16, float16, float32, float8 and empty tensors of odd sizes (pieces and
+    decode slices end mid-row)."""
+    g = torch.Generator().manual_seed(6)
+    tensors = {"bf16": torch.randn(301, 67, generator=g).to(torch.bfloat16),
+               "f16": torch.randn(97, 41, generator=g).to(torch.float16),
+               "f32": torch.randn(53, 29, generator=g),
+               "e5m2": torch.randn(45, 33, generator=g).to(torch.float8_e5m2),
+               "empty": torch.zeros(0, 5, dtype=torch.bfloat16)}
+    save_file(tensors, str(path))
+    return {k: v.to(torch.float64).numpy() for k, v in tensors.items()}
+
+
+def test_local_pieces_in_reused_buffers_decode_exactly(tmp_path, monkeypatch):
+    """Local reads fill one reused buffer per thread (preadv) and decode through another:
+    many pieces and slices that do not line up give torch's values exactly, the buffers
+    are the same objects from one read to the next, and threads keep their own."""
+    import threading
+
+    from spectrum_cli.io import safetensors_file as st
+
+    want = _odd_dtypes(tmp_path / "odd.safetensors")
+    monkeypatch.setattr(st, "CHUNK_BYTES", 1000)  # 3-41 local reads per tensor
+    monkeypatch.setattr(st, "DECODE_BYTES", 96)  # several decode slices per read
+    src = st.SafetensorsSource(str(tmp_path / "odd.safetensors"))
+    for name, values in want.items():
+        got = src.read(name)
+        assert got.dtype == np.float64 and got.shape == values.shape
+        np.testing.assert_array_equal(got, values)
+    kept = (st._scratch.piece, st._scratch.bits)
+    src.read("bf16")
+    assert st._scratch.piece is kept[0] and st._scratch.bits is kept[1]
+    errors: list = []
+
+    def reread() -> None:
+        try:
+            for _ in range(20):
+                for name, values in want.items():
+                    np.testing.assert_array_equal(src.read(name), values)
+        except AssertionError as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=reread) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+
+
+def test_local_file_cut_short_after_opening_names_file_and_tensor(tmp_path):
+    from spectrum_cli.io import safetensors_file as st
+
+    path = tmp_path / "cut.safetensors"
+    _odd_dtypes(path)
+    src = st.SafetensorsSource(str(path))
+    end = max(e.start + e.nbytes for e in src._entries.values())
+    os.truncate(path, end - 10)
+    last = max(src._entries.values(), key=lambda e: e.start).info.name
+    with pytest.raises(InputError, match=rf"cut\.safetensors: short read of '{last}'"):
+        src.read(last)

@@ -306,7 +306,7 @@ def test_remote_pieces_read_ahead_and_decode_exactly(s3env, tmp_path, monkeypatc
     want = _mixed_dtypes(local)
     url = s3env.upload(local, "s3://remote-pieces/mixed.safetensors")
     monkeypatch.setattr(st, "REMOTE_CHUNK_BYTES", 1000)  # 10-40 GETs per tensor
-    monkeypatch.setattr(st, "CHUNK_BYTES", 96)  # several decode slices per GET
+    monkeypatch.setattr(st, "DECODE_BYTES", 96)  # several decode slices per GET
     remote, plain = st.SafetensorsSource(url), st.SafetensorsSource(str(local))
     for name, values in want.items():
         got = remote.read(name)
