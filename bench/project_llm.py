@@ -23,7 +23,7 @@ Dask workers of 1 thread each (default 8, 32, 128) on cores like this machine's.
 modelled: reading the bytes (local disk or object storage), process start-up, the
 scheduler's overhead, and memory: each worker needs the largest tensor's expected peak
 (spectrum's rule, printed from ``settings.run.memory_rule``). Measuring llama70b's five
-shapes takes ~10 minutes of one core and 1.6 GB of disk; ``--save-costs`` keeps them.
+shapes takes ~4 minutes of one core and 1.6 GB of disk; ``--save-costs`` keeps them.
 """
 
 from __future__ import annotations

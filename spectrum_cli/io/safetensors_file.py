@@ -271,10 +271,12 @@ class SafetensorsSource(SourceBase):
         return out.reshape(e.info.shape)
 
 
-def _pieces(fh: IO[bytes], e: _Entry, remote: bool) -> Iterator[tuple[int, bytes]]:
+def _pieces(fh: IO[bytes], e: _Entry, remote: bool
+            ) -> Iterator[tuple[int, bytes | np.ndarray]]:
     """``(first element, bytes)`` of consecutive pieces of the tensor ``e``'s bytes:
-    :data:`CHUNK_BYTES` local reads, or :data:`REMOTE_CHUNK_BYTES` ranged GETs of which
-    the next is fetched by a thread while the caller decodes the current one. A piece
+    :data:`CHUNK_BYTES` local reads into this thread's reused buffer (valid until the
+    next piece is asked for), or :data:`REMOTE_CHUNK_BYTES` ranged GETs of which the
+    next is fetched by a thread while the caller decodes the current one. A piece
     shorter than asked for is an :class:`InputError` (the file changed underneath)."""
     itemsize = np.dtype(e.storage).itemsize
     size = max(1, (REMOTE_CHUNK_BYTES if remote else CHUNK_BYTES) // itemsize) * itemsize

@@ -119,6 +119,30 @@ def test_sharded_folder_and_include_reads_a_small_part(s3env, tmp_path):
     assert s3env.proxy.received < 0.2 * total
 
 
+def test_workers_read_the_index_and_headers_once_per_run(s3env, tmp_path):
+    """--jobs 2 from S3: the same numbers as --jobs 1, and the extra bytes are a few
+    opens of the folder (index and headers: the parent's and each worker's), not one
+    per tensor task."""
+    from spectrum_cli.io import LoadPolicy, open_source
+
+    folder = tmp_path / "llm"
+    sharded_llm(folder, layers=8)
+    url = s3env.upload(folder, "s3://remote-once/llm")
+    s3env.proxy.reset()
+    open_source(url, LoadPolicy()).close()
+    one_open = s3env.proxy.received
+    s3env.proxy.reset()
+    serial = analyze_json(url, "--jobs", "1")
+    serial_bytes = s3env.proxy.received
+    s3env.proxy.reset()
+    parallel = analyze_json(url, "--jobs", "2")
+    tasks = len(parallel["tensors"])
+    assert tasks == 16 and parallel["settings"]["run"]["workers"] == 2
+    assert_same(serial, parallel)
+    extra = s3env.proxy.received - serial_bytes
+    assert 0 < extra <= 3 * one_open, (extra, one_open)  # per task it was ~16 opens
+
+
 def test_storage_option_instead_of_the_environment(s3, tmp_path, monkeypatch):
     for k in ("AWS_ENDPOINT_URL", *CREDENTIALS):
         monkeypatch.delenv(k, raising=False)
