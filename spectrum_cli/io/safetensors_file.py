@@ -103,20 +103,29 @@ _F8 = {
 }
 
 
-_SPECIAL = frozenset({"bfloat16", *_F8})
-
-
 def decode_into(raw: np.ndarray, dtype: str, out: np.ndarray) -> None:
-    """:func:`decode` of ``raw`` written into the float64 ``out`` (its size), through this
-    thread's reused buffer instead of a temporary."""
-    if dtype == "bfloat16":
-        bits = _buffer("bits", raw.size, np.uint32)
-        np.left_shift(raw, 16, dtype=np.uint32, out=bits)
-        out[...] = bits.view(np.float32)
-    elif dtype in _F8:
-        np.take(_F8[dtype], raw, out=out)
-    else:
-        out[...] = raw
+    """Write the exact float64 values of the stored elements ``raw`` into ``out`` (of
+    their size). Plain dtypes cast during the assignment; bfloat16 is the float32 with the
+    same top 16 bits, built in this thread's reused buffer (which grows to the largest
+    ``raw`` seen: :meth:`SafetensorsSource.read` passes :data:`DECODE_BYTES` at a time);
+    float8 is a table lookup. NaN payloads are kept quietly: the caller's screen names
+    them."""
+    with np.errstate(invalid="ignore"):
+        if dtype == "bfloat16":
+            bits = _buffer("bits", raw.size, np.uint32)
+            np.left_shift(raw, 16, dtype=np.uint32, out=bits)
+            out[...] = bits.view(np.float32)
+        elif dtype in _F8:
+            np.take(_F8[dtype], raw, out=out)
+        else:
+            out[...] = raw
+
+
+def decode(raw: np.ndarray, dtype: str) -> np.ndarray:
+    """The exact float64 values of stored elements (:func:`decode_into`)."""
+    out = np.empty(raw.shape, dtype=np.float64)
+    decode_into(raw.reshape(-1), dtype, out.reshape(-1))
+    return out
 
 
 _scratch = threading.local()
@@ -131,16 +140,6 @@ def _buffer(kind: str, n: int, dtype: type) -> np.ndarray:
         buf = np.empty(n, dtype=dtype)
         setattr(_scratch, kind, buf)
     return buf[:n]
-
-
-def decode(raw: np.ndarray, dtype: str) -> np.ndarray:
-    """Exact values of raw stored elements: float64, or float32 for bfloat16 (exact, and
-    cast to float64 by the caller's assignment)."""
-    if dtype == "bfloat16":  # the float32 with the same top 16 bits; one pass, no copies
-        return np.left_shift(raw, 16, dtype=np.uint32).view(np.float32)
-    if dtype in _F8:
-        return _F8[dtype][raw]
-    return raw.astype(np.float64)
 
 
 def _no_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
@@ -253,20 +252,12 @@ class SafetensorsSource(SourceBase):
         count = e.nbytes // itemsize
         out = np.empty(count, dtype=np.float64)
         step = max(1, DECODE_BYTES // itemsize)  # elements decoded at a time
-        special = e.info.dtype in _SPECIAL
         with open_regular(e.file) as fh:
             for first, buf in _pieces(fh, e, remote=storage.is_url(e.file)):
                 raw = np.frombuffer(buf, dtype=e.storage)
                 for i in range(0, raw.size, step):
                     part = raw[i:i + step]
-                    dst = out[first + i:first + i + part.size]
-                    # Plain dtypes cast during assignment (no temporary); others decode.
-                    # NaN payloads are kept quietly: the caller's screen names them.
-                    with np.errstate(invalid="ignore"):
-                        if special:
-                            decode_into(part, e.info.dtype, dst)
-                        else:
-                            dst[...] = part
+                    decode_into(part, e.info.dtype, out[first + i:first + i + part.size])
                 del raw, buf  # before the next piece arrives: two pieces at most
         return out.reshape(e.info.shape)
 
@@ -298,9 +289,7 @@ def _pieces(fh: IO[bytes], e: _Entry, remote: bool
             short(read_into(fh, e.start + off, piece), n)
             yield off // itemsize, piece
         return
-    if len(spans) < 2:
-        for off, n in spans:
-            yield off // itemsize, fetch(off, n)
+    if not spans:
         return
     # One thread, one GET ahead; leaving early (an error, a closed generator) waits for
     # the GET in flight, then the file closes.
