@@ -7,6 +7,14 @@ Each callback owns a :class:`Schedule`: measure every ``every_n_steps`` optimize
 ``<prefix>fail_on_violations`` (their count) when ``fail_on`` conditions are set; a
 violation stops the training (each framework's own flag) and is logged as a warning on
 the ``spectrum_cli.integrations`` logger.
+
+What the user got wrong raises before the training starts (:meth:`Schedule.check`: a
+selection of no matrix is a
+:class:`~spectrum_cli.integrations.monitor.NothingMatchedError` naming the tensors that
+exist). Nothing else raises into the training loop: a measurement that fails is logged
+(with its traceback) and skipped, and the training goes on; what the monitor could not
+compute (NaN/Inf matrices, the operator indicators) is logged as a warning and the rest
+is logged as usual.
 """
 
 from __future__ import annotations
@@ -70,6 +78,15 @@ class Schedule:
         self.every_n_steps, self.on_save, self.prefix = every_n_steps, on_save, prefix
         self.last: Any = None
         self.stopped: Any = None
+        self.tried: int | None = None  # the step of the latest measurement, failed or not
+        self.checked = False
+
+    def check(self, model: Any) -> None:
+        """Before the training: the selection must name some matrix of ``model`` (else a
+        :class:`~spectrum_cli.integrations.monitor.NothingMatchedError`). Once."""
+        if not self.checked and model is not None:
+            self.monitor.check(model)
+            self.checked = True
 
     def every(self, step: int) -> bool:
         """Whether ``step`` is one of the every-N steps and not measured yet."""
@@ -77,7 +94,7 @@ class Schedule:
                 and step % self.every_n_steps == 0 and not self.measured(step))
 
     def measured(self, step: int) -> bool:
-        return self.last is not None and self.last.step == step
+        return self.tried == step
 
     @property
     def wants_operators(self) -> bool:
@@ -85,10 +102,21 @@ class Schedule:
 
     def measure(self, model: Any, step: int, optimizer: Any = None,
                 batch: Any = None) -> tuple[Any, dict[str, float]]:
-        """Measure; returns the measurement and the values to log under the prefix."""
-        m = self.monitor.measure(model, step,
-                                 optimizer=optimizer if self.wants_operators else None,
-                                 batch=batch)
+        """Measure; returns the measurement and the values to log under the prefix, or
+        (None, {}) when the measurement failed (logged; the training goes on)."""
+        from spectrum_cli.integrations.monitor import NothingMatchedError
+
+        self.tried = step
+        try:
+            m = self.monitor.measure(model, step,
+                                     optimizer=optimizer if self.wants_operators else None,
+                                     batch=batch)
+        except NothingMatchedError:
+            raise  # the user's selection: raised by check() already, before the training
+        except Exception as exc:  # noqa: BLE001 - never into the training loop
+            log.warning("spectrum: step %s: not measured (%s: %s); the training goes on",
+                        step, type(exc).__name__, exc, exc_info=True)
+            return None, {}
         self.last = m
         for warning in m.warnings:  # a matrix that could not be measured, say
             log.warning("spectrum: step %s: %s", step, warning)

@@ -20,7 +20,17 @@ training loss does. A ``TrainerCallback`` is not handed its trainer, so bind it:
 :meth:`SpectrumCallback.attach` (creates, binds, adds) or ``callback.bind(trainer)``
 after ``Trainer(callbacks=[callback])``. Unbound, the values still go to
 ``state.log_history`` (and ``trainer_state.json``) but to no reporting integration, and
-the callback warns once.
+the callback warns once. The values are logged as an entry of their own, and the
+trainer's own logging is left as it was: its ``loss`` entries are at the same steps with
+the same values as without the callback (``Trainer.log`` makes the callback handler clear
+``control.should_log``, which the callback puts back, so a ``loss`` due at this step is
+still logged).
+
+Before the training (:meth:`SpectrumCallback.attach`, :meth:`bind` and
+``on_train_begin``): ``include``/``exclude`` that select no matrix of the model raise
+:class:`~spectrum_cli.integrations.monitor.NothingMatchedError` naming the tensors there
+are. During it nothing raises into the training loop: a failed measurement is logged and
+skipped (:mod:`spectrum_cli.integrations.common`).
 
 ``fail_on``: a violation sets ``control.should_training_stop`` (the trainer stops after
 this step, saving as it was going to), logs the violations as a warning on the
@@ -37,6 +47,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from spectrum_cli.core.errors import UsageError
 from spectrum_cli.integrations.common import Schedule, Scheduled, log, missing_extra
 
 try:
@@ -61,8 +72,13 @@ class SpectrumCallback(Scheduled, TrainerCallback):
                  on_save: bool = True, monitor: Any = None, prefix: str = "spectrum/",
                  **settings: Any) -> None:
         self.schedule = Schedule(monitor, settings, every_n_steps, on_save, prefix)
-        self.trainer = trainer
+        if self.schedule.wants_operators and self.schedule.monitor.batch is None:
+            raise UsageError("operator indicators (loss=...) need a held-out batch=(inputs, "
+                             "targets): the Trainer does not hand its batches to callbacks")
+        self.trainer = None
         self._warned_unbound = False
+        if trainer is not None:
+            self.bind(trainer)
 
     @classmethod
     def attach(cls, trainer: Any, **kwargs: Any) -> "SpectrumCallback":
@@ -72,11 +88,17 @@ class SpectrumCallback(Scheduled, TrainerCallback):
         return callback
 
     def bind(self, trainer: Any) -> "SpectrumCallback":
-        """Log through ``trainer`` (its ``log``: history and reporting callbacks)."""
+        """Log through ``trainer`` (its ``log``: history and reporting callbacks). Checks
+        that the selection names some matrix of ``trainer.model``."""
+        self.schedule.check(getattr(trainer, "model", None))
         self.trainer = trainer
         return self
 
     # -- the trainer's events ----------------------------------------------------------
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        self.schedule.check(kwargs.get("model"))
+        return control
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
         step = state.global_step
@@ -107,8 +129,16 @@ class SpectrumCallback(Scheduled, TrainerCallback):
                         "nothing measured at step %s", state.global_step)
             return
         m, logs = self.schedule.measure(model, state.global_step, kwargs.get("optimizer"))
+        if m is None:
+            return  # failed and logged; the training goes on
         if self.trainer is not None:
+            # Trainer.log ends in the handler's on_log, which clears control.should_log:
+            # put it back, or the loss the trainer logs after on_step_end (same step)
+            # would be lost.
+            should_log = control.should_log
             self.trainer.log(dict(logs))
+            control.should_log = should_log
+            self.trainer.control.should_log = should_log
         else:
             if not self._warned_unbound:
                 log.warning("spectrum: SpectrumCallback is not bound to its Trainer "

@@ -11,12 +11,27 @@ saved (``on_save_checkpoint``), at most once per step. What: the indicators of
 :class:`~spectrum_cli.integrations.monitor.SpectrumMonitor` (the keyword settings go to
 it) under ``spectrum/<indicator>``.
 
-Where the values go: to every logger of the trainer (``logger.log_metrics(values,
-step=trainer.global_step)``: TensorBoard, CSV, W&B, ...) directly, so they are written
-whatever ``log_every_n_steps`` is; in ``on_train_batch_end`` also to
-``pl_module.log_dict(..., logger=False)``, so that ``trainer.callback_metrics`` holds them
+Where the values go: to every logger of the trainer (``logger.log_metrics``:
+TensorBoard, CSV, W&B, ...) directly, so they are written whatever ``log_every_n_steps``
+is; in ``on_train_batch_end`` also to ``pl_module.log_dict(..., logger=False)``, so that
+``trainer.callback_metrics`` holds them
 (``EarlyStopping(monitor="spectrum/tensors.max_kappa")`` works) without a second copy
 in the loggers.
+
+At which step: Lightning's own, the one ``self.log`` values of the same hook are written
+at (its count of batches that stepped, before this batch's is added: ``global_step - 1``
+in a training batch's hooks, so the measurement after the 5th optimizer step shares the
+logged step 4 with the ``train_loss`` of that 5th batch; ``global_step`` at an epoch's
+end). ``Measurement.step`` (``callback.last.step``) is ``trainer.global_step``, the
+optimizer steps the measured weights have had, as in the checkpoint's name
+(``step=5.ckpt``).
+
+Before the training (``on_fit_start``/``on_train_start``): ``include``/``exclude`` that
+select no matrix of the module raise
+:class:`~spectrum_cli.integrations.monitor.NothingMatchedError` naming the tensors there
+are; operator indicators with other than one optimizer are a ``UsageError``. During it
+nothing raises into the training loop: a failed measurement is logged and skipped
+(:mod:`spectrum_cli.integrations.common`).
 
 ``fail_on``: a violation sets ``trainer.should_stop`` (Lightning ends the fit after this
 batch), logs the violations as a warning on the ``spectrum_cli.integrations`` logger and
@@ -58,6 +73,14 @@ class SpectrumCallback(Scheduled, Callback):
         self.schedule = Schedule(monitor, settings, every_n_steps, on_save, prefix)
         self._batch: Any = None
 
+    def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
+        self.schedule.check(pl_module)
+
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        if self.schedule.wants_operators and len(trainer.optimizers) != 1:
+            raise UsageError(f"operator indicators need exactly one optimizer; the "
+                             f"trainer has {len(trainer.optimizers)}")
+
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         s = self.schedule
@@ -66,7 +89,8 @@ class SpectrumCallback(Scheduled, Callback):
         if not s.every(trainer.global_step):
             return
         logs = self._measure(trainer, pl_module, batch)
-        pl_module.log_dict(logs, logger=False, on_step=True, on_epoch=False)
+        if logs:
+            pl_module.log_dict(logs, logger=False, on_step=True, on_epoch=False)
 
     def on_save_checkpoint(self, trainer: Any, pl_module: Any,
                            checkpoint: dict[str, Any]) -> None:
@@ -76,16 +100,27 @@ class SpectrumCallback(Scheduled, Callback):
 
     def _measure(self, trainer: Any, pl_module: Any, batch: Any) -> dict[str, float]:
         optimizer = None
-        if self.schedule.wants_operators:
-            if len(trainer.optimizers) != 1:
-                raise UsageError(f"operator indicators need exactly one optimizer; the "
-                                 f"trainer has {len(trainer.optimizers)}")
-            optimizer = trainer.optimizers[0]
+        if self.schedule.wants_operators and len(trainer.optimizers) == 1:
+            optimizer = trainer.optimizers[0]  # else refused in on_train_start
         held_out = self.schedule.monitor.batch
         m, logs = self.schedule.measure(pl_module, trainer.global_step, optimizer,
                                         held_out if held_out is not None else batch)
+        if m is None:
+            return {}  # failed and logged; the training goes on
+        step = logged_step(trainer)
         for logger in trainer.loggers:
-            logger.log_metrics(logs, step=trainer.global_step)
+            logger.log_metrics(logs, step=step)
         if m.failed:
             trainer.should_stop = True
         return logs
+
+
+def logged_step(trainer: Any) -> int:
+    """The step Lightning writes the metrics of the current hook at (what
+    ``self.log``'s values get: ``fit_loop.epoch_loop._batches_that_stepped``, which a
+    training batch adds its own step to after its hooks); ``trainer.global_step`` where
+    a Lightning has no such counter."""
+    count = getattr(getattr(getattr(trainer, "fit_loop", None), "epoch_loop", None),
+                    "_batches_that_stepped", None)
+    return count if isinstance(count, int) and not isinstance(count, bool) \
+        else int(trainer.global_step)

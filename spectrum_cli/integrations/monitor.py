@@ -32,15 +32,18 @@ each process is what is measured, and an empty partition is skipped as empty).
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from spectrum_cli.core.errors import UsageError
+from spectrum_cli.core.errors import ExitCode, UsageError
 from spectrum_cli.io.base import MemorySource
 from spectrum_cli.settings import names
+
+log = logging.getLogger("spectrum_cli.integrations")
 
 #: Settings of the schema that mean something for weights in memory: the analysis
 #: settings, BLAS threads, the operator settings other than what names code to import
@@ -48,6 +51,38 @@ from spectrum_cli.settings import names
 #: own, a name or a callable) and ``fail_on``.
 ALLOWED = (*names("analysis"), "threads",
            *(n for n in names("operator") if n not in ("model", "data", "loss")), "fail_on")
+
+
+#: The monitor's own indicator: how many selected matrices hold a NaN or Inf entry (their
+#: spectra are not computed, so every other ``tensors.*`` indicator is over the finite
+#: matrices only). Always reported (0.0 while the weights are finite).
+NONFINITE = "tensors.nonfinite_tensors"
+
+
+class NothingMatchedError(UsageError):
+    """``include``/``exclude`` select no matrix of the weights: nothing would ever be
+    measured and no ``fail_on`` condition could fire (``spectrum analyze`` exits 5)."""
+
+    exit_code = ExitCode.NOTHING_MATCHED
+
+
+def nothing_matched(skipped: Sequence[Any], include: Sequence[str] = (),
+                    exclude: Sequence[str] = (), limit: int = 12) -> str:
+    """The message of :class:`NothingMatchedError`: the selection, and the names that
+    exist grouped by why each was not measured."""
+    by_reason: dict[str, list[str]] = {}
+    for t in skipped:
+        reason = t.reason.replace("(--include/--exclude)", "(include/exclude)")
+        by_reason.setdefault(reason, []).append(t.name)
+    said = []
+    for reason, got in by_reason.items():
+        shown = ", ".join(got[:limit]) + (f", ... ({len(got) - limit} more)"
+                                          if len(got) > limit else "")
+        said.append(f"{reason}: {shown}")
+    sel = "; ".join(f"{k}={list(v)!r}" for k, v in (("include", include), ("exclude", exclude))
+                    if v) or "no include/exclude"
+    return (f"spectrum: no matrix to measure ({sel}); of the {len(skipped)} tensor(s) "
+            "the model holds: " + ("; ".join(said) if said else "none"))
 
 
 @dataclass(frozen=True)
@@ -58,7 +93,10 @@ class Measurement:
     those the monitor's ``indicators`` patterns select); ``violations``: the ``fail_on``
     violations (:class:`spectrum_cli.core.thresholds.Violation`); ``document``: the
     ``spectrum analyze --json`` document of these weights (JSON-safe);
-    ``singular_values``: each analysed matrix's singular values (for histograms)."""
+    ``singular_values``: each analysed matrix's singular values (for histograms);
+    ``warnings``: what went wrong without stopping the measurement (matrices holding
+    NaN/Inf, a matrix or the operator indicators that could not be computed, a
+    ``fail_on`` condition that had nothing to check)."""
 
     step: int
     indicators: dict[str, float]
@@ -188,6 +226,7 @@ class SpectrumMonitor:
         self.indicator_patterns = tuple(indicators) if indicators is not None else None
         self._match = None if indicators is None else [
             compile_pattern(p, "indicators") for p in indicators]
+        self._said: set[str] = set()  # the once-only warnings already given
 
     @property
     def fail_on(self) -> tuple[str, ...]:
@@ -199,6 +238,19 @@ class SpectrumMonitor:
             return True
         return name in (self.indicator_patterns or ()) or any(m(name) for m in self._match)
 
+    def check(self, model_or_state: Any) -> list[str]:
+        """The names of the matrices :meth:`measure` would measure (no numerics: only the
+        selection). None selected is a :class:`NothingMatchedError` naming the tensors
+        that exist and why each is left out (the callbacks call this before training)."""
+        from spectrum_cli.core.analyze import plan_source
+
+        weights, _ = _weights_of(model_or_state)
+        planned, skipped = plan_source(LiveTensors(weights), self.job.options)
+        if not planned:
+            o = self.job.options
+            raise NothingMatchedError(nothing_matched(skipped, o.include, o.exclude))
+        return [p.name for p in planned]
+
     def measure(self, model_or_state: Any, step: int, *, optimizer: Any = None,
                 batch: Any = None, loss_value: float | None = None) -> Measurement:
         """Measure the weights of ``model_or_state`` at training step ``step``.
@@ -207,8 +259,16 @@ class SpectrumMonitor:
         indicators when the monitor has a ``loss``; ``loss_value``, the training loss
         at this step if known, is recorded as the checkpoint's loss (as batch reads it
         from ``trainer_state.json``; without one, batch's indicators include the
-        per-tensor κ of the largest tensors, ``tensor.kappa[<name>]``)."""
-        from spectrum_cli.executors import available_cores, threads_limited
+        per-tensor κ of the largest tensors, ``tensor.kappa[<name>]``).
+
+        What the caller got wrong raises: the arguments, an optimizer that is not this
+        model's, a selection of no matrix (:class:`NothingMatchedError`). The operator
+        indicators failing (parameters holding NaN/Inf, a NaN loss, any exception of
+        theirs) and a matrix that cannot be analysed are lines of ``warnings``, and the
+        rest is still measured; matrices holding NaN/Inf are counted in
+        ``tensors.nonfinite_tensors`` and named in ``warnings``. (The callbacks go
+        further: nothing raises from a measurement into the training loop.)"""
+        from spectrum_cli.executors import available_cores, env_threads, threads_limited
 
         if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
             raise UsageError(f"step: expected a non-negative integer, got {step!r}")
@@ -222,26 +282,69 @@ class SpectrumMonitor:
             raise UsageError("operator indicators need a batch: pass batch= to the monitor"
                              " (held out) or to measure()")
         t0 = time.perf_counter()
-        with threads_limited(self.threads or available_cores()):
+        notes: list[str] = []
+        # The BLAS/torch threads of a measurement: the monitor's ``threads``, else what
+        # OMP/OPENBLAS/MKL_NUM_THREADS ask for, else every core this process may use.
+        with threads_limited(self.threads or env_threads() or available_cores()):
             doc, result, violations = self._document(
                 weights, int(step), module if with_operators else None, optimizer,
-                use_batch, loss_value)
+                use_batch, loss_value, notes)
         from spectrum_cli.batch import indicators
         from spectrum_cli.report.document import json_safe
 
         doc = json_safe(doc)
-        values = {k: v for k, v in indicators(doc).items() if self.wants(k)}
+        broken = [t for t in result.tensors if t.status == "nonfinite"]
+        values = indicators(doc)
+        values[NONFINITE] = float(len(broken))
+        values = {k: v for k, v in values.items() if self.wants(k)}
+        self._unmatched_indicators(values, notes)
         singular = {t.name: np.asarray(t.singular_values.values) for t in result.tensors
                     if t.singular_values is not None}
         warnings = [f"{e.name}: {e.message}" for e in result.errors]
+        if broken:
+            shown = ", ".join(f"{t.name} ({'; '.join(t.notes) or 'NaN/Inf entries'})"
+                              for t in broken[:5])
+            warnings.append(f"{len(broken)} matrix(es) hold NaN/Inf entries, their spectra "
+                            f"not computed (the tensors.* indicators are over the finite "
+                            f"ones only): {shown}" + (" ..." if len(broken) > 5 else ""))
+        warnings.extend(notes)
         return Measurement(int(step), values, tuple(violations), doc, singular,
                            tuple(warnings), time.perf_counter() - t0)
 
+    def _once(self, key: str, note: str, notes: list[str]) -> None:
+        if key not in self._said:
+            self._said.add(key)
+            notes.append(note)
+
+    def _unmatched_indicators(self, values: dict[str, float], notes: list[str]) -> None:
+        """Say once when ``indicators`` select nothing measured (a typo logs nothing)."""
+        if self._match is not None and not values:
+            self._once("indicators", f"indicators={list(self.indicator_patterns or ())!r} "
+                       "select none of the indicators measured: nothing is reported", notes)
+
+    def _unchecked_conditions(self, entries: Sequence[Any], step: int,
+                              notes: list[str]) -> None:
+        """Say once for each ``fail_on`` condition that had nothing to check."""
+        from spectrum_cli.core.selection import compile_pattern
+
+        for cond in self.conditions:
+            match = compile_pattern(cond.scope) if cond.scope else None
+            if any((match is None or match(e.name)) and e.metrics.get(cond.metric) is not None
+                   for e in entries):
+                continue
+            where = f" in its scope {cond.scope!r}" if cond.scope else ""
+            self._once(f"fail_on:{cond}", f"fail_on {str(cond)!r} checked nothing at step "
+                       f"{step}: no measured matrix or operator{where} has a value of "
+                       f"{cond.metric!r}, so it could not fire (measured: "
+                       f"{', '.join(e.name for e in entries[:8]) or 'none'}"
+                       f"{', ...' if len(entries) > 8 else ''})", notes)
+
     def _document(self, weights: Mapping[str, Any], step: int, module: Any, optimizer: Any,
-                  batch: Any, loss_value: float | None
+                  batch: Any, loss_value: float | None, notes: list[str]
                   ) -> tuple[dict[str, Any], Any, list[Any]]:
         """The analysis document of the weights (plus the operators), as
-        :func:`spectrum_cli.pipeline.analyze_checkpoint` builds it for a file."""
+        :func:`spectrum_cli.pipeline.analyze_checkpoint` builds it for a file; what could
+        not be computed goes to ``notes``."""
         from spectrum_cli import plugins
         from spectrum_cli.core.analyze import analyze_source
         from spectrum_cli.core.results import SourceInfo
@@ -253,21 +356,45 @@ class SpectrumMonitor:
         info = SourceInfo(source.path, source.format, (), source.size_bytes, None)
         result = analyze_source(source, info, self.job.options, plugins.get_backend,
                                 metrics=plugins.metric_plugins())
+        if not result.tensors and not result.errors:
+            o = self.job.options
+            raise NothingMatchedError(nothing_matched(result.skipped, o.include, o.exclude))
         report = None
         if module is not None:
-            from spectrum_cli.integrations.operators import live_operators
-
-            report = live_operators(module, optimizer, batch, self.loss,
-                                    self._operator_options())
+            report = self._operators(module, optimizer, batch, step, notes)
         operators = report.operators if report is not None else []
-        violations = evaluate(self.conditions,
-                              list(result.tensors) + [Checkable(o) for o in operators])
+        entries = list(result.tensors) + [Checkable(o) for o in operators]
+        violations = evaluate(self.conditions, entries)
+        self._unchecked_conditions(entries, step, notes)
         doc = build_document(result, self.conditions, violations)
         doc["checkpoint"] = {"step": step}
         if loss_value is not None:
             doc["checkpoint"]["loss"] = float(loss_value)
         attach_operators(doc, report, self.conditions)
         return doc, result, violations
+
+    def _operators(self, module: Any, optimizer: Any, batch: Any, step: int,
+                   notes: list[str]) -> Any:
+        """The live operator report, or None with a note saying why there is none: the
+        parameters hold NaN/Inf (no Hessian to take), or its computation failed."""
+        import torch
+
+        from spectrum_cli.integrations.operators import live_operators, named_state
+
+        named_state(module, optimizer)  # the caller's mistake (not this model's optimizer)
+        bad = [n for n, p in module.named_parameters()
+               if p.is_floating_point() and not bool(torch.isfinite(p.detach()).all())]
+        if bad:
+            notes.append(f"operator indicators not computed at step {step}: the parameters "
+                         f"hold NaN/Inf ({', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''})")
+            return None
+        try:
+            return live_operators(module, optimizer, batch, self.loss, self._operator_options())
+        except Exception as exc:  # never into the training loop: this measurement goes on
+            log.debug("spectrum: step %s: operator indicators failed", step, exc_info=True)
+            notes.append(f"operator indicators not computed at step {step}: "
+                         f"{type(exc).__name__}: {exc}")
+            return None
 
     def _operator_options(self) -> Any:
         from spectrum_cli.optim.analysis import OperatorOptions

@@ -13,7 +13,8 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 pytest.importorskip("accelerate")  # the Trainer needs it
 
-from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainingArguments  # noqa: E402
+from transformers import (LlamaConfig, LlamaForCausalLM, Trainer,  # noqa: E402
+                          TrainerCallback, TrainingArguments)
 
 from spectrum_cli.integrations.huggingface import SpectrumCallback  # noqa: E402
 
@@ -37,7 +38,8 @@ def make_trainer(out, max_steps: int = 4, report_to=(), callbacks=None, **args):
     return Trainer(model=tiny_llama(), train_dataset=token_data(), callbacks=callbacks,
                    args=TrainingArguments(
                        output_dir=str(out), max_steps=max_steps, per_device_train_batch_size=4,
-                       logging_steps=1, report_to=list(report_to), use_cpu=True,
+                       logging_steps=args.pop("logging_steps", 1),
+                       report_to=list(report_to), use_cpu=True,
                        disable_tqdm=True, lr_scheduler_type="constant", learning_rate=1e-2,
                        save_strategy=args.pop("save_strategy", "no"), **args))
 
@@ -167,6 +169,8 @@ def test_bad_schedules_are_refused():
         SpectrumCallback(on_save=False)
     with pytest.raises(UsageError, match="every_n_steps"):
         SpectrumCallback(every_n_steps=0)
+    with pytest.raises(UsageError, match="need a held-out batch"):
+        SpectrumCallback(loss="mse")  # HF callbacks never see the training batches
     with pytest.raises(UsageError, match="either a monitor or its settings"):
         from spectrum_cli.integrations import SpectrumMonitor
 
@@ -182,3 +186,113 @@ def test_epoch_saves_are_measured_before_the_save(tmp_path):
     assert sorted(spectrum_entries(trainer.state.log_history)) == [6]
     state = json.loads((tmp_path / "out" / "checkpoint-6" / "trainer_state.json").read_text())
     assert sorted(spectrum_entries(state["log_history"])) == [6]
+
+
+# -- the trainer's own logging, user mistakes, failures inside a measurement ----------
+
+
+def own_entries(history: list[dict]) -> dict[int, float]:
+    """The trainer's own training-loss entries: step -> loss."""
+    return {e["step"]: e["loss"] for e in history if "loss" in e}
+
+
+@pytest.mark.parametrize("when", [
+    # every N steps, on the steps the trainer logs its loss at
+    dict(logging_steps=5, max_steps=10, every_n_steps=5),
+    # at the epoch's checkpoint, measured in on_epoch_end, where the epoch's loss is due
+    dict(logging_strategy="epoch", save_strategy="epoch", max_steps=-1,
+         num_train_epochs=2, every_n_steps=None),
+])
+def test_the_trainers_own_loss_entries_are_unchanged(tmp_path, when):
+    when = dict(when)
+    every = when.pop("every_n_steps")
+    plain = make_trainer(tmp_path / "plain", **when)
+    plain.train()
+    watched = make_trainer(tmp_path / "watched", **when)
+    SpectrumCallback.attach(watched, every_n_steps=every, indicators=["tensors.max_kappa"])
+    watched.train()
+    expected = own_entries(plain.state.log_history)
+    assert len(expected) == 2
+    # The same steps, the same values (the same seeded run: equal to the last bit).
+    assert own_entries(watched.state.log_history) == expected
+    assert sorted(spectrum_entries(watched.state.log_history)) == sorted(expected)
+    if when.get("save_strategy") == "epoch":  # what `spectrum batch`/`watch` read back
+        from spectrum_cli.pipeline import trainer_state_scalars
+
+        for step, loss in expected.items():
+            state = tmp_path / "watched" / f"checkpoint-{step}" / "trainer_state.json"
+            assert trainer_state_scalars(state)["loss"] == loss
+
+
+def test_an_include_that_matches_nothing_is_refused_at_attach(tmp_path):
+    from spectrum_cli.core.errors import ExitCode
+    from spectrum_cli.integrations.monitor import NothingMatchedError
+
+    trainer = make_trainer(tmp_path / "out")
+    with pytest.raises(NothingMatchedError) as err:
+        SpectrumCallback.attach(trainer, every_n_steps=1, include=["*.self_atn.*"],
+                                fail_on=["kappa>1e4"])
+    assert err.value.exit_code == ExitCode.NOTHING_MATCHED == 5
+    msg = str(err.value)
+    assert "include=['*.self_atn.*']" in msg  # what was asked, and what there is
+    assert "model.layers.0.self_attn.q_proj.weight" in msg
+    assert "model.norm.weight" in msg and "not selected (include/exclude)" in msg
+    # Unbound (Trainer(callbacks=[...])): refused when the training begins, before a step.
+    cb = SpectrumCallback(every_n_steps=1, include=["*.self_atn.*"])
+    trainer = make_trainer(tmp_path / "out2", callbacks=[cb])
+    with pytest.raises(NothingMatchedError, match="q_proj.weight"):
+        trainer.train()
+    assert trainer.state.global_step == 0
+
+
+class Poison(TrainerCallback):
+    """Puts an Inf into one weight at the end of step ``at`` (before SpectrumCallback
+    runs) and keeps a float64 copy of the weights as they are then."""
+
+    def __init__(self, at: int, name: str) -> None:
+        self.at, self.name, self.weights = at, name, None
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if state.global_step == self.at:
+            with torch.no_grad():
+                model.get_parameter(self.name)[0, 0] = float("inf")
+            self.weights = {n: p.detach().double().clone()
+                            for n, p in model.named_parameters()}
+
+
+def test_nonfinite_weights_are_reported_and_nothing_raises_into_train(tmp_path, caplog):
+    bad = "model.layers.0.mlp.down_proj.weight"
+    held = torch.randint(0, VOCAB, (4, 8), generator=torch.Generator().manual_seed(7))
+
+    def lm_loss(out, y):
+        logits = out.logits[:, :-1]
+        return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
+                                                 y[:, 1:].reshape(-1))
+
+    trainer = make_trainer(tmp_path / "out", max_steps=4, logging_steps=2)
+    poison = Poison(2, bad)
+    trainer.add_callback(poison)
+    cb = SpectrumCallback.attach(trainer, every_n_steps=2, loss=lm_loss, batch=(held, held),
+                                 params=["model.norm.weight"], fail_on=["kappa>1e12"])
+    with caplog.at_level(logging.WARNING, logger="spectrum_cli.integrations"):
+        trainer.train()  # the Hessian of a NaN loss raised into train() before
+    assert trainer.state.global_step == 4 and cb.stopped is None
+    at2 = spectrum_entries(trainer.state.log_history)[2]
+    assert at2["spectrum/tensors.nonfinite_tensors"] == 1.0
+    # The other indicators are over the finite matrices only (independent float64 SVDs
+    # of the weights as they were at step 2; the embedding is tied to nothing here).
+    kappas = []
+    for name, w in poison.weights.items():
+        if w.ndim == 2 and name != bad:
+            s = np.linalg.svd(w.numpy(), compute_uv=False)
+            kappas.append(s[0] / s[-1])
+    assert len(kappas) == 8  # q, k, v, o, gate, up, embed_tokens, lm_head
+    assert at2["spectrum/tensors.max_kappa"] == pytest.approx(max(kappas), rel=1e-12)
+    assert not [k for k in at2 if k.startswith("spectrum/optimizer.")]
+    said = [r.getMessage() for r in caplog.records]
+    assert any("step 2:" in m and "1 matrix(es) hold NaN/Inf" in m and bad in m
+               for m in said)
+    assert any("step 2:" in m and "operator indicators not computed at step 2: the "
+               f"parameters hold NaN/Inf ({bad})" in m for m in said)
+    # The trainer's own loss entries are still there (NaN once the Inf has spread).
+    assert sorted(own_entries(trainer.state.log_history)) == [2, 4]

@@ -87,15 +87,17 @@ def test_values_reach_csv_tensorboard_and_callback_metrics(tmp_path):
     cb = SpectrumCallback(every_n_steps=2, indicators=["tensors.*"])
     trainer, module = fit(tmp_path, cb, loggers=[CSVLogger(tmp_path), tb])
     rows = csv_rows(trainer)
-    assert sorted(rows) == [2, 4]  # logged although log_every_n_steps is 50
-    # Step 4 is the last: its weights are the module's now (independent float64 SVD).
-    assert rows[4]["spectrum/tensors.max_kappa"] == pytest.approx(max_kappa(module), rel=1e-12)
+    # Logged although log_every_n_steps is 50, after optimizer steps 2 and 4, at the
+    # steps Lightning writes those batches' own metrics at (1 and 3).
+    assert sorted(rows) == [1, 3]
+    # Optimizer step 4 is the last: its weights are the module's now (float64 SVD).
+    assert rows[3]["spectrum/tensors.max_kappa"] == pytest.approx(max_kappa(module), rel=1e-12)
     assert float(trainer.callback_metrics["spectrum/tensors.max_kappa"]) == pytest.approx(
-        rows[4]["spectrum/tensors.max_kappa"], rel=1e-6)  # float32 in callback_metrics
+        rows[3]["spectrum/tensors.max_kappa"], rel=1e-6)  # float32 in callback_metrics
     ea = EventAccumulator(tb.log_dir, size_guidance={"scalars": 0})
     ea.Reload()
     series = ea.Scalars("spectrum/tensors.max_kappa")
-    assert [e.step for e in series] == [2, 4]
+    assert [e.step for e in series] == [1, 3]
     for e in series:
         assert e.value == np.float32(rows[e.step]["spectrum/tensors.max_kappa"])
     assert cb.last.step == 4 and cb.stopped is None
@@ -108,7 +110,7 @@ def test_fail_on_stops_the_fit(tmp_path, caplog):
     assert trainer.global_step == 2 and trainer.should_stop
     assert cb.stopped.step == 2
     assert [v.tensor for v in cb.stopped.violations] == ["net.2.weight"]
-    assert csv_rows(trainer)[2]["spectrum/fail_on_violations"] == 1.0
+    assert csv_rows(trainer)[1]["spectrum/fail_on_violations"] == 1.0  # logged step 1
     assert any("1 fail_on violation(s): net.2.weight" in r.getMessage() for r in caplog.records)
 
 
@@ -116,8 +118,10 @@ def test_checkpoint_saves_are_measured(tmp_path):
     cb = SpectrumCallback(indicators=["tensors.max_kappa"])  # on_save only
     ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=3, save_top_k=-1)
     trainer, _ = fit(tmp_path, cb, max_steps=6, callbacks=[ckpt])
-    assert sorted(csv_rows(trainer)) == [3, 6]
-    assert len(list((tmp_path / "ckpt").glob("*.ckpt"))) == 2
+    assert sorted(csv_rows(trainer)) == [2, 5]  # Lightning's logged steps of those batches
+    assert sorted(p.name for p in (tmp_path / "ckpt").glob("*.ckpt")) == [
+        "epoch=0-step=3.ckpt", "epoch=1-step=6.ckpt"]
+    assert cb.last.step == 6  # the measurement's step: optimizer steps, as in the name
 
 
 def test_operator_indicators_on_the_batch_just_trained_on(tmp_path):
@@ -152,3 +156,107 @@ def test_operator_indicators_on_the_batch_just_trained_on(tmp_path):
     with open(f"{logger.log_dir}/metrics.csv", newline="") as fh:
         (last,) = [r for r in csv.DictReader(fh) if r.get("spectrum/momentum.spectral_radius")]
     assert float(last["spectrum/momentum.spectral_radius"]) == got["momentum.spectral_radius"]
+
+
+# -- the step convention, user mistakes, failures inside a measurement ----------------
+
+
+class Logging(Tiny):
+    """Tiny that logs its training loss, as most modules do."""
+
+    def training_step(self, batch, batch_idx):
+        loss = super().training_step(batch, batch_idx)
+        self.log("train_loss", loss)
+        return loss
+
+
+def rows_with(trainer, key: str) -> list[int]:
+    logger = next(lg for lg in trainer.loggers if isinstance(lg, CSVLogger))
+    with open(f"{logger.log_dir}/metrics.csv", newline="") as fh:
+        return [int(r["step"]) for r in csv.DictReader(fh) if r.get(key)]
+
+
+def test_values_share_the_step_of_the_trainers_own_metrics(tmp_path):
+    x, y = dataset()
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=4)
+    cb = SpectrumCallback(every_n_steps=5, indicators=["tensors.max_kappa"])
+    trainer = L.Trainer(max_steps=10, accelerator="cpu", devices=1, logger=CSVLogger(tmp_path),
+                        callbacks=[cb], enable_progress_bar=False, enable_model_summary=False,
+                        enable_checkpointing=False, log_every_n_steps=5)
+    module = Logging()
+    trainer.fit(module, loader)
+    own = rows_with(trainer, "train_loss")
+    assert own == [4, 9]  # Lightning's convention: the 5th batch's metrics at step 4
+    assert rows_with(trainer, "spectrum/tensors.max_kappa") == own
+    assert cb.last.step == 10  # measured after the 10th optimizer step: the final weights
+    assert csv_rows(trainer)[9]["spectrum/tensors.max_kappa"] == pytest.approx(
+        max_kappa(module), rel=1e-12)
+
+
+def test_an_include_that_matches_nothing_is_refused_before_the_fit(tmp_path):
+    from spectrum_cli.integrations.monitor import NothingMatchedError
+
+    cb = SpectrumCallback(every_n_steps=1, include=["net.3.*"], fail_on=["kappa>1e4"])
+    with pytest.raises(NothingMatchedError) as err:
+        fit(tmp_path, cb)
+    assert err.value.exit_code == 5
+    msg = str(err.value)
+    assert "include=['net.3.*']" in msg
+    assert "net.0.weight, net.0.bias, net.2.weight, net.2.bias" in msg
+    assert cb.last is None  # nothing measured, no step trained
+
+
+class PoisonAt(L.Callback):
+    """Puts an Inf into net.2.weight after optimizer step ``at`` (before SpectrumCallback,
+    listed after it) and keeps a float64 copy of the weights as they are then."""
+
+    def __init__(self, at: int) -> None:
+        self.at, self.weights = at, None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.at:
+            with torch.no_grad():
+                pl_module.net[2].weight[0, 0] = float("inf")
+            self.weights = {n: p.detach().double().clone()
+                            for n, p in pl_module.named_parameters()}
+
+
+def test_nonfinite_weights_and_failed_measurements_never_raise_into_fit(tmp_path, caplog):
+    poison = PoisonAt(2)
+    cb = SpectrumCallback(every_n_steps=2, loss="mse", fail_on=["kappa>1e12"])
+    x, y = dataset()
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=8)
+    trainer = L.Trainer(max_steps=4, accelerator="cpu", devices=1, logger=CSVLogger(tmp_path),
+                        callbacks=[poison, cb], enable_progress_bar=False,
+                        enable_model_summary=False, enable_checkpointing=False,
+                        log_every_n_steps=50)
+    with caplog.at_level(logging.WARNING, logger="spectrum_cli.integrations"):
+        trainer.fit(Tiny(), loader)  # the Hessian check on a NaN loss raised into fit before
+    assert trainer.global_step == 4 and cb.stopped is None
+    rows = csv_rows(trainer)
+    assert rows[1]["spectrum/tensors.nonfinite_tensors"] == 1.0
+    s = np.linalg.svd(poison.weights["net.0.weight"].numpy(), compute_uv=False)
+    assert rows[1]["spectrum/tensors.max_kappa"] == pytest.approx(s[0] / s[-1], rel=1e-12)
+    assert not [k for k in rows[1] if k.startswith(("spectrum/momentum.",
+                                                    "spectrum/optimizer."))]
+    said = [r.getMessage() for r in caplog.records]
+    assert any("step 2:" in m and "1 matrix(es) hold NaN/Inf" in m and "net.2.weight" in m
+               for m in said)
+    assert any("operator indicators not computed at step 2: the parameters hold NaN/Inf "
+               "(net.2.weight)" in m for m in said)
+    # By step 4 the Inf has spread to every weight: counted, no other tensors.* value.
+    assert cb.last.step == 4 and cb.last.indicators["tensors.nonfinite_tensors"] == 2.0
+
+
+def test_a_failing_loss_is_logged_and_the_fit_goes_on(tmp_path, caplog):
+    def loss(out, y):
+        raise RuntimeError("boom")
+
+    cb = SpectrumCallback(every_n_steps=2, loss=loss, indicators=["tensors.max_kappa"])
+    with caplog.at_level(logging.WARNING, logger="spectrum_cli.integrations"):
+        trainer, module = fit(tmp_path, cb, max_steps=4)
+    assert trainer.global_step == 4
+    assert csv_rows(trainer)[3]["spectrum/tensors.max_kappa"] == pytest.approx(
+        max_kappa(module), rel=1e-12)
+    assert any("operator indicators not computed at step 4: RuntimeError: boom"
+               in r.getMessage() for r in caplog.records)

@@ -87,6 +87,11 @@ def test_the_same_indicators_as_batch_on_the_saved_checkpoint(tmp_path):
     traj = spectrum_cli.trajectory(run, use_config=False)
     from_file = traj.records[0]["indicators"]
     live = SpectrumMonitor().measure(model, 3).indicators
+    # The monitor's own count of NaN/Inf matrices aside (batch records no such key).
+    from spectrum_cli.integrations.monitor import NONFINITE
+
+    assert live.pop(NONFINITE) == 0.0
+    from_file.pop(NONFINITE, None)
     assert live.keys() == from_file.keys()
     for k in live:
         assert live[k] == from_file[k], k  # the same float32 weights, the same float64 SVD
@@ -220,7 +225,11 @@ def test_operator_indicators_equal_analyze_with_model_and_data(tmp_path, monkeyp
     cli = indicators(spectrum_cli.analyze(ckpt, model="livemod:build", data="livemod:batch",
                                           use_config=False).document)
     assert "adam-augmented.spectral_radius" in live.indicators
-    assert live.indicators.keys() == cli.keys()
+    from spectrum_cli.integrations.monitor import NONFINITE
+
+    assert live.indicators[NONFINITE] == 0.0
+    cli.pop(NONFINITE, None)
+    assert live.indicators.keys() - {NONFINITE} == cli.keys()
     for k, v in cli.items():
         assert live.indicators[k] == pytest.approx(v, rel=1e-10, abs=1e-13), k
 
@@ -289,3 +298,101 @@ def test_a_nan_weight_violates_nonfinite_count():
     m = SpectrumMonitor(fail_on=["nonfinite_count>0"]).measure({"ok": np.eye(2), "bad": w}, 9)
     assert [(v.tensor, v.value) for v in m.violations] == [("bad", 1.0)]
     assert m.indicators["tensors.max_kappa"] == 1.0  # the finite matrix only
+
+
+# -- user mistakes, non-finite weights, failures while measuring, threads -------------
+
+
+def test_a_selection_of_no_matrix_is_refused_with_the_names_there_are():
+    from spectrum_cli.core.errors import ExitCode
+    from spectrum_cli.integrations.monitor import NothingMatchedError
+
+    model, _, _ = trained()
+    mon = SpectrumMonitor(include=["1.*"], fail_on=["kappa>1e4"])
+    for call in (lambda: mon.check(model), lambda: mon.measure(model, 1)):
+        with pytest.raises(NothingMatchedError) as err:
+            call()
+        assert err.value.exit_code == ExitCode.NOTHING_MATCHED
+        assert str(err.value) == (
+            "spectrum: no matrix to measure (include=['1.*']); of the 4 tensor(s) the "
+            "model holds: not selected (include/exclude): 0.weight, 0.bias, 2.weight, "
+            "2.bias")
+    # Matrices matched but none measurable: refused as well, saying why.
+    with pytest.raises(NothingMatchedError, match=r"1-D: 0\.bias, 2\.bias"):
+        SpectrumMonitor(include=["*.bias"]).measure(model, 1)
+    assert SpectrumMonitor(include=["0.*"]).check(model) == ["0.weight"]
+
+
+def test_an_inf_weight_is_counted_and_named():
+    w = np.eye(3)
+    w[0, 1] = np.inf
+    m = SpectrumMonitor().measure({"ok": np.diag([4.0, 1.0]), "bad": w}, 3)
+    assert m.indicators["tensors.nonfinite_tensors"] == 1.0
+    assert m.indicators["tensors.max_kappa"] == 4.0  # the finite matrix only
+    assert m.warnings == ("1 matrix(es) hold NaN/Inf entries, their spectra not computed "
+                          "(the tensors.* indicators are over the finite ones only): bad "
+                          "(0 NaN and 1 Inf entries: spectra not computed)",)
+    fine = SpectrumMonitor().measure({"ok": np.diag([4.0, 1.0])}, 3)
+    assert fine.indicators["tensors.nonfinite_tensors"] == 0.0 and fine.warnings == ()
+
+
+def test_operator_failures_are_warnings_and_the_tensors_are_still_measured():
+    model, opt, (x, y) = trained("sgd")
+    with torch.no_grad():
+        model[2].weight[1, 1] = float("nan")
+    mon = SpectrumMonitor(loss="mse", fail_on=["nonfinite_count>0"])
+    m = mon.measure(model, 3, optimizer=opt, batch=(x, y))  # raised before (NaN Hessian)
+    assert [(v.tensor, v.value) for v in m.violations] == [("2.weight", 1.0)]
+    assert m.indicators["tensors.nonfinite_tensors"] == 1.0
+    s = np.linalg.svd(model[0].weight.detach().double().numpy(), compute_uv=False)
+    assert m.indicators["tensors.max_kappa"] == pytest.approx(s[0] / s[-1], rel=1e-12)
+    assert "operator indicators not computed at step 3: the parameters hold NaN/Inf " \
+           "(2.weight)" in m.warnings
+    assert not [k for k in m.indicators if k.startswith(("momentum.", "optimizer."))]
+    # Finite weights, NaN targets: the Hessian is finite but the check against double
+    # backward is NaN; said, not raised.
+    model, opt, (x, y) = trained("sgd")
+    m = mon.measure(model, 3, optimizer=opt, batch=(x, torch.full_like(y, float("nan"))))
+    assert any(w.startswith("operator indicators not computed at step 3: ")
+               for w in m.warnings), m.warnings
+    assert m.indicators["tensors.nonfinite_tensors"] == 0.0
+
+
+def test_conditions_and_indicator_patterns_that_can_never_match_are_said_once():
+    model, _, _ = trained()
+    mon = SpectrumMonitor(fail_on=["kappa>1e4@*.attn.*", "kappa>1e9"])
+    first, second = mon.measure(model, 1), mon.measure(model, 2)
+    assert first.warnings == (
+        "fail_on 'kappa>10000@*.attn.*' checked nothing at step 1: no measured matrix or "
+        "operator in its scope '*.attn.*' has a value of 'kappa', so it could not fire "
+        "(measured: 0.weight, 2.weight)",)
+    assert second.warnings == ()
+    m = SpectrumMonitor(indicators=["tensors.max_kapa"]).measure(model, 1)
+    assert m.indicators == {}
+    assert m.warnings == ("indicators=['tensors.max_kapa'] select none of the indicators "
+                          "measured: nothing is reported",)
+
+
+def test_threads_follow_the_environment(monkeypatch):
+    from spectrum_cli import executors
+    from spectrum_cli.integrations.monitor import LiveTensors
+
+    if executors.available_cores() < 2:
+        pytest.skip("needs two cores to tell 1 thread from all")
+    seen = []
+    read = LiveTensors.read
+
+    def spy(self, name):
+        seen.append(torch.get_num_threads())
+        return read(self, name)
+
+    monkeypatch.setattr(LiveTensors, "read", spy)
+    model, _, _ = trained()
+    for var in executors.THREAD_ENV:
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "1")
+    SpectrumMonitor().measure(model, 1)
+    assert seen == [1, 1]
+    seen.clear()
+    SpectrumMonitor(threads=2).measure(model, 1)  # the setting wins
+    assert seen == [2, 2]
