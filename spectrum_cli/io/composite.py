@@ -19,7 +19,7 @@ import numpy as np
 from spectrum_cli.core.errors import InputError
 from spectrum_cli.io import storage
 from spectrum_cli.io.base import (LoadPolicy, SourceBase, TensorInfo, TensorSource,
-                                  input_errors, open_regular)
+                                  file_size, input_errors, open_regular)
 
 #: Largest index file read (real ones are well under 1 MB).
 MAX_INDEX_BYTES = 64 * 1024 * 1024
@@ -56,9 +56,13 @@ class ShardedSource(SourceBase):
 def read_shard_names(index_path: str) -> list[str]:
     """The distinct shard names of an index's ``weight_map`` (non-empty strings)."""
     with open_regular(index_path) as fh:
-        raw = fh.read(MAX_INDEX_BYTES + 1)
-    if len(raw) > MAX_INDEX_BYTES:
-        raise InputError(f"{index_path}: index larger than {MAX_INDEX_BYTES} bytes")
+        size = file_size(fh)
+        if size > MAX_INDEX_BYTES:
+            raise InputError(f"{index_path}: index larger than {MAX_INDEX_BYTES} bytes")
+        raw = fh.read(size + 1)  # no more than stat said: a /proc file says 0, never ends
+    if len(raw) != size:
+        raise InputError(f"{index_path}: holds other than the {size} bytes its size says "
+                         "(changed while read, or not a plain file); refusing it")
     try:
         doc = json.loads(raw.decode("utf-8"))
     except RecursionError:
@@ -87,6 +91,18 @@ def _allowed_roots(folder: str) -> list[str]:
     if os.path.basename(parent) == "snapshots":
         roots.append(os.path.join(os.path.dirname(parent), "blobs"))
     return roots
+
+
+def confine(folder: str, full: str, what: str) -> str:
+    """``full`` (a local path in ``folder``) when, symlinks resolved, it stays inside
+    ``folder`` or a hub cache's ``blobs/`` (:func:`_allowed_roots`); else an
+    :class:`InputError` naming ``what`` (a symlink out to ``/proc`` or another folder
+    is never read)."""
+    real = os.path.realpath(full)
+    if not any(os.path.commonpath([real, root]) == root
+               for root in _allowed_roots(folder or ".")):
+        raise InputError(f"{what} resolves to {real}, outside its folder; refusing it")
+    return full
 
 
 def shard_path(index_path: str, name: str) -> str:

@@ -51,21 +51,39 @@ NON_TENSOR = "non-tensor state (pickled bytes; not read)"
 # --- names ---------------------------------------------------------------------------
 
 
+def _cuts(name: str, part: str) -> Iterator[int]:
+    """Where the dotted component ``part`` followed by more components starts in
+    ``name`` (the length of the prefix before it: 0 for a name starting with it)."""
+    if name.startswith(part + "."):
+        yield 0
+    needle = f".{part}."
+    at = name.find(needle)
+    while at >= 0:
+        yield at
+        at = name.find(needle, at + 1)
+
+
 def optimizer_prefixes(names: list[str]) -> set[str]:
     """Dotted prefixes ``p`` such that ``p.param_groups.*`` exists (an optimizer's
-    flattened state dict; ``""`` for one saved at the top level)."""
+    flattened state dict; ``""`` for one saved at the top level): the part of each name
+    before its first ``param_groups`` component, so one prefix per name at most."""
     out = set()
     for name in names:
-        parts = name.split(".")
-        for i, part in enumerate(parts[:-1]):
-            if part == "param_groups":
-                out.add(".".join(parts[:i]))
+        cut = next(_cuts(name, "param_groups"), None)
+        if cut is not None:
+            out.add(name[:cut])
     return out
 
 
 def is_optimizer(name: str, prefixes: set[str]) -> bool:
-    return any(name.startswith(f"{p}.{k}." if p else f"{k}.")
-               for p in prefixes for k in ("state", "param_groups"))
+    """Whether ``name`` is ``p.state.*`` or ``p.param_groups.*`` for a prefix ``p`` of
+    ``prefixes`` (only the name's own cut points are tried: linear in the name, whatever
+    the number of prefixes)."""
+    if not prefixes:
+        return False
+    lengths = {len(p) for p in prefixes}
+    return any(cut in lengths and name[:cut] in prefixes
+               for part in ("state", "param_groups") for cut in _cuts(name, part))
 
 
 def weights_prefix(names: list[str], every: list[str], key: str | None
@@ -186,17 +204,20 @@ class DCPSource(SourceBase):
     def scalars(self) -> dict[str, Any]:
         """``step`` and ``loss`` stored as top-level DCP entries (a Python number in a
         bytes entry, or a one-element tensor), when readable weights-only."""
+        from spectrum_cli.io.readers import stored_loss, stored_step
+
         out: dict[str, Any] = {}
-        for key in ("step", "global_step", "iteration", "epoch", "loss"):
-            if "step" in out and key != "loss":
-                continue
-            value = self._scalar(key)
-            if value is not None:
-                out["loss" if key == "loss" else "step"] = (value if key == "loss"
-                                                            else int(value))
+        for key in ("step", "global_step", "iteration", "epoch"):
+            step = stored_step(self._scalar(key))
+            if step is not None:
+                out["step"] = step
+                break
+        loss = stored_loss(self._scalar("loss"))
+        if loss is not None:
+            out["loss"] = loss
         return out
 
-    def _scalar(self, key: str) -> float | None:
+    def _scalar(self, key: str) -> float | int | None:
         chunk = self._layout.bytes.get(key)
         if chunk is None and key in self._layout.tensors:
             t = self._layout.tensors[key]
@@ -210,8 +231,7 @@ class DCPSource(SourceBase):
                 value = value.item()
         except Exception:  # noqa: BLE001 - a courtesy: an unreadable scalar is left out
             return None
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        return float(value) if ok and math.isfinite(value) else None
+        return value
 
     def close(self) -> None:
         self._names = {}

@@ -28,18 +28,42 @@ import io
 import math
 import os
 import pickle
+import reprlib
 from dataclasses import dataclass
 from typing import Any
 
 from spectrum_cli.core.errors import InputError
 from spectrum_cli.io import storage
-from spectrum_cli.io.base import check_shape, input_errors, open_regular, require_regular
+from spectrum_cli.io.base import (MAX_NDIM, check_shape, input_errors, open_regular,
+                                  require_regular)
 
 METADATA_NAME = ".metadata"
 
 #: Largest ``.metadata`` read (an FSDP checkpoint of a 70B model on 512 ranks is a few
 #: hundred MB of metadata; a hostile one cannot make us read more than this).
 MAX_METADATA_BYTES = 1 << 30
+
+#: Longest tensor name (fqn) and storage path a ``.metadata`` may hold, in characters
+#: (real ones are under a few hundred; long names amplify every join and prefix test).
+MAX_NAME_CHARS = 4096
+
+#: Values from the metadata are shown in messages through this bounded repr (a shared
+#: sub-object nested 60 deep has a repr of 2**60 characters).
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother = 3, 80, 80
+_REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = _REPR.maxset = 8
+
+
+def show(value: Any) -> str:
+    """A repr of a value read from metadata, at most a few hundred characters."""
+    if isinstance(value, _Record):
+        return value.__repr__()
+    try:
+        text = _REPR.repr(value)
+    except Exception:  # noqa: BLE001 - only for a message
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= 300 else text[:300] + "..."
+
 
 #: Bytes per element of the dtypes DCP stores (others count as 1).
 ITEMSIZE = {"float64": 8, "float32": 4, "float16": 2, "bfloat16": 2, "complex128": 16,
@@ -61,6 +85,8 @@ class _Record:
 
     def __setstate__(self, state: Any) -> None:
         if isinstance(state, tuple) and len(state) == 2:  # (dict or None, slots)
+            if not all(part is None or isinstance(part, dict) for part in state):
+                raise pickle.UnpicklingError(f"{self.kind}: unexpected state")
             for part in state:
                 if part is not None:
                     self.__setstate__(part)
@@ -72,8 +98,9 @@ class _Record:
                 raise pickle.UnpicklingError(f"{self.kind}: non-string attribute name")
             self.__dict__[key] = value
 
-    def __repr__(self) -> str:
-        return f"{self.kind}({self.__dict__!r})"
+    def __repr__(self) -> str:  # bounded: attributes may share sub-objects without end
+        inner = ", ".join(f"{k}={_REPR.repr(v)}" for k, v in list(self.__dict__.items())[:8])
+        return f"{self.kind}({inner[:300]})"
 
 
 class _Properties(_Record):
@@ -134,13 +161,21 @@ def stand_ins() -> dict[str, Any]:
         return _size(*args)
 
     def layout(name: Any) -> str:  # torch.serialization._get_layout("torch.strided")
-        return str(name)
+        if not isinstance(name, str) or len(name) > 64:
+            raise pickle.UnpicklingError(f"_get_layout of {show(name)}")
+        return name
 
     def mem_format(value: Any = None) -> Any:  # _MEM_FORMAT_ENCODING(value)
         return value
 
     def path(*parts: Any) -> str:  # StorageMeta.checkpoint_id: never a path object
-        return "/".join(str(p) for p in parts)
+        # strings only, and bounded: a shared long string repeated in the arguments
+        # would otherwise join to terabytes
+        if len(parts) > 256 or not all(isinstance(p, str) for p in parts) \
+                or sum(len(p) + 1 for p in parts) > MAX_NAME_CHARS:
+            raise pickle.UnpicklingError(f"a path of {len(parts)} parts that are not "
+                                         f"short strings ({show(parts)})")
+        return "/".join(parts)
 
     props = type("TensorProperties", (_Properties,), {})
     table: dict[str, Any] = {name: type(kind, (_Record,), {"kind": kind})
@@ -190,17 +225,25 @@ def unsafe_globals(data: bytes) -> list[str]:
 
 def load_metadata(path: str) -> Any:
     """The ``.metadata`` file at ``path``, size-capped, refused if it names a global
-    outside :data:`ADMITTED`, then unpickled into stand-ins."""
+    outside :data:`ADMITTED`, then unpickled into stand-ins. A ``.metadata`` that is a
+    symlink resolving outside its folder is refused, and no more bytes are read than
+    ``stat`` said the file holds (a ``/proc`` file says 0 and never ends)."""
+    if not storage.is_url(path):
+        folder = os.path.dirname(path) or "."
+        confined(folder, os.path.basename(path), path)
     size = require_regular(path).st_size
     if size > MAX_METADATA_BYTES:
         raise InputError(f"{path}: {size} bytes of DCP metadata, more than the "
                          f"{MAX_METADATA_BYTES} this reader accepts")
+    if size == 0:
+        raise InputError(f"{path}: empty file (0 bytes of DCP metadata)")
     with input_errors(path):
         with open_regular(path) as fh:
-            data = fh.read(MAX_METADATA_BYTES + 1)
-        if len(data) > MAX_METADATA_BYTES:  # grew since it was measured
-            raise InputError(f"{path}: more than {MAX_METADATA_BYTES} bytes of DCP "
-                             "metadata, more than this reader accepts")
+            data = fh.read(size + 1)
+        if len(data) != size:  # changed since it was measured, or not a plain file
+            raise InputError(f"{path}: holds {'more' if len(data) > size else 'fewer'} "
+                             f"bytes than the {size} its size says (changed while read, "
+                             "or not a plain file); refusing it")
         bad = unsafe_globals(data)
         if bad:
             raise InputError(f"{path}: refused: a DCP .metadata may name only DCP's own "
@@ -241,20 +284,33 @@ class TensorPlan:
 
 
 def _ints(path: str, what: str, value: Any) -> tuple[int, ...]:
-    if not isinstance(value, (list, tuple)) or not all(type(v) is int for v in value):
-        raise InputError(f"{path}: {what} is {value!r}, not a list of integers")
+    if not isinstance(value, (list, tuple)) or len(value) > MAX_NDIM \
+            or not all(type(v) is int for v in value):
+        raise InputError(f"{path}: {what} is {show(value)}, not a list of at most "
+                         f"{MAX_NDIM} integers")
     return tuple(value)
+
+
+def _name(path: str, what: str, value: Any) -> str:
+    """A tensor name or storage path from the metadata: a string of bounded length."""
+    if not isinstance(value, str):
+        raise InputError(f"{path}: {what} {show(value)} is not a string")
+    if len(value) > MAX_NAME_CHARS:
+        raise InputError(f"{path}: {what} {show(value)} is {len(value)} characters long "
+                         f"(at most {MAX_NAME_CHARS})")
+    return value
 
 
 def confined(root: str, rel: Any, meta: str) -> str:
     """``root/rel`` when ``rel`` is a relative path that stays inside ``root`` once
     symlinks are resolved; anything else is an :class:`InputError`."""
-    ok = isinstance(rel, str) and rel and "\x00" not in rel and "\\" not in rel
+    ok = isinstance(rel, str) and rel and "\x00" not in rel and "\\" not in rel \
+        and len(rel) <= MAX_NAME_CHARS
     if ok:
         parts = rel.split("/")
         ok = not os.path.isabs(rel) and ".." not in parts and ":" not in parts[0]
     if not ok:
-        raise InputError(f"{meta}: storage file {rel!r} is not a plain relative path "
+        raise InputError(f"{meta}: storage file {show(rel)} is not a plain relative path "
                          "inside the checkpoint folder; refusing it")
     if storage.is_url(root):  # an object store has no symlinks: the check above holds
         return storage.join(root, rel)
@@ -273,6 +329,7 @@ class Layout:
         self.root = root
         self.meta_path = storage.pjoin(root, METADATA_NAME)
         self.sizes: dict[str, int] = {}  # storage file -> its size
+        self._confined: dict[str, str] = {}  # relative path -> checked full path
         version = getattr(meta, "version", None)
         self.version = version if isinstance(version, str) else None
         self.storage = self._storage(meta)
@@ -281,9 +338,9 @@ class Layout:
         sdm = getattr(meta, "state_dict_metadata", None)
         if not isinstance(sdm, dict):
             raise InputError(f"{self.meta_path}: state_dict_metadata is not a mapping")
+        self._used: set[tuple[str, tuple | None]] = set()  # storage entries placed
         for fqn, item in sdm.items():
-            if not isinstance(fqn, str):
-                raise InputError(f"{self.meta_path}: non-string key {fqn!r}")
+            _name(self.meta_path, "entry name", fqn)
             if _is(item, "BytesStorageMetadata"):
                 self.bytes[fqn] = self.storage.get((fqn, None))
             elif _is(item, "TensorStorageMetadata"):
@@ -291,6 +348,7 @@ class Layout:
             else:
                 raise InputError(f"{self.meta_path}: entry {fqn!r} is a "
                                  f"{type(item).__name__}, not tensor or bytes metadata")
+        del self._used
 
     def _storage(self, meta: Any) -> dict[tuple[str, tuple | None], Chunk]:
         """(fqn, chunk offsets or None) -> where the bytes are, every range checked
@@ -305,41 +363,55 @@ class Layout:
                 raise InputError(f"{self.meta_path}: storage_data holds "
                                  f"{type(index).__name__} -> {type(info).__name__}")
             fqn, offset = getattr(index, "fqn", None), getattr(index, "offset", None)
-            if not isinstance(fqn, str):
-                raise InputError(f"{self.meta_path}: storage entry names {fqn!r}")
+            _name(self.meta_path, "storage entry name", fqn)
             key = (fqn, None if offset is None else
                    _ints(self.meta_path, f"{fqn!r} storage offset", offset))
             out.setdefault(key, self._range(fqn, info))
+        self._disjoint(out)
         return out
+
+    def _disjoint(self, entries: dict[tuple[str, tuple | None], Chunk]) -> None:
+        """No two storage entries share bytes (DCP writes each piece once): else a small
+        file could stand for any number of chunks, and so for a tensor of any size."""
+        ranges = sorted((c.file, c.start, c.start + c.length, fqn)
+                        for (fqn, _), c in entries.items() if c.length)
+        for (f1, _, end1, a), (f2, start2, _, b) in zip(ranges, ranges[1:]):
+            if f1 == f2 and start2 < end1:
+                raise InputError(f"{f1}: entries {a!r} and {b!r} share bytes (from "
+                                 f"{start2}); refusing the checkpoint")
 
     def _range(self, fqn: str, info: Any) -> Chunk:
         rel = getattr(info, "relative_path", None)
         start, length = getattr(info, "offset", None), getattr(info, "length", None)
         if type(start) is not int or type(length) is not int or start < 0 or length < 0:
             raise InputError(f"{self.meta_path}: entry {fqn!r} has byte range "
-                             f"{start!r}+{length!r}")
+                             f"{show(start)}+{show(length)}")
         transforms = getattr(info, "transform_descriptors", None) or ()
-        if not isinstance(transforms, (list, tuple)):
+        if not isinstance(transforms, (list, tuple)) or len(transforms) > 16 or not all(
+                isinstance(t, str) and len(t) <= 256 for t in transforms):
             raise InputError(f"{self.meta_path}: entry {fqn!r} has transform descriptors "
-                             f"{transforms!r}")
-        full = confined(self.root, rel, self.meta_path)
+                             f"{show(transforms)} (expected a few short strings)")
+        full = self._confined.get(rel) if isinstance(rel, str) else None
+        if full is None:
+            full = self._confined[rel] = confined(self.root, rel, self.meta_path)
         if full not in self.sizes:
             self.sizes[full] = require_regular(full).st_size
         if start + length > self.sizes[full]:
             raise InputError(f"{full}: truncated: entry {fqn!r} needs bytes {start}.."
                              f"{start + length} but the file has {self.sizes[full]}")
-        return Chunk((), (), full, start, length, tuple(str(t) for t in transforms))
+        return Chunk((), (), full, start, length, tuple(transforms))
 
     def _tensor(self, fqn: str, item: Any) -> TensorPlan:
         where = f"{self.meta_path}: tensor {fqn!r}"
         props = getattr(item, "properties", None)
         dtype = getattr(props, "dtype", None)
         if not isinstance(dtype, _DType) or dtype.name not in DTYPE_NAMES:
-            raise InputError(f"{where} has dtype {dtype!r}")
-        shape = check_shape(self.meta_path, fqn, getattr(item, "size", None))
+            raise InputError(f"{where} has dtype {show(dtype)}")
+        shape = check_shape(self.meta_path, fqn, _ints(self.meta_path, f"{fqn!r} size",
+                                                       getattr(item, "size", None)))
         chunks = getattr(item, "chunks", None)
         if not isinstance(chunks, list):
-            raise InputError(f"{where} has chunks {chunks!r}")
+            raise InputError(f"{where} has chunks {show(chunks)}")
         placed, volume = [], 0
         for c in chunks:
             if not _is(c, "ChunkStorageMetadata"):
@@ -353,6 +425,9 @@ class Layout:
             stored = self.storage.get((fqn, offsets))
             if stored is None:
                 raise InputError(f"{where}: no storage entry for its chunk at {offsets}")
+            if (fqn, offsets) in self._used:  # one piece of bytes places one chunk
+                raise InputError(f"{where}: two chunks at {offsets}")
+            self._used.add((fqn, offsets))
             n = math.prod(sizes)
             if stored.length < n * ITEMSIZE.get(dtype.name, 1):
                 raise InputError(f"{stored.file}: tensor {fqn!r}: its chunk at {offsets} "
@@ -370,7 +445,7 @@ class Layout:
     def _skip(props: Any, chunks: list[Chunk]) -> str | None:
         layout = getattr(props, "layout", "torch.strided")
         if layout != "torch.strided":
-            return f"unsupported tensor layout ({layout})"
+            return f"unsupported tensor layout ({show(layout)})"
         transforms = sorted({t for c in chunks for t in c.transforms})
         if transforms:
             return f"stored with DCP transforms ({', '.join(transforms)}); not supported"

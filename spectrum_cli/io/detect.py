@@ -117,6 +117,10 @@ def open_directory(path: str, policy: LoadPolicy) -> TensorSource:
     for name in HF_CANDIDATES:
         if name in listing:
             full = storage.join(path, name) if remote else os.path.join(path, name)
+            if not remote:  # a symlink out of the folder (to /proc, say) is not followed
+                from spectrum_cli.io.composite import confine
+
+                confine(path, full, full)
             require_regular(full)  # a FIFO or folder by that name is refused, not opened
             return open_file(full, policy)
     shown = ", ".join(listing[:8]) + (" ..." if len(listing) > 8 else "")

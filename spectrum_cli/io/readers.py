@@ -12,9 +12,38 @@ torch file is opened.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from spectrum_cli.io.base import LoadPolicy, Probe, TensorSource
+
+#: Steps a checkpoint may store: what TensorBoard's and HDF5's int64 steps can hold.
+MAX_STEP = 2**63 - 1
+
+
+def stored_step(value: Any) -> int | None:
+    """A training step read from a checkpoint (``step``, ``global_step``, ...) as an
+    int in ``0 .. 2**63 - 1``; None for anything else (a bool, a string, NaN, a
+    negative step, one beyond int64): the step is a courtesy, never a reason to fail."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return None
+        value = int(value)
+    return value if 0 <= value <= MAX_STEP else None
+
+
+def stored_loss(value: Any) -> float | None:
+    """A loss read from a checkpoint as a finite float; None for anything else (an int
+    too large for a float included)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        loss = float(value)
+    except OverflowError:
+        return None
+    return loss if math.isfinite(loss) else None
 
 
 def _is_zip(p: Probe) -> bool:

@@ -14,6 +14,8 @@ are paged in only when :meth:`TorchSource.read` touches it.
 from __future__ import annotations
 
 import contextlib
+import math
+import os
 import pickle
 import re
 import struct
@@ -63,17 +65,66 @@ def _unsafe_globals(path: str, message: str, policy: LoadPolicy,
 
 
 def _load(path: str, policy: LoadPolicy, is_zip: bool) -> Any:
+    """``torch.load`` of the file ``path`` names, through a descriptor opened once with
+    :func:`open_regular` (a FIFO or device swapped in after the check is never read):
+    zip files by ``/proc/self/fd/N`` so that they can be memory-mapped (``torch.load``
+    takes a name ending in ``.safetensors`` for a safetensors file, and cannot encode a
+    name that is not UTF-8), other files as the open file object."""
     import torch
 
     kwargs: dict[str, Any] = {"map_location": "cpu", "mmap": is_zip}
     require_regular(path)
     allowed = [] if policy.trust_checkpoint else allowed_globals(policy)  # UsageError first
     with contextlib.ExitStack() as stack:
-        src: Any = path
         if storage.is_url(path):  # a file object reading ahead; no mmap of a remote object
-            src = stack.enter_context(open_regular(path, block=storage.ZIP_BLOCK))
+            src: Any = stack.enter_context(open_regular(path, block=storage.ZIP_BLOCK))
             kwargs["mmap"] = False
+            if is_zip:
+                _check_members(src, path)
+        else:
+            fh = stack.enter_context(open_regular(path))
+            if is_zip:
+                _check_members(fh, path)
+            src = _fd_path(fh)
+            if src is None:  # no /proc: the open file itself (no mmap)
+                src, kwargs["mmap"] = fh, False
         return _torch_load(torch, src, path, policy, allowed, kwargs)
+
+
+#: A zip member larger than this when inflated may inflate at most ``MAX_RATIO`` times
+#: its stored size (``torch.save`` stores every record uncompressed; torch reads
+#: ``data.pkl`` whole into memory, so a deflated one is a zip bomb).
+BOMB_MIN_BYTES = 64 << 20
+MAX_RATIO = 100
+
+
+def _check_members(fh: Any, path: str) -> None:
+    """Refuse a torch zip whose members inflate far beyond their stored bytes, from its
+    central directory (before torch reads any of them)."""
+    try:
+        with zipfile.ZipFile(fh) as zf:
+            infos = zf.infolist()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+        raise InputError(f"{path}: corrupt or truncated torch checkpoint ({exc})") from None
+    finally:
+        fh.seek(0)
+    for info in infos:
+        if info.file_size > BOMB_MIN_BYTES and \
+                info.file_size > MAX_RATIO * max(info.compress_size, 1):
+            raise InputError(f"{path}: member {info.filename!r} inflates from "
+                             f"{info.compress_size} to {info.file_size} bytes (more than "
+                             f"{MAX_RATIO}x): refused as a likely zip bomb")
+
+
+def _fd_path(fh: Any) -> str | None:
+    """``/proc/self/fd/N`` naming the open file ``fh`` (the same file, whatever its name
+    or a later rename), or None where that does not exist."""
+    fd_path = f"/proc/self/fd/{fh.fileno()}"
+    try:
+        same = os.path.samestat(os.stat(fd_path), os.fstat(fh.fileno()))
+    except OSError:
+        return None
+    return fd_path if same else None
 
 
 def _torch_load(torch: Any, src: Any, path: str, policy: LoadPolicy, allowed: list,
@@ -120,6 +171,23 @@ def _is_optimizer_state(obj: Mapping) -> bool:
 #: pickle's memo can share one container many times over: 2**depth paths).
 MAX_DEPTH = 100
 MAX_NODES = 2_000_000
+#: Longest dotted tensor name, and most characters of all the tensors' names (a long key
+#: shared by every level of a deep nesting, or by many tensors, joins to gigabytes).
+MAX_NAME_CHARS = 4096
+MAX_NAMES_CHARS = 1 << 26
+
+
+def _key(key: Any) -> str:
+    """A container key as a name part: strings and ints as they are, anything else by
+    a bounded repr (a key may be a tuple sharing itself 60 levels deep)."""
+    if isinstance(key, str):
+        return key
+    if isinstance(key, int) and not isinstance(key, bool) and abs(key) < 10**18:
+        return str(key)
+    import reprlib
+
+    text = reprlib.repr(key)
+    return text if len(text) <= 200 else text[:200] + "..."
 
 
 class _Flattener:
@@ -130,6 +198,7 @@ class _Flattener:
         self.path = path
         self.out: dict[str, tuple[Any, str | None]] = {}
         self._nodes = 0
+        self._chars = 0
         self._open: set[int] = set()  # ids of the containers being walked
 
     def walk(self, obj: Any, prefix: str = "", skip: str | None = None, depth: int = 0
@@ -141,6 +210,11 @@ class _Flattener:
             raise InputError(f"{self.path}: holds more than {MAX_NODES} objects (shared "
                              "references repeated?); refusing to walk it")
         if isinstance(obj, (torch.Tensor, np.ndarray)):
+            self._chars += len(prefix)
+            if self._chars > MAX_NAMES_CHARS:
+                raise InputError(f"{self.path}: its tensor names add up to more than "
+                                 f"{MAX_NAMES_CHARS} characters (shared references "
+                                 "repeated?); refusing to walk it")
             self.out[prefix] = (obj, skip)
             return
         if depth >= MAX_DEPTH:
@@ -161,7 +235,12 @@ class _Flattener:
         self._open.add(id(obj))
         try:
             for key, value in items:
-                self.walk(value, f"{prefix}.{key}" if prefix else str(key), skip, depth + 1)
+                name = f"{prefix}.{_key(key)}" if prefix else _key(key)
+                if len(name) > MAX_NAME_CHARS:
+                    raise InputError(f"{self.path}: tensor names longer than "
+                                     f"{MAX_NAME_CHARS} characters ({name[:80]!r}...); "
+                                     "refusing to walk it")
+                self.walk(value, name, skip, depth + 1)
         finally:
             self._open.discard(id(obj))
 
@@ -182,6 +261,25 @@ def _pick_weights(obj: Any, key: str | None) -> tuple[str | None, list[str]]:
             return candidate, [f"weights taken from the checkpoint's {candidate!r} entry "
                                "(choose another with --weights-key)"]
     return None, []
+
+
+def _beyond_storage(t: Any) -> str | None:
+    """Why ``t`` is not read: a view with more elements than its storage holds (strides
+    of 0, ``expand``, or overlapping strides): its float64 copy is bounded by nothing
+    the file holds. None for an ordinary tensor (a slice or transpose of its storage)."""
+    if isinstance(t, np.ndarray):  # unpickled from its bytes: owns them, contiguous
+        return None
+    try:
+        if t.is_sparse or t.is_quantized or t.device.type == "meta":
+            return None
+        held = t.untyped_storage().nbytes() // max(t.element_size(), 1)
+    except (RuntimeError, NotImplementedError, AttributeError):
+        return None
+    count = math.prod(t.shape)
+    if count <= max(held, 1):
+        return None
+    return (f"a view of {count} elements over a storage of {held} (expanded or "
+            "overlapping strides); not materialized")
 
 
 def _dtype_name(t: Any) -> str:
@@ -216,25 +314,22 @@ class TorchSource(SourceBase):
         return self.raw
 
     def scalars(self) -> dict[str, Any]:
-        """``step`` (from step, global_step, iteration or epoch) and ``loss`` stored at the
-        checkpoint's top level, when they are finite numbers (a 1-element tensor counts)."""
-        import math
+        """``step`` (from step, global_step, iteration or epoch: a Python number in
+        ``0 .. 2**63 - 1``) and ``loss`` (a finite number or 1-element tensor) stored at
+        the checkpoint's top level; anything else is left out."""
+        from spectrum_cli.io.readers import stored_loss, stored_step
 
         raw, out = self.raw, {}
-
-        def number(x: Any) -> float | None:
-            if hasattr(x, "item") and getattr(x, "numel", lambda: 0)() == 1:
-                x = x.item()
-            ok = isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-            return float(x) if ok else None
-
         if isinstance(raw, dict):
             for key in ("step", "global_step", "iteration", "epoch"):
-                value = number(raw.get(key)) if not hasattr(raw.get(key), "item") else None
-                if value is not None:
-                    out["step"] = int(value)
+                step = stored_step(raw.get(key))
+                if step is not None:
+                    out["step"] = step
                     break
-            loss = number(raw.get("loss"))
+            loss = raw.get("loss")
+            if hasattr(loss, "item") and getattr(loss, "numel", lambda: 0)() == 1:
+                loss = loss.item()
+            loss = stored_loss(loss)
             if loss is not None:
                 out["loss"] = loss
         return out
@@ -250,6 +345,9 @@ class TorchSource(SourceBase):
         import torch
 
         t, _ = self._tensors[name]
+        why = _beyond_storage(t)
+        if why:  # never materialized: a few stored bytes could stand for gigabytes
+            raise InputError(f"{self.path}: tensor {name!r}: {why}")
         if isinstance(t, np.ndarray):
             return np.array(t, dtype=np.float64)
         return t.detach().to(device="cpu", dtype=torch.float64).numpy()

@@ -105,14 +105,35 @@ def unchecked(conditions: Sequence[Any], tensors: Sequence[TensorResult]) -> lis
     return out
 
 
+def text_safe(text: str) -> str:
+    """``text`` as a string that encodes to UTF-8: a file name that is not UTF-8 reaches
+    Python with its bytes as lone surrogates (``\\udcff``), which neither HDF5 nor a
+    UTF-8 stream accepts; each such byte is written ``\\xff`` instead (other lone
+    surrogates, say from JSON, as ``\\ud800``)."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        pass
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def json_safe(obj: Any) -> Any:
-    """Replace non-finite floats by strings, recursively (numpy scalars become Python)."""
+    """Replace non-finite floats by strings, recursively (numpy scalars become Python),
+    and make every string encodable as UTF-8 (:func:`text_safe`)."""
+    if isinstance(obj, str):
+        return text_safe(obj)
     if isinstance(obj, dict):
-        return {str(k): json_safe(v) for k, v in obj.items()}
+        return {text_safe(str(k)): json_safe(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [json_safe(v) for v in obj]
     if hasattr(obj, "item") and not isinstance(obj, (str, bytes)):
         obj = obj.item()
+        if isinstance(obj, str):
+            return text_safe(obj)
     if isinstance(obj, float) and not math.isfinite(obj):
         return "nan" if math.isnan(obj) else ("inf" if obj > 0 else "-inf")
     return obj

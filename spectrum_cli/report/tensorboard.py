@@ -23,6 +23,7 @@ atomically; TensorBoard reads a file that is being written.
 from __future__ import annotations
 
 import itertools
+import math
 import numbers
 import os
 import socket
@@ -34,6 +35,8 @@ import numpy as np
 from spectrum_cli.core.errors import UsageError
 
 INSTALL_HINT = "pip install 'spectrum-cli[tensorboard]'"
+#: Steps an event can hold (TensorBoard's step is an int64; negative ones are not steps).
+MAX_STEP = 2**63 - 1
 #: Buckets of a histogram at most (numpy.histogram's equal-width bins over [min, max]).
 HISTOGRAM_BUCKETS = 64
 _COUNTER = itertools.count()
@@ -90,33 +93,46 @@ class TensorBoardWriter:
         except OSError as exc:
             raise UsageError(f"{self.logdir}: cannot write an event file there "
                              f"({exc.strerror or exc})") from None
+        #: Steps given to :meth:`add` that an event cannot hold (negative, or beyond
+        #: int64: read from a checkpoint or its name), whose events were not written.
+        self.dropped: list[int] = []
         self._file = os.fdopen(fd, "wb")
         self._records = record_writer(self._file)
         self._write(self._event_pb2.Event(wall_time=time.time(),
                                           file_version="brain.Event:2"))
 
     def add(self, step: int, scalars: Mapping[str, float],
-            histograms: Mapping[str, np.ndarray] | None = None) -> None:
+            histograms: Mapping[str, np.ndarray] | None = None) -> bool:
         """One event at ``step``: each scalar under its name as the tag, each array's
         histogram likewise (non-finite entries are left out of a histogram). An empty
-        array is left out."""
+        array is left out. A ``step`` that is not an integer is a ValueError; an integer
+        an event cannot hold (negative, or beyond int64: steps come from checkpoints,
+        which are data) is not written but kept in :attr:`dropped`, and False returned."""
         if self._file.closed:
             raise ValueError("TensorBoardWriter: add() after close()")
-        if isinstance(step, bool) or not isinstance(step, numbers.Integral) or step < 0:
+        if isinstance(step, bool) or not isinstance(step, numbers.Integral):
             raise ValueError(f"step: expected a non-negative integer, got {step!r}")
+        if not 0 <= step <= MAX_STEP:
+            self.dropped.append(int(step))
+            return False
         s = self._summary_pb2
         values = []
         for tag, value in scalars.items():
             if isinstance(value, bool) or not isinstance(value, numbers.Real):
                 raise ValueError(f"scalars[{tag!r}]: expected a number, got {value!r}")
-            values.append(s.Summary.Value(tag=str(tag), simple_value=float(value)))
+            try:
+                number = float(value)
+            except OverflowError:  # an int beyond float: as TensorBoard reads 3.4e38+
+                number = math.inf if value > 0 else -math.inf
+            values.append(s.Summary.Value(tag=_tag(tag), simple_value=number))
         for tag, data in (histograms or {}).items():
             histo = histogram(np.asarray(data, dtype=np.float64), s.HistogramProto)
             if histo is not None:
-                values.append(s.Summary.Value(tag=str(tag), histo=histo))
+                values.append(s.Summary.Value(tag=_tag(tag), histo=histo))
         if values:
             self._write(self._event_pb2.Event(wall_time=time.time(), step=int(step),
                                               summary=s.Summary(value=values)))
+        return True
 
     def _write(self, event: Any) -> None:
         self._records.write(event.SerializeToString())
@@ -132,6 +148,14 @@ class TensorBoardWriter:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def _tag(tag: Any) -> str:
+    """A tag protobuf can store (a string field must be valid UTF-8: a name from a file
+    that is not is written with its bytes escaped)."""
+    from spectrum_cli.report.document import text_safe
+
+    return text_safe(str(tag))
 
 
 def histogram(data: np.ndarray, proto: Any) -> Any:

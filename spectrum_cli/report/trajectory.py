@@ -99,8 +99,7 @@ def write(path: str, doc: dict[str, Any], records: Sequence[dict[str, Any]], *,
             f.attrs[key] = json.dumps(doc[key])
         f.attrs["checkpoints"] = json.dumps([{k: v for k, v in c.items() if k != "indicators"}
                                              for c in doc["checkpoints"]])
-        f["steps"] = np.array([r.get("step") if r.get("step") is not None else -1 for r in ok],
-                              dtype=np.int64)
+        f["steps"] = np.array([_step(r.get("step")) for r in ok], dtype=np.int64)
         f["loss"] = np.array([r.get("loss") if r.get("loss") is not None else math.nan
                               for r in ok], dtype=np.float64)
         f["unstable"] = np.array(doc["spikes"]["unstable"], dtype=bool)
@@ -111,6 +110,17 @@ def write(path: str, doc: dict[str, Any], records: Sequence[dict[str, Any]], *,
         docs = [json.dumps(r.get("document", {})) for r in ok]
         f.create_group("checkpoints").create_dataset(
             "documents", data=np.array(docs, dtype=object), dtype=h5py.string_dtype())
+
+
+def _step(value: Any) -> int:
+    """A checkpoint's step for the int64 ``/steps`` dataset: -1 when it has none or one
+    that int64 cannot hold (the ``checkpoints`` attribute keeps it as it was)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer)):
+        return -1
+    if isinstance(value, float) and not math.isfinite(value):
+        return -1
+    value = int(value)
+    return value if -2**63 <= value < 2**63 else -1
 
 
 def _float(value: Any) -> float:
