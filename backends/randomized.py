@@ -93,8 +93,13 @@ class RandomizedSVDBackend:
             # Gaps need every Ritz value; the oversampled ones keep the k-th honest.
             r = resid.double().cpu().numpy()
             refined = gap_refined(sig.double().cpu().numpy(), r)[:k]
-            bounds = refined + 8 * math.sqrt(m) * eps * float(sig[0])  # + rounding floor
-            if bool(np.all(refined <= tol * sig[:k].double().cpu().numpy())) or ell == n:
+            floor = 8 * math.sqrt(m) * eps * float(sig[0])  # rounding floor
+            bounds = refined + floor
+            # Converged: every bound meets tol relative to its value, or lies under the
+            # rounding floor that no iteration can beat (the zero singular values of a
+            # low-rank matrix: exact value 0, residual ~ eps·σ_max, relative bound ∞).
+            if bool(np.all(refined <= np.maximum(tol * sig[:k].double().cpu().numpy(),
+                                                 floor))) or ell == n:
                 converged = True
                 break
             if power == max_power:
@@ -107,8 +112,7 @@ class RandomizedSVDBackend:
         bnd = ldexp(bounds, e)
         notes = () if converged else (
             f"randomized-svd did not converge to tol {tol:g} in {max_power} power iterations "
-            f"(bound {float(np.max(bounds / sig[:k].double().cpu().numpy())):.2g} "
-            "relative)",)
+            f"(bounds up to {_relative(float(np.max(bounds)), float(sig[0]))} of σ_max)",)
         return SingularValues(values, self.name, "halko-martinsson-tropp", "bound",
                               float(np.max(bnd)), time.perf_counter() - t0, notes,
                               which="largest", converged=converged, n_matvec=matvecs,
@@ -117,3 +121,11 @@ class RandomizedSVDBackend:
                                         "power_iterations": power, "max_power": max_power,
                                         "tol": tol, "seed": seed, "dtype": dtype,
                                         "device": device})
+
+
+def _relative(bound: float, top: float) -> str:
+    """``bound / top`` for a note, without a division by zero or an overflow."""
+    if top > 0:
+        with np.errstate(over="ignore"):
+            return f"{float(np.float64(bound) / np.float64(top)):.2g}"
+    return "0" if bound == 0 else "inf"

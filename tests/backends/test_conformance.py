@@ -3,6 +3,7 @@ prescribed spectra, checked against dense float64 LAPACK."""
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import numpy as np
@@ -41,6 +42,45 @@ def _spectra(rng) -> dict[str, np.ndarray]:
 CASES = ["clustered", "decaying", "flat", "rank_deficient", "tall", "wide", "tiny"]
 
 
+def _rank2(m: int, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """X Yᵀ with small integer factors (exact in float32 and float64) and its singular
+    values from the 2 x 2 product R_X R_Yᵀ of the factors' QR (independent of any SVD
+    of the big matrix)."""
+    rng = np.random.default_rng(seed)
+    x = rng.integers(-4, 5, size=(m, 2)).astype(float)
+    y = rng.integers(-4, 5, size=(n, 2)).astype(float)
+    s = np.linalg.svd(np.linalg.qr(x)[1] @ np.linalg.qr(y)[1].T, compute_uv=False)
+    return x @ y.T, s
+
+
+def _low_rank(case: str) -> tuple[np.ndarray, np.ndarray]:
+    """An exactly low-rank matrix and its exact singular values (all min(m, n))."""
+    kind, _, shape = case.partition("-")
+    m, n = (int(t) for t in shape.split("x"))
+    sv = np.zeros(min(m, n))
+    if kind == "ones":  # σ₁ = √(mn), closed form
+        sv[0] = math.sqrt(m * n)
+        return np.ones((m, n)), sv
+    if kind == "rank1":  # integer outer product: σ₁ = ‖x‖‖y‖
+        x = np.arange(1, m + 1) % 7 - 3.0
+        y = np.arange(1, n + 1) % 5 - 2.0
+        sv[0] = math.sqrt(float(x @ x) * float(y @ y))
+        return np.outer(x, y), sv
+    if kind == "zero":
+        return np.zeros((m, n)), sv
+    a, s = _rank2(m, n)
+    sv[:2] = s
+    if kind in ("huge", "tiny"):  # 2^±997 times the rank-2 matrix: exact scaling
+        e = 997 if kind == "huge" else -997
+        return np.ldexp(a, e), np.ldexp(sv, e)
+    return a, sv
+
+
+#: Exactly low-rank inputs (issue 26): Krylov breakdown after rank-many steps.
+LOW_RANK = ["ones-300x200", "ones-200x300", "ones-256x256", "rank1-120x90", "rank1-90x120",
+            "rank2-300x200", "rank2-200x300", "zero-60x40", "huge-80x60", "tiny-80x60"]
+
+
 class BackendConformance:
     """Subclass with ``name`` (the registry name) and ``dtypes``."""
 
@@ -48,6 +88,8 @@ class BackendConformance:
     dtypes: tuple[str, ...] = ("float64",)
     #: Cases on which the backend must converge (exact backends always "converge").
     must_converge: tuple[str, ...] = ("decaying", "tall", "wide", "tiny")
+    #: Whether entries near the float64 limits (1e±300) are within the backend's contract.
+    extreme_scale: bool = True
 
     @pytest.fixture
     def backend(self):
@@ -139,6 +181,59 @@ class BackendConformance:
         if ev.accuracy == "bound":
             assert np.all(np.abs(ev.values - want) <= ev.error_bounds + 1e-14)
 
+    @pytest.mark.parametrize("case", LOW_RANK)
+    @pytest.mark.parametrize("which", ["largest", "smallest", "all"])
+    def test_exactly_low_rank(self, backend, case, which):
+        """The exact answer (σ₁..σ_r from closed forms, the rest 0) within the stated
+        accuracy: an iterative backend must converge (an invariant subspace is
+        convergence, not failure) and its bounds must hold and be tight."""
+        if which not in backend.capabilities.singular_values:
+            return
+        if case.startswith(("huge", "tiny")) and not self.extreme_scale:
+            pytest.skip(f"{backend.name} does not claim entries near the float64 limits")
+        a, exact = _low_rank(case)
+        k = exact.size if which == "all" else min(3, exact.size)
+        if backend.name == "fake-gram":
+            k = 1
+        want = exact if which == "all" else (exact[:k] if which == "largest" else exact[-k:])
+        top = float(exact[0]) if exact[0] > 0 else 1.0
+        for dtype in self.dtypes:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", RuntimeWarning)  # no overflow, no NaN
+                sv = backend.singular_values(a, k=None if which == "all" else k,
+                                             which=which, dtype=dtype)
+            assert sv.values.shape == (k,) and np.all(np.isfinite(sv.values))
+            err = np.abs(sv.values - want)
+            assert np.all(err <= TOLERANCE[dtype][sv.accuracy] * top), (
+                case, which, dtype, err.max() / top)
+            if sv.accuracy == "bound":
+                assert sv.converged, (case, which, dtype, sv.notes)
+                assert not sv.notes, sv.notes
+                assert np.all(np.isfinite(sv.error_bounds))
+                assert np.all(err <= sv.error_bounds * (1 + 1e-9)), (case, which, dtype)
+                assert np.all(sv.error_bounds <= TOLERANCE[dtype]["bound"] * top)
+                assert sv.error_estimate <= TOLERANCE[dtype]["bound"] * top
+            elif sv.error_estimate is not None and which == "all":
+                assert err.max() <= sv.error_estimate * (1 + 1e-9) + 1e-300
+
+    @pytest.mark.parametrize("which", ["largest", "smallest"])
+    def test_symmetric_low_rank_and_repeated_eigenvalues(self, backend, which):
+        """All ones (eigenvalues n and 0 of multiplicity n-1) and the identity (1, n
+        times): the k requested values, not fewer, each within its bound."""
+        if which not in backend.capabilities.eigenvalues_symmetric:
+            pytest.skip(f"{backend.name} has no symmetric eigensolver for {which}")
+        n = 64
+        for h, lam in ((np.ones((n, n)), np.r_[float(n), np.zeros(n - 1)]),
+                       (np.eye(n), np.ones(n)), (np.zeros((n, n)), np.zeros(n))):
+            ev = backend.eigenvalues_symmetric(h, k=3, which=which)
+            want = lam[:3] if which == "largest" else lam[-3:]
+            assert ev.values.shape == (3,)
+            np.testing.assert_allclose(ev.values, want, rtol=0, atol=1e-12 * max(lam[0], 1))
+            if ev.accuracy == "bound":
+                assert ev.converged
+                assert np.all(np.abs(ev.values - want) <= ev.error_bounds * (1 + 1e-9))
+                assert np.all(ev.error_bounds <= 1e-12 * max(lam[0], 1))
+
     def test_listed_with_capabilities(self, backend):
         with warnings.catch_warnings():  # the broken test plugins warn: not this test's topic
             warnings.simplefilter("ignore", plugins.BackendWarning)
@@ -164,3 +259,4 @@ class TestRandomizedSVD(BackendConformance):
 @pytest.mark.usefixtures("with_plugins")
 class TestFakeThirdPartyPlugin(BackendConformance):
     name = "fake-gram"
+    extreme_scale = False  # squares the entries (AᵀA): 1e±300 over- or underflows

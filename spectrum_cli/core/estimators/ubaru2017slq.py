@@ -40,6 +40,6 @@ def slq_nodes(op: Any, n: int, probes: int, steps: int, seed: int = 0
     rules = []
     for _ in range(probes):
         z = rng.choice([-1.0, 1.0], size=n) / math.sqrt(n)
-        alpha, beta, _ = tridiagonalize(op, z, m)
+        alpha, beta, *_ = tridiagonalize(op, z, m)  # stops at a breakdown: exact rule
         rules.append(gauss_rule(alpha, beta))
     return rules
