@@ -8,7 +8,7 @@ import socket
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Callable, Iterator
 
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
                "AWS_DEFAULT_REGION": "us-east-1"}
@@ -22,6 +22,9 @@ class CountingProxy:
     target: tuple[str, int]
     port: int = 0
     received: int = 0
+    #: Called with each piece a client sends, before it is forwarded (a test's hook:
+    #: replace an object just before a given request reaches the server).
+    on_request: Callable[[bytes], None] | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _sock: socket.socket | None = None
 
@@ -49,6 +52,8 @@ class CountingProxy:
     def _pipe(self, src: socket.socket, dst: socket.socket, count: bool) -> None:
         try:
             while data := src.recv(1 << 16):
+                if not count and self.on_request is not None:
+                    self.on_request(data)
                 if count:
                     with self._lock:
                         self.received += len(data)
@@ -81,11 +86,14 @@ class S3:
         """What a subprocess needs to reach this S3 with the standard variables."""
         return {**CREDENTIALS, "AWS_ENDPOINT_URL": self.endpoint}
 
-    def fs(self):
+    def fs(self, direct: bool = False):
+        """An s3fs filesystem of this S3 (``direct``: not through the proxy)."""
         import s3fs
 
+        where = f"http://{self.proxy.target[0]}:{self.proxy.target[1]}" if direct \
+            else self.endpoint
         return s3fs.S3FileSystem(key="testing", secret="testing",
-                                 endpoint_url=self.endpoint, skip_instance_cache=True)
+                                 endpoint_url=where, skip_instance_cache=True)
 
     def upload(self, local: str | os.PathLike, url: str) -> str:
         """Copy a local file or folder to ``s3://bucket/key`` (bucket created)."""

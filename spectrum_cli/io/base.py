@@ -127,8 +127,8 @@ def open_regular(path: str, *, block: int = 0) -> IO[bytes]:
     descriptor (a FIFO swapped in between cannot make the open hang). A URL opens as a
     ranged-read file object (``block`` > 0: read ahead that many bytes; see
     :func:`spectrum_cli.io.storage.open_file`)."""
-    if storage.is_url(path):
-        return storage.open_file(path, block=block, size=require_regular(path).st_size)
+    if storage.is_url(path):  # pinned: every range is checked against the version opened
+        return storage.open_file(path, block=block)
     require_regular(path)
     extra = getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
     try:
@@ -301,9 +301,11 @@ def sha256_files(paths: tuple[str, ...]) -> str:
     buffer: fresh 1 MiB ``bytes`` cost 2.1 s of CPU for a 2.1 GB checkpoint, 0.8 s of it
     the kernel mapping their pages, against 1.5 s). For URLs, over what the store says of
     each object's content instead (size and content tag:
-    :func:`spectrum_cli.io.storage.identity_digest`), so nothing is downloaded twice."""
+    :func:`spectrum_cli.io.storage.identity_digest`), so nothing is downloaded twice: the
+    identity pinned when the reader opened it, which every read was checked against
+    (:func:`spectrum_cli.io.storage.pinned_digest`)."""
     if any(storage.is_url(p) for p in paths):
-        return "remote:" + storage.identity_digest({p: storage.info(p) for p in paths})
+        return "remote:" + storage.pinned_digest(paths)
     h = hashlib.sha256()
     buf = bytearray(1 << 20)
     view = memoryview(buf)

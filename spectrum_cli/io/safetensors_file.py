@@ -200,11 +200,17 @@ def _check_overlaps(path: str, entries: list[_Entry]) -> None:
             last = cur
 
 
-def read_header(path: str) -> list[_Entry]:
+def _open(path: str, pinned: storage.Pin | None) -> IO[bytes]:
+    return storage.open_file(path, pinned=pinned) if pinned is not None \
+        else open_regular(path)
+
+
+def read_header(path: str, pinned: storage.Pin | None = None) -> list[_Entry]:
     """Parse and validate one safetensors file's header: a JSON object of entries with a
     known dtype, a shape of non-negative ints, integer offsets inside the file that match
-    the shape's byte count and do not overlap. Anything else is an :class:`InputError`."""
-    with open_regular(path) as fh:
+    the shape's byte count and do not overlap. Anything else is an :class:`InputError`.
+    ``pinned``: the version of the object to read (:func:`spectrum_cli.io.storage.pin`)."""
+    with _open(path, pinned) as fh:
         size = file_size(fh)
         head = fh.read(8)
         if len(head) < 8:
@@ -238,7 +244,10 @@ class SafetensorsSource(SourceBase):
 
     def __init__(self, path: str) -> None:
         super().__init__(path, "safetensors", (path,))
-        self._entries = {e.info.name: e for e in read_header(path)}
+        # An object's version is pinned before its header is read: the header and every
+        # tensor read later come from that version (or the read fails, naming it).
+        self._pin = storage.pin(path) if storage.is_url(path) else None
+        self._entries = {e.info.name: e for e in read_header(path, self._pin)}
 
     def entries(self) -> Iterator[TensorInfo]:
         for e in self._entries.values():
@@ -252,8 +261,8 @@ class SafetensorsSource(SourceBase):
         count = e.nbytes // itemsize
         out = np.empty(count, dtype=np.float64)
         step = max(1, DECODE_BYTES // itemsize)  # elements decoded at a time
-        with open_regular(e.file) as fh:
-            for first, buf in _pieces(fh, e, remote=storage.is_url(e.file)):
+        with _open(e.file, self._pin) as fh:
+            for first, buf in _pieces(fh, e, remote=self._pin is not None):
                 raw = np.frombuffer(buf, dtype=e.storage)
                 for i in range(0, raw.size, step):
                     part = raw[i:i + step]

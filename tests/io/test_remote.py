@@ -362,3 +362,59 @@ def test_short_remote_piece_is_an_input_error_naming_file_and_tensor(s3env, tmp_
     monkeypatch.setattr(st, "read_at", truncating)
     with pytest.raises(InputError, match=r"mixed\.safetensors: short read of 'bf16'"):
         src.read("bf16")
+
+
+def test_an_object_replaced_between_two_pieces_of_a_tensor_is_refused(s3env, tmp_path,
+                                                                       monkeypatch):
+    """Issue 26: the reader pins the object's ETag when it opens it; replaced after the
+    first piece of a tensor was read, the next ranged read fails naming the object (no
+    matrix stitched from two versions), and the cache identity is the pinned one."""
+    from spectrum_cli.io import safetensors_file as st
+    from spectrum_cli.io.base import sha256_files
+
+    rng = np.random.default_rng(7)
+    v1 = rng.standard_normal((64, 48))
+    a, b = tmp_path / "v1.safetensors", tmp_path / "v2.safetensors"
+    save_file({"w": v1}, str(a))
+    save_file({"w": 1000 * v1}, str(b))
+    url = s3env.upload(a, "s3://remote-swap/m.safetensors")
+    monkeypatch.setattr(st, "REMOTE_CHUNK_BYTES", 4096)  # several GETs for the tensor
+    src = st.SafetensorsSource(url)
+    identity = sha256_files((url,))
+    real, calls = st.read_at, []
+
+    def replacing(fh, offset, n):
+        calls.append(offset)
+        if len(calls) == 2:  # after the first piece: the object is replaced
+            s3env.upload(b, url)
+        return real(fh, offset, n)
+
+    monkeypatch.setattr(st, "read_at", replacing)
+    with pytest.raises(storage.ObjectChanged, match=r"remote-swap/m\.safetensors: the "
+                                                    r"object changed"):
+        src.read("w")
+    assert sha256_files((url,)) == identity  # the pinned identity, while src is open
+    monkeypatch.setattr(st, "read_at", real)
+    del src
+    fresh = st.SafetensorsSource(url)  # a new open pins the new version
+    np.testing.assert_array_equal(fresh.read("w"), 1000 * v1)
+    assert sha256_files((url,)) != identity
+
+
+def test_storage_settings_travel_as_a_snapshot_and_are_restored(monkeypatch):
+    """What a Dask task carries: options, the storage variables and pins; applied around
+    the task, then the worker's own settings are back. Its repr shows no value."""
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "client-secret")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:1")
+    storage.configure(["key=abc"])
+    snap = storage.snapshot()
+    assert "client-secret" not in repr(snap) and "abc" not in repr(snap)
+    storage.configure([])
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://worker")
+    with storage.applied(snap):
+        assert os.environ["AWS_SECRET_ACCESS_KEY"] == "client-secret"
+        assert os.environ["AWS_ENDPOINT_URL"] == "http://127.0.0.1:1"
+        assert storage._OPTIONS == {"key": "abc"}
+    assert "AWS_SECRET_ACCESS_KEY" not in os.environ
+    assert os.environ["AWS_ENDPOINT_URL"] == "http://worker" and storage._OPTIONS == {}
