@@ -101,6 +101,11 @@ def _file_kind(mode: int) -> str:
     return next((name for test, name in kinds if test(mode)), "not a regular file")
 
 
+#: Kernel filesystems whose "regular" files have sizes that bound nothing
+#: (``/proc/self/pagemap`` stats as a regular file and reads for ever).
+PSEUDO_FILESYSTEMS = ("/proc", "/sys", "/dev")
+
+
 def require_regular(path: str) -> os.stat_result:
     """``os.stat(path)`` (symlinks followed) when it is a regular file; anything else
     (missing, a symlink loop, a FIFO, a device, a directory) is an :class:`InputError`
@@ -118,6 +123,11 @@ def require_regular(path: str) -> os.stat_result:
     if not stat.S_ISREG(st.st_mode):
         raise InputError(f"{path}: {_file_kind(st.st_mode)}, not a regular file; "
                          "refusing to read it")
+    real = os.path.realpath(path)
+    if any(real == top or real.startswith(top + os.sep) for top in PSEUDO_FILESYSTEMS):
+        raise InputError(f"{path}: a file of the kernel's {real.split(os.sep)[1]} "
+                         "filesystem (its size is no bound on what it returns); refusing "
+                         "to read it")
     return st
 
 
@@ -311,10 +321,15 @@ def sha256_files(paths: tuple[str, ...]) -> str:
     view = memoryview(buf)
     for p in paths:
         with input_errors(p), open_regular(p) as fh:
+            size = file_size(fh)
             offset = 0
-            while n := read_into(fh, offset, buf):
+            while offset < size and (n := read_into(fh, offset,
+                                                    view[:min(len(buf), size - offset)])):
                 h.update(view[:n])
                 offset += n
+            if offset != size or read_into(fh, offset, view[:1]):
+                raise InputError(f"{p}: its size changed while it was read "
+                                 f"({size} bytes at the start); refusing it")
     return h.hexdigest()
 
 

@@ -93,3 +93,26 @@ def test_configuration_can_never_enable_unsafe_loading(tmp_path, where):
     assert result.exit_code == 2
     assert "only enabled from the command line" in result.stderr
     assert not marker.exists()
+
+
+def test_kernel_files_that_stat_as_regular_are_refused(tmp_path):
+    """/proc/self/pagemap stats as a regular file and reads for ever (a hang of batch's
+    content hash): refused by where it really lives, before a byte is read."""
+    from spectrum_cli.core.errors import InputError
+    from spectrum_cli.io.base import require_regular, sha256_files
+
+    link = tmp_path / "w.npy"
+    link.symlink_to("/proc/self/pagemap")
+    for call in (require_regular, lambda p: sha256_files((p,))):
+        with pytest.raises(InputError, match="proc"):
+            call(str(link))
+
+
+def test_the_content_hash_reads_what_the_size_says(tmp_path):
+    import hashlib
+
+    from spectrum_cli.io.base import sha256_files
+
+    f = tmp_path / "w.bin"
+    f.write_bytes(bytes(range(256)) * 9000)  # more than one 1 MiB read
+    assert sha256_files((str(f),)) == hashlib.sha256(f.read_bytes()).hexdigest()
