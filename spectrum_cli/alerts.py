@@ -32,6 +32,7 @@ import shlex
 import shutil
 import signal
 import subprocess
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -41,6 +42,9 @@ from spectrum_cli.report.output import printable
 
 #: Seconds an ``--on-alert`` command may run before it is stopped.
 HOOK_TIMEOUT = 30.0
+#: Bytes of an ``--on-alert`` command's output kept (its last ones); the rest is read
+#: and dropped as it comes, so a command that floods its output costs no memory.
+HOOK_OUTPUT_MAX = 64 * 1024
 
 
 _OPS: dict[str, Callable[[float, float], bool]] = {
@@ -287,22 +291,84 @@ class AlertCommand:
                                     env=env, start_new_session=True)
         except OSError as exc:
             return HookResult(None, "", f"could not run {name}: {exc.strerror or exc}")
+        tail = _Tail(HOOK_OUTPUT_MAX)
         try:
-            out, _ = proc.communicate(timeout=self.timeout)
-        except subprocess.TimeoutExpired:
-            _stop(proc)
-            return HookResult(None, "", f"{name} did not finish within "
-                                        f"{self.timeout:g} s; stopped")
-        except BaseException:
-            _stop(proc)
-            raise
-        text = out.decode("utf-8", "replace")[-4000:]
+            finished = _drain(proc, tail, time.monotonic() + self.timeout)
+        finally:
+            _stop(proc)  # its process group: whatever it left behind goes with it
+        text = tail.text()
+        if not finished:
+            return HookResult(None, text, f"{name} did not finish within "
+                                          f"{self.timeout:g} s; stopped")
         problem = None if proc.returncode == 0 else f"{name} exited with {proc.returncode}"
         return HookResult(proc.returncode, text, problem)
 
 
+class _Tail:
+    """The last ``limit`` bytes written to it."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.buf, self.dropped = limit, bytearray(), 0
+
+    def add(self, chunk: bytes) -> None:
+        self.buf += chunk
+        if len(self.buf) > self.limit:
+            cut = len(self.buf) - self.limit
+            del self.buf[:cut]
+            self.dropped += cut
+
+    def text(self) -> str:
+        text = self.buf.decode("utf-8", "replace")
+        if self.dropped:
+            text = f"[{self.dropped} earlier bytes of output not shown]\n" + \
+                text.split("\n", 1)[-1]
+        return text
+
+
+def _drain(proc: subprocess.Popen, tail: _Tail, deadline: float) -> bool:
+    """Read the command's output into ``tail`` until it exits (True) or the deadline
+    passes (False). Once the command has exited, output still coming from what it left
+    running is read for a moment at most, not waited for."""
+    import selectors
+
+    assert proc.stdout is not None
+    fd = proc.stdout.fileno()
+    os.set_blocking(fd, False)
+    exited_at: float | None = None
+    eof = False
+    with selectors.DefaultSelector() as sel:
+        sel.register(fd, selectors.EVENT_READ)
+        while True:
+            now = time.monotonic()
+            if exited_at is None and proc.poll() is not None:
+                exited_at = now
+            if exited_at is not None and (eof or now - exited_at > 0.2 or now >= deadline):
+                return True
+            if now >= deadline:
+                return False
+            wait = min(deadline - now, 0.05 if exited_at is not None or eof else 0.1)
+            if eof:
+                time.sleep(wait)
+                continue
+            if not sel.select(wait):
+                continue
+            try:
+                chunk = os.read(fd, 1 << 16)
+            except BlockingIOError:
+                continue
+            if chunk:
+                tail.add(chunk)
+            else:  # every writer is gone; the command may still run
+                eof = True
+                sel.unregister(fd)
+
+
 def _stop(proc: subprocess.Popen) -> None:
+    """Kill the command's process group (its own: ``start_new_session``), then reap it."""
     with contextlib.suppress(OSError):
-        os.killpg(proc.pid, signal.SIGKILL)  # its own group (start_new_session)
+        os.killpg(proc.pid, signal.SIGKILL)
     with contextlib.suppress(Exception):
-        proc.communicate(timeout=5)
+        proc.wait(timeout=5)
+    with contextlib.suppress(Exception):
+        if proc.stdout is not None:
+            proc.stdout.close()

@@ -10,8 +10,11 @@ parent process hashes the checkpoints and reads the cache first, so a fully cach
 imports neither torch nor the user's model code and starts no worker. Only the misses are
 computed, in worker processes with ``--jobs N``; the parent writes each result atomically
 as it arrives, so a re-run (after a kill, say) redoes only what is missing. A damaged
-entry is a miss and is overwritten; an unusable cache folder is one warning, and the run
-goes on without a cache. A broken checkpoint is recorded and skipped; the batch goes on.
+entry (not JSON, or not fitting the record's schema: a field missing, a value of the
+wrong type) is a miss with one warning and is overwritten; an unusable cache folder is
+one warning, and the run goes on without a cache. A broken checkpoint is recorded and
+skipped; the batch goes on. An entry named like a checkpoint that is a symlink leading
+out of the folder, or not a regular file, is refused before anything reads it.
 
 Workers and threads: see :mod:`spectrum_cli.executors` (the ``spectrum.executors``
 registry: ``serial`` and ``processes`` built in).
@@ -68,6 +71,9 @@ Warn = Callable[[str], None]
 class Candidate:
     path: str
     name_step: int | None
+    #: Why it is not read at all (a symlink leading out of the folder, not a regular
+    #: file): recorded as a failed checkpoint without opening anything.
+    refused: str | None = None
 
 
 #: What marks a torch.distributed.checkpoint folder (written last by DCP).
@@ -80,22 +86,93 @@ def _last_number(name: str) -> int | None:
 
 
 def discover(target: str) -> list[Candidate]:
+    """The checkpoints of a folder (or matching a glob), ordered by the step in their
+    names. An entry named like a checkpoint that must not be read (a symlink leading out
+    of the folder, a file that is not a regular file: a FIFO, a device, ``/proc``'s
+    files) is a candidate with :attr:`Candidate.refused` set, and is never opened."""
     if storage.is_url(target):
         return _discover_remote(target)
     p = Path(target)
     if p.is_dir():
+        root = str(p)
         items = [e for e in sorted(p.iterdir())
-                 if (e.is_file() and e.suffix in SUFFIXES) or (e.is_dir() and (
+                 if (e.suffix in SUFFIXES and not e.is_dir()) or (e.is_dir() and (
                      HF_DIR.match(e.name) or (e / DCP_METADATA).is_file()))]
-    else:
+    else:  # a glob lists a folder; a file named outright may be a link to anywhere
+        root = _glob_root(target) if any(ch in target for ch in "*?[") else \
+            os.path.dirname(os.path.realpath(target))
         items = [Path(x) for x in sorted(glob.glob(target))]
         if not items and not any(ch in target for ch in "*?["):
             raise InputError(f"{target}: no such file or directory")
     if not items:
         raise InputError(f"{target}: no checkpoints found (files {', '.join(SUFFIXES)} or "
                          "checkpoint-<step>/ or DCP folders)")
-    found = [Candidate(str(e), _last_number(e.name)) for e in items]
+    found = [Candidate(str(e), _last_number(e.name), refusal(str(e), root)) for e in items]
     return sorted(found, key=lambda c: (c.name_step is None, c.name_step or 0, c.path))
+
+
+def _glob_root(pattern: str) -> str:
+    """The folder a glob lists: its leading components without a wildcard."""
+    parts: list[str] = []
+    for part in Path(pattern).parts[:-1]:
+        if any(ch in part for ch in "*?["):
+            break
+        parts.append(part)
+    return str(Path(*parts)) if parts else "."
+
+
+def _within(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def _kind_of(mode: int) -> str:
+    for test, text in ((stat.S_ISDIR, "a folder"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a FIFO"),
+                       (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return text
+    return "not a regular file"
+
+
+def refusal(path: str, root: str, limit: int = 10_000) -> str | None:
+    """Why the local checkpoint ``path`` (a file, or a checkpoint folder and its files)
+    under the folder ``root`` must not be read, or None: a symlink (of it, or of a file
+    or folder in it) that leads out of ``root``, or a file that is not a regular file.
+    Decided from the links and ``stat`` alone: nothing is opened (a symlink to
+    ``/proc/self/pagemap`` or to a FIFO would hang whoever reads it)."""
+    base = os.path.realpath(root)
+
+    def judge(p: str, shown: str) -> str | None:
+        real = os.path.realpath(p)
+        if not _within(real, base):
+            return (f"refused: {shown}a symlink leading out of the folder {root} (to "
+                    f"{real}); it is not read")
+        try:
+            st = os.stat(p)
+        except OSError as exc:
+            if os.path.islink(p):
+                return f"refused: {shown}a symlink to a missing file (or a loop)"
+            return f"cannot read {shown.removesuffix(' is ') or 'it'}: {exc.strerror or exc}"
+        if not stat.S_ISREG(st.st_mode) and not stat.S_ISDIR(st.st_mode):
+            return f"refused: {shown}{_kind_of(st.st_mode)}, not a regular file"
+        return None
+
+    problem = judge(path, "")
+    if problem is not None or not os.path.isdir(path):
+        return problem
+    seen = 0
+    for folder, dirs, names in os.walk(path, followlinks=False):
+        for n in sorted(dirs) + sorted(names):
+            seen += 1
+            if seen > limit:
+                return None
+            full = os.path.join(folder, n)
+            if n in dirs and not os.path.islink(full):
+                continue
+            problem = judge(full, f"{full} is ")
+            if problem is not None:
+                return problem
+    return None
 
 
 def _discover_remote(target: str) -> list[Candidate]:
@@ -205,15 +282,38 @@ class ResultCache:
         return self.folder / f"{key}.json"
 
     def get(self, key: str) -> dict[str, Any] | None:
-        """The cached record of ``key``, or None (absent, unreadable or not a record)."""
+        """The cached record of ``key``, or None (absent, unreadable or not a record).
+        An entry that is there but damaged (not JSON, or not fitting the record's
+        schema: a field missing, a value of the wrong type) is a miss with one warning;
+        the result computed again overwrites it. An entry of another cache format (an
+        older spectrum's) is a miss without a warning."""
         if not self.readable:
             return None
+        path = self.entry(key)
         try:
-            with os.fdopen(_open_regular(self.entry(key), CACHE_ENTRY_MAX), "rb") as fh:
+            with os.fdopen(_open_regular(path, CACHE_ENTRY_MAX), "rb") as fh:
                 record = json.loads(fh.read())
-        except (OSError, ValueError, RecursionError):  # ValueError: bad JSON or UTF-8
+        except FileNotFoundError:
             return None
-        return record if valid_record(record, key) else None
+        except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad JSON, UTF-8
+            if isinstance(exc, OSError) and path.is_dir():
+                return None  # a folder in the way: put() says so
+            why = "not JSON" if not isinstance(exc, OSError) else \
+                (exc.strerror or str(exc)).lower()
+            self._damaged(path, why)
+            return None
+        if isinstance(record, dict) and isinstance(record.get("cache_format"), int) \
+                and record["cache_format"] != CACHE_FORMAT:
+            return None
+        problem = record_problem(record, key)
+        if problem is not None:
+            self._damaged(path, problem)
+            return None
+        return record
+
+    def _damaged(self, path: Path, why: str) -> None:
+        self.warn(f"cache entry {path} is damaged ({why}); it is ignored and the "
+                  "checkpoint analysed again")
 
     def put(self, key: str, record: dict[str, Any]) -> None:
         """Store ``record`` under ``key`` atomically (best effort, see the class)."""
@@ -263,35 +363,50 @@ def _is_number_or_none(value: Any) -> bool:
 
 def valid_record(record: Any, key: str) -> bool:
     """Whether ``record`` is a complete result of this cache format for ``key``."""
-    if not isinstance(record, dict) or record.get("cache_format") != CACHE_FORMAT:
-        return False
-    if record.get("status") != "ok" or record.get("key") != key:
-        return False
-    doc = record.get("document")
-    if not isinstance(doc, dict) or not isinstance(doc.get("tensors"), list):
-        return False
-    if not all(isinstance(t, dict) and isinstance(t.get("status"), str)
-               and isinstance(t.get("metrics", {}), dict) for t in doc["tensors"]):
-        return False
-    ops = doc.get("operators", [])
-    if not isinstance(ops, list) or not all(
-            isinstance(o, dict) and isinstance(o.get("form"), str)
-            and isinstance(o.get("metrics"), dict) for o in ops):
-        return False
-    if not isinstance(doc.get("checkpoint", {}), dict):
-        return False
+    return record_problem(record, key) is None
+
+
+#: What a cached record must hold besides its document (which must fit the analysis
+#: document's schema, :data:`spectrum_cli.report.document.ANALYSIS_SPEC`).
+def _record_spec() -> dict[str, Any]:
+    from spectrum_cli.report.document import _metric
+
+    return {"path": str, "status": str, "key": str,
+            "violations": [{"condition": str, "tensor": str, "value": _metric,
+                            "?metric": str}],
+            "warnings": [str], "document": dict}
+
+
+def record_problem(record: Any, key: str) -> str | None:
+    """Why ``record`` is not a complete result of this cache format for ``key`` (the
+    first field that is missing or has the wrong type), or None when it is one."""
+    from spectrum_cli.report.document import ANALYSIS_SPEC, _mismatch
+
+    if not isinstance(record, dict):
+        return "not a record"
+    if record.get("cache_format") != CACHE_FORMAT:
+        return f"cache format {record.get('cache_format')!r}, not {CACHE_FORMAT}"
+    where = _mismatch(record, _record_spec(), "")
+    if where is not None:
+        return f"{where.lstrip('.') or 'the record'} is missing or has the wrong type"
+    if record["status"] != "ok":
+        return f"status {record['status']!r}"
+    if record["key"] != key:
+        return "the key it holds is another checkpoint's"
+    where = _mismatch(record["document"], ANALYSIS_SPEC, "document")
+    if where is not None:
+        return f"{where} is missing or has the wrong type"
     if not (_is_number_or_none(record.get("step")) and _is_number_or_none(record.get("loss"))):
-        return False
-    violations, warnings = record.get("violations"), record.get("warnings")
-    if not (isinstance(violations, list) and all(isinstance(v, dict) for v in violations)):
-        return False
-    if not (isinstance(warnings, list) and all(isinstance(w, str) for w in warnings)):
-        return False
+        return "step or loss is not a number"
+    for t in record["document"]["tensors"]:
+        if t["nonnormal"] is not None and not isinstance(
+                t["nonnormal"].get("pseudospectral_radius", []), list):
+            return f"the nonnormal entry of tensor {t['name']!r} has the wrong shape"
     try:
-        indicators(doc)
+        indicators(record["document"])
     except (KeyError, TypeError, AttributeError, ValueError):
-        return False
-    return True
+        return "its indicators cannot be computed"
+    return None
 
 
 # --------------------------------------------------------------------------- one checkpoint
@@ -540,7 +655,11 @@ def run_batch(candidates: list[Candidate], job: Any, jobs: int = 1,
             on_result(record)
 
     misses: list[tuple[Candidate, str]] = []
-    for c, (key, error) in zip(candidates, _hash_all(candidates, job, jobs)):
+    for c in candidates:  # never hashed, never opened
+        if c.refused is not None:
+            done(c, {"path": c.path, "status": "error", "error": c.refused})
+    readable = [c for c in candidates if c.refused is None]
+    for c, (key, error) in zip(readable, _hash_all(readable, job, jobs)):
         if error is not None or key is None:
             done(c, error or {"path": c.path, "status": "error", "error": "no key"})
             continue

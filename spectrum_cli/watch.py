@@ -76,26 +76,45 @@ class LocalFolder:
     complete and settled. The only place ``watch`` lists and stats: an object store is
     another class with the same :meth:`scan`."""
 
-    def __init__(self, root: str) -> None:
+    def __init__(self, root: str, warn: Callable[[str], None] | None = None) -> None:
         self.root = root
+        self.warn = warn or (lambda message: None)
+        #: Whether the folder existed at the last scan (a watch may start before the
+        #: run creates it: until then a scan finds nothing).
+        self.present = True
+        self._told: set[str] = set()
 
     def scan(self) -> list[Item]:
         try:
             with os.scandir(self.root) as it:
                 entries = sorted((e for _, e in zip(range(MAX_ENTRIES), it)),
                                  key=lambda e: e.name)
+        except FileNotFoundError:
+            self.present = False
+            return []
         except OSError as exc:
+            if isinstance(exc, NotADirectoryError):
+                raise InputError(f"{self.root}: not a folder (watch follows the folder a "
+                                 "run writes its checkpoints to)") from None
             raise InputError(f"{self.root}: cannot list the folder "
                              f"({exc.strerror or exc})") from None
+        self.present = True
         items = []
         for e in entries:
             path = os.path.join(self.root, e.name)
             try:
-                if e.is_file():  # follows a symlink, as batch's discovery does
-                    if os.path.splitext(e.name)[1] in SUFFIXES:
-                        st = e.stat()
-                        items.append(Item(path, e.name, "file", (_stat_row("", st),),
-                                          st.st_mtime))
+                if os.path.splitext(e.name)[1] in SUFFIXES and not e.is_dir():
+                    # Follows a symlink, as batch's discovery does, but never out of the
+                    # folder, and never to what is not a regular file (a FIFO, a device,
+                    # /proc's files): those are named once and not read.
+                    problem = _refusal(path, self.root) if e.is_symlink() or \
+                        not e.is_file() else None
+                    if problem is not None:
+                        self._tell(path, problem)
+                        continue
+                    st = e.stat()
+                    items.append(Item(path, e.name, "file", (_stat_row("", st),),
+                                      st.st_mtime))
                 elif e.is_dir():
                     item = _folder_item(path, e.name)
                     if item is not None:
@@ -103,6 +122,26 @@ class LocalFolder:
             except OSError:  # gone or changed under us: the next poll sees it again
                 continue
         return items
+
+    def _tell(self, path: str, problem: str) -> None:
+        if path not in self._told:
+            self._told.add(path)
+            self.warn(f"{path}: {problem}")
+
+
+def _refusal(path: str, root: str) -> str | None:
+    """Why the checkpoint ``path`` is not read (see :func:`spectrum_cli.batch.refusal`),
+    None for a dangling link (the next poll may find its target)."""
+    from spectrum_cli.batch import refusal
+
+    if os.path.islink(path) and not os.path.exists(path) and \
+            _inside(os.path.realpath(path), os.path.realpath(root)):
+        return None
+    return refusal(path, root)
+
+
+def _inside(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
 class RemoteFolder:
@@ -140,9 +179,10 @@ class RemoteFolder:
         return items
 
 
-def folder_for(target: str) -> "LocalFolder | RemoteFolder":
+def folder_for(target: str, warn: Callable[[str], None] | None = None
+               ) -> "LocalFolder | RemoteFolder":
     """The lister of the folder ``target`` (a local path or a URL)."""
-    return RemoteFolder(target) if storage.is_url(target) else LocalFolder(target)
+    return RemoteFolder(target) if storage.is_url(target) else LocalFolder(target, warn)
 
 
 def _stat_row(name: str, st: os.stat_result) -> tuple:
@@ -289,14 +329,22 @@ class Watch:
                  report: str | None = None, force: bool = False,
                  tensorboard: str | None = None, warn: Callable[[str], None] | None = None,
                  folder: Any = None, clock: Callable[[], float] = time.monotonic,
-                 wall: Callable[[], float] = time.time) -> None:
+                 wall: Callable[[], float] = time.time,
+                 say: Callable[[str], None] | None = None) -> None:
         self.target, self.job, self.rule = str(target), job, rule
         self.conditions = list(conditions)
         self.settings = dict(settings or {})
         self.report, self.force, self.clock = report, force, clock
         self.warn = warn or (lambda message: None)
+        #: Where news that is no warning goes (the folder appeared, or went away).
+        self.say = say or (lambda message: None)
         self.cache = ResultCache(cache_dir, self.warn)
-        self.follower = Follower(folder or folder_for(self.target), settle, clock, wall)
+        self.follower = Follower(folder or folder_for(self.target, self.warn), settle,
+                                 clock, wall)
+        #: Whether the folder was there at the last poll (None before the first), and
+        #: whether it ever was.
+        self.present: bool | None = None
+        self.appeared = False
         self.records: list[dict[str, Any]] = []
         self.alerts: list[Alert] = []
         self.pending: list[Pending] = []
@@ -314,6 +362,15 @@ class Watch:
         """Look once: the checkpoints ready to be read, in the order of their names'
         steps (:attr:`pending` holds the others)."""
         ready, self.pending = self.follower.poll()
+        present = bool(getattr(self.follower.folder, "present", True))
+        if present != self.present:
+            if not present:  # said once, until it comes (or comes back)
+                self.say(f"waiting for {self.target} to appear" if self.present is None
+                         else f"{self.target} is gone; waiting for it to appear again")
+            elif self.present is False:
+                self.say(f"{self.target} appeared")
+            self.present = present
+        self.appeared = self.appeared or present
         return sorted(ready, key=lambda it: (it.name_step is None, it.name_step or 0,
                                              it.path))
 
@@ -337,6 +394,12 @@ class Watch:
         return Update(record, alerts)
 
     def _record(self, path: str) -> dict[str, Any]:
+        if not storage.is_url(path):
+            from spectrum_cli.batch import refusal
+
+            problem = refusal(path, self.target)  # before anything is opened
+            if problem is not None:
+                return {"path": path, "status": "error", "error": problem}
         try:
             key = cache_key(path, self.job)
         except (OSError, InputError) as exc:
@@ -353,9 +416,11 @@ class Watch:
 
     def _insert(self, record: dict[str, Any]) -> None:
         """Keep the records in step order; a checkpoint read again replaces its record
-        of the same step."""
-        same = [r for r in self.records
-                if r["path"] == record["path"] and r.get("step") == record.get("step")]
+        of the same step, and its earlier failures (read half-written, say) once it
+        has been measured: their errors no longer stand."""
+        same = [r for r in self.records if r["path"] == record["path"] and (
+            r.get("step") == record.get("step")
+            or (record["status"] == "ok" and r["status"] != "ok"))]
         for r in same:
             self.records.remove(r)
             self.alerts = [a for a in self.alerts
@@ -406,8 +471,10 @@ class Watch:
 
         if self.report is None or not self.records:
             return
+        # The folder with its checkpoints: it holds them, so a report may be written
+        # beside them, never inside one (see spectrum_cli.report.output).
         T.write(self.report, self.document(), self.records, force=self.force,
-                inputs=(self.target,))
+                inputs=(self.target, *(r["path"] for r in self.records)))
         self._dirty, self._written = False, self.clock()
 
     def flush(self, due_only: bool = False) -> None:
@@ -513,23 +580,34 @@ def sv_values(hist: Any) -> Any:
     return values if values.size else None
 
 
-def check_folder(target: str) -> None:
-    """A folder to watch (local, or a URL), or the reason why not (InputError)."""
+def check_folder(target: str) -> bool:
+    """A folder to watch (local, or a URL), or the reason why not (InputError). A local
+    folder that does not exist yet is fine (the watch waits for the run to create it,
+    like ``tail -F``) as long as what does exist of its path is folders; returns
+    whether it exists now."""
     if storage.is_url(target):
         if not storage.is_dir(target):
             raise InputError(f"{target}: not a folder (watch follows the folder a run "
                              "writes its checkpoints to)")
-        return
-    if not os.path.exists(target):
-        raise InputError(f"{target}: no such folder")
-    if not os.path.isdir(target):
+        return True
+    if os.path.isdir(target):
+        return True
+    if os.path.lexists(target):
         raise InputError(f"{target}: not a folder (watch follows the folder a run "
                          "writes its checkpoints to)")
+    above = os.path.dirname(os.path.abspath(target))
+    while not os.path.lexists(above):
+        above = os.path.dirname(above)
+    if not os.path.isdir(above):
+        raise InputError(f"{target}: cannot become a folder: {above} is not a folder")
+    return False
 
 
-def inside_checkpoint(target: str, path: str) -> bool:
+def inside_checkpoint(target: str, path: str, folder: bool = False) -> bool:
     """Whether ``path`` lies inside a subfolder of ``target`` (writing there would change
-    a checkpoint folder being watched)."""
+    a checkpoint folder being watched); ``folder``: ``path`` is a folder written into
+    (a TensorBoard log), which may not be a checkpoint folder of ``target`` either (an
+    HF ``checkpoint-<step>`` or a DCP folder, there now or to come)."""
     if storage.is_url(target):
         return False  # a local file cannot be inside a folder of an object store
     root, real = os.path.realpath(target), os.path.realpath(path)
@@ -538,6 +616,9 @@ def inside_checkpoint(target: str, path: str) -> bool:
     except ValueError:
         return False
     parts = Path(rel).parts
+    if folder and len(parts) == 1 and parts[0] not in (os.pardir, os.curdir):
+        return bool(HF_DIR.match(parts[0])) or os.path.isfile(os.path.join(real,
+                                                                           DCP_METADATA))
     return len(parts) > 1 and parts[0] != os.pardir
 
 

@@ -71,6 +71,10 @@ def _run(target: str, report: Path | None, plot: Path | None, top: int, jobs: in
     for out, kind in ((report, "report"), (plot, "plot")):
         if out is not None:  # before the run: it must not fail at its end
             check_target(out, kind=kind, inputs=inputs, force=s["force"])
+    if s["tensorboard"] is not None:  # never into a checkpoint folder being read
+        from spectrum_cli.report.output import check_folder_target
+
+        check_folder_target(s["tensorboard"], what="the TensorBoard log", inputs=inputs)
     cache = None if no_cache else str(cache_dir or B.default_cache_dir())
 
     def warn(message: str) -> None:
@@ -152,12 +156,18 @@ def render(doc: dict, console, top: int = 12, command: str = "batch") -> None:
         console.print(Text("no loss recorded: no spikes to score; the indicators over the "
                            "run (first, last, min, max):"))
         _overview(doc, ok, console, top)
+    elif not doc["spikes"]["onsets"]:
+        # Nothing to separate or anticipate: every AUC would be NaN, every lead empty.
+        sp = doc["spikes"]
+        console.print(Text(printable(f"spikes: none ({sp['rule']}): no spike to score; the "
+                                     "indicators over the run (first, last, min, max):")))
+        _overview(doc, ok, console, top, every=True)
     else:
         sp = doc["spikes"]
         console.print(Text(f"spikes: {len(sp['onsets'])} onsets ({sp['rule']}) at steps "
                            f"{', '.join(str(x) for x in sp['onsets'][:12])}"
                            + (" …" if len(sp["onsets"]) > 12 else "")))
-    rows = doc["scorecard"][:top]
+    rows = doc["scorecard"][:top] if doc["spikes"]["onsets"] else []
     if rows:
         columns = [("indicator", "left", False), ("AUC", "right", False),
                    ("threshold", "right", False), ("warned", "right", True),
@@ -185,9 +195,10 @@ def render(doc: dict, console, top: int = 12, command: str = "batch") -> None:
                                      f"{fmt(x['value'])}"), style="bold red"))
 
 
-def _overview(doc: dict, ok: list[dict], console, top: int) -> None:
+def _overview(doc: dict, ok: list[dict], console, top: int, every: bool = False) -> None:
     """First, last, min and max of the run-level indicators and of the per-tensor κ of
-    the tensors whose last κ is largest."""
+    the tensors whose last κ is largest (``every``: then the run's other indicators, the
+    optimizer's included, up to ``top`` rows)."""
     import math
 
     from rich.text import Text
@@ -202,6 +213,10 @@ def _overview(doc: dict, ok: list[dict], console, top: int) -> None:
     per_tensor = sorted((n for n in doc["indicators"] if n.startswith("tensor.kappa[")),
                         key=lambda n: -(series(n) or [-math.inf])[-1])
     names = [n for n in _OVERVIEW if n in doc["indicators"]] + per_tensor[:max(0, top - 4)]
+    if every:
+        names += [n for n in sorted(doc["indicators"])
+                  if n not in names and not n.startswith("tensor.kappa[")]
+        names = names[:top]
     rows = []
     for name in names:
         v = series(name)

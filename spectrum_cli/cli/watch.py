@@ -88,11 +88,16 @@ def _run(target: str, report: Path | None, top: int, cache_dir: Path | None,
     except ValueError as exc:
         raise UsageError(f"--spike-{exc}") from None
     for out, flag in ((report, "--report"), (s["tensorboard"], "--tensorboard")):
-        if out is not None and W.inside_checkpoint(target, str(out)):
+        if out is not None and W.inside_checkpoint(target, str(out),
+                                                   folder=flag == "--tensorboard"):
             raise UsageError(f"{flag} {printable(out)}: inside a checkpoint folder being "
                              "watched (writing there would change it); choose another path")
     if report is not None:  # before the watch: it must not fail at its first checkpoint
-        check_target(report, kind="report", inputs=[target], force=s["force"])
+        check_target(report, kind="report", listed=[target], force=s["force"])
+    if s["tensorboard"] is not None:
+        from spectrum_cli.report.output import check_folder_target
+
+        check_folder_target(s["tensorboard"], what="the TensorBoard log", listed=[target])
     hook = AlertCommand(s["on_alert"], report=None if report is None else str(report)) \
         if s["on_alert"] else None
     chosen = plan(1, cfg.values.get("threads"), 1)
@@ -104,19 +109,23 @@ def _run(target: str, report: Path | None, top: int, cache_dir: Path | None,
     def warn(message: str) -> None:
         view.say(f"[yellow]warning:[/] {escape(printable(message))}")
 
+    def say(message: str) -> None:
+        view.say(escape(printable(message)))
+
     view = _View(err, top, live=not s["no_progress"] and err.is_terminal)
     w = W.Watch(target, job, cache_dir=None if no_cache else str(cache_dir or
                                                                     B.default_cache_dir()),
                 rule=rule, conditions=conditions, settle=settle, settings=settings,
                 report=None if report is None else str(report), force=s["force"],
-                tensorboard=s["tensorboard"], warn=warn)
+                tensorboard=s["tensorboard"], warn=warn, say=say)
     view.watch = w
 
     def alert(a: Any) -> None:
         view.say(f"[bold red]alert:[/] {escape(printable(a.message))}")
         if hook is not None:
             result = hook(a)
-            for line in result.output.splitlines()[-20:]:
+            for line in result.output.splitlines()[-20:]:  # its last lines, each cut short
+                line = line if len(line) <= 500 else line[:500] + " …"
                 view.say(f"[dim]  on-alert: {escape(printable(line))}[/]")
             if result.problem:
                 warn(f"--on-alert: {result.problem}")
@@ -148,6 +157,9 @@ def _run(target: str, report: Path | None, top: int, cache_dir: Path | None,
     if reason == "interrupted":
         err.print("[red]interrupted[/]")
         return 130
+    if not w.records and not w.appeared:
+        raise InputError(f"{target}: no such folder: it did not appear within the idle "
+                         f"timeout ({idle:g} s)")
     if not w.records:
         raise InputError(f"{target}: no complete checkpoint came within the idle timeout "
                          f"({idle:g} s)")

@@ -15,8 +15,13 @@ A target may be
 
 Never, not even with ``force``: a directory, a device node, a FIFO or a socket; a path
 that is one of the ``inputs`` (same resolved path or same device and inode, so a hard
-link counts) or an existing file inside an input directory (unless it is already a
-spectrum output of that kind: such a file is ours, not the checkpoint's data). A symlink
+link counts); any path inside an input folder that is read whole (a checkpoint folder:
+an HF ``checkpoint-<step>/``, a DCP folder, a model folder), new or not, spectrum's
+own or not (writing there would change the input, and its content hash); an existing
+file inside a *run folder* (an input folder that holds other inputs, as ``batch``'s
+folder holds its checkpoints, or one named in ``listed``: a folder whose listing is
+read, as ``watch``'s), unless it is already a spectrum output of that kind: such a
+file is ours, not the checkpoint's data. A new file in a run folder is fine. A symlink
 is followed and its target judged by these rules; the write then replaces the target
 and keeps the link. A dangling symlink is refused (it would create a file wherever the
 link points).
@@ -51,11 +56,13 @@ _TMP = re.compile(r"\.tmp-(\d+)-[0-9a-f]{8}")
 
 
 def check_target(path: str | os.PathLike, *, kind: str,
-                 inputs: Iterable[str | os.PathLike] = (), force: bool = False) -> str:
+                 inputs: Iterable[str | os.PathLike] = (), force: bool = False,
+                 listed: Iterable[str | os.PathLike] = ()) -> str:
     """The real path to write ``path`` to, or :class:`InputError` saying why not.
 
     ``kind`` is ``"report"`` or ``"plot"``; ``inputs`` are the files and folders the
-    command reads; ``force`` allows replacing a regular file of another kind."""
+    command reads; ``listed`` folders whose listing it reads (run folders, see the
+    module); ``force`` allows replacing a regular file of another kind."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     shown = os.fspath(path)
@@ -66,7 +73,9 @@ def check_target(path: str | os.PathLike, *, kind: str,
         st = None
     except OSError as exc:
         raise InputError(f"{shown}: cannot be written: {_reason(exc)}") from None
-    _not_an_input(shown, real, st, inputs, kind)
+    inputs, listed = [os.fspath(i) for i in inputs], [os.fspath(i) for i in listed]
+    _not_inside_a_checkpoint(shown, os.path.realpath(real), inputs, listed, f"the {kind}")
+    _not_an_input(shown, real, st, inputs + listed, kind)
     if st is None:
         _check_parent(shown, real)
         return real
@@ -149,6 +158,56 @@ def _inside(path: str, folder: str) -> bool:
     return os.path.commonpath([path, folder]) == folder
 
 
+def _local(item: str) -> bool:
+    return not ("://" in item and not item.lower().startswith("file://"))
+
+
+def read_whole(inputs: Iterable[str | os.PathLike], listed: Iterable[str | os.PathLike] = ()
+               ) -> list[tuple[str, str]]:
+    """The input folders read whole, as (the input as named, its real path): every
+    local input folder that holds no other input and is not ``listed``."""
+    named = [os.fspath(i) for i in inputs if _local(os.fspath(i))]
+    reals = [os.path.realpath(i) for i in named]
+    run_folders = {os.path.realpath(os.fspath(i)) for i in listed if _local(os.fspath(i))}
+    holding: set[str] = set()
+    for real in reals:  # every folder holding an input is a run folder
+        parent = os.path.dirname(real)
+        while parent not in holding and parent != real:
+            holding.add(parent)
+            real, parent = parent, os.path.dirname(parent)
+    return [(item, real) for item, real in zip(named, reals)
+            if real not in run_folders and real not in holding and os.path.isdir(item)]
+
+
+def _not_inside_a_checkpoint(shown: str, real: str, inputs: list[str], listed: list[str],
+                             what: str) -> None:
+    for item, src in read_whole(inputs, listed):
+        if real != src and _inside(real, src):
+            raise InputError(f"{shown}: refused to write {what} inside an input folder "
+                             f"({item}), which is read as a checkpoint (writing there would "
+                             "change it); choose another path")
+
+
+def check_folder_target(path: str | os.PathLike, *, what: str,
+                        inputs: Iterable[str | os.PathLike] = (),
+                        listed: Iterable[str | os.PathLike] = ()) -> None:
+    """:class:`InputError` when the folder ``path`` that spectrum writes files into (a
+    TensorBoard log) is an input file, an input folder read whole or lies inside one
+    (see the module); a run folder may hold it."""
+    shown = os.fspath(path)
+    real = os.path.realpath(shown)
+    inputs, listed = [os.fspath(i) for i in inputs], [os.fspath(i) for i in listed]
+    for item, src in read_whole(inputs, listed):
+        if real == src:
+            raise InputError(f"{shown}: refused to write {what} into an input folder "
+                             f"({item}), which is read as a checkpoint; choose another path")
+    _not_inside_a_checkpoint(shown, real, inputs, listed, what)
+    for item in inputs:
+        if _local(item) and not os.path.isdir(item) and os.path.realpath(item) == real:
+            raise InputError(f"{shown}: refused to write {what} over an input ({item}); "
+                             "choose another path")
+
+
 def _hard_link_in(folder: str, st: os.stat_result) -> bool:
     """Whether a file under ``folder`` is the same file as ``st`` (a hard link)."""
     if not stat.S_ISREG(st.st_mode) or st.st_nlink < 2:
@@ -218,14 +277,14 @@ def sweep_stale(real: str) -> None:
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, *, kind: str,
-                inputs: Iterable[str | os.PathLike] = (), force: bool = False
-                ) -> Iterator[str]:
+                inputs: Iterable[str | os.PathLike] = (), force: bool = False,
+                listed: Iterable[str | os.PathLike] = ()) -> Iterator[str]:
     """A temporary path to write to; moved onto ``path`` when the block succeeds.
 
     The target is checked again (:func:`check_target`); the temporary is removed on
     any failure; an ``OSError`` becomes an :class:`InputError` naming ``path``."""
     shown = os.fspath(path)
-    real = check_target(shown, kind=kind, inputs=inputs, force=force)
+    real = check_target(shown, kind=kind, inputs=inputs, force=force, listed=listed)
     sweep_stale(real)
     tmp = tmp_name(real)
     try:

@@ -84,7 +84,30 @@ def _device(p: Path) -> None:
     p.symlink_to("/dev/zero")
 
 
+def _metric_of_the_wrong_type(p: Path) -> None:
+    record = json.loads(p.read_text())
+    for t in record["document"]["tensors"]:
+        t["metrics"]["kappa"] = "huge"  # a string that is no number
+        t["metrics"]["sigma_max"] = [1.0]
+    p.write_text(json.dumps(record))
+
+
+def _violation_without_condition(p: Path) -> None:
+    record = json.loads(p.read_text())
+    record["violations"] = [{"tensor": "w", "metric": "kappa", "value": 5.0}]
+    p.write_text(json.dumps(record))
+
+
+def _tensor_without_status(p: Path) -> None:
+    record = json.loads(p.read_text())
+    del record["document"]["tensors"][0]["status"]
+    p.write_text(json.dumps(record))
+
+
 DAMAGE = {
+    "metric-of-the-wrong-type": _metric_of_the_wrong_type,
+    "violation-without-condition": _violation_without_condition,
+    "tensor-without-status": _tensor_without_status,
     "empty-object": lambda p: p.write_text("{}"),
     "empty-list": lambda p: p.write_text("[]"),
     "null": lambda p: p.write_text("null"),
@@ -202,10 +225,13 @@ def test_jobs_two_with_an_unusable_cache(run_dir, tmp_path):
     assert result.stderr.count("not usable") == 1
 
 
-def test_result_cache_unit(tmp_path):
+def test_result_cache_unit(tmp_path, run_dir):
+    from spectrum_cli.api import resolve_job
+
     cache = B.ResultCache(tmp_path / "c", warn=lambda m: None)
-    record = {"path": "x", "status": "ok", "key": "k", "step": 1, "loss": None,
-              "document": {"tensors": []}, "violations": [], "warnings": []}
+    path = str(sorted(run_dir.iterdir())[1])
+    record = B.compute_record(path, resolve_job(path, {})[0], "k")
+    record.update(step=1, loss=None)
     assert cache.get("k") is None
     cache.put("k", record)
     assert cache.get("k")["step"] == 1
@@ -216,3 +242,33 @@ def test_result_cache_unit(tmp_path):
                 dict(record, cache_format=B.CACHE_FORMAT, step="7"),
                 dict(record, cache_format=B.CACHE_FORMAT, violations=[1])):
         assert not B.valid_record(bad, "k"), bad
+
+
+@pytest.mark.parametrize("kind", ["metric-of-the-wrong-type", "violation-without-condition",
+                                  "binary-garbage"])
+def test_a_damaged_entry_is_one_warning_naming_it(run_dir, tmp_path, kind):
+    """Issue 26: an entry that does not fit the record's schema is a miss with one
+    warning (per entry) naming it; the indicators are the recomputed ones."""
+    cache = tmp_path / "cache"
+    clean, _ = batch(run_dir, cache)
+    damaged = entries(cache)
+    for p in damaged:
+        DAMAGE[kind](p)
+    doc, result = batch(run_dir, cache)
+    assert doc["summary"]["from_cache"] == 0
+    assert [c["indicators"] for c in doc["checkpoints"]] == \
+        [c["indicators"] for c in clean["checkpoints"]]
+    for p in damaged:
+        assert result.stderr.count(p.name) == 1, result.stderr
+    assert result.stderr.count("is damaged") == len(damaged)
+
+
+def test_an_entry_of_another_cache_format_is_a_quiet_miss(run_dir, tmp_path):
+    cache = tmp_path / "cache"
+    batch(run_dir, cache)
+    for p in entries(cache):
+        record = json.loads(p.read_text())
+        record["cache_format"] = B.CACHE_FORMAT - 1
+        p.write_text(json.dumps(record))
+    doc, result = batch(run_dir, cache)
+    assert doc["summary"]["from_cache"] == 0 and "warning" not in result.stderr

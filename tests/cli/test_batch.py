@@ -221,3 +221,23 @@ def test_the_trajectory_records_jobs_and_threads(tmp_path):
     assert doc["settings"]["threads"] == 3
     doc, _ = batch_json(d, "--no-cache")  # one job: computed in this process
     assert doc["settings"]["workers"] == 0
+
+
+def test_a_run_without_spikes_says_there_is_none_to_score(tmp_path):
+    """Issue 22, item 8: a run that logs its loss but never spikes has nothing to
+    score; no scorecard of NaN AUCs, no "at steps" with nothing after it, but the
+    indicators over the run."""
+    d = tmp_path / "calm"
+    d.mkdir()
+    for step in range(5, 65, 5):  # weights, optimizer and loss; no model named
+        shutil.copy(SAMPLE / f"step-{step:05d}.pt", d)
+    result = run_cli("batch", d, "--no-cache", "--no-progress", "--spike-factor", "1000")
+    assert result.exit_code == 0, result.stderr
+    out = " ".join(result.stdout.split())
+    assert "spikes: none (loss > 1000 x min(previous 10 checkpoints)): no spike to score" \
+        in out
+    assert "nan" not in out and "at steps" not in out and "AUC" not in out
+    assert "tensors.max_kappa" in out and "first" in out  # the run's overview instead
+    doc = json.loads(run_cli("batch", d, "--no-cache", "--no-progress", "--spike-factor",
+                             "1000", "--json").stdout)
+    assert doc["spikes"]["onsets"] == [] and doc["summary"]["spike_onsets"] == 0

@@ -423,3 +423,46 @@ def test_the_cache_is_shared_with_batch(tmp_path):
     assert doc["summary"]["from_cache"] == 3  # batch reuses what the watch computed
     assert [c["indicators"] for c in doc["checkpoints"]] == \
         [c["indicators"] for c in watched["checkpoints"]]
+
+
+def test_a_watch_started_before_the_run_waits_for_its_folder(tmp_path):
+    """Issue 22, item 7: the folder does not exist yet; the watch says it waits (once),
+    follows it once it appears, as ``tail -F`` does, and ends well at the idle timeout."""
+    src = aged(weights_only_run(tmp_path / "src", steps=1))
+    run, err = tmp_path / "out" / "run", tmp_path / "stderr.txt"
+    with open(err, "w") as fh:
+        proc = subprocess.Popen([spectrum_exe(), "watch", run, *FAST, "--idle-timeout", "3",
+                                 "--json"], stdout=subprocess.PIPE, stderr=fh, text=True,
+                                cwd=tmp_path, stdin=subprocess.DEVNULL)
+        try:
+            wait_for(lambda: "waiting for" in err.read_text() or proc.poll() is not None,
+                     timeout=120)
+            assert proc.poll() is None, err.read_text()
+            run.mkdir(parents=True)
+            shutil.copy2(src / "step-00000.safetensors", run)
+            out, _ = proc.communicate(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    stderr = err.read_text()
+    assert proc.returncode == 0, stderr
+    assert stderr.count(f"waiting for {run} to appear") == 1 and f"{run} appeared" in stderr
+    assert [c["step"] for c in json.loads(out)["checkpoints"]] == [0]
+
+
+def test_a_folder_that_never_appears_or_cannot_be_one(tmp_path):
+    never = subprocess.run([spectrum_exe(), "watch", tmp_path / "never", "--idle-timeout",
+                            "0.5", "--poll", "0.1"], capture_output=True, text=True,
+                           timeout=120)
+    assert never.returncode == 2 and "Traceback" not in never.stderr
+    assert never.stderr.count("waiting for") == 1
+    assert "no such folder: it did not appear within the idle timeout (0.5 s)" in \
+        " ".join(never.stderr.split())
+    (tmp_path / "a-file").write_text("x")
+    for bad, why in ((tmp_path / "a-file", "not a folder"),
+                     (tmp_path / "a-file" / "run", "is not a folder")):
+        result = subprocess.run([spectrum_exe(), "watch", bad, "--idle-timeout", "0.5"],
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 2 and why in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr and "waiting" not in result.stderr

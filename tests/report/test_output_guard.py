@@ -61,14 +61,36 @@ def test_an_input_is_refused_even_with_force(ckpt, report, tmp_path):
 
 
 def test_files_inside_an_input_folder(tmp_path, ckpt, report):
-    folder = tmp_path
-    with pytest.raises(InputError, match="over an input"):
-        check_target(ckpt, kind="report", inputs=[folder], force=True)
-    assert check_target(folder / "new.h5", kind="report", inputs=[folder])
-    # A spectrum report of an earlier run in the folder is ours, not the checkpoint's.
-    assert check_target(report, kind="report", inputs=[folder]) == str(report.resolve())
-    with pytest.raises(InputError, match="over an input"):
-        check_target(folder, kind="report", inputs=[folder])
+    folder = tmp_path  # a run folder: it holds another input (batch's folder), or is listed
+    for run in ({"inputs": [folder, ckpt]}, {"listed": [folder]}):
+        with pytest.raises(InputError, match="over an input"):
+            check_target(ckpt, kind="report", force=True, **run)
+        assert check_target(folder / "new.h5", kind="report", **run)
+        # A spectrum report of an earlier run in the folder is ours, not the checkpoint's.
+        assert check_target(report, kind="report", **run) == str(report.resolve())
+        with pytest.raises(InputError, match="over an input"):
+            check_target(folder, kind="report", **run)
+
+
+def test_nothing_is_written_inside_a_folder_read_whole(tmp_path, ckpt, report):
+    """Issue 26: a folder read as one checkpoint (an HF checkpoint-1/, a model folder)
+    takes no new file, not even spectrum's own, whether alone or under a run folder."""
+    hf = tmp_path / "run" / "checkpoint-1"
+    hf.mkdir(parents=True)
+    (hf / "model.safetensors").write_bytes(ckpt.read_bytes())
+    (hf / "r.h5").write_bytes(report.read_bytes())
+    for inputs in ([hf], [tmp_path / "run", hf]):
+        for target in (hf / "new.h5", hf / "r.h5", hf / "sub" / "new.h5"):
+            with pytest.raises(InputError, match="inside an input folder"):
+                check_target(target, kind="report", inputs=inputs, force=True)
+        with pytest.raises(InputError, match="inside an input folder"):
+            output.check_folder_target(hf / "tb", what="the log", inputs=inputs)
+        with pytest.raises(InputError, match="input folder"):
+            output.check_folder_target(hf, what="the log", inputs=inputs)
+    assert check_target(tmp_path / "run" / "new.h5", kind="report",
+                        inputs=[tmp_path / "run", hf])
+    output.check_folder_target(tmp_path / "run" / "tb", what="the log",
+                               inputs=[tmp_path / "run", hf])
 
 
 def test_existing_files_of_another_kind_need_force(tmp_path, report):

@@ -175,3 +175,63 @@ def test_alert_command_runs_without_a_shell_and_reports_failures(tmp_path):
         AlertCommand("no-such-command-here --x")
     with pytest.raises(UsageError, match="cannot split"):
         AlertCommand("echo 'unbalanced")
+
+
+def _running(pid: int, grace: float = 10.0) -> bool:
+    """Whether ``pid`` still runs ``grace`` seconds from now at the latest (a kill is
+    delivered asynchronously; a zombie waiting for its reaper does not run)."""
+    import time
+
+    deadline = time.monotonic() + grace
+    while True:
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                if fh.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    return False
+        except (FileNotFoundError, ProcessLookupError):
+            return False
+        if time.monotonic() > deadline:
+            return True
+        time.sleep(0.05)
+
+
+HOOK_WITH_CHILD = """import subprocess, sys
+child = subprocess.Popen(["sleep", "300"], stdout={out})
+open(sys.argv[1], "w").write(str(child.pid))
+print("started", flush=True)
+{then}
+"""
+
+
+@pytest.mark.parametrize("out, then, finished", [
+    ("subprocess.DEVNULL", "", True),       # exits at once, its child elsewhere
+    ("None", "", True),                     # exits at once, its child holds the output
+    ("None", "import time; time.sleep(300)", False)])  # stopped at its limit
+def test_alert_command_leaves_nothing_running(tmp_path, out, then, finished):
+    """Issue 26: the command runs in its own process group, killed as a whole when the
+    command ends or is stopped: no ``sleep 300`` is left behind."""
+    script, pid_file = tmp_path / "hook.py", tmp_path / "child.pid"
+    script.write_text(HOOK_WITH_CHILD.format(out=out, then=then))
+    a = Alert("run/x.pt", 1, "kappa>1", "kappa", 2.0)
+    result = AlertCommand(f"{sys.executable} {script} {pid_file}",
+                          timeout=60 if finished else 1.0)(a)
+    assert (result.problem is None) == finished, result.problem
+    assert "started" in result.output
+    assert not _running(int(pid_file.read_text()))
+
+
+def test_alert_command_output_is_kept_bounded(tmp_path):
+    """Issue 26: a command that floods its output is read as it writes, its last
+    bytes kept (:data:`HOOK_OUTPUT_MAX`), the rest counted and dropped."""
+    from spectrum_cli.alerts import HOOK_OUTPUT_MAX
+
+    script = tmp_path / "flood.py"
+    script.write_text("import sys\nline = b'x' * 1023 + b'\\n'\n"
+                      "for _ in range(50 * 1024):\n    sys.stdout.buffer.write(line)\n"
+                      "print('the end', flush=True)\n")
+    a = Alert("run/x.pt", 1, "kappa>1", "kappa", 2.0)
+    result = AlertCommand(f"{sys.executable} {script}", timeout=120)(a)
+    assert result.problem is None
+    assert result.output.endswith("the end\n")
+    assert len(result.output) <= HOOK_OUTPUT_MAX + 100
+    assert "earlier bytes of output not shown" in result.output.splitlines()[0]
