@@ -45,6 +45,13 @@ smaller side is at least 512 (:func:`spectrum_cli.core.backend.auto_takes_gram`)
 near-square ones go straight to ``gesdd``. On one core, for the 2048 x 2048 attention
 projections of bench/make_llm_shaped.py's TinyLlama shape, gesdd takes ~2.2 s and the
 Gram eigenvalues plus refinement ~0.75 s, 8 values refined (``bench/bench_dense_routes.py``).
+
+Threads: every LAPACK/BLAS call here runs on one thread
+(:func:`spectrum_cli.core.measure.single_threaded`), so that a matrix gives the same bits
+whatever ``--jobs``/``--threads``/Dask chose (their rounding depends on the thread count);
+only the Gram product of big matrices is split, into shape-fixed tiles of one-threaded
+BLAS calls (:func:`spectrum_cli.core.measure.gram_tiles`; the crossover and the
+measurements are in that module).
 """
 
 from __future__ import annotations
@@ -59,6 +66,7 @@ import numpy as np
 from spectrum_backends._common import as_torch, check_options, cuda_note, select
 from spectrum_cli.core.backend import SVD_ROUTES, Capabilities, auto_takes_gram, check_which
 from spectrum_cli.core.linear_operator import as_operator
+from spectrum_cli.core.measure import gram_tiles, single_threaded
 from spectrum_cli.core.results import Eigenvalues, SingularValues
 from spectrum_cli.core.scaling import ldexp, scale_exponent, scaled_result
 
@@ -115,7 +123,8 @@ class DenseBackend:
             sv = singular_values(a, route=route, frobenius_norm=frobenius_norm)
         else:  # scaled in the input's own precision, before any cast to float32
             e = scale_exponent(a, frobenius_norm, dtype)
-            sv = scaled_result(_torch_svdvals(ldexp(a, -e), dtype, device), e)
+            with single_threaded():
+                sv = scaled_result(_torch_svdvals(ldexp(a, -e), dtype, device), e)
         if which == "all":
             return sv
         return _replace(sv, values=select(sv.values, k, which), which=which)
@@ -127,7 +136,8 @@ class DenseBackend:
         a = np.asarray(_numpy(_explicit(op)), dtype=np.float64)
         t0 = time.perf_counter()
         e = scale_exponent(a)
-        lam = ldexp(_eigvalsh(ldexp(a, -e))[::-1].copy(), e)
+        with single_threaded():
+            lam = ldexp(_eigvalsh(ldexp(a, -e))[::-1].copy(), e)
         return Eigenvalues(select(lam, k, which), self.name, "syevd", "exact",
                            time.perf_counter() - t0, which=which)
 
@@ -205,15 +215,17 @@ def singular_values(a: np.ndarray, route: str = "auto",
 
     Entries near the float64 limits (max |a_ij| outside 2^±200) are first scaled by a
     power of two (exact, see :mod:`spectrum_cli.core.scaling`) and the values scaled back.
+    One library thread (the same bits whatever the parallelism; see the module notes).
     """
     _validate(a)
     if route not in ROUTES:
         raise ValueError(f"route: expected one of {ROUTES}, got {route!r}")
     e = scale_exponent(a, frobenius_norm)
-    if e:
-        fro = None if frobenius_norm is None else ldexp(frobenius_norm, -e)
-        return scaled_result(_singular_values(ldexp(a, -e), route, fro), e)
-    return _singular_values(a, route, frobenius_norm)
+    with single_threaded():
+        if e:
+            fro = None if frobenius_norm is None else ldexp(frobenius_norm, -e)
+            return scaled_result(_singular_values(ldexp(a, -e), route, fro), e)
+        return _singular_values(a, route, frobenius_norm)
 
 
 def _singular_values(a: np.ndarray, route: str,
@@ -253,7 +265,7 @@ def _gram_route(a: np.ndarray, fro: float | None = None
     scaled = np.ldexp(a, -e) if abs(e) > 200 else a
     tall = scaled if scaled.shape[0] >= scaled.shape[1] else scaled.T
     k = tall.shape[1]
-    lam = _eigvalsh(tall.T @ tall)[::-1]  # LAPACK syevd, descending
+    lam = _eigvalsh(gram_tiles(tall))[::-1]  # LAPACK syevd, descending
     if lam[0] <= 0.0:
         return "zero matrix"
     kappa = math.sqrt(lam[0] / lam[-1]) if lam[-1] > 0.0 else math.inf
@@ -279,7 +291,8 @@ def _eigvalsh(g: np.ndarray) -> np.ndarray:
         try:
             import torch
 
-            return torch.linalg.eigvalsh(torch.from_numpy(g)).numpy()
+            with single_threaded():  # torch loaded just now: one MKL thread too
+                return torch.linalg.eigvalsh(torch.from_numpy(g)).numpy()
         except (ImportError, RuntimeError):  # no torch, or MKL's syevd did not converge
             pass
     return np.linalg.eigvalsh(g)
@@ -405,7 +418,8 @@ def eigenvalues(a: np.ndarray) -> Eigenvalues:
         raise ValueError(f"a: expected a square matrix, got shape {a.shape}")
     t0 = time.perf_counter()
     e = scale_exponent(a)
-    lam = ldexp(np.linalg.eigvals(ldexp(a, -e)).astype(np.complex128), e)
+    with single_threaded():
+        lam = ldexp(np.linalg.eigvals(ldexp(a, -e)).astype(np.complex128), e)
     lam = lam[np.argsort(-np.abs(lam), kind="stable")]
     return Eigenvalues(lam.astype(np.complex128), "dense", "geev", "exact",
                        time.perf_counter() - t0)

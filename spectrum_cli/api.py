@@ -146,14 +146,16 @@ def analyze(path: str | os.PathLike, *, use_config: bool = True, digest: bool = 
     ``on_progress(done, total, name)`` and ``on_tick(pipeline.Tick)`` follow the
     progress; ``on_note(text)`` receives what is said up front (the expected peak
     memory of big inputs) and the cache's warnings."""
-    from spectrum_cli.executors import available_cores, threads_limited
+    from spectrum_cli.executors import default_threads, threads_limited
     from spectrum_cli.pipeline import analyze_checkpoint
 
     s = check_settings(settings, list(CONFIG_KEYS) + list(_SAFETY))
     job, cfg = resolve_job(path, s, use_config)
     _require_device(cfg.values)
     run = run_options(cfg.values, cache_dir, cache_min_bytes)
-    with threads_limited(cfg.values.get("threads") or available_cores()), \
+    # --threads, else OMP/OPENBLAS/MKL_NUM_THREADS, else every core (never more threads
+    # than the environment asks for: two spinning BLAS threads cost 3x on a busy machine)
+    with threads_limited(default_threads(cfg.values.get("threads"))), \
             _scheduler(cfg.values):
         out = analyze_checkpoint(str(path), job, digest=digest, on_progress=on_progress,
                                  run=run, on_tick=on_tick, on_note=on_note)
@@ -214,18 +216,39 @@ def _size_or_none(limit: Any) -> int | None:
     return None if limit in (None, "") else parse_size(limit)
 
 
-def _arrays_source(arrays: Mapping[str, Any]) -> Any:
-    """In-memory matrices as a tensor source (the reader protocol of io/base.py)."""
+def _as_arrays(arrays: Any) -> dict[str, Any]:
+    """``arrays`` as a dict of named numeric numpy arrays; UsageError (naming the
+    argument or the entry) for anything else: a list, a ragged entry, text."""
     import numpy as np
 
+    if not isinstance(arrays, Mapping):
+        hint = " (name them: {'w': a, ...})" if isinstance(arrays, (list, tuple)) else ""
+        raise UsageError(f"arrays: expected a mapping of names to arrays{hint}, got "
+                         f"{type(arrays).__name__}")
+    out = {}
+    for k, v in arrays.items():
+        try:
+            a = np.asarray(v)
+        except (ValueError, TypeError) as exc:  # ragged nested lists, say
+            raise UsageError(f"arrays[{str(k)!r}]: not an array: {exc}") from None
+        if a.dtype.kind not in "biufc":
+            raise UsageError(f"arrays[{str(k)!r}]: expected numbers, got dtype {a.dtype}")
+        out[str(k)] = a
+    return out
+
+
+def _arrays_source(arrays: Mapping[str, Any]) -> Any:
+    """In-memory matrices as a tensor source (the reader protocol of io/base.py)."""
     from spectrum_cli.io.base import MemorySource, TensorInfo
+
+    checked = _as_arrays(arrays)
 
     class Arrays(MemorySource):
         format = "arrays"
 
         def __init__(self) -> None:
             super().__init__("<arrays>")
-            self._arrays = {str(k): np.asarray(v) for k, v in arrays.items()}
+            self._arrays = checked
 
         def entries(self) -> list[Any]:
             return [TensorInfo(k, tuple(v.shape), v.dtype.name)
@@ -238,18 +261,24 @@ def _arrays_source(arrays: Mapping[str, Any]) -> Any:
 
 
 def analyze_arrays(arrays: Mapping[str, Any], **settings: Any) -> Any:
-    """Analyse named in-memory arrays (numpy or anything ``numpy.asarray`` takes) with the
-    analysis settings; returns an :class:`~spectrum_cli.core.results.AnalysisResult`."""
+    """Analyse named in-memory arrays (a mapping of names to numpy arrays or anything
+    ``numpy.asarray`` takes) with the analysis settings; returns an
+    :class:`~spectrum_cli.core.results.AnalysisResult`. UsageError for anything but a
+    mapping of numeric arrays. Threads: ``threads``, else the environment's, else every
+    core (:func:`spectrum_cli.executors.default_threads`); the numbers do not depend on
+    them."""
     from spectrum_cli import plugins
     from spectrum_cli.core.analyze import analyze_source
     from spectrum_cli.core.results import SourceInfo
+    from spectrum_cli.executors import default_threads, threads_limited
 
     s = check_settings(settings, list(CONFIG_KEYS))
-    job, _ = resolve_job("<arrays>", s, use_config=False)
     source = _arrays_source(arrays)
+    job, cfg = resolve_job("<arrays>", s, use_config=False)
     info = SourceInfo(source.path, source.format, (), 0, None)
-    return analyze_source(source, info, job.options, plugins.get_backend,
-                          metrics=plugins.metric_plugins())
+    with threads_limited(default_threads(cfg.values.get("threads"))):
+        return analyze_source(source, info, job.options, plugins.get_backend,
+                              metrics=plugins.metric_plugins())
 
 
 def analyze_matrix(a: Any, name: str = "matrix", **settings: Any) -> Any:

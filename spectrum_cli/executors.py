@@ -6,16 +6,30 @@ spectrum), registered like a third-party executor. An executor receives picklabl
 (a function and its arguments) and calls back with each result as it arrives, in any
 order; the caller keeps the order it needs.
 
-Threads: workers x threads <= the cores this process may run on (``threads`` overrides),
-set in every worker through threadpoolctl (BLAS/OpenMP) and torch; a single process
-uses every core. Workers die with the parent: each asks the kernel for SIGKILL when its
-parent dies (Linux) and watches the parent from a thread; a SIGTERM of the parent kills
-them before it exits.
+Threads: workers x threads <= the cores this process may run on (``threads`` overrides;
+else ``OMP/OPENBLAS/MKL_NUM_THREADS`` where they ask for fewer), set in every worker
+through threadpoolctl (BLAS/OpenMP) and torch; a single process gets
+:func:`default_threads` (``--threads``, else the environment's, else every core). The
+one policy for every path (in-process, workers, Dask, the callbacks, ``watch``):
+
+* a process's thread budget: :func:`default_threads` (alone) or :func:`plan` (workers);
+  set with :func:`threads_limited` (a block) or :func:`limit_threads` (a worker);
+* one matrix: every library call whose rounding depends on its thread count runs on one
+  thread (:func:`spectrum_cli.core.measure.single_threaded`, entered by the per-matrix
+  measurement itself, so also on Dask and in the callbacks); only the Gram product of a
+  big matrix is split, into shape-fixed tiles, among :func:`blas_threads_for` threads of
+  the budget. The same tensor gives the same bits whatever the parallelism; the
+  crossover and its measurements are in :mod:`spectrum_cli.core.measure`.
+
+Workers die with the parent: each asks the kernel for SIGKILL when its parent dies
+(Linux) and watches the parent from a thread; a SIGTERM of the parent kills them before
+it exits.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import signal
 import sys
@@ -98,6 +112,59 @@ def env_threads() -> int | None:
     return min(asked) if asked else None
 
 
+def default_threads(explicit: int | None = None) -> int:
+    """The thread budget of one process computing alone: ``explicit`` (``--threads``),
+    else the smallest of ``OMP/OPENBLAS/MKL_NUM_THREADS``, else every usable core. What
+    the in-process path, ``watch`` and the training callbacks pass to
+    :func:`threads_limited`."""
+    if explicit is not None:
+        if isinstance(explicit, bool) or not isinstance(explicit, int) or explicit < 1:
+            raise UsageError(f"--threads: expected at least 1, got {explicit!r}")
+        return explicit
+    return env_threads() or available_cores()
+
+
+def threads_from(explicit: int | None = None) -> str:
+    """Where the thread budget came from: ``--threads``, ``environment`` (the caller's
+    ``*_NUM_THREADS``, not those :func:`threads_limited` sets) or ``cores``."""
+    if explicit is not None:
+        return "--threads"
+    return "environment" if caller_thread_env() else "cores"
+
+
+#: The ``*_NUM_THREADS`` variables as the caller had them before the outermost
+#: :func:`threads_limited` block set its own (None: outside any block).
+_caller_env: dict[str, str] | None = None
+
+
+def caller_thread_env() -> dict[str, str]:
+    """The thread variables as this process's caller set them (a positive integer each;
+    inside :func:`threads_limited`, as they were before it)."""
+    env = _caller_env if _caller_env is not None else os.environ
+    return {k: env[k] for k in THREAD_ENV
+            if env.get(k, "").strip().isdigit() and int(env[k]) > 0}
+
+
+def blas_threads_for(shape: Sequence[int], budget: int) -> int:
+    """Threads one matrix of ``shape`` gets out of a process's ``budget`` (for the
+    tiles of its Gram product; everything else on one thread):
+    :func:`spectrum_cli.core.measure.blas_threads_for`."""
+    from spectrum_cli.core.measure import blas_threads_for as rule
+
+    return rule(tuple(shape), budget)
+
+
+def thread_settings(threads: int, explicit: int | None = None) -> dict[str, Any]:
+    """What a run's settings record about its threads: the budget per process, where it
+    came from, the library threads of a matrix's LAPACK/BLAS calls (1) and the size
+    from which its Gram product is split among the budget's threads."""
+    from spectrum_cli.core.measure import GRAM_TILE, PARALLEL_GRAM_FLOPS
+
+    return {"threads_from": threads_from(explicit), "library_threads": 1,
+            "parallel_gram_flops": PARALLEL_GRAM_FLOPS, "gram_tile": GRAM_TILE,
+            "environment": caller_thread_env()}
+
+
 def plan(jobs: int, threads: int | None, misses: int, cores: int | None = None) -> Plan:
     """Worker processes and threads per worker. ``threads`` None: cores // workers, or
     less where OMP/OPENBLAS/MKL_NUM_THREADS ask for less, so workers x threads <= cores.
@@ -122,7 +189,9 @@ def parse_size(text: str | int, what: str = "--max-memory") -> int:
     import re
 
     if isinstance(text, int) and not isinstance(text, bool):
-        value, unit = float(text), ""
+        if text <= 0:
+            raise UsageError(f"{what}: expected a positive size, got {text!r}")
+        return text
     else:
         m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z]*)\s*",
                          str(text))
@@ -130,6 +199,9 @@ def parse_size(text: str | int, what: str = "--max-memory") -> int:
             raise UsageError(f"{what}: expected a size such as 8GiB, 512MB or 1000000, "
                              f"got {text!r}")
         value, unit = float(m.group(1)), m.group(2).lower()
+    if not math.isfinite(value * _UNITS[unit]):  # 1e400: inf, not a size
+        shown = repr(text) if len(str(text)) <= 40 else repr(str(text)[:40] + "...")
+        raise UsageError(f"{what}: {shown} is too large for a size in bytes")
     size = int(value * _UNITS[unit])
     if size <= 0:
         raise UsageError(f"{what}: expected a positive size, got {text!r}")
@@ -190,7 +262,11 @@ def _blas_controllers() -> list[Any]:
 
 def limit_threads(threads: int) -> None:
     """Cap BLAS/OpenMP (threadpoolctl) and torch threads of this process at ``threads``,
-    for good (a worker's setting)."""
+    for good (a worker's setting); ``threads`` is also what one matrix may use
+    (:func:`spectrum_cli.core.measure.set_matrix_threads`)."""
+    from spectrum_cli.core.measure import set_matrix_threads
+
+    set_matrix_threads(threads)
     _set_threads(threads)
     for lib in _blas_controllers():
         if lib.num_threads != threads:
@@ -217,9 +293,16 @@ def environ_set(values: Mapping[str, str], restore: Sequence[str] = ()) -> Itera
 def threads_limited(threads: int) -> Iterator[None]:
     """:func:`limit_threads` for a block of this process, then back as it was (libraries
     loaded meanwhile get what the environment asks for)."""
+    global _caller_env
+    from spectrum_cli.core import measure
+
+    outermost = _caller_env is None
+    if outermost:
+        _caller_env = {k: os.environ[k] for k in THREAD_ENV if k in os.environ}
     torch = sys.modules.get("torch")
     saved_torch = torch.get_num_threads() if torch is not None else None
     saved_blas = {lib.filepath: lib.num_threads for lib in _blas_controllers()}
+    saved_budget = measure._budget
     try:
         with environ_set({}, restore=THREAD_ENV):
             limit_threads(threads)
@@ -232,6 +315,9 @@ def threads_limited(threads: int) -> Iterator[None]:
                 lib.set_num_threads(n)
         if saved_torch is not None:
             torch.set_num_threads(saved_torch)
+        measure.set_matrix_threads(saved_budget)
+        if outermost:
+            _caller_env = None
 
 
 def threads_in_use() -> dict[str, Any]:

@@ -375,7 +375,11 @@ class Dispatch:
         chosen = self._serial_threads(chosen)
         peak = expected_peak(chosen, [needs[i] for i in misses]) if misses else 0
         runner = self._runner(chosen)
-        self.record = {**chosen.as_settings(), "executor": runner.name if runner else "serial",
+        from spectrum_cli.executors import thread_settings
+
+        self.record = {**chosen.as_settings(), **thread_settings(chosen.threads,
+                                                                 self.run.threads),
+                       "executor": runner.name if runner else "serial",
                        "max_memory": self.run.max_memory, "expected_peak_bytes": peak,
                        "memory_rule": MEMORY_RULE,
                        "cache": str(cache.folder) if cache is not None else None}
@@ -391,7 +395,7 @@ class Dispatch:
                 result = failed(parts[i], result)
             outcomes[i] = result
             if cache is not None:
-                store_results(cache, keys[i], result)
+                store_results(cache, keys[i], result, self.path)
             self._tick(i, parts[i], cached=False)
 
         if runner is None:
@@ -437,13 +441,14 @@ class Dispatch:
         return plan(self.run.jobs, self.run.threads, len(needs))
 
     def _serial_threads(self, chosen: Any) -> Any:
-        """In this process the threads are the caller's (api.analyze: ``threads`` or
-        every usable core)."""
-        from spectrum_cli.executors import Plan
+        """In this process the threads are the caller's
+        (:func:`~spectrum_cli.executors.default_threads`: ``threads``, else the
+        environment's ``*_NUM_THREADS``, else every usable core)."""
+        from spectrum_cli.executors import Plan, default_threads
 
         if chosen.workers:
             return chosen
-        return Plan(chosen.jobs, 0, self.run.threads or chosen.cores, chosen.cores)
+        return Plan(chosen.jobs, 0, default_threads(self.run.threads), chosen.cores)
 
     def _runner(self, chosen: Any) -> Any:
         """The executor of the misses; None: this process's loop (no workers, and no
@@ -515,7 +520,7 @@ def cached_results(cache: Any, key: str) -> list[Any] | None:
         return None
 
 
-def store_results(cache: Any, key: str, results: list[Any]) -> None:
+def store_results(cache: Any, key: str, results: list[Any], path: str = "") -> None:
     """Cache one stored tensor's results (only when every matrix of it succeeded: a
     failure is tried again next time), in the layout batch's ResultCache accepts."""
     from spectrum_cli.core.results import TensorResult
@@ -527,7 +532,7 @@ def store_results(cache: Any, key: str, results: list[Any]) -> None:
         encoded = [encode(r) for r in results]
     except TypeError:  # something the codec does not know: not cached
         return
-    cache.put(key, {"status": "ok", "key": key, "step": None, "loss": None,
+    cache.put(key, {"path": path, "status": "ok", "key": key, "step": None, "loss": None,
                     "violations": [], "warnings": [], "results": encoded,
                     "document": {"tensors": [json_safe(tensor_entry(r)) for r in results]}})
 

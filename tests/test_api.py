@@ -81,3 +81,30 @@ def test_trajectory_matches_batch_json(tmp_path):
     for a, b in zip(run.document["checkpoints"], cli["checkpoints"]):
         for key, value in a["indicators"].items():
             assert b["indicators"][key] == value, key
+
+
+@pytest.mark.parametrize("arrays, what", [
+    ([np.eye(3)], "mapping of names to arrays"),
+    ((np.eye(3),), "mapping of names to arrays"),
+    (np.eye(3), "mapping of names to arrays"),
+    ({"w": [[1.0, 2.0], [3.0]]}, "arrays['w']"),
+    ({"w": np.array([["a", "b"], ["c", "d"]])}, "arrays['w']"),
+])
+def test_analyze_arrays_rejects_what_is_not_named_arrays(arrays, what):
+    """Issue 22: a list of arrays was an AttributeError; now a usage error saying what
+    was expected (the API's errors are SpectrumError subclasses)."""
+    with pytest.raises(UsageError) as info:
+        spectrum_cli.analyze_arrays(arrays)
+    assert what in str(info.value)
+
+
+def test_analyze_arrays_numbers_do_not_depend_on_threads(rng):
+    a = {"w": rng.standard_normal((1100, 600)), "s": rng.standard_normal((300, 300))}
+    one = spectrum_cli.analyze_arrays(a, threads=1)
+    two = spectrum_cli.analyze_arrays(a, threads=2)
+    for t1, t2 in zip(one.tensors, two.tensors):
+        assert np.array_equal(t1.singular_values.values, t2.singular_values.values)
+        assert t1.metrics == t2.metrics
+    s = oracle_svdvals(a["w"])
+    w = one.tensors[0] if one.tensors[0].name == "w" else one.tensors[1]
+    np.testing.assert_allclose(w.singular_values.values, s, rtol=0, atol=1e-12 * s[0])

@@ -10,10 +10,14 @@ in ``unavailable`` with the reason: never silently a different number.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import sys
+import threading
 import time
 import zlib
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -21,6 +25,211 @@ from spectrum_cli.core import metrics as M
 from spectrum_cli.core.results import Eigenvalues, TensorResult
 from spectrum_cli.core.scaling import ldexp, scale_exponent, scaled_result
 
+# --------------------------------------------------------------------------- threads
+#
+# The same tensor gives the same bits whatever the parallelism (``--jobs``,
+# ``--threads``, Dask, the callbacks). Every library routine whose rounding depends on
+# its thread count runs with ONE thread while a matrix is measured: OpenBLAS's dgemm /
+# dsyrk (even 300 x 300 times 300 x 64 differs in the last bit between 1 and 2 threads),
+# its and MKL's (torch) syevd, gesdd, getrf, geev. What may use more threads is the Gram
+# product of big matrices (:func:`gram_tiles`): fixed column tiles, each an independent
+# one-threaded BLAS call, split among :func:`blas_threads_for` Python threads; the tiles
+# depend on the shape only, so the bits do not depend on how many threads computed them.
+#
+# Why so little parallelism inside a matrix. Measured on the 2-core machine this was
+# written on (OpenBLAS 0.3.30/0.3.31, torch 2.13 MKL; load average 4-11 from other
+# work), min of 2-5 runs, 1 thread / 2 threads:
+#
+# ============  ===============  ===============  ===============  ================
+# shape         syrk (Gram)      eigvalsh numpy   eigvalsh torch   gesdd
+# ============  ===============  ===============  ===============  ================
+# 128 x 128     0.2 / 8.0 ms     1.0 / 28 ms      1.0 / 709 ms     1.7 / 2.9 ms
+# 256 x 256     0.8 / 1.0 ms     8.3 / 20 ms      21 / 21 ms       24 / 54 ms
+# 512 x 512     9.8 / 32 ms      40 / 2414 ms     83 / 355 ms      136 / 359 ms
+# 384 x 1536    29 / 36 ms       34 / 77 ms       33 / 99 ms       175 / 3334 ms
+# 768 x 768     50 / 101 ms      176 / 876 ms     243 / 1516 ms    421 / 2388 ms
+# 768 x 3072    144 / 352 ms     172 / 1035 ms    276 / 1897 ms    1572 / 16942 ms
+# 1024 x 1024   85 / 118 ms      326 / 1458 ms    331 / 2317 ms    735 / 6265 ms
+# 1536 x 1536   374 / 480 ms     1442 / 13696 ms  1843 / 12420 ms  4321 / 31504 ms
+# ============  ===============  ===============  ===============  ================
+#
+# Two library threads lost at every size (0.02-0.8x): their threads spin-wait for work
+# against the other processes. On a busy machine the crossover is "never"; on an idle
+# one the gain of a second thread is at most 2x on the BLAS-3 parts, so no LAPACK call
+# gets it (determinism first). The Gram tiles use Python threads that block instead of
+# spinning; they are split only where a tile product is big enough to pay for a thread
+# hand-off by far (:data:`PARALLEL_GRAM_FLOPS`, see the table in
+# :func:`blas_threads_for`).
+
+#: Columns of one Gram tile (``gram_tiles``).
+GRAM_TILE = 256
+#: Gram products of at least this many multiply-adds (``m·k²``, the ``m x k`` matrix
+#: ``W`` with ``k <= m``) are computed tile by tile, and those tiles may be split among
+#: threads; below, one one-threaded ``dsyrk`` (a function of the shape, not the budget).
+PARALLEL_GRAM_FLOPS = 1 << 27
+
+_lock = threading.Lock()
+_depth = 0
+_saved: dict[str, Any] = {}
+_budget: int | None = None
+_controller: tuple[int, Any] | None = None
+
+
+def env_threads() -> int | None:
+    """The smallest thread count the environment asks for (``OMP_NUM_THREADS``,
+    ``OPENBLAS_NUM_THREADS``, ``MKL_NUM_THREADS``), if any."""
+    asked = []
+    for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        value = os.environ.get(name, "").strip()
+        if value.isdigit() and int(value) > 0:
+            asked.append(int(value))
+    return min(asked) if asked else None
+
+
+def set_matrix_threads(threads: int | None) -> None:
+    """The threads one matrix may use in this process from now on (None: what the
+    environment asks for, else 1); set by the executors, read by the dense backend."""
+    global _budget
+    _budget = None if threads is None else max(1, int(threads))
+
+
+def matrix_threads() -> int:
+    """The threads one matrix may use in this process (:func:`set_matrix_threads`;
+    unset: the environment's ``*_NUM_THREADS``, else 1: a Dask worker or a caller that
+    said nothing gets no threads it did not ask for)."""
+    return _budget if _budget is not None else (env_threads() or 1)
+
+
+def blas_threads_for(shape: tuple[int, ...], budget: int) -> int:
+    """Threads the Gram product of an ``m x n`` matrix gets out of ``budget``: 1 below
+    :data:`PARALLEL_GRAM_FLOPS` multiply-adds (``max(m,n)·min(m,n)²``), else up to one
+    per tile row, at most ``budget``. Everything else in a matrix's measurement runs on
+    one thread (see the module's notes). Examples (budget 2): 500 x 500 (1.25e8): 1; 768
+    x 3072 (1.8e9): 2; 2048 x 2048: 2; 64 x 4096 (1.7e7): 1."""
+    if len(shape) != 2 or budget <= 1:
+        return 1
+    m, n = (int(shape[0]), int(shape[1]))
+    k, big = min(m, n), max(m, n)
+    if big * k * k < PARALLEL_GRAM_FLOPS or k <= GRAM_TILE:
+        return 1
+    return max(1, min(budget, -(-k // GRAM_TILE)))
+
+
+def _controllers() -> list[Any]:
+    """threadpoolctl's controllers of the BLAS/OpenMP libraries loaded now (scanned
+    again only when modules were imported since the last scan)."""
+    global _controller
+    loaded = len(sys.modules)
+    if _controller is None or _controller[0] != loaded:
+        try:
+            from threadpoolctl import ThreadpoolController
+
+            libs = list(ThreadpoolController().lib_controllers)
+        except ImportError:  # pragma: no cover - a dependency
+            libs = []
+        _controller = (loaded, libs)
+    return _controller[1]
+
+
+_THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+class _Env:
+    """The thread variables as they were: put back by :func:`_restore`."""
+
+    def __init__(self) -> None:
+        self.values = {k: os.environ.get(k) for k in _THREAD_VARS}
+
+    def set_num_threads(self, _: Any) -> None:
+        for k, v in self.values.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _one_thread() -> dict[str, Any]:
+    saved: dict[str, Any] = {}
+    for lib in _controllers():
+        n = lib.num_threads
+        if n != 1:
+            saved[lib.filepath] = (lib, n)
+            lib.set_num_threads(1)
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.get_num_threads() != 1:
+        saved["torch"] = (torch, torch.get_num_threads())
+        torch.set_num_threads(1)
+    return saved
+
+
+def _restore(saved: dict[str, Any]) -> None:
+    for key, (lib, n) in saved.items():
+        lib.set_num_threads(n)
+
+
+@contextlib.contextmanager
+def single_threaded() -> Iterator[None]:
+    """Every BLAS/LAPACK/OpenMP library and torch at one thread for the block, as they
+    were after it (re-entrant and shared by the threads of a process: the first to enter
+    sets, the last to leave restores). A library loaded within the block (scipy.linalg's
+    OpenBLAS by the eigen analysis, torch) starts with one thread too: the
+    ``*_NUM_THREADS`` variables say 1 meanwhile."""
+    global _depth, _saved
+    with _lock:
+        if _depth == 0:
+            env = _Env()
+            os.environ.update({k: "1" for k in _THREAD_VARS})
+            _saved = _one_thread()
+            _saved[" environment"] = (env, None)
+        else:  # a library loaded meanwhile
+            for key, value in _one_thread().items():
+                _saved.setdefault(key, value)
+        _depth += 1
+    try:
+        yield
+    finally:
+        with _lock:
+            _depth -= 1
+            if _depth == 0:
+                saved, _saved = _saved, {}
+                _restore(saved)
+
+
+def gram_tiles(w: np.ndarray, threads: int | None = None) -> np.ndarray:
+    """``WᵀW`` of an ``m x k`` matrix (``k <= m`` wanted), with the same bits whatever
+    ``threads`` is. Below :data:`PARALLEL_GRAM_FLOPS` one ``dsyrk``; above, the upper
+    :data:`GRAM_TILE`-column tiles, each one one-threaded BLAS call (``dsyrk`` on the
+    diagonal, ``dgemm`` off it), split among ``threads`` (default
+    :func:`blas_threads_for` of :func:`matrix_threads`) Python threads, then mirrored.
+    The caller holds :func:`single_threaded`."""
+    m, k = w.shape
+    if m * k * k < PARALLEL_GRAM_FLOPS or k <= GRAM_TILE:
+        return w.T @ w
+    if threads is None:
+        threads = blas_threads_for(w.shape, matrix_threads())
+    edges = list(range(0, k, GRAM_TILE)) + [k]
+    spans = [slice(edges[i], edges[i + 1]) for i in range(len(edges) - 1)]
+    g = np.empty((k, k), dtype=np.result_type(w.dtype, np.float64))
+    pairs = [(i, j) for i in range(len(spans)) for j in range(i, len(spans))]
+
+    def tile(pair: tuple[int, int]) -> None:
+        i, j = pair
+        left = w[:, spans[i]]
+        g[spans[i], spans[j]] = left.T @ (left if i == j else w[:, spans[j]])
+
+    if threads > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=threads,
+                                thread_name_prefix="spectrum-gram") as pool:
+            list(pool.map(tile, pairs))
+    else:
+        for pair in pairs:
+            tile(pair)
+    for i, j in pairs:
+        if i != j:
+            g[spans[j], spans[i]] = g[spans[i], spans[j]].T
+    return g
 
 
 def _interval(value: float, lo: float, hi: float) -> float:
@@ -33,7 +242,14 @@ def analyze_matrix(planned: Any, a: np.ndarray, options: Any, backend: Any,
     """All metrics of one float64 matrix ``a`` (already reshaped) with ``backend``:
     ``metrics`` are the registered :class:`~spectrum_cli.core.metrics.Metric` objects
     (the built-in ones by default); a metric this backend cannot serve is listed in
-    ``unavailable`` with the reason."""
+    ``unavailable`` with the reason. Computed with one library thread
+    (:func:`single_threaded`): the same bits whatever the parallelism."""
+    with single_threaded():
+        return _analyze_matrix(planned, a, options, backend, metrics)
+
+
+def _analyze_matrix(planned: Any, a: np.ndarray, options: Any, backend: Any,
+                    metrics: Any = None) -> TensorResult:
     registered = M.BUILTIN if metrics is None else tuple(
         m for m in M.ordered(metrics)
         if not m.opt_in or getattr(options, m.opt_in, False))  # costly ones when asked

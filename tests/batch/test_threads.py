@@ -83,3 +83,29 @@ def test_this_process_computes_with_the_chosen_thread_count(tmp_path, monkeypatc
     assert {k: after[k] for k in before} == before  # restored; and those loaded meanwhile
     assert all(after[k] == (X.env_threads() or chosen) for k in after.keys() - before.keys())
     assert all(r["status"] == "ok" for r in result.records)
+
+
+def test_default_threads_honours_the_environment(monkeypatch, no_thread_env):
+    """Issue 22 item 2: a process computing alone took every core whatever the thread
+    variables said; now --threads, else the variables, else the cores."""
+    assert X.default_threads() == X.available_cores()
+    assert X.threads_from() == "cores"
+    monkeypatch.setenv("MKL_NUM_THREADS", "1")
+    assert X.default_threads() == 1 and X.threads_from() == "environment"
+    assert X.default_threads(3) == 3 and X.threads_from(3) == "--threads"
+    with pytest.raises(ValueError):
+        X.default_threads(0)
+
+
+def test_threads_limited_sets_the_matrix_budget_and_records_the_callers_env(
+        monkeypatch, no_thread_env):
+    from spectrum_cli.core import measure
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    before = measure._budget
+    with X.threads_limited(2):
+        assert measure.matrix_threads() == 2
+        assert X.caller_thread_env() == {"OMP_NUM_THREADS": "1"}  # not the block's 2
+        assert X.thread_settings(2)["threads_from"] == "environment"
+    assert measure._budget == before
+    assert X.blas_threads_for((4096, 1024), 2) == 2 and X.blas_threads_for((64, 64), 8) == 1

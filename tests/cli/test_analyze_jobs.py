@@ -97,6 +97,43 @@ def test_bad_max_memory_is_exit_2(several, bad):
     assert "--max-memory" in result.stderr
 
 
+@pytest.mark.parametrize("huge", ["1e400", "1e300TiB"])
+def test_an_overflowing_max_memory_is_exit_2(several, huge, tmp_path):
+    """Issue 22: 1e400 bytes was an OverflowError (exit 3) on the command line, in a
+    configuration file and through the API."""
+    result = run_cli("analyze", several, "--no-cache", "--max-memory", huge)
+    assert result.exit_code == 2, result.stderr
+    assert "--max-memory" in result.stderr and "Traceback" not in result.stderr
+    r = subprocess.run([_spectrum(), "analyze", str(several), "--no-cache",
+                        "--max-memory", huge], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "--max-memory" in r.stderr, r.stderr
+    folder = tmp_path / "cfg"
+    folder.mkdir()
+    shutil.copy(several, folder / several.name)
+    (folder / "spectrum.toml").write_text(f'max_memory = "{huge}"\n')
+    result = run_cli("analyze", folder / several.name, "--no-cache")
+    assert result.exit_code == 2, result.stderr
+    assert "max_memory" in result.stderr and "Traceback" not in result.stderr
+    import spectrum_cli
+    from spectrum_cli.core.errors import UsageError
+
+    for value in (huge, 10**400):
+        with pytest.raises(UsageError, match="max.memory"):
+            spectrum_cli.analyze(several, use_config=False, max_memory=value)
+
+
+@pytest.mark.parametrize("huge", ["1e400", "1e300TiB", "9" * 400])
+def test_parse_size_refuses_what_overflows(huge):
+    """The parser every path shares (CLI, configuration, API, batch): a UsageError
+    naming the option, never an OverflowError."""
+    from spectrum_cli.core.errors import UsageError
+    from spectrum_cli.executors import parse_size
+
+    with pytest.raises(UsageError, match="max_memory: .* too large"):
+        parse_size(huge, "max_memory")
+    assert parse_size(10**400, "max_memory") == 10**400  # exact; the settings cap it
+
+
 def test_cache_reuses_every_tensor_and_equals_a_clean_run(several, tmp_path):
     cache = tmp_path / "cache"
     args = (several, "--threads", "1", "--square", "all", "--eps", "0.05")
