@@ -5,6 +5,13 @@ The file is the nearest ``spectrum.toml`` (top-level keys) or ``pyproject.toml``
 working directory, each search stopping at a repository root (a folder holding ``.git``). Keys may be written ``snake_case``
 or ``kebab-case``. Loading safety can never come from here: ``trust_checkpoint`` and
 ``allow_global`` in a file or the environment are an error, not a silent no-op.
+
+Code named by a file (``model``, ``data``, a ``loss`` written MODULE:FN) and a Dask
+scheduler named by a file (``scheduler``, ``scheduler_file``: the cluster's pickles are
+loaded in this process) are used only when the user trusted that file's content with
+``spectrum trust FILE`` (:mod:`spectrum_cli.trust`); the command line and ``SPECTRUM_*``
+variables are the user's own. Every value, whatever its origin, is range-checked once
+here (:func:`check_values`, the ranges of :mod:`spectrum_cli.settings`).
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from typing import Any, Mapping
 
 from spectrum_cli.core.errors import UsageError
 
+from spectrum_cli import settings as S
 from spectrum_cli.settings import CONFIG_KEYS as KEYS  # noqa: E402  (one schema)
 from spectrum_cli.settings import FORBIDDEN  # noqa: E402
 
@@ -91,7 +99,9 @@ def read_table(path: Path) -> dict[str, Any]:
     return data
 
 
-def _coerce(key: str, value: Any, origin: str) -> Any:
+def _coerce(key: str, value: Any, where: str) -> Any:
+    """A file's or variable's value as the setting's kind (ranges are checked later, for
+    every origin alike, by :func:`check_values`); UsageError naming ``where``."""
     kind = KEYS[key]
     try:
         if kind == "list":
@@ -126,8 +136,9 @@ def _coerce(key: str, value: Any, origin: str) -> Any:
         if not isinstance(value, str):
             raise TypeError("expected a string")
         return value
-    except (TypeError, ValueError, OverflowError) as exc:
-        raise UsageError(f"{origin}: bad value {value!r} for {key} ({exc})") from None
+    except (TypeError, ValueError, OverflowError):
+        raise UsageError(f"{where}: expected {S.expected(S.BY_NAME[key])}, got "
+                         f"{S.shown(value)}") from None
 
 
 def _normalize(table: Mapping[str, Any], origin: str, strict: bool = True) -> dict[str, Any]:
@@ -143,17 +154,68 @@ def _normalize(table: Mapping[str, Any], origin: str, strict: bool = True) -> di
             if not strict:  # unrelated SPECTRUM_* variables are not ours to judge
                 continue
             raise UsageError(f"{origin}: unknown key {raw_key!r}; known: {', '.join(KEYS)}")
-        out[key] = _coerce(key, value, origin)
+        where = f"SPECTRUM_{raw_key}" if origin.startswith("environment") else \
+            f"{origin}: {raw_key}"
+        out[key] = _coerce(key, value, where)
     return out
 
 
 @dataclass
 class Config:
-    """Resolved values and where each came from (for ``--show-config`` and reports)."""
+    """Resolved values and where each came from (for ``--show-config`` and reports).
+    Values are range-checked on construction (:func:`check_values`), so that the Python
+    API's ``use_config=False`` path is held to the same ranges as the command line."""
 
     values: dict[str, Any] = field(default_factory=dict)
     origins: dict[str, str] = field(default_factory=dict)
     file: str | None = None
+
+    def __post_init__(self) -> None:
+        check_values(self)
+
+
+def _where(key: str, origin: str) -> str:
+    """How a message names a setting: its flag when given on the command line (or the
+    API), else the file or variable and the key."""
+    if origin == "command line":
+        return S.BY_NAME[key].flag
+    if origin.startswith("SPECTRUM_"):
+        return origin
+    return f"{origin}: {key}"
+
+
+def check_values(cfg: Config) -> None:
+    """Every value within its setting's range (:func:`spectrum_cli.settings.check`), sizes
+    parsed, ``include``/``exclude`` patterns compiled with the bounded matcher: a
+    UsageError naming the setting, what was expected and what was given."""
+    from spectrum_cli.core.selection import compile_pattern
+
+    for key, value in list(cfg.values.items()):
+        setting = S.BY_NAME.get(key)
+        if setting is None:
+            continue
+        where = _where(key, cfg.origins.get(key, "command line"))
+        try:
+            value = S.check(setting, value)
+        except ValueError as exc:
+            raise UsageError(f"{where}: {exc}") from None
+        if key in S.SIZES and value is not None:
+            _check_size(where, setting, value)
+        if key in ("include", "exclude", "params") and value:
+            for pattern in value:
+                compile_pattern(pattern, where)
+        cfg.values[key] = value
+
+
+def _check_size(where: str, setting: Any, value: str) -> None:
+    from spectrum_cli.executors import parse_size
+
+    try:
+        size = parse_size(value, where)
+    except (OverflowError, ValueError):
+        size = None
+    if size is None or not 0 < size <= S.MAX_SIZE:
+        raise UsageError(f"{where}: expected {S.expected(setting)}, got {S.shown(value)}")
 
 
 def resolve(cli: Mapping[str, Any], environ: Mapping[str, str] | None = None,
@@ -178,13 +240,18 @@ def resolve(cli: Mapping[str, Any], environ: Mapping[str, str] | None = None,
             cfg.values[key], cfg.origins[key] = env_values[key], f"SPECTRUM_{key.upper()}"
         elif key in file_values:
             cfg.values[key], cfg.origins[key] = file_values[key], str(path)
+    check_values(cfg)
     _require_consent(cfg)
     return cfg
 
 
 def _require_consent(cfg: Config) -> None:
     """Refuse code named by a configuration file the user has not trusted (see
-    :mod:`spectrum_cli.trust`): the file may have come with a downloaded checkpoint."""
+    :mod:`spectrum_cli.trust`): the file may have come with a downloaded checkpoint.
+    Code is a module to import (``model``, ``data``, a ``loss`` written MODULE:FN) or a
+    Dask scheduler (``scheduler``, ``scheduler_file``), whose cluster sends pickles that
+    are loaded in this process. The command line and ``SPECTRUM_*`` variables (the
+    user's own shell) need no consent; a file needs ``spectrum trust FILE``."""
     from spectrum_cli import trust
 
     named = {k: v for k, v in cfg.values.items()
@@ -192,10 +259,18 @@ def _require_consent(cfg: Config) -> None:
     if not named or cfg.file is None or trust.is_trusted(cfg.file):
         return
     what = ", ".join(f"{k} = {v!r}" for k, v in named.items())
-    flags = "/".join(f"--{k}" for k in named)
+    flags = "/".join("--" + k.replace("_", "-") for k in named)
+    cluster = [k for k in named if k in trust.SCHEDULER_KEYS]
+    if cluster:
+        head = (f"{cfg.file} names a Dask scheduler ({what}); nothing was contacted or "
+                "imported. A cluster's results are unpickled in spectrum's process, so a "
+                "scheduler is code, and a configuration file found beside a checkpoint "
+                "may have come with it: it needs your consent.")
+    else:
+        head = (f"{cfg.file} names code to import ({what}); nothing was imported. A "
+                "configuration file found beside a checkpoint may have come with it, so "
+                "it needs your consent.")
     raise UsageError(
-        f"{cfg.file} names code to import ({what}); nothing was imported. A configuration "
-        "file found beside a checkpoint may have come with it, so it needs your consent. "
-        f"If you wrote it, trust this content once with: spectrum trust {cfg.file}  "
+        f"{head} If you wrote it, trust this content once with: spectrum trust {cfg.file}  "
         f"(recorded by SHA-256; any edit needs a new consent), or give {flags} on the "
         "command line.")

@@ -6,6 +6,16 @@ From these entries come the command-line options (help, choices, panels:
 the ``SPECTRUM_*`` variables (:mod:`spectrum_cli.config`). Safety and output options are
 command line only (``config=False``): a file found beside a checkpoint cannot widen what
 spectrum loads or where it writes. Pure data: importing this imports nothing heavy.
+
+Every setting has a range, checked once at the edge by :func:`check` (the command line,
+configuration files, ``SPECTRUM_*`` and the Python API all go through
+:func:`spectrum_cli.config.resolve` or :class:`spectrum_cli.config.Config`): numbers
+between ``minimum`` and ``maximum`` (finite: ``inf``, ``nan`` and ``1e400`` are refused),
+text of at most :data:`MAX_TEXT` characters, lists of at most :data:`MAX_ITEMS` items,
+sizes (``max_memory``) of at most :data:`MAX_SIZE` bytes. The upper bounds keep a value
+copied from a stranger's configuration from turning into a run that never ends
+(``power_max = 1e9``) or an allocation that cannot succeed; each is far beyond what a
+real run needs.
 """
 
 from __future__ import annotations
@@ -37,6 +47,7 @@ class Setting:
     choices: tuple[str, ...] = ()
     metavar: str | None = None
     minimum: float | None = None
+    maximum: float | None = None
     config: bool = True
     option: str | None = None  # the command-line spelling, when not --name-with-dashes
     role: str = "analysis"  # what it shapes: analysis, operator, load, run or output
@@ -71,15 +82,15 @@ SETTINGS: tuple[Setting, ...] = (
             "'all', 'none'.", NUMERICS, default="auto",
             choices=("auto", "recurrent", "all", "none")),
     Setting("square_max_dim", "int", "Largest square matrix eigen-analysed under --square "
-            "auto.", NUMERICS, default=256, minimum=1),
+            "auto.", NUMERICS, default=256, minimum=1, maximum=16384),
     Setting("eps", "list", "Pseudospectral radius ρ_ε for these ε (absolute; see "
             "--eps-relative). Repeatable or comma-separated.", NUMERICS,
             metavar="EPS[,EPS...]"),
     Setting("eps_relative", "bool", "Scale each --eps by ‖A‖₂.", NUMERICS, default=False),
     Setting("power_max", "int", "Transient growth: ‖A^k‖₂ for k = 1..N.", NUMERICS,
-            default=200, minimum=1),
+            default=200, minimum=1, maximum=10_000),
     Setting("effective_rank_tau", "float", "effective_rank counts singular values above "
-            "tau·σ_max.", NUMERICS, default=0.01),
+            "tau·σ_max.", NUMERICS, default=0.01, minimum=0.0, maximum=1.0),
     Setting("svd_route", "str", "Dense backend: 'gram' (checked, refined, falls back to gesdd), "
             "'gesdd', or 'auto'.", NUMERICS, default="auto",
             choices=("auto", "gram", "gesdd")),
@@ -94,12 +105,13 @@ SETTINGS: tuple[Setting, ...] = (
             "from that of the entry-permuted matrix (WeightWatcher's randomize=True; one "
             "more spectrum per matrix, seeded by --seed).", NUMERICS, default=False),
     Setting("top_k", "int", "How many of the largest singular values backends of extremes "
-            "compute (2 give σ_max and the spectral gap).", NUMERICS, default=2, minimum=1),
+            "compute (2 give σ_max and the spectral gap).", NUMERICS, default=2, minimum=1,
+            maximum=4096),
     Setting("seed", "int", "Seed of start vectors and probes (iterative backends).",
-            NUMERICS, default=0),
+            NUMERICS, default=0, minimum=0, maximum=2**32 - 1),
     Setting("threads", "int", "BLAS/torch threads per worker process (default: the "
             "usable cores divided by the worker processes, at least 1).", NUMERICS,
-            minimum=1, role="run"),
+            minimum=1, maximum=1024, role="run"),
     # Run
     Setting("executor", "str", "How the analyses are computed: 'serial', 'processes' or a "
             "plugin (spectrum.executors); 'auto': processes when there is more than one "
@@ -113,7 +125,7 @@ SETTINGS: tuple[Setting, ...] = (
             commands=("analyze", "batch")),
     Setting("jobs", "int", "Worker processes measuring tensors in parallel, largest first "
             "(BLAS threads split so workers x threads <= cores); 1: in this process.",
-            RUN, default=1, minimum=1, role="run", commands=("analyze",)),
+            RUN, default=1, minimum=1, maximum=1024, role="run", commands=("analyze",)),
     Setting("max_memory", "str", "Run fewer workers at once so that their expected peak "
             "memory (each holds one tensor's float64 copy and its workspace) stays under "
             "SIZE, e.g. 8GiB or 512MB; exit 2 if the largest tensor alone needs more.",
@@ -134,7 +146,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("loss", "str", "The loss (mean reduction): mse, cross_entropy or MODULE:FN.",
             OPTIM, default="mse", metavar="NAME|MODULE:FN", role="operator"),
     Setting("dense_max", "int", "Dense Hessian up to this many parameters, matrix-free "
-            "Lanczos beyond.", OPTIM, default=2000, minimum=1, role="operator"),
+            "Lanczos beyond.", OPTIM, default=2000, minimum=1, maximum=32768, role="operator"),
     Setting("params", "list", "Restrict the operator to these parameters (their Hessian "
             "block). Repeatable.", OPTIM, metavar="GLOB", role="operator"),
     Setting("coordinates", "str", "SGD state coordinates: (θ, buf) as stored, or scaled "
@@ -159,14 +171,15 @@ SETTINGS: tuple[Setting, ...] = (
             OUTPUT, default=False, config=False, role="output"),
     # Watch
     Setting("poll", "float", "Seconds between two looks at the folder.", WATCH, default=2.0,
-            minimum=0.01, role="run", commands=("watch",)),
+            minimum=0.01, maximum=3600.0, role="run", commands=("watch",)),
     Setting("settle", "float", "Read a checkpoint once its files are unchanged across two "
             "polls and for at least this many seconds (an HF folder also needs its weights "
             "and trainer_state.json, a DCP folder its .metadata).", WATCH, default=2.0,
-            minimum=0.0, role="run", commands=("watch",)),
+            minimum=0.0, maximum=86400.0, role="run", commands=("watch",)),
     Setting("idle_timeout", "float", "End (exit 0 when all is well) once no new checkpoint "
             "came for this many seconds. \\[default: watch until Ctrl-C]", WATCH,
-            metavar="SECONDS", minimum=0.0, role="run", commands=("watch",)),
+            metavar="SECONDS", minimum=0.0, maximum=30 * 86400.0, role="run",
+            commands=("watch",)),
     Setting("keep_going", "bool", "At a --fail-on violation, print the alert and go on "
             "watching (exit 1 at the end) instead of stopping with exit 1.", WATCH,
             default=False, config=False, role="output", commands=("watch",)),
@@ -218,3 +231,87 @@ def config_values(given: dict[str, Any]) -> dict[str, Any]:
     empty list counts as not given, so that a file or the environment may set it)."""
     return {k: (v if v is not False else None) for k, v in given.items()
             if k in CONFIG_KEYS and k not in _RUN_ONLY}
+
+
+#: The longest text a setting may hold (a path, an address, a pattern, a MODULE:FN).
+MAX_TEXT = 4096
+#: The most items a list setting may hold (``--include``, ``--eps``, ``--fail-on``, ...).
+MAX_ITEMS = 256
+#: The largest ``max_memory``: 1 EiB.
+MAX_SIZE = 1 << 60
+#: Settings holding a size (``8GiB``), checked as numbers of bytes by the configuration.
+SIZES = ("max_memory",)
+
+
+def _number(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() and abs(x) < 1e15 else repr(float(x))
+
+
+def expected(s: Setting) -> str:
+    """What a value of ``s`` must be, in words (for messages)."""
+    if s.choices:
+        return "one of " + ", ".join(s.choices)
+    if s.name in SIZES:
+        return f"a size such as 8GiB or 512MB, at most {MAX_SIZE} bytes (1 EiB)"
+    noun = {"int": "an integer", "float": "a number", "bool": "true or false",
+            "list": f"a list of strings (at most {MAX_ITEMS}, each of at most {MAX_TEXT} "
+                    "characters)",
+            "str": f"a string of at most {MAX_TEXT} characters"}[s.kind]
+    if s.kind in ("int", "float"):
+        if s.minimum is not None and s.maximum is not None:
+            return f"{noun} from {_number(s.minimum)} to {_number(s.maximum)}"
+        if s.minimum is not None:
+            return f"{noun} >= {_number(s.minimum)}"
+        return f"a finite {noun[2:] if noun.startswith('a ') else noun}"
+    return noun
+
+
+def shown(value: Any) -> str:
+    """A value as a message shows it (long text cut)."""
+    if isinstance(value, str) and len(value) > 80:
+        return repr(value[:80]) + f"... ({len(value)} characters)"
+    try:
+        text = repr(value)
+    except ValueError:  # an int beyond Python's digit limit for str()
+        return f"an integer of {value.bit_length()} bits"
+    return text if len(text) <= 200 else text[:200] + "..."
+
+
+def check(s: Setting, value: Any) -> Any:
+    """``value`` as setting ``s`` holds it (an integral float becomes an int), or
+    ValueError saying what was expected and what was given. ``None`` is "not given"."""
+    if value is None:
+        return None
+    bad = ValueError(f"expected {expected(s)}, got {shown(value)}")
+    if s.kind == "bool":
+        if not isinstance(value, bool):
+            raise bad
+        return value
+    if s.kind in ("int", "float"):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad
+        if isinstance(value, float) and not (value == value and abs(value) != float("inf")):
+            raise bad  # nan, inf
+        if s.kind == "int" and isinstance(value, float):
+            if not value.is_integer():
+                raise bad
+            value = int(value)
+        elif s.kind == "float":
+            value = float(value)
+        if (s.minimum is not None and value < s.minimum) or \
+                (s.maximum is not None and value > s.maximum):
+            raise bad
+        return value
+    if s.kind == "list":
+        if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)) or \
+                len(value) > MAX_ITEMS or not all(isinstance(v, str) and len(v) <= MAX_TEXT
+                                                  and "\x00" not in v for v in value):
+            raise bad
+        return list(value)
+    if s.name in SIZES and isinstance(value, int) and not isinstance(value, bool):
+        return value  # bytes, as the Python API may give them (range: the configuration)
+    if not isinstance(value, str) or len(value) > MAX_TEXT or "\x00" in value:
+        raise bad
+    if s.choices and value not in s.choices:
+        raise bad
+    return value

@@ -2,12 +2,18 @@
 
 A ``spectrum.toml`` or ``pyproject.toml`` found beside a checkpoint is data: checkpoint
 folders are downloaded from strangers. When such a file names code to import
-(``model``, ``data``, or a ``loss`` written ``MODULE:NAME``), spectrum imports it only
-if the user consented to that exact file content, as ``direnv allow`` and ``mise trust``
+(``model``, ``data``, or a ``loss`` written ``MODULE:NAME``) or a Dask scheduler to
+connect to (``scheduler``, ``scheduler_file``: a cluster sends pickled results that are
+unpickled in spectrum's process, so a scheduler is code too), spectrum uses it only if
+the user consented to that exact file content, as ``direnv allow`` and ``mise trust``
 do: ``spectrum trust FILE`` records the file's resolved path and the SHA-256 of its bytes
 in ``$XDG_DATA_HOME/spectrum/trust.json`` (``~/.local/share/spectrum/trust.json``). Any
 edit of the file withdraws the consent. Names given on the command line (``--model``,
-``--data``, ``--loss``) or in ``SPECTRUM_*`` variables are the user's own and need none.
+``--data``, ``--loss``, ``--scheduler``, ``--scheduler-file``) or in ``SPECTRUM_*``
+variables (the user's shell: ``SPECTRUM_SCHEDULER``, ...) are the user's own and need none.
+There is no other user-level configuration file: a ``spectrum.toml`` is consented to by
+its content, wherever it lies (beside the checkpoint, above the working directory, in
+the home folder).
 """
 
 from __future__ import annotations
@@ -22,11 +28,17 @@ from spectrum_cli.core.errors import InputError
 
 #: Configuration keys whose values are imported as code (``loss`` only as MODULE:NAME).
 CODE_KEYS = ("model", "data", "loss")
+#: Configuration keys that point spectrum at a Dask cluster, whose pickles run here.
+SCHEDULER_KEYS = ("scheduler", "scheduler_file")
 _MAX_CONFIG_BYTES = 1 << 20
 
 
 def names_code(key: str, value: object) -> bool:
-    """Whether the value of ``key`` names a Python object to import."""
+    """Whether the value of ``key`` names code to run in spectrum's process: a Python
+    object to import, or a Dask scheduler (any non-empty value) whose results are
+    unpickled here. Such a value needs consent when a configuration file gives it."""
+    if key in SCHEDULER_KEYS:
+        return value is not None and value != ""
     return key in CODE_KEYS and isinstance(value, str) and ":" in value
 
 

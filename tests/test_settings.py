@@ -92,3 +92,64 @@ def test_run_settings_are_analyze_options():
     out = run_cli("analyze", "--help", env={"COLUMNS": "250"}).stdout
     for flag in ("--jobs", "--max-memory", "--cache-dir", "--no-cache", "--executor"):
         assert flag in out
+
+
+# ---- issue 26: every setting has a range, checked once at the edge ---------------------
+
+NUMERIC = [s for s in settings.SETTINGS if s.kind in ("int", "float") and s.config]
+
+
+def test_every_numeric_setting_has_a_finite_range():
+    for s in settings.SETTINGS:
+        if s.kind in ("int", "float"):
+            assert s.minimum is not None and s.maximum is not None, s.name
+            assert s.minimum <= s.maximum < float("inf")
+            if s.default is not None:
+                assert settings.check(s, s.default) == s.default, s.name
+
+
+@pytest.mark.parametrize("s", NUMERIC, ids=lambda s: s.name)
+@pytest.mark.parametrize("raw", ["1e400", "inf", "nan", "1000000000000"])
+def test_huge_and_infinite_values_from_the_environment_are_refused(s, raw):
+    if s.kind == "int" and raw != "1000000000000":
+        raw = "1" + "0" * 400  # an int too big for any range (1e400 is no integer)
+    with pytest.raises(config.UsageError) as err:
+        config.resolve({}, environ={s.env: raw}, start=None)
+    assert str(err.value).startswith(f"{s.env}: expected ")
+    assert "got " in str(err.value)
+
+
+@pytest.mark.parametrize("s", NUMERIC, ids=lambda s: s.name)
+def test_out_of_range_values_from_the_api_are_refused_with_or_without_config(s):
+    too_big = s.maximum * 10 + 10
+    for make in (lambda: config.resolve({s.name: too_big}, environ={}, start=None),
+                 lambda: config.Config(values={s.name: too_big})):  # use_config=False
+        with pytest.raises(config.UsageError, match=f"^{s.flag}: expected .* got "):
+            make()
+
+
+def test_the_python_api_refuses_a_huge_power_max():
+    import numpy as np
+
+    import spectrum_cli
+
+    with pytest.raises(config.UsageError, match="--power-max: expected an integer from 1 "
+                                                "to 10000, got 1000000000"):
+        spectrum_cli.analyze_matrix(np.ones((3, 4)), power_max=10**9)
+
+
+@pytest.mark.parametrize("env, needle", [
+    ({"SPECTRUM_MAX_MEMORY": "1e400"}, "SPECTRUM_MAX_MEMORY: expected a size"),
+    ({"SPECTRUM_MAX_MEMORY": str(2**61)}, "SPECTRUM_MAX_MEMORY: expected a size"),
+    ({"SPECTRUM_CONV": "bogus"}, "SPECTRUM_CONV: expected one of reshape, skip"),
+    ({"SPECTRUM_WEIGHTS_KEY": "k" * 5000}, "SPECTRUM_WEIGHTS_KEY: expected a string of at "
+                                           "most 4096 characters"),
+    ({"SPECTRUM_INCLUDE": ",".join(["x"] * 300)}, "SPECTRUM_INCLUDE: expected a list of strings (at most 256"),
+    ({"SPECTRUM_EXCLUDE": "re:(a)\\1"}, "SPECTRUM_EXCLUDE: regular expression"),
+])
+def test_sizes_choices_texts_lists_and_patterns_are_checked(env, needle):
+    with pytest.raises(config.UsageError) as err:
+        config.resolve({}, environ=env, start=None)
+    assert str(err.value).startswith(needle), str(err.value)
+    assert config.resolve({}, environ={"SPECTRUM_MAX_MEMORY": "8GiB"},
+                          start=None).values == {"max_memory": "8GiB"}

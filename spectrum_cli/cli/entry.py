@@ -3,16 +3,44 @@
 The ``spectrum`` script imports this module before anything heavy, so a Ctrl-C that
 arrives while typer, rich or numpy are still being imported ends the process with
 exit 130 and one line, not a traceback. :func:`spectrum_cli.cli.app.run` does the rest.
+
+Before anything else, :func:`drop_working_directory` takes the working directory off
+``sys.path`` where the interpreter put it (``python -m spectrum_cli`` puts it first): a
+folder holding ``h5py.py`` or ``numpy.py`` must not shadow what spectrum imports, late
+ones included. The user's own ``--model``/``--data``/``--loss`` modules are found by
+:mod:`spectrum_cli.io.usercode`, after the installed packages.
 """
 
 from __future__ import annotations
 
+import os
 import sys
+
+
+def drop_working_directory() -> None:
+    """Remove ``''`` (the working directory, wherever it is at the time of an import) and
+    the interpreter's ``sys.path[0]`` when it is the working directory (``python -m``,
+    ``python -c``) from ``sys.path``. Entries a user put there on purpose
+    (``PYTHONPATH``, ``.pth`` files) are kept."""
+    try:
+        cwd = os.path.realpath(os.getcwd())
+    except OSError:  # the working directory was removed: '' resolves to nothing
+        cwd = None
+    kept = [p for p in sys.path if p not in ("", ".")]
+    if sys.path and sys.path[0] not in ("", ".") and cwd is not None:
+        try:
+            first_is_cwd = os.path.realpath(sys.path[0]) == cwd
+        except (OSError, ValueError):
+            first_is_cwd = False
+        if first_is_cwd and kept and kept[0] == sys.path[0]:
+            kept = kept[1:]
+    sys.path[:] = kept
 
 
 def main() -> None:
     """Run the ``spectrum`` command and exit with its code (never a traceback)."""
     try:
+        drop_working_directory()
         from spectrum_cli.cli.app import run
 
         code = run()

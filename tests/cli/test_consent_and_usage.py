@@ -6,6 +6,7 @@ output reaches standard output. Through CliRunner and the installed console scri
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -157,24 +158,51 @@ def test_native_writes_to_fd1_never_reach_stdout(tmp_path):
     assert "DLASCL" in r.stderr
 
 
+_ENTRY_MAIN = re.compile(r'File "[^"]*cli[/\\]entry\.py", line \d+, in main\b')
+
+
+def _before_main(err: str) -> bool:
+    """A traceback raised before spectrum's entry point ran (no frame of entry.main)."""
+    return "Traceback" in err and not _ENTRY_MAIN.search(err)
+
+
+def test_an_interrupt_in_the_editable_finder_is_not_spectrums():
+    """The flaky case: an editable install's finder has "spectrum_cli" in its path."""
+    site = ('Traceback (most recent call last):\n'
+            '  File "/v/lib/python3.11/site-packages/__editable___spectrum_cli_0_1_0_finder.py",'
+            ' line 9, in <module>\nKeyboardInterrupt\n')
+    wrapper = ('Traceback (most recent call last):\n  File "/v/bin/spectrum", line 5, in '
+               '<module>\n  File "/src/spectrum_cli/__init__.py", line 9, in <module>\n'
+               'KeyboardInterrupt\n')
+    ours = ('Traceback (most recent call last):\n  File "/src/spectrum_cli/cli/entry.py", '
+            'line 18, in main\n  File "/src/spectrum_cli/cli/app.py", line 3, in run\n'
+            'ValueError: x\n')
+    assert _before_main(site) and _before_main(wrapper)
+    assert not _before_main(ours) and not _before_main("spectrum: interrupted\n")
+
+
 def test_sigint_while_starting_prints_no_traceback():
     """Ctrl-C at any moment once spectrum's own code runs: exit 130, one line, no
     traceback. Before that (the interpreter's startup, the console-script wrapper's import
-    line) nothing of spectrum's can act, and Python prints its own traceback there."""
-    import re
+    line) nothing of spectrum's can act, and Python prints its own traceback there.
 
+    "Spectrum's code runs" means :func:`spectrum_cli.cli.entry.main` was entered: a
+    traceback without a frame of it was raised before (the wrapper's import line, which
+    also runs ``spectrum_cli/__init__.py`` and, in an editable install, a finder whose
+    path holds "spectrum_cli"), so it is not spectrum's. The delays grow until one
+    interrupt reached spectrum's handler, however slow the machine."""
     handled = False
-    for delay in (0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0):
+    for delay in (0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0):
+        if delay > 2.0 and handled:
+            break  # the longer delays only for a machine too slow to reach main() before
         p = subprocess.Popen([str(SCRIPT), "analyze", str(SAMPLE / "checkpoint.pt")],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                              env={**os.environ, "NO_COLOR": "1"})
         time.sleep(delay)
         p.send_signal(signal.SIGINT)
-        out, err = p.communicate(timeout=60)
-        frames = re.findall(r'File "([^"]+)"', err)
-        if "init_import_site" in err or (frames and not any("spectrum_cli" in f
-                                                            for f in frames)):
-            continue  # interrupted before any spectrum code ran
+        out, err = p.communicate(timeout=120)
+        if _before_main(err):
+            continue  # interrupted before main() was entered
         assert "Traceback" not in err, (delay, err)
         assert p.returncode in (130, -signal.SIGINT, 0, 2), (delay, p.returncode, err)
         handled = handled or p.returncode == 130
@@ -220,3 +248,58 @@ def test_trust_of_several_files_trusts_every_one(tmp_path, monkeypatch):
     listed = run_cli("trust", "--list").stdout
     for f in tomls:
         assert str(f.resolve()) in listed
+
+
+# ---- issue 26: a scheduler is code; the working directory is not searched first --------
+
+@pytest.mark.parametrize("key", ["scheduler", "scheduler_file"])
+def test_scheduler_from_a_file_needs_consent_and_the_user_s_own_does_not(tmp_path,
+                                                                         monkeypatch, key):
+    from spectrum_cli import config
+    from spectrum_cli.core.errors import UsageError
+
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    folder = tmp_path / "download"
+    folder.mkdir()
+    toml = folder / "spectrum.toml"
+    toml.write_text(f'{key.replace("_", "-")} = "tcp://198.51.100.7:8786"\n')
+    with pytest.raises(UsageError, match=r"names a Dask scheduler .* nothing was "
+                                         r"contacted") as err:
+        config.resolve({}, environ={}, near=folder)
+    assert f"spectrum trust {toml}" in str(err.value)
+    # the command line and the user's shell are the user's own: no consent needed
+    flag_value = "tcp://127.0.0.1:8786"
+    assert config.resolve({key: flag_value}, environ={}, near=folder).values[key] == \
+        flag_value
+    cfg = config.resolve({}, environ={f"SPECTRUM_{key.upper()}": flag_value}, near=folder)
+    assert cfg.values[key] == flag_value and cfg.origins[key] == f"SPECTRUM_{key.upper()}"
+    # a file the user trusted may name one (the same consent as for model/data/loss)
+    r = run_cli("trust", toml)
+    assert r.exit_code == 0 and key.replace("_", "-") in r.stderr
+    assert config.resolve({}, environ={}, near=folder).values[key] == \
+        "tcp://198.51.100.7:8786"
+    toml.write_text(toml.read_text() + "# edited\n")  # any edit withdraws it
+    with pytest.raises(UsageError, match="names a Dask scheduler"):
+        config.resolve({}, environ={}, near=folder)
+
+
+def test_user_modules_are_found_after_installed_packages_and_only_while_they_run(
+        tmp_path, monkeypatch):
+    from spectrum_cli.io.usercode import load_callable
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "json.py").write_text("raise SystemExit('planted json ran')\n")
+    (tmp_path / "usermod_26.py").write_text(
+        "import sys, os, json\n"
+        "def where():\n"
+        "    import usersib_26\n"
+        "    return json.__file__, usersib_26.VALUE, os.getcwd() in sys.path\n")
+    (tmp_path / "usersib_26.py").write_text("VALUE = 26\n")
+    before = list(sys.path)
+    monkeypatch.delitem(sys.modules, "json", raising=False)  # re-resolved on import
+    fn = load_callable("usermod_26:where", "--model")
+    assert sys.path == before  # nothing left behind for spectrum's own later imports
+    json_file, value, on_path = fn()  # a sibling imported lazily is still found
+    assert value == 26 and on_path
+    assert Path(json_file).parent != tmp_path  # the installed json, not ./json.py
+    assert sys.path == before

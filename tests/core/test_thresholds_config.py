@@ -1,3 +1,5 @@
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import pytest
@@ -60,3 +62,49 @@ def test_config_types_and_forbidden_keys(tmp_path):
     (tmp_path / "spectrum.toml").write_text("include = [\n")
     with pytest.raises(UsageError, match="not a valid TOML configuration"):
         config.resolve({}, environ={}, start=tmp_path)
+
+
+# ---- issue 26: re: patterns are matched in linear time ---------------------------------
+
+SAME_AS_RE = [r"key$", r"^encoder\.layer\.\d+\.", r"(q|k|v)_proj", r"(?i)ATTN", r"\bfc\d\b",
+              r"layer\.(1|2)?\d\.", r"^(?:a|ab)*c", r"x{2,3}y", r"\Bproj", r"^$", r"",
+              r"(?m)^b", r"weight\Z", r"[^.]+\.bias$", r"a.*?b", r"(?s)a.b", r"\W\w+\s?"]
+NAMES = ["encoder.layer.0.attention.self.key", "encoder.layer.12.q_proj.weight", "fc1",
+         "Attn.out", "a.fc2.bias", "", "xxy", "xxxxy", "ab\nb", "layer.25.weight\n",
+         "aababc", "a\nb", "attn_proj", "a_b.c d"]
+
+
+@pytest.mark.parametrize("source", SAME_AS_RE)
+def test_regex_patterns_match_as_re_search_does(source):
+    import re
+
+    from spectrum_cli.core.selection import compile_pattern
+
+    match = compile_pattern("re:" + source)
+    for name in NAMES:
+        assert match(name) == (re.search(source, name) is not None), (source, name)
+
+
+@pytest.mark.parametrize("source, why", [
+    (r"(a+)\1", "backreferences"), (r"(?=a)b", "lookahead"), (r"(?<!a)b", "lookahead"),
+    (r"(?>a+)b", "atomic"), (r"a++b", "possessive"), (r"(a)?(?(1)b|c)", "conditional"),
+    (r"(?:a{1000}){1000}", "automaton states"),
+])
+def test_regex_patterns_that_need_backtracking_are_refused(source, why):
+    with pytest.raises(UsageError, match=f"--include: regular expression .* refused: .*{why}"):
+        Selector(include=["re:" + source])
+
+
+def test_long_patterns_are_refused_and_catastrophic_ones_are_linear():
+    from spectrum_cli.core.selection import MAX_PATTERN, compile_pattern
+
+    with pytest.raises(UsageError, match=f"at most {MAX_PATTERN}"):
+        compile_pattern("*" * (MAX_PATTERN + 1), "--exclude")
+    # exponential for a backtracking engine (2^5000 paths), one pass over the name here;
+    # in a subprocess, so that a regression fails at the deadline instead of hanging
+    code = ("from spectrum_cli.core.selection import compile_pattern as c\n"
+            "name = 'a' * 5000 + '!'\n"
+            "print(c('re:(a+)+$')(name), c('re:^(a|aa)*$')(name), c('re:(a+)+!$')(name))\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=60)
+    assert r.stdout.split() == ["False", "False", "True"], r.stderr
