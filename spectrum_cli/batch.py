@@ -41,6 +41,7 @@ from typing import Any, Callable
 
 from spectrum_cli.core.errors import InputError, SpectrumError
 from spectrum_cli.io import storage
+from spectrum_cli.io.base import require_regular
 from spectrum_cli.core.metrics import METRICS
 from spectrum_cli.executors import Plan, choose, plan
 
@@ -80,9 +81,16 @@ class Candidate:
 DCP_METADATA = ".metadata"
 
 
+#: Steps are int64 (TensorBoard, HDF5); a larger number in a name is not a step.
+STEP_MAX = 2**63 - 1
+
+
 def _last_number(name: str) -> int | None:
+    """The step in a checkpoint's name: its last number, if it fits a step."""
     numbers = re.findall(r"\d+", name)
-    return int(numbers[-1]) if numbers else None
+    if not numbers or len(numbers[-1]) > 19 or int(numbers[-1]) > STEP_MAX:
+        return None
+    return int(numbers[-1])
 
 
 def discover(target: str) -> list[Candidate]:
@@ -221,11 +229,27 @@ def content_hash(path: str) -> str:
     files = [p] if not p.is_dir() else sorted(f for f in p.rglob("*") if f.is_file())
     h = hashlib.sha256()
     for f in files:
-        h.update(str(f.relative_to(p) if p.is_dir() else f.name).encode())
+        h.update(os.fsencode(f.relative_to(p) if p.is_dir() else f.name))
+        require_regular(str(f))  # refuses /proc's and /sys's files, which stat as regular
         with os.fdopen(_open_regular(f), "rb") as fh:
-            while chunk := fh.read(1 << 20):
+            size, done = os.fstat(fh.fileno()).st_size, 0
+            while done < size and (chunk := fh.read(min(1 << 20, size - done))):
                 h.update(chunk)
+                done += len(chunk)
+            if done != size or fh.read(1):
+                raise OSError(errno.EIO, f"its size changed while it was read ({size} "
+                              "bytes at the start)", str(f))
     return h.hexdigest()
+
+
+def cacheable(record: dict[str, Any]) -> bool:
+    """Whether a computed record may be cached: it is "ok", none of its tensors failed to
+    be read (a transient I/O failure must not be remembered), and the checkpoint's
+    identity did not change while it was analysed (an object replaced between the
+    listing the key came from and the reader's pinned open: the values are the new
+    object's, the key the old one's)."""
+    return (record["status"] == "ok" and not record["document"].get("errors")
+            and record.get("identity_changed") is not True)
 
 
 def cache_key(path: str, job: Any) -> str:
@@ -393,6 +417,12 @@ def record_problem(record: Any, key: str) -> str | None:
         return f"status {record['status']!r}"
     if record["key"] != key:
         return "the key it holds is another checkpoint's"
+    if "results" in record:  # one stored tensor's results (pipeline.store_results)
+        if not isinstance(record["results"], list):
+            return "results is missing or has the wrong type"
+        where = _mismatch(record["document"], {"tensors": ANALYSIS_SPEC["tensors"]},
+                          "document")
+        return None if where is None else f"{where} is missing or has the wrong type"
     where = _mismatch(record["document"], ANALYSIS_SPEC, "document")
     if where is not None:
         return f"{where} is missing or has the wrong type"
@@ -426,7 +456,9 @@ def compute_record(path: str, job: Any, key: str, run: Any = None) -> dict[str, 
     except Exception as exc:  # a bug or a torch failure on this file: keep going
         return {"path": path, "status": "error", "error": f"{type(exc).__name__}: {exc}"}
     doc = json_safe(out.doc)
+    changed = storage.is_url(path) and not key.startswith(content_hash(path) + "-")
     return {"path": path, "status": "ok", "key": key, "cached": False,
+            "identity_changed": changed,
             "step": doc.get("checkpoint", {}).get("step"),
             "loss": doc.get("checkpoint", {}).get("loss"),
             "indicators": indicators(doc), "document": doc,
@@ -490,7 +522,7 @@ def analyze_one(path: str, job: Any, cache_dir: str | None,
     record = _from_cache(cache, path, key)
     if record is None:
         record = compute_record(path, job, key)
-        if record["status"] == "ok":
+        if cacheable(record):
             cache.put(key, record)
     return record
 
@@ -670,7 +702,7 @@ def run_batch(candidates: list[Candidate], job: Any, jobs: int = 1,
             misses.append((c, key))
 
     def computed(c: Candidate, key: str, record: dict[str, Any]) -> None:
-        if record["status"] == "ok":
+        if cacheable(record):
             cache.put(key, record)
         done(c, record)
 

@@ -36,7 +36,7 @@ from typing import Any, Callable, Mapping, Sequence
 from spectrum_cli.alerts import (Alert, TrajectoryCondition, loss_of, as_number,
                                  checkpoint_alerts, split_conditions, trajectory_alerts)
 from spectrum_cli.batch import (DCP_METADATA, HF_DIR, SUFFIXES, ResultCache, _last_number,
-                                cache_key, compute_record, indicators)
+                                cache_key, cacheable, compute_record, indicators)
 from spectrum_cli.core.errors import InputError, UsageError
 from spectrum_cli.core.trajectory import SpikeRule
 from spectrum_cli.io import storage
@@ -410,7 +410,7 @@ class Watch:
             record.update(path=path, cached=True, indicators=indicators(record["document"]))
             return record
         record = compute_record(path, self.job, key)
-        if record["status"] == "ok":
+        if cacheable(record):
             self.cache.put(key, record)
         return record
 

@@ -8,6 +8,7 @@ console script.
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -25,9 +26,17 @@ def _modules(folder: Path, package: str) -> set[str]:
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
+    """The wheel built from a copy of the tree (a build in the checkout would leave a
+    ``build/`` and an ``.egg-info`` there, whose metadata shadows the installed one)."""
+    src = tmp_path_factory.mktemp("src")
+    for name in ("pyproject.toml", "setup.py", "README.md"):
+        shutil.copy2(ROOT / name, src / name)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for name in ("spectrum_cli", "backends"):
+        shutil.copytree(ROOT / name, src / name, ignore=ignore)
     out = tmp_path_factory.mktemp("wheel")
     r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps",
-                        "--no-build-isolation", "-q", "-w", str(out), str(ROOT)],
+                        "--no-build-isolation", "-q", "-w", str(out), str(src)],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     (built,) = out.glob("spectrum_cli-*.whl")

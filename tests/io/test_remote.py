@@ -418,3 +418,35 @@ def test_storage_settings_travel_as_a_snapshot_and_are_restored(monkeypatch):
         assert storage._OPTIONS == {"key": "abc"}
     assert "AWS_SECRET_ACCESS_KEY" not in os.environ
     assert os.environ["AWS_ENDPOINT_URL"] == "http://worker" and storage._OPTIONS == {}
+
+
+def test_a_result_is_not_cached_under_an_identity_that_changed_meanwhile(s3env, tmp_path):
+    """Issue 26: the batch key comes from a listing made before the analysis; an object
+    replaced between that listing and the reader's pinned open is analysed whole (v2's
+    values), but must not be cached under v1's key."""
+    from spectrum_cli.batch import cache_key, cacheable, compute_record
+    from spectrum_cli.core.analyze import AnalyzeOptions
+    from spectrum_cli.pipeline import Job
+
+    rng = np.random.default_rng(8)
+    a, b = tmp_path / "v1.safetensors", tmp_path / "v2.safetensors"
+    save_file({"w": rng.standard_normal((16, 12))}, str(a))
+    save_file({"w": 1000 * rng.standard_normal((16, 12))}, str(b))
+    url = s3env.upload(a, "s3://remote-key/m.safetensors")
+    job = Job(AnalyzeOptions())
+    key = cache_key(url, job)
+    s3env.upload(b, url)
+    record = compute_record(url, job, key)
+    assert record["status"] == "ok" and record["identity_changed"] is True
+    assert not cacheable(record)
+    same = compute_record(url, job, cache_key(url, job))
+    assert same["identity_changed"] is False and cacheable(same)
+
+
+def test_a_record_with_a_tensor_that_failed_is_not_cached():
+    from spectrum_cli.batch import cacheable
+
+    ok = {"status": "ok", "document": {"errors": []}, "identity_changed": False}
+    assert cacheable(ok)
+    assert not cacheable({**ok, "document": {"errors": [{"tensor": "w", "error": "EIO"}]}})
+    assert not cacheable({"status": "error", "document": {}})
