@@ -701,17 +701,20 @@ def trainer_state_scalars(path: str | os.PathLike) -> dict[str, Any]:
         state = json.loads(blob)
     except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
         raise ValueError(f"not JSON: {type(exc).__name__}") from None
-    if not isinstance(state, dict) or not _is_number(state.get("global_step")):
-        raise ValueError("no numeric global_step")
-    step = int(state["global_step"])
+    from spectrum_cli.io.readers import stored_loss, stored_step
+
+    step = stored_step(state.get("global_step")) if isinstance(state, dict) else None
+    if step is None:  # missing, negative, beyond int64, not a number
+        raise ValueError("no global_step from 0 to 2**63-1")
     history = state.get("log_history", [])
     if not isinstance(history, list):
         raise ValueError("log_history is not a list")
-    logged = [e for e in history if isinstance(e, dict) and _is_number(e.get("loss"))
-              and _is_number(e.get("step", 0)) and int(e.get("step", 0)) <= step]
+    logged = [e for e in history if isinstance(e, dict)
+              and stored_loss(e.get("loss")) is not None
+              and (s := stored_step(e.get("step", 0))) is not None and s <= step]
     out: dict[str, Any] = {"step": step, "from": "trainer_state.json"}
     if logged:
-        out["loss"] = float(logged[-1]["loss"])
+        out["loss"] = stored_loss(logged[-1]["loss"])
     return out
 
 

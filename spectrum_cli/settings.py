@@ -118,7 +118,7 @@ SETTINGS: tuple[Setting, ...] = (
             "job.", RUN, default="auto", metavar="NAME", role="run",
             commands=("analyze", "batch")),
     Setting("scheduler", "str", "A Dask scheduler (tcp://HOST:PORT) to send the tasks to "
-            "(implies --executor dask; needs spectrum-cli[distributed]).", RUN,
+            "(implies --executor dask; needs spectrum-cli\\[distributed]).", RUN,
             metavar="ADDRESS", role="run", commands=("analyze", "batch")),
     Setting("scheduler_file", "str", "A Dask scheduler file (dask scheduler "
             "--scheduler-file) instead of --scheduler.", RUN, metavar="PATH", role="run",

@@ -59,7 +59,7 @@ app.command("pseudospectrum", cls=Command)(_pseudospectrum.pseudospectrum)
 app.command("trust", cls=Command)(_trust.trust)
 app.command("esd", cls=Command)(_esd.esd)
 app.command("watch", cls=Command)(_watch.watch)
-report_app = typer.Typer(help="Read reports back.", no_args_is_help=True)
+report_app = typer.Typer(help="Read reports back.", no_args_is_help=True, cls=Group)
 report_app.command("show", cls=Command)(_report.show)
 app.add_typer(report_app, name="report")
 

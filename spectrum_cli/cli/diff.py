@@ -51,7 +51,7 @@ def _render(doc, console, top: int) -> None:
     from rich.table import Table
     from rich.text import Text
 
-    from spectrum_cli.cli.summary import fmt, short_name
+    from spectrum_cli.cli.summary import fmt, short_names
     from spectrum_cli.diff import shape_text
     from spectrum_cli.report.output import printable
 
@@ -65,10 +65,11 @@ def _render(doc, console, top: int) -> None:
     width = max(16, console.width - 50)
     for col in ("tensor", "κ A", "κ B", "Δκ rel", "σ rel", "‖ΔW‖rel"):
         table.add_column(col, justify="left" if col == "tensor" else "right", no_wrap=True,
-                         max_width=width + 1 if col == "tensor" else None)
-    for r in doc["tensors"][:top]:
+                         max_width=width + 1 if col == "tensor" else None, overflow="fold")
+    rows = doc["tensors"][:top]
+    for r, name in zip(rows, short_names([r["name"] for r in rows], width)):
         k = r["metrics"].get("kappa", {})
-        table.add_row(Text(short_name(printable(r["name"]), width)), fmt(k.get("a")),
+        table.add_row(Text(name), fmt(k.get("a")),
                       fmt(k.get("b")), fmt(k.get("relative")),
                       fmt(r.get("singular_values_relative")), fmt(r.get("weights_relative")))
     console.print(table)

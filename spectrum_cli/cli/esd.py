@@ -16,10 +16,10 @@ import typer
 from spectrum_cli.cli.console import escape, exit_codes, stderr_console, stdout_console
 from spectrum_cli.cli.options import with_settings
 from spectrum_cli.report.output import printable
-from spectrum_cli.settings import SAFETY
+from spectrum_cli.settings import OUTPUT, SAFETY
 
 
-@with_settings("json_out", "force", SAFETY)
+@with_settings("json_out", SAFETY)
 def esd(
     path: Annotated[str, typer.Argument(
         metavar="PATH", help="A checkpoint, .safetensors, .npy/.npz file, Hugging Face "
@@ -27,6 +27,9 @@ def esd(
     tensor: Annotated[Optional[str], typer.Option(
         help="Which matrix (a tensor name; a k-D kernel is reshaped to (out, in·k…)); "
         "optional when the file holds one.")] = None,
+    force: Annotated[bool, typer.Option(
+        "--force", metavar="", help="Let --plot replace an existing file that spectrum did "
+        "not write (never an input, a device or a folder).", rich_help_panel=OUTPUT)] = False,
     plot: Annotated[Optional[Path], typer.Option(
         help="Write a picture of the ESD (log-log, with the fitted tail, xmin and the "
         "MP edge): PNG, PDF or SVG by the suffix. Needs matplotlib.")] = None,
@@ -43,7 +46,7 @@ def esd(
     """The ESD of one matrix: power law of the tail (alpha), norms, Marchenko-Pastur
     bulk and rand_distance, as WeightWatcher's columns."""
     err = stderr_console()
-    json_out, force = settings["json_out"], settings["force"]
+    json_out = settings["json_out"]
     with exit_codes(err):
         from spectrum_cli.report.output import atomic_path, check_target
 

@@ -44,7 +44,9 @@ def model(
     = None,
     **settings: Any,
 ) -> None:
-    """Model-level spectra of a checkpoint on your model and data (seeds 003, 004)."""
+    """Model-level spectra of a checkpoint on your model and data: Jacobian, NTK and Hessian
+    density (arXiv 2602.01136, "A Unified Matrix-Spectral Framework for Stability and
+    Interpretability in Deep Learning")."""
     err = stderr_console()
     with exit_codes(err):
         _run(path=path, samples=samples, slq_probes=slq_probes, slq_steps=slq_steps,

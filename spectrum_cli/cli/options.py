@@ -20,6 +20,8 @@ from typer.core import TyperCommand, TyperGroup
 from spectrum_cli.settings import BY_NAME, RUN, SETTINGS, Setting
 
 _PY = {"str": str, "int": int, "float": float}
+#: Choices longer than this (joined by |) are shown as a name, listed in the help text.
+CHOICES_INLINE = 14
 
 
 def _annotation(s: Setting) -> tuple[Any, Any]:
@@ -33,6 +35,11 @@ def _annotation(s: Setting) -> tuple[Any, Any]:
         help_text += f" \\[default: {s.default}]"
     if s.choices:
         base: Any = Literal[s.choices]  # typer lists them as <a|b|c>
+        if len("|".join(s.choices)) > CHOICES_INLINE:
+            # a long <a|b|c> is folded mid-word in an 80-column help: name it, list them
+            extra["metavar"] = s.metavar or "MODE"
+            if not all(f"'{c}'" in help_text for c in s.choices):
+                help_text += f" One of: {', '.join(s.choices)}."
         if s.default is not None:
             help_text += f" \\[default: {s.default}]"
     elif s.kind == "list":
@@ -43,6 +50,8 @@ def _annotation(s: Setting) -> tuple[Any, Any]:
         extra["metavar"] = s.metavar
     if s.minimum is not None:
         extra["min"] = s.minimum
+    if getattr(s, "maximum", None) is not None and s.kind in ("int", "float"):
+        extra["max"] = s.maximum
     return Annotated[Optional[base], typer.Option(s.flag, help=help_text, **extra)], None
 
 
@@ -80,10 +89,13 @@ def setting(name: str) -> Setting:
 
 
 def _untagged(params: list[Any]) -> list[Any]:
-    """Flags take no value: show them without typer's ``<bool>`` type tag."""
+    """Flags take no value: show them without typer's ``<bool>`` type tag. Arguments are
+    spelled one way, in capitals, in the usage line and in the panel (``PATH``)."""
     for p in params:
         if getattr(p, "is_flag", False) and not getattr(p, "metavar", None):
             p.metavar = ""
+        if getattr(p, "param_type_name", "") == "argument" and not p.metavar:
+            p.metavar = p.name.upper()
     return params
 
 

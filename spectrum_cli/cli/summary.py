@@ -4,8 +4,9 @@
 from __future__ import annotations
 
 import math
+import os
 from collections import Counter
-from typing import Any
+from typing import Any, Sequence
 
 from rich import box
 from rich.console import Console
@@ -56,6 +57,53 @@ def short_name(name: str, width: int) -> str:
     return name[:head] + "…" + name[len(name) - tail:]
 
 
+def short_names(names: Sequence[str], width: int) -> list[str]:
+    """:func:`short_name` of each name, kept distinct: where two different names would
+    show the same (``encoder.layers.0.ffn.W12.weight`` and ``encoder.layers.2.ffn.W12
+    .weight`` both as ``encoder.lay….W12.weight``), each of them keeps the place where
+    the group differs (its first differing character in the head, else its last in the
+    tail, else a window around it between two ellipses). Names still alike after that
+    (none in practice) are shown whole, folded by the table."""
+    full = [printable(n) for n in names]
+    shown = [short_name(n, width) for n in full]
+    groups: dict[str, set[str]] = {}
+    for s, f in zip(shown, full):
+        groups.setdefault(s, set()).add(f)
+    better: dict[str, str] = {}
+    for group in (sorted(g) for g in groups.values() if len(g) > 1):
+        prefix = len(os.path.commonprefix(group))
+        suffix = len(os.path.commonprefix([g[::-1] for g in group]))
+        for f in group:
+            better[f] = _around(f, width, prefix, suffix)
+    out = [better.get(f, s) for f, s in zip(full, shown)]
+    counts: dict[str, set[str]] = {}
+    for s, f in zip(out, full):
+        counts.setdefault(s, set()).add(f)
+    return [s if len(counts[s]) == 1 else f for s, f in zip(out, full)]
+
+
+def _around(name: str, width: int, prefix: int, suffix: int) -> str:
+    """``name`` in ``width`` characters showing its character at ``prefix`` (the first
+    that differs within its group) or, failing that, the one ``suffix`` from its end."""
+    width = max(width, 5)
+    if len(name) <= width:
+        return name
+    if prefix + 2 <= width - 1:  # the differing character fits in the head
+        head = prefix + 1
+        tail = width - 1 - head
+        return name[:head] + "…" + (name[len(name) - tail:] if tail else "")
+    if suffix + 2 <= width - 1:  # ... or in the tail
+        tail = suffix + 1
+        head = width - 1 - tail
+        return name[:head] + "…" + name[len(name) - tail:]
+    keep = width - 2
+    head = keep // 3
+    tail = keep // 3
+    window = keep - head - tail
+    start = min(max(prefix - window // 2, head), len(name) - tail - window)
+    return name[:head] + "…" + name[start:start + window] + "…" + name[len(name) - tail:]
+
+
 def _text(text: Any, style: str = "") -> Text:
     """Text read from a file, shown inert: no markup, no control characters."""
     return Text(printable(text), style=style)
@@ -88,12 +136,12 @@ def fitted_table(columns: list[tuple[str, str, bool]], rows: list[list[Any]], wi
     table.add_column(columns[0][0], no_wrap=True, overflow="fold")
     for i in keep:
         table.add_column(columns[i][0], justify=columns[i][1], no_wrap=True, overflow="fold")
-    for r in rows:
-        name = r[0]
-        shown = (Text(short_name(name.plain, name_width), style=name.style)
-                 if isinstance(name, Text) else short_name(name, name_width))
-        table.add_row(shown if isinstance(shown, Text) else Text(shown),
-                      *[r[i] for i in keep], style=getattr(r, "style", None))
+    names = short_names([r[0].plain if isinstance(r[0], Text) else r[0] for r in rows],
+                        name_width)
+    for r, shown in zip(rows, names):
+        style = r[0].style if isinstance(r[0], Text) else ""
+        table.add_row(Text(shown, style=style), *[r[i] for i in keep],
+                      style=getattr(r, "style", None))
     return table, dropped
 
 

@@ -19,9 +19,10 @@ def trust(
     list_: Annotated[bool, typer.Option(
         "--list", help="List the trusted files and whether they changed since.")] = False,
 ) -> None:
-    """Allow a configuration file to name your model, data and loss code.
+    """Allow a configuration file to name your model, data and loss code, or a Dask
+    scheduler (whose pickles spectrum would unpickle).
 
-    A spectrum.toml (or [tool.spectrum]) beside a checkpoint may have been downloaded
+    A spectrum.toml (or \\[tool.spectrum]) beside a checkpoint may have been downloaded
     with it, so code it names is imported only after this consent, recorded by the
     file's SHA-256 in $XDG_DATA_HOME/spectrum/trust.json: any edit withdraws it.
     """

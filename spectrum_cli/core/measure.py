@@ -440,10 +440,10 @@ def _extremes(a: np.ndarray, options: Any, backend: Any, fro_sq: float,
         est = backend.spectral_entropy(a, fro_sq, seed=seed)
         h, bar = est.value, est.error_bar
         metrics["spectral_entropy"] = h
-        metrics["entropy_effective_rank"] = math.exp(h)
+        metrics["entropy_effective_rank"] = _exp(h)
         for name, value, half in (("spectral_entropy", h, bar),
-                                  ("entropy_effective_rank", math.exp(h),
-                                   _interval(math.exp(h), math.exp(h - bar), math.exp(h + bar)))):
+                                  ("entropy_effective_rank", _exp(h),
+                                   _interval(_exp(h), _exp(h - bar), _exp(h + bar)))):
             accuracy[name] = {"accuracy": "estimate", "error_bar": half,
                               "confidence": est.confidence, "method": est.method,
                               "settings": est.settings, "n_matvec": est.n_matvec}
@@ -454,3 +454,12 @@ def _extremes(a: np.ndarray, options: Any, backend: Any, fro_sq: float,
         notes.append("did not converge: see error bars")
     return top, {"metrics": metrics, "accuracy": accuracy, "unavailable": unavailable,
                  "smallest": smallest, "converged": converged, "notes": notes}
+
+
+def _exp(x: float) -> float:
+    """``exp(x)``, inf where it overflows (a third-party backend's entropy bar can be
+    anything: the interval it gives must not crash the run)."""
+    try:
+        return math.exp(x)
+    except OverflowError:
+        return math.inf

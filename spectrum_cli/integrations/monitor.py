@@ -268,7 +268,7 @@ class SpectrumMonitor:
         rest is still measured; matrices holding NaN/Inf are counted in
         ``tensors.nonfinite_tensors`` and named in ``warnings``. (The callbacks go
         further: nothing raises from a measurement into the training loop.)"""
-        from spectrum_cli.executors import available_cores, env_threads, threads_limited
+        from spectrum_cli.executors import default_threads, threads_limited
 
         if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
             raise UsageError(f"step: expected a non-negative integer, got {step!r}")
@@ -285,7 +285,7 @@ class SpectrumMonitor:
         notes: list[str] = []
         # The BLAS/torch threads of a measurement: the monitor's ``threads``, else what
         # OMP/OPENBLAS/MKL_NUM_THREADS ask for, else every core this process may use.
-        with threads_limited(self.threads or env_threads() or available_cores()):
+        with threads_limited(default_threads(self.threads)):
             doc, result, violations = self._document(
                 weights, int(step), module if with_operators else None, optimizer,
                 use_batch, loss_value, notes)
