@@ -60,6 +60,7 @@ class NonNormal:
             "defective": self.eigen.defective,
             "max_power_norm_exact": self.powers.exact,
             "power_max": int(self.powers.norms.size),
+            "power_norms": self.powers.details(),
             "kreiss": {"value": self.kreiss.value, "kind": "lower_bound",
                        "argmax": None if self.kreiss.argmax is None else
                        [self.kreiss.argmax.real, self.kreiss.argmax.imag],
@@ -71,12 +72,23 @@ class NonNormal:
 
 def analyze_square(a: np.ndarray, eps: Sequence[float] = (), eps_relative: bool = False,
                    power_max: int = 200, sigma_max: float | None = None) -> NonNormal:
-    """Everything non-normal about the square matrix ``a``."""
+    """Everything non-normal about the square matrix ``a``: one eigen-decomposition
+    (geev) gives κ(V), the condition numbers, ρ (which decides K = inf before any
+    search), Henrici's departure (from the Schur factor only for a nearly normal
+    matrix) and the eigenvalues that start the criss-cross; at most one complex Schur
+    factorization (of 2^-e·A, the exact scaling of :mod:`spectrum_cli.core.scaling`)
+    is shared by Henrici and the Kreiss search; the certified power curve's ‖A‖₂ bound
+    and Neumann bound spare the Kreiss search an SVD and prune its grid."""
     eig = eigenstructure(a)
     scale = (sigma_max if sigma_max is not None else float(np.linalg.norm(a, 2))) \
         if eps_relative else 1.0
-    ps = [pseudospectral_radius(a, e * scale) for e in eps] if scale > 0 else []
+    ps = [pseudospectral_radius(a, e * scale, eigenvalues=eig.eigenvalues)
+          for e in eps] if scale > 0 else []
     powers = power_norms(a, power_max)
-    kreiss = kreiss_lower_bound(a)
+    norm_upper = None
+    if powers.upper is not None and powers.upper.size:
+        norm_upper = float(powers.upper[0])
+    kreiss = kreiss_lower_bound(a, schur=eig.schur, norm_upper=norm_upper, powers=powers,
+                                spectral_radius=eig.spectral_radius)
     window = transient_window(eig.kappa_V, eig.spectral_radius)
     return NonNormal(eig, powers, kreiss, ps, window, eps_relative, tuple(eps))

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from spectrum_cli.core.eigen import complex_schur
+from spectrum_cli.core.errors import UsageError
 from spectrum_cli.core.scaling import ldexp, scale_exponent
 
 EPS = float(np.finfo(np.float64).eps)
@@ -106,16 +107,21 @@ def _outer_crossing(a: np.ndarray, eps: float, psi: float, r_in: float,
 
 
 def criss_cross(a: np.ndarray, eps: float, tol: float = 1e-12,
-                max_iter: int = 50) -> PseudospectralRadius:
+                max_iter: int = 50, *, eigenvalues: np.ndarray | None = None
+                ) -> PseudospectralRadius:
     """ρ_ε(A) for a dense square A by the Mengi-Overton criss-cross algorithm.
 
     Entries near the float64 limits: ρ_ε(A) = 2^e·ρ_{ε/2^e}(2^-e·A), with the exact
     scaling of :mod:`spectrum_cli.core.scaling`. An ε beyond ‖A‖_F/eps₆₄ gives ρ_ε = ε to
     working precision (ε <= ρ + ε <= ρ_ε <= ‖A‖₂ + ε); an ε that the scaling turns into
-    zero is below A's resolution: ρ(A) is returned as a lower bound."""
+    zero is below A's resolution: ρ(A) is returned as a lower bound. ``eigenvalues`` (of
+    A, when the caller has them) spare the start its eigenvalue computation. A matrix
+    with NaN or infinite entries has no defined ρ_ε: a :class:`UsageError` (a
+    ValueError) says so."""
     a = np.asarray(a)
     if eps <= 0:
         raise ValueError(f"eps: expected a positive number, got {eps!r}")
+    _require_finite(a)
     e = scale_exponent(a)
     b, eps_b = ldexp(a, -e), ldexp(float(eps), -e)
     fro = float(np.linalg.norm(b))
@@ -127,16 +133,18 @@ def criss_cross(a: np.ndarray, eps: float, tol: float = 1e-12,
         top = complex(lam[np.argmax(np.abs(lam))])
         return PseudospectralRadius(eps, abs(top), "lower_bound", "ε below the float64 "
                                     "resolution of A: ρ(A) < ρ_ε(A)", 0, top)
-    out = _criss_cross(b, eps_b, tol, max_iter)
+    lam_b = None if eigenvalues is None else ldexp(np.asarray(eigenvalues), -e)
+    out = _criss_cross(b, eps_b, tol, max_iter, lam_b)
     if e == 0:
         return out
     return PseudospectralRadius(eps, ldexp(out.value, e), out.kind, out.method,
                                 out.iterations, complex(ldexp(np.array([out.argmax]), e)[0]))
 
 
-def _criss_cross(a: np.ndarray, eps: float, tol: float,
-                 max_iter: int) -> PseudospectralRadius:
-    lam = np.linalg.eigvals(a)
+def _criss_cross(a: np.ndarray, eps: float, tol: float, max_iter: int,
+                 lam: np.ndarray | None = None) -> PseudospectralRadius:
+    if lam is None:
+        lam = np.linalg.eigvals(a)
     best = lam[np.argmax(np.abs(lam))]
     psi = float(np.angle(best)) if abs(best) > 0 else 0.0
     r_max = float(np.linalg.norm(a, 2)) + eps
@@ -243,11 +251,24 @@ def rank_one_iteration(op: Any, eps: float, tol: float = 1e-10,
                                 "rank-one iteration (Guglielmi-Overton 2011)", it, complex(lam))
 
 
-def pseudospectral_radius(a: Any, eps: float) -> PseudospectralRadius:
-    """Exact (criss-cross) for dense n <= CRISS_CROSS_MAX_N, else a lower bound."""
-    if isinstance(a, np.ndarray) and a.shape[0] <= CRISS_CROSS_MAX_N:
-        return criss_cross(a, eps)
+def pseudospectral_radius(a: Any, eps: float, *,
+                          eigenvalues: np.ndarray | None = None) -> PseudospectralRadius:
+    """Exact (criss-cross) for dense n <= CRISS_CROSS_MAX_N, else a lower bound. A dense
+    matrix with NaN or infinite entries: :class:`UsageError` (ρ_ε is undefined)."""
+    if isinstance(a, np.ndarray):
+        _require_finite(a)
+        if a.shape[0] <= CRISS_CROSS_MAX_N:
+            return criss_cross(a, eps, eigenvalues=eigenvalues)
     return rank_one_iteration(a, eps)
+
+
+def _require_finite(a: np.ndarray) -> None:
+    """NaN or ±inf entries leave σ_min(zI - A), hence ρ_ε, undefined (LAPACK would fail
+    with 'did not converge' deep inside): said at the edge instead."""
+    if not np.all(np.isfinite(a)):
+        bad = int(np.size(a) - np.count_nonzero(np.isfinite(a)))
+        raise UsageError(f"a: {bad} non-finite entr{'y' if bad == 1 else 'ies'} (NaN or "
+                         "inf): the pseudospectral radius is undefined")
 
 
 def sigma_min_grid(a: np.ndarray, xs: np.ndarray, ys: np.ndarray,
