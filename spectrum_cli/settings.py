@@ -104,6 +104,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("randomize", "bool", "Also compute rand_distance, the distance of the ESD "
             "from that of the entry-permuted matrix (WeightWatcher's randomize=True; one "
             "more spectrum per matrix, seeded by --seed).", NUMERICS, default=False),
+    Setting("farms", "bool", "Also compute alpha_farms (FARMS, arXiv 2506.06280: the ESD "
+            "averaged over fixed-aspect-ratio submatrices before the alpha_peak fit; about "
+            "100 more spectra per matrix).", NUMERICS, default=False),
     Setting("top_k", "int", "How many of the largest singular values backends of extremes "
             "compute (2 give σ_max and the spectral gap).", NUMERICS, default=2, minimum=1,
             maximum=4096),

@@ -59,7 +59,7 @@ def test_cache_key_follows_every_analysis_and_operator_setting():
     changes = {"conv": "skip", "square": "all", "square_max_dim": 7, "eps_relative": True,
                "power_max": 9, "effective_rank_tau": 0.2, "svd_route": "gesdd",
                "backend": "lanczos", "device": "cpu", "dtype": "float32", "top_k": 3,
-               "seed": 4, "randomize": True, "include": ["a"], "exclude": ["b"], "eps": ["0.1"],
+               "seed": 4, "randomize": True, "farms": True, "include": ["a"], "exclude": ["b"], "eps": ["0.1"],
                "dense_max": 5, "params": ["x"], "coordinates": "scaled",
                "step_convention": "next", "loss": "cross_entropy", "fail_on": ["kappa>2"]}
     assert set(changes) >= set(settings.names("analysis")) | set(settings.names("operator")) \

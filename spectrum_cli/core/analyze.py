@@ -56,6 +56,7 @@ class AnalyzeOptions:
     eps_relative: bool = False
     power_max: int = 200
     randomize: bool = False
+    farms: bool = False  # alpha_farms (core/esd_estimators.py): costly, when asked
 
     def __post_init__(self) -> None:
         if self.conv not in CONV_MODES:
@@ -174,7 +175,8 @@ def choose_backend(shape: tuple[int, int], options: AnalyzeOptions) -> str:
 #: (2·k²/(m·n) of the copy, k = min(m, n), for the matrices that ``--svd-route auto``
 #: sends that way: aspect ratio >= 2 or k >= 512, see ``auto_takes_gram``),
 #: the eigen/non-normal analysis of a square matrix adds geev's copy, the Schur form and
-#: the matrix powers; iterative backends hold a few vectors. Measured on TinyLlama's
+#: the matrix powers (the power curve also keeps A^(2^i), i < log2(power_max), for sides
+#: up to 1024: at most 8 MiB each); iterative backends hold a few vectors. Measured on TinyLlama's
 #: 32000x2048 embedding (bench/bench_llm.py): 738 MiB peak RSS of a worker, torch
 #: included, where this rule says 1.25 GB (the fallback's peak).
 WORKSPACE = {"dense": 1.0, "eigen": 3.0, "iterative": 0.5}

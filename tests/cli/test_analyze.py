@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from spectrum_cli.core.errors import ExitCode
+from spectrum_cli.core.esd_estimators import ESTIMATOR_METRICS
 from spectrum_cli.core.metrics import METRICS
 from tests.helpers import run_cli, run_json, spectrum_of, with_spectrum
 
@@ -80,7 +81,7 @@ def test_json_document_schema(ckpt):
                      "encoder.ffn.weight", "conv.weight"}
     for t in doc["tensors"]:
         assert {"name", "shape", "dtype", "kind", "metrics"} <= set(t)
-        assert set(t["metrics"]) <= set(METRICS)
+        assert set(t["metrics"]) <= set(METRICS) | set(ESTIMATOR_METRICS)
         assert t["method"]["accuracy"] == "exact"
     by = {t["name"]: t for t in doc["tensors"]}
     assert by["conv.weight"]["kind"] == "conv_reshaped"

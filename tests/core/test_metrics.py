@@ -62,6 +62,7 @@ def test_every_metric_matches_numpy_float64(rng, shape, kappa):
 
 def test_metric_names_are_the_contract(rng):
     from spectrum_cli import plugins
+    from spectrum_cli.core.esd_estimators import ALL as ESTIMATORS
     from spectrum_cli.core.esd_metrics import ESD_METRICS
 
     core = set(METRICS) - set(ESD_METRICS)  # the built-ins alone (no registry)
@@ -75,6 +76,7 @@ def test_metric_names_are_the_contract(rng):
                              AnalyzeOptions(randomize=randomize), DenseBackend(),
                              plugins.metric_plugins()).metrics
         want = set(METRICS) - {"spectral_radius", *NONNORMAL_METRICS}
+        want |= {m.name for m in ESTIMATORS if not m.opt_in}  # alpha_farms: --farms
         assert set(got) == (want if randomize else want - {"rand_distance"})
 
 
