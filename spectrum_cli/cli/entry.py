@@ -14,7 +14,10 @@ ones included. The user's own ``--model``/``--data``/``--loss`` modules are foun
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
+from typing import Any
 
 
 def drop_working_directory() -> None:
@@ -37,9 +40,35 @@ def drop_working_directory() -> None:
     sys.path[:] = kept
 
 
+#: Packages whose C++ code calls back into Python (pybind11): a KeyboardInterrupt raised
+#: in such a callback is a C++ exception thrown where none may be, and the process
+#: aborts (``terminate called after throwing ... KeyboardInterrupt``, exit -6). Seen
+#: with Ctrl-C during ``import torch``.
+NATIVE_CALLBACKS = frozenset({"torch"})
+#: How long a deferred Ctrl-C waits before it is delivered again.
+DEFER_S = 0.05
+
+
+def _on_sigint(signum: int, frame: Any) -> None:
+    """Ctrl-C as ``KeyboardInterrupt``, except inside a package of
+    :data:`NATIVE_CALLBACKS`: there the signal is sent again a moment later, until it
+    lands in a frame of spectrum's (or of any other Python code)."""
+    f = frame
+    while f is not None:
+        if str(f.f_globals.get("__name__", "")).partition(".")[0] in NATIVE_CALLBACKS:
+            timer = threading.Timer(DEFER_S, os.kill, (os.getpid(), signal.SIGINT))
+            timer.daemon = True
+            timer.start()
+            return
+        f = f.f_back
+    raise KeyboardInterrupt
+
+
 def main() -> None:
     """Run the ``spectrum`` command and exit with its code (never a traceback)."""
     try:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, _on_sigint)
         drop_working_directory()
         from spectrum_cli.cli.app import run
 

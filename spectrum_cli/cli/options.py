@@ -50,8 +50,6 @@ def _annotation(s: Setting) -> tuple[Any, Any]:
         extra["metavar"] = s.metavar
     if s.minimum is not None:
         extra["min"] = s.minimum
-    if getattr(s, "maximum", None) is not None and s.kind in ("int", "float"):
-        extra["max"] = s.maximum
     return Annotated[Optional[base], typer.Option(s.flag, help=help_text, **extra)], None
 
 
