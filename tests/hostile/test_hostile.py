@@ -32,6 +32,7 @@ from pathlib import Path
 import pytest
 
 from tests.hostile import make_cases as M
+from tests.processes import REAPER
 
 SPECTRUM = Path(sys.executable).parent / "spectrum"
 #: The bound asserted on the peak RSS of a case's process tree.
@@ -114,20 +115,6 @@ def _rss(pid: int) -> int:
         return 0
 
 
-#: Runs a command as its grandchild and reports the grandchild's peak RSS. Linux carries
-#: a process's RSS high-water mark across fork and exec, so a child forked straight from
-#: this (large) pytest process would report pytest's own peak; a grandchild forked from
-#: this small launcher starts from the launcher's.
-REAPER = (
-    "import os, sys\n"
-    "pid = os.fork()\n"
-    "if pid == 0:\n"
-    "    os.execv(sys.argv[2], sys.argv[2:])\n"
-    "_, status, usage = os.wait4(pid, 0)\n"
-    "with open(sys.argv[1], 'w') as fh:\n"
-    "    fh.write(str(usage.ru_maxrss * 1024))\n"
-    "sys.exit(os.waitstatus_to_exitcode(status) % 256)\n"
-)
 
 
 def execute(argv: list[str], d: Path, cwd: Path, env: dict[str, str], timeout: float) -> Run:

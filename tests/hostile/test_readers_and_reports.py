@@ -33,24 +33,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from tests.processes import REAPER
 import torch
 
 SPECTRUM = Path(sys.executable).parent / "spectrum"
 RSS_LIMIT = int(1.5 * 2**30)
 RSS_KILL = 2 * 2**30
 
-#: Runs the command as its grandchild and writes the grandchild's peak RSS (Linux carries
-#: the RSS high-water mark across fork: a child of pytest would report pytest's).
-REAPER = (
-    "import os, sys\n"
-    "pid = os.fork()\n"
-    "if pid == 0:\n"
-    "    os.execv(sys.argv[2], sys.argv[2:])\n"
-    "_, status, usage = os.wait4(pid, 0)\n"
-    "with open(sys.argv[1], 'w') as fh:\n"
-    "    fh.write(str(usage.ru_maxrss * 1024))\n"
-    "sys.exit(os.waitstatus_to_exitcode(status) % 256)\n"
-)
 
 
 @dataclass

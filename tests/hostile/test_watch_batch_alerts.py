@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.batch.folders import spectrum_exe, weights_only_run
+from tests.processes import running
 
 SGD = Path(__file__).resolve().parents[2] / "sample_checkpoints" / "sgd-momentum"
 FAST = ("--poll", "0.1", "--settle", "0.3", "--no-progress")
@@ -44,20 +45,6 @@ def aged(folder: Path) -> Path:
 def tree(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
             if p.is_file()}
-
-
-def _running(pid: int, grace: float = 10.0) -> bool:
-    deadline = time.monotonic() + grace
-    while True:
-        try:
-            with open(f"/proc/{pid}/stat") as fh:
-                if fh.read().rsplit(")", 1)[1].split()[0] == "Z":
-                    return False
-        except FileNotFoundError:
-            return False
-        if time.monotonic() > deadline:
-            return True
-        time.sleep(0.05)
 
 
 # --------------------------------------------------------------------------- the cache
@@ -160,7 +147,7 @@ def test_an_alert_command_leaves_no_process_running(tmp_path, out):
     no_traceback(r)
     assert r.returncode == 1, r.stderr
     assert "left a child" in r.stderr and "warning: --on-alert" not in r.stderr
-    assert not _running(int(pid_file.read_text()))
+    assert not running(int(pid_file.read_text()))
 
 
 # --------------------------------------------------------------------------- /proc, FIFOs

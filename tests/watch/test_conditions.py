@@ -14,6 +14,7 @@ from spectrum_cli.core.trajectory import SpikeRule
 from spectrum_cli.alerts import (Alert, AlertCommand, TrajectoryCondition, checkpoint_alerts,
                                  split_conditions, trajectory_alerts)
 from spectrum_cli.watch import resolve
+from tests.processes import running
 
 
 def test_split_tells_trajectory_conditions_from_analyze_ones():
@@ -177,24 +178,6 @@ def test_alert_command_runs_without_a_shell_and_reports_failures(tmp_path):
         AlertCommand("echo 'unbalanced")
 
 
-def _running(pid: int, grace: float = 10.0) -> bool:
-    """Whether ``pid`` still runs ``grace`` seconds from now at the latest (a kill is
-    delivered asynchronously; a zombie waiting for its reaper does not run)."""
-    import time
-
-    deadline = time.monotonic() + grace
-    while True:
-        try:
-            with open(f"/proc/{pid}/stat") as fh:
-                if fh.read().rsplit(")", 1)[1].split()[0] == "Z":
-                    return False
-        except (FileNotFoundError, ProcessLookupError):
-            return False
-        if time.monotonic() > deadline:
-            return True
-        time.sleep(0.05)
-
-
 HOOK_WITH_CHILD = """import subprocess, sys
 child = subprocess.Popen(["sleep", "300"], stdout={out})
 open(sys.argv[1], "w").write(str(child.pid))
@@ -217,7 +200,7 @@ def test_alert_command_leaves_nothing_running(tmp_path, out, then, finished):
                           timeout=60 if finished else 1.0)(a)
     assert (result.problem is None) == finished, result.problem
     assert "started" in result.output
-    assert not _running(int(pid_file.read_text()))
+    assert not running(int(pid_file.read_text()))
 
 
 def test_alert_command_output_is_kept_bounded(tmp_path):
