@@ -41,7 +41,7 @@ from typing import Any, Callable
 
 from spectrum_cli.core.errors import InputError, SpectrumError
 from spectrum_cli.io import storage
-from spectrum_cli.io.base import require_regular
+from spectrum_cli.io.base import file_kind, hash_file
 from spectrum_cli.core.metrics import METRICS
 from spectrum_cli.executors import Plan, choose, plan
 
@@ -133,15 +133,6 @@ def _within(path: str, folder: str) -> bool:
     return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
-def _kind_of(mode: int) -> str:
-    for test, text in ((stat.S_ISDIR, "a folder"), (stat.S_ISCHR, "a character device"),
-                       (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a FIFO"),
-                       (stat.S_ISSOCK, "a socket")):
-        if test(mode):
-            return text
-    return "not a regular file"
-
-
 def refusal(path: str, root: str, limit: int = 10_000) -> str | None:
     """Why the local checkpoint ``path`` (a file, or a checkpoint folder and its files)
     under the folder ``root`` must not be read, or None: a symlink (of it, or of a file
@@ -162,7 +153,7 @@ def refusal(path: str, root: str, limit: int = 10_000) -> str | None:
                 return f"refused: {shown}a symlink to a missing file (or a loop)"
             return f"cannot read {shown.removesuffix(' is ') or 'it'}: {exc.strerror or exc}"
         if not stat.S_ISREG(st.st_mode) and not stat.S_ISDIR(st.st_mode):
-            return f"refused: {shown}{_kind_of(st.st_mode)}, not a regular file"
+            return f"refused: {shown}{file_kind(st.st_mode)}, not a regular file"
         return None
 
     problem = judge(path, "")
@@ -228,17 +219,10 @@ def content_hash(path: str) -> str:
     p = Path(path)
     files = [p] if not p.is_dir() else sorted(f for f in p.rglob("*") if f.is_file())
     h = hashlib.sha256()
+    buf = bytearray(1 << 20)
     for f in files:
         h.update(os.fsencode(f.relative_to(p) if p.is_dir() else f.name))
-        require_regular(str(f))  # refuses /proc's and /sys's files, which stat as regular
-        with os.fdopen(_open_regular(f), "rb") as fh:
-            size, done = os.fstat(fh.fileno()).st_size, 0
-            while done < size and (chunk := fh.read(min(1 << 20, size - done))):
-                h.update(chunk)
-                done += len(chunk)
-            if done != size or fh.read(1):
-                raise OSError(errno.EIO, f"its size changed while it was read ({size} "
-                              "bytes at the start)", str(f))
+        hash_file(h, str(f), buf)  # regular files only, /proc's refused, stat size exactly
     return h.hexdigest()
 
 

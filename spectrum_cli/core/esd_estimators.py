@@ -154,15 +154,6 @@ class TailFit:
     reason: str | None = None
 
 
-def _ascending(evals: np.ndarray) -> tuple[np.ndarray, str | None]:
-    x = np.sort(np.asarray(evals, dtype=np.float64).ravel())
-    if x.size and not np.isfinite(x).all():
-        return x, "eigenvalues are not all finite (NaN, or σ past 1.3e154)"
-    if x.size and x[0] < 0:
-        return x, "negative eigenvalues: expected λ = σ² >= 0"
-    return x, None
-
-
 def _ks_reference(x: np.ndarray, i: int, alpha: float) -> float:
     """D_i by the reference's own expression (power of the ratio)."""
     n = float(x.size - i)
@@ -175,7 +166,7 @@ def _ks_reference(x: np.ndarray, i: int, alpha: float) -> float:
 def fit_hill_median(evals: np.ndarray, xmin_pos: int = XMIN_POS) -> TailFit:
     """TempBalance's ``pl_fitting='median'`` fit of the eigenvalues ``evals`` (any
     order; every one kept, zeros included). See the module docstring."""
-    x, bad = _ascending(evals)
+    x, bad = esd.check_evals(evals)
     N = int(x.size)
     if bad:
         return TailFit(None, n_evals=N, reason=bad)
@@ -256,7 +247,7 @@ def fit_peak(evals: np.ndarray, *, bins: int = BINS, corrected: bool = False) ->
     """AlphaPruning's ``fix_fingers='xmin_peak'`` fit of the eigenvalues ``evals`` (any
     order; every one kept). ``corrected``: the window's lower bound is 0.95·xmin2, not
     log10(0.95·xmin2) (quirk 1 of the module docstring)."""
-    x, bad = _ascending(evals)
+    x, bad = esd.check_evals(evals)
     N = int(x.size)
     if bad:
         return TailFit(None, n_evals=N, reason=bad)

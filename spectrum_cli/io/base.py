@@ -94,7 +94,8 @@ def _guarded(fn: Callable) -> Callable:
     return call
 
 
-def _file_kind(mode: int) -> str:
+def file_kind(mode: int) -> str:
+    """What a file that is not a regular file is (``a FIFO (named pipe)``, ...)."""
     kinds = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
              (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
              (stat.S_ISBLK, "a block device"))
@@ -121,7 +122,7 @@ def require_regular(path: str) -> os.stat_result:
     except OSError as exc:
         raise InputError(f"{path}: cannot read it ({exc.strerror or exc})") from None
     if not stat.S_ISREG(st.st_mode):
-        raise InputError(f"{path}: {_file_kind(st.st_mode)}, not a regular file; "
+        raise InputError(f"{path}: {file_kind(st.st_mode)}, not a regular file; "
                          "refusing to read it")
     real = os.path.realpath(path)
     if any(real == top or real.startswith(top + os.sep) for top in PSEUDO_FILESYSTEMS):
@@ -318,19 +319,27 @@ def sha256_files(paths: tuple[str, ...]) -> str:
         return "remote:" + storage.pinned_digest(paths)
     h = hashlib.sha256()
     buf = bytearray(1 << 20)
-    view = memoryview(buf)
     for p in paths:
-        with input_errors(p), open_regular(p) as fh:
-            size = file_size(fh)
-            offset = 0
-            while offset < size and (n := read_into(fh, offset,
-                                                    view[:min(len(buf), size - offset)])):
-                h.update(view[:n])
-                offset += n
-            if offset != size or read_into(fh, offset, view[:1]):
-                raise InputError(f"{p}: its size changed while it was read "
-                                 f"({size} bytes at the start); refusing it")
+        hash_file(h, p, buf)
     return h.hexdigest()
+
+
+def hash_file(h: Any, path: str, buf: bytearray | None = None) -> None:
+    """Feed the bytes of the local file ``path`` to the hash ``h``: exactly the size its
+    ``stat`` gave at the open, read into ``buf`` (reused; 1 MiB when not given). A file
+    whose size changes meanwhile is an InputError, not a hash of a moving target."""
+    buf = buf if buf is not None else bytearray(1 << 20)
+    view = memoryview(buf)
+    with input_errors(path), open_regular(path) as fh:
+        size = file_size(fh)
+        offset = 0
+        while offset < size and (n := read_into(fh, offset,
+                                                view[:min(len(buf), size - offset)])):
+            h.update(view[:n])
+            offset += n
+        if offset != size or read_into(fh, offset, view[:1]):
+            raise InputError(f"{path}: its size changed while it was read "
+                             f"({size} bytes at the start); refusing it")
 
 
 def total_size(paths: tuple[str, ...]) -> int:

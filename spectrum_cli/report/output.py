@@ -80,8 +80,10 @@ def check_target(path: str | os.PathLike, *, kind: str,
         _check_parent(shown, real)
         return real
     if not stat.S_ISREG(st.st_mode):
+        from spectrum_cli.io.base import file_kind  # io is not a report dependency at import
+
         raise InputError(f"{shown}: refused to write the {kind} here: it is "
-                         f"{_describe(st.st_mode)}, not a regular file")
+                         f"{file_kind(st.st_mode)}, not a regular file")
     if not force and not is_output(real, kind):
         raise InputError(f"{shown}: refused to overwrite it: it exists and is not a "
                          f"spectrum {kind} ({_KIND_TEXT[kind]}); choose another path or "
@@ -233,15 +235,6 @@ def _check_parent(shown: str, real: str) -> None:
         raise InputError(f"{shown}: cannot be written: the folder {parent} does not exist")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise InputError(f"{shown}: cannot be written: the folder {parent} is not writable")
-
-
-def _describe(mode: int) -> str:
-    for test, text in ((stat.S_ISDIR, "a directory"), (stat.S_ISCHR, "a character device"),
-                       (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a FIFO"),
-                       (stat.S_ISSOCK, "a socket")):
-        if test(mode):
-            return text
-    return "not a regular file"
 
 
 def _reason(exc: OSError) -> str:
