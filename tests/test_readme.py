@@ -79,6 +79,31 @@ def options_of(command: str) -> set[str]:
     return set(re.findall(r"(--[a-z][a-z0-9-]*)", out))
 
 
+#: A markdown link or image ``[text](target)``; the target up to a space or ``)``.
+LINK = re.compile(r"!?\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
+
+
+def relative_links(doc: Path) -> list[str]:
+    """The relative link targets of a markdown file (fenced code and code spans left out)."""
+    text = re.sub(r"^```.*?^```", "", doc.read_text(encoding="utf-8"), flags=re.S | re.M)
+    text = re.sub(r"`[^`\n]*`", "", text)
+    return [t for t in LINK.findall(text)
+            if not re.match(r"[a-z][a-z0-9+.-]*:", t, re.I) and not t.startswith("#")]
+
+
+def test_the_readme_is_short():
+    """Issue 23: the README is the pitch, the set-up, a tour and a table; the rest is docs/."""
+    lines = (ROOT / "README.md").read_text(encoding="utf-8").count("\n")
+    assert lines <= 300, f"README.md has {lines} lines; move reference material to docs/"
+
+
+def test_every_relative_link_resolves():
+    broken = [f"{doc.relative_to(ROOT)}: {target}" for doc in DOCS
+              for target in relative_links(doc)
+              if not (doc.parent / target.split("#")[0]).exists()]
+    assert len(DOCS) > 2 and not broken, broken
+
+
 def test_the_docs_have_examples():
     assert len(EXAMPLES) >= 6
     assert any("analyze" in e.command for e in EXAMPLES)

@@ -2,7 +2,7 @@
 
 A PyTorch optimizer ``state_dict()`` is ``{"state": {index: {...}}, "param_groups":
 [{"params": [index, ...], "lr", ...}]}``; indices run through the groups in order
-(docs/ecosystem.md). Names come from ``param_groups[i]["param_names"]`` when the
+(docs/operators.md). Names come from ``param_groups[i]["param_names"]`` when the
 optimizer was built from ``named_parameters()`` (recent torch), else from the model's
 ``named_parameters()`` order (needs ``--model``), else stay ``state[i]``. Every moment's
 shape is checked against its parameter; a mismatch is an error, never a guess.

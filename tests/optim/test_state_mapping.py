@@ -1,5 +1,5 @@
 """Finding the optimizer state and mapping it to parameter names: each pitfall of
-docs/ecosystem.md either works or fails with a clear error."""
+docs/operators.md either works or fails with a clear error."""
 
 from __future__ import annotations
 
