@@ -64,17 +64,55 @@ def _unsafe_globals(path: str, message: str, policy: LoadPolicy,
     return sorted(set(found) - set(policy.allow_globals))
 
 
+#: Globals outside ``torch.*`` that torch's weights-only unpickler accepts
+#: (``torch/_weights_only_unpickler.py``, ``_get_allowed_globals``: every other key of
+#: that table starts with ``torch.``).
+WEIGHTS_ONLY_NON_TORCH = frozenset({"collections.OrderedDict", "collections.Counter",
+                                    "_codecs.encode", "builtins.bytearray", "builtins.set",
+                                    "builtins.complex"})
+
+
+def _python3_name(name: str) -> str:
+    """A Python 2 pickle's ``module.name`` as the unpickler maps it (protocol <= 2 files
+    name ``__builtin__.set``; :mod:`_compat_pickle`, as torch's unpickler does)."""
+    import _compat_pickle
+
+    module, _, qual = name.rpartition(".")
+    if (module, qual) in _compat_pickle.NAME_MAPPING:
+        module, qual = _compat_pickle.NAME_MAPPING[(module, qual)]
+    elif module in _compat_pickle.IMPORT_MAPPING:
+        module = _compat_pickle.IMPORT_MAPPING[module]
+    return f"{module}.{qual}"
+
+
+def refused_before_torch(path: str, policy: LoadPolicy) -> list[str]:
+    """The globals the file names that torch's weights-only load would certainly refuse
+    (outside ``torch.*`` and :data:`WEIGHTS_ONLY_NON_TORCH`, not allowed by
+    ``--allow-global``), found by the static scan without importing torch: a hostile
+    file is refused in a fraction of a second instead of after torch's import. An empty
+    list decides nothing: torch's own load still judges every file."""
+    allowed = set(policy.allow_globals)
+    return sorted({g for g in scan_file(path).globals
+                   if g not in allowed and _python3_name(g) not in allowed
+                   and not _python3_name(g).startswith("torch.")
+                   and _python3_name(g) not in WEIGHTS_ONLY_NON_TORCH})
+
+
 def _load(path: str, policy: LoadPolicy, is_zip: bool) -> Any:
     """``torch.load`` of the file ``path`` names, through a descriptor opened once with
     :func:`open_regular` (a FIFO or device swapped in after the check is never read):
     zip files by ``/proc/self/fd/N`` so that they can be memory-mapped (``torch.load``
     takes a name ending in ``.safetensors`` for a safetensors file, and cannot encode a
     name that is not UTF-8), other files as the open file object."""
+    require_regular(path)
+    allowed = [] if policy.trust_checkpoint else allowed_globals(policy)  # UsageError first
+    if not policy.trust_checkpoint:
+        refused = refused_before_torch(path, policy)
+        if refused:
+            raise UnsafeCheckpointError(path, refused)
     import torch
 
     kwargs: dict[str, Any] = {"map_location": "cpu", "mmap": is_zip}
-    require_regular(path)
-    allowed = [] if policy.trust_checkpoint else allowed_globals(policy)  # UsageError first
     with contextlib.ExitStack() as stack:
         if storage.is_url(path):  # a file object reading ahead; no mmap of a remote object
             src: Any = stack.enter_context(open_regular(path, block=storage.ZIP_BLOCK))
