@@ -22,12 +22,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from spectrum_cli.core.errors import UsageError
-
 from spectrum_cli import settings as S
+from spectrum_cli import trust
+from spectrum_cli.core.errors import UsageError
+from spectrum_cli.core.selection import compile_pattern
 from spectrum_cli.settings import CONFIG_KEYS as KEYS  # noqa: E402  (one schema)
-from spectrum_cli.settings import FORBIDDEN  # noqa: E402
-
+from spectrum_cli.settings import (
+    FORBIDDEN,  # noqa: E402
+    parse_size,
+)
 
 _MAX_CONFIG_BYTES = 1 << 20
 #: Why a forbidden key is command line only, where the general reason does not fit.
@@ -188,8 +191,6 @@ def check_values(cfg: Config) -> None:
     """Every value within its setting's range (:func:`spectrum_cli.settings.check`), sizes
     parsed, ``include``/``exclude`` patterns compiled with the bounded matcher: a
     UsageError naming the setting, what was expected and what was given."""
-    from spectrum_cli.core.selection import compile_pattern
-
     for key, value in list(cfg.values.items()):
         setting = S.BY_NAME.get(key)
         if setting is None:
@@ -208,8 +209,6 @@ def check_values(cfg: Config) -> None:
 
 
 def _check_size(where: str, setting: Any, value: str) -> None:
-    from spectrum_cli.executors import parse_size
-
     try:
         size = parse_size(value, where)
     except (OverflowError, ValueError):
@@ -252,8 +251,6 @@ def _require_consent(cfg: Config) -> None:
     Dask scheduler (``scheduler``, ``scheduler_file``), whose cluster sends pickles that
     are loaded in this process. The command line and ``SPECTRUM_*`` variables (the
     user's own shell) need no consent; a file needs ``spectrum trust FILE``."""
-    from spectrum_cli import trust
-
     named = {k: v for k, v in cfg.values.items()
              if cfg.origins.get(k) == cfg.file and trust.names_code(k, v)}
     if not named or cfg.file is None or trust.is_trusted(cfg.file):

@@ -28,6 +28,9 @@ from typing import Any
 
 import numpy as np
 
+from spectrum_cli.core.estimators.ubaru2017slq import slq_nodes
+from spectrum_cli.plugins import get_backend
+
 NTK_DENSE_MAX = 4096
 
 
@@ -129,8 +132,6 @@ def ntk_metrics(k: np.ndarray, n: int, backends=None) -> tuple[dict[str, Any], n
         lam = np.linalg.eigvalsh((k + k.T) / 2)
         top, bottom, kind = float(lam[-1]), float(lam[0]), "exact"
     else:
-        from spectrum_cli.plugins import get_backend
-
         lz = (backends or get_backend)("lanczos")
         top = float(lz.eigenvalues_symmetric(k, k=1, which="largest").values[0])
         bottom = float(lz.eigenvalues_symmetric(k, k=1, which="smallest").values[-1])
@@ -147,8 +148,6 @@ def slq_density(problem, n: int, probes: int, steps: int, seed: int, bandwidth: 
     """Nodes and weights of stochastic Lanczos quadrature of H, the moments tr(H^j)/n
     (j = 1..4) with standard errors across probes, the broadened density on a grid and
     the flatness f̂_h(0) = (1/(h√(2π))) tr(exp(-H²/2h²))/n with its standard error."""
-    from spectrum_cli.core.estimators.ubaru2017slq import slq_nodes
-
     m = min(steps, n)
     rules = slq_nodes(problem.operator(), n, probes, m, seed)
     nodes = [theta for theta, _ in rules]
@@ -181,7 +180,6 @@ def gauss_newton_top(problem, k: int, seed: int) -> np.ndarray:
     import torch
     from torch.func import grad, jvp, vjp
 
-    from spectrum_cli.plugins import get_backend
 
     theta = problem.theta.detach()
 
@@ -253,7 +251,6 @@ def analyze_model(problem, options: ModelOptions, lr: float | None = None,
                 "method": "dense (torch.func.hessian, eigh)"}
     else:
         lam = None
-        from spectrum_cli.plugins import get_backend
 
         lz = (backends or get_backend)("lanczos")
         op = problem.operator()

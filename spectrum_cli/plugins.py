@@ -171,7 +171,7 @@ metrics = Registry("spectrum.metrics", "metric", _metric)
 optimizers = Registry("spectrum.optimizers", "optimizer rule", instantiate,
                       _requires("name", "description", "identify", "operators"))
 
-#: Executors: how a run's tasks are computed (spectrum_cli.executors: ``run(fn, tasks,
+#: Executors: how a run's tasks are computed (spectrum_cli.runs.executors: ``run(fn, tasks,
 #: plan, done)``); built in: ``serial`` and ``processes``.
 executors = Registry("spectrum.executors", "executor", instantiate,
                      _requires("name", "description", "run"))

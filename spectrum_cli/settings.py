@@ -20,8 +20,12 @@ real run needs.
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass
 from typing import Any
+
+from spectrum_cli.core.errors import UsageError
 
 SELECT = "Selection"
 NUMERICS = "Numerics"
@@ -318,3 +322,40 @@ def check(s: Setting, value: Any) -> Any:
     if s.choices and value not in s.choices:
         raise bad
     return value
+
+#: Size units of ``--max-memory`` and the like (K, M, G, T: powers of 1000; KiB...: 1024).
+_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9,
+          "gb": 10**9, "t": 10**12, "tb": 10**12, "kib": 2**10, "mib": 2**20,
+          "gib": 2**30, "tib": 2**40}
+
+
+def parse_size(text: str | int, what: str = "--max-memory") -> int:
+    """Bytes of a size such as ``8GiB``, ``512MB``, ``1.5G`` or ``1000000`` (K, M, G, T
+    are powers of 1000, KiB, MiB, GiB, TiB of 1024); UsageError when it is not one."""
+    if isinstance(text, int) and not isinstance(text, bool):
+        if text <= 0:
+            raise UsageError(f"{what}: expected a positive size, got {text!r}")
+        return text
+    else:
+        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z]*)\s*",
+                         str(text))
+        if m is None or m.group(2).lower() not in _UNITS:
+            raise UsageError(f"{what}: expected a size such as 8GiB, 512MB or 1000000, "
+                             f"got {text!r}")
+        value, unit = float(m.group(1)), m.group(2).lower()
+    if not math.isfinite(value * _UNITS[unit]):  # 1e400: inf, not a size
+        shown = repr(text) if len(str(text)) <= 40 else repr(str(text)[:40] + "...")
+        raise UsageError(f"{what}: {shown} is too large for a size in bytes")
+    size = int(value * _UNITS[unit])
+    if size <= 0:
+        raise UsageError(f"{what}: expected a positive size, got {text!r}")
+    return size
+
+
+def format_bytes(n: float) -> str:
+    """``n`` bytes in binary units (``1.5 GiB``)."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"  # pragma: no cover

@@ -23,15 +23,11 @@ from safetensors.numpy import save_file  # noqa: E402
 
 from spectrum_cli import plugins, trust  # noqa: E402
 from spectrum_cli.core.errors import InputError, UsageError  # noqa: E402
-from spectrum_cli.dask_executor import (  # noqa: E402
-    SCHEDULER_ENV,
-    SCHEDULER_FILE_ENV,
-    DaskExecutor,
-    connect,
-)
+from spectrum_cli.runs.dask import SCHEDULER_ENV, DaskExecutor, connect
+from spectrum_cli.runs.executors import Cluster
 from tests.helpers import run_cli, run_json, stripped  # noqa: E402
 
-DASK = EntryPoint("dask", "spectrum_cli.dask_executor:DaskExecutor", "spectrum.executors")
+DASK = EntryPoint("dask", "spectrum_cli.runs.dask:DaskExecutor", "spectrum.executors")
 SAMPLE = Path(__file__).resolve().parents[1] / "sample_checkpoints" / "sgd-momentum"
 STEPS = (150, 155)  # the step before the sample run's first spike, and the spike
 
@@ -153,7 +149,7 @@ def test_scheduler_option_alone_selects_dask(on_cluster, several, monkeypatch):
     doc, result = run_json(several, "--no-cache", "--jobs", "2", "--scheduler", address)
     assert result.exit_code == 0, result.stderr
     assert _processed(on_cluster) > before
-    assert "SPECTRUM_SCHEDULER" not in os.environ  # set for the run only
+    assert "SPECTRUM_SCHEDULER" not in os.environ  # never put there
 
 
 def test_scheduler_with_one_job_still_uses_the_cluster(on_cluster, several, monkeypatch):
@@ -231,7 +227,8 @@ def test_batch_on_the_cluster_gives_the_local_trajectory(on_cluster, run_dir):
 def test_task_errors_come_back_as_results(on_cluster):
     """A task that raises is handed to ``done`` as its exception; the others complete."""
     got = {}
-    DaskExecutor().run(_maybe_fail, [(1,), (0,), (3,)], None, got.__setitem__)
+    DaskExecutor(Cluster(on_cluster.scheduler_address)).run(_maybe_fail, [(1,), (0,), (3,)],
+                                                            None, got.__setitem__)
     assert got[0] == 1.0 and got[2] == pytest.approx(1 / 3)
     assert isinstance(got[1], ZeroDivisionError)
 
@@ -245,8 +242,8 @@ def test_a_lost_worker_costs_only_its_task(on_cluster, tmp_path):
     result comes back."""
     marker = tmp_path / "died"
     got = {}
-    DaskExecutor().run(_die_once, [(str(marker), i) for i in range(4)], None,
-                       got.__setitem__)
+    DaskExecutor(Cluster(on_cluster.scheduler_address)).run(
+        _die_once, [(str(marker), i) for i in range(4)], None, got.__setitem__)
     assert marker.exists()
     assert got == {i: i for i in range(4)}
 
@@ -284,33 +281,28 @@ def test_a_scheduler_without_workers_is_a_usage_error(with_dask, monkeypatch):
     with distributed.LocalCluster(n_workers=0, processes=False, protocol="tcp",
                                   host="127.0.0.1", dashboard_address=":0") as empty, \
             dask.config.set({"distributed.comm.timeouts.connect": "1s"}):
-        monkeypatch.setenv(SCHEDULER_ENV, empty.scheduler_address)
         with pytest.raises(UsageError, match="no workers"):
-            connect()
+            connect(Cluster(scheduler=empty.scheduler_address))
 
 
 def test_no_scheduler_is_a_usage_error(monkeypatch):
-    monkeypatch.delenv(SCHEDULER_ENV, raising=False)
-    monkeypatch.delenv(SCHEDULER_FILE_ENV, raising=False)
+    monkeypatch.setenv(SCHEDULER_ENV, "tcp://127.0.0.1:1")  # the environment is not read
     with pytest.raises(UsageError, match="--scheduler"):
-        connect()
+        connect(Cluster())
 
 
 def test_scheduler_file(cluster, tmp_path, monkeypatch):
     missing = tmp_path / "nope.json"
-    monkeypatch.setenv(SCHEDULER_FILE_ENV, str(missing))
     with pytest.raises(InputError, match="nope.json"):
-        connect()
+        connect(Cluster(scheduler_file=str(missing)))
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
-    monkeypatch.setenv(SCHEDULER_FILE_ENV, str(bad))
     with pytest.raises(InputError, match="bad.json"):
-        connect()
+        connect(Cluster(scheduler_file=str(bad)))
     good = tmp_path / "scheduler.json"
     good.write_text(json.dumps({"address": cluster.scheduler_address}))
-    monkeypatch.setenv(SCHEDULER_FILE_ENV, str(good))
     got = {}
-    DaskExecutor().run(_maybe_fail, [(2,)], None, got.__setitem__)
+    DaskExecutor(Cluster(scheduler_file=str(good))).run(_maybe_fail, [(2,)], None, got.__setitem__)
     assert got == {0: 0.5}
 
 
@@ -322,7 +314,7 @@ if sys.argv[1] == "--without-distributed":  # as if the extra were not installed
     del sys.argv[1]
 from spectrum_cli import plugins
 real = plugins.entry_points
-dask = EntryPoint("dask", "spectrum_cli.dask_executor:DaskExecutor", "spectrum.executors")
+dask = EntryPoint("dask", "spectrum_cli.runs.dask:DaskExecutor", "spectrum.executors")
 plugins.entry_points = lambda group: list(real(group=group)) + (
     [dask] if group == "spectrum.executors" else [])
 sys.argv = ["spectrum", *sys.argv[1:]]

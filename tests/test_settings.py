@@ -9,7 +9,7 @@ import pytest
 
 from spectrum_cli import config, settings
 from spectrum_cli.core.analyze import AnalyzeOptions
-from spectrum_cli.pipeline import Job
+from spectrum_cli.runs.job import Job
 from tests.helpers import run_cli
 
 

@@ -8,10 +8,16 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from spectrum_cli import api
 from spectrum_cli.cli.console import escape, exit_codes, stderr_console, stdout_console
 from spectrum_cli.cli.options import with_settings
-from spectrum_cli.report.output import printable
+from spectrum_cli.cli.summary import render
+from spectrum_cli.core.errors import ExitCode, UsageError
+from spectrum_cli.report.output import check_target, printable
+from spectrum_cli.runs.cache import default_cache_dir
+from spectrum_cli.runs.dispatch import RESUME_MIN_BYTES
 from spectrum_cli.settings import NUMERICS, OPTIM, OUTPUT, RUN, SAFETY, SELECT
+
 
 @with_settings(SELECT, NUMERICS, OPTIM, OUTPUT, SAFETY, RUN)
 def analyze(
@@ -37,16 +43,12 @@ def analyze(
 
 
 def _run(path: str, report: Path | None, top: int | None, s: dict[str, Any], err) -> int:
-    from spectrum_cli import api
-    from spectrum_cli.core.errors import ExitCode
-    from spectrum_cli.report.output import check_target
-
     if report is not None:  # before the work: a long run must not fail at its end
         check_target(report, kind="report", inputs=[path], force=s["force"])
     if s["trust_checkpoint"]:
         err.print("[yellow]warning:[/] --trust-checkpoint: unpickling with "
                   "weights_only=False runs code from the file")
-    settings = {k: v for k, v in s.items() if k not in _RUN_FLAGS + _CACHE_FLAGS}
+    settings = {k: v for k, v in s.items() if k not in RUN_FLAGS + _CACHE_FLAGS}
     cache_dir, cache_min = _cache(s)
 
     def note(text: str) -> None:
@@ -66,8 +68,6 @@ def _run(path: str, report: Path | None, top: int | None, s: dict[str, Any], err
     if s["json_out"]:
         print(json.dumps(out.document, indent=2))
     else:
-        from spectrum_cli.cli.summary import render
-
         render(out.document, stdout_console(), top=top)
     problems = _warn_unfinished(out.document, err)
     result = out.result
@@ -88,7 +88,7 @@ def _run(path: str, report: Path | None, top: int | None, s: dict[str, Any], err
 
 
 #: Options of the command line itself, not settings of the analysis.
-_RUN_FLAGS = ("json_out", "force", "no_progress", "strict", "exit_zero")
+RUN_FLAGS = ("json_out", "force", "no_progress", "strict", "exit_zero")
 _CACHE_FLAGS = ("cache_dir", "no_cache")
 
 
@@ -96,10 +96,6 @@ def _cache(s: dict[str, Any]) -> tuple[str | None, int]:
     """The per-tensor cache folder and the smallest checkpoint it serves: the folder
     given (every checkpoint), else batch's default folder for big checkpoints; none
     with --no-cache."""
-    from spectrum_cli.batch import default_cache_dir
-    from spectrum_cli.core.errors import UsageError
-    from spectrum_cli.pipeline import RESUME_MIN_BYTES
-
     if s.get("no_cache"):
         if s.get("cache_dir"):
             raise UsageError("--cache-dir and --no-cache contradict each other")
@@ -140,7 +136,11 @@ class _progress:
         if not self.enabled:
             return None
         from rich.progress import (
-            BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
         )
 
         self.bar = Progress(TextColumn("{task.description}"), BarColumn(),
@@ -158,7 +158,7 @@ class _progress:
         self._show(f"{done}/{total} tensors", name, None if self.bytes else (done, total))
 
     def tick(self, tick) -> None:
-        """One :class:`~spectrum_cli.pipeline.Tick` (``on_tick``): the bar and the ETA
+        """One :class:`~spectrum_cli.runs.dispatch.Tick` (``on_tick``): the bar and the ETA
         follow the bytes measured in this run (cached ones are not a speed)."""
         self.bytes = True
         self._show(f"{tick.tensors_done}/{tick.tensors_total} tensors", tick.name,

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from spectrum_cli.cli.console import escape, exit_codes, stderr_console, stdout_console
+from spectrum_cli.plugins import list_backends
 
 
 def backends(
@@ -17,8 +18,6 @@ def backends(
     """List the numerical backends (entry-point group `spectrum.backends`)."""
     err = stderr_console()
     with exit_codes(err):
-        from spectrum_cli.plugins import list_backends
-
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             infos = list_backends()

@@ -56,8 +56,8 @@ def _run(target: str, report: Path | None, plot: Path | None, top: int, jobs: in
          cache_dir: Path | None, no_cache: bool, spike_factor: float, spike_window: int,
          s: dict[str, Any], err) -> int:
     from spectrum_cli import api
-    from spectrum_cli import batch as B
-    from spectrum_cli.cli.analyze import _RUN_FLAGS
+    from spectrum_cli.runs.cache import default_cache_dir
+    from spectrum_cli.cli.analyze import RUN_FLAGS
     from spectrum_cli.core.errors import ExitCode, UsageError
     from spectrum_cli.report.output import check_target
 
@@ -75,12 +75,12 @@ def _run(target: str, report: Path | None, plot: Path | None, top: int, jobs: in
         from spectrum_cli.report.output import check_folder_target
 
         check_folder_target(s["tensorboard"], what="the TensorBoard log", inputs=inputs)
-    cache = None if no_cache else str(cache_dir or B.default_cache_dir())
+    cache = None if no_cache else str(cache_dir or default_cache_dir())
 
     def warn(message: str) -> None:
         err.print(f"[yellow]warning:[/] {escape(printable(message))}")
 
-    settings = {k: v for k, v in s.items() if k not in _RUN_FLAGS + ("tensorboard",)}
+    settings = {k: v for k, v in s.items() if k not in RUN_FLAGS + ("tensorboard",)}
     board = None
     if s["tensorboard"] is not None:  # opened up front: a missing package is said now
         from spectrum_cli.report.tensorboard import TensorBoardWriter
@@ -126,7 +126,7 @@ def _run(target: str, report: Path | None, plot: Path | None, top: int, jobs: in
 
 def _tensorboard(writer: Any, records: list[dict[str, Any]]) -> None:
     """Every analysed checkpoint's indicators, loss and singular-value histogram."""
-    from spectrum_cli.watch import tensorboard_payload
+    from spectrum_cli.runs.watch import tensorboard_payload
 
     with writer:
         for record in records:
@@ -145,7 +145,7 @@ def render(doc: dict, console, top: int = 12, command: str = "batch") -> None:
     indicators moved over the run (first, last, min, max)."""
     from rich.text import Text
 
-    from spectrum_cli.cli.summary import _Row, fitted_table, fmt
+    from spectrum_cli.cli.summary import Row, fitted_table, fmt
 
     s = doc["summary"]
     console.print(Text.assemble((f"spectrum {command} ", "bold"), printable(
@@ -178,7 +178,7 @@ def render(doc: dict, console, top: int = 12, command: str = "batch") -> None:
             warned = f"{r['warned']}/{r['onsets']}" + (f" ({cens}≥)" if cens else "")
             lead = "-" if r["median_lead"] is None else fmt(r["median_lead"])
             thr = fmt(r["threshold"]) + ("" if r["threshold_kind"] == "natural" else "*")
-            table_rows.append(_Row([Text(printable(r["indicator"])), fmt(r["auc"]), thr,
+            table_rows.append(Row([Text(printable(r["indicator"])), fmt(r["auc"]), thr,
                                     warned, lead]))
         table, _ = fitted_table(columns, table_rows, console.width,
                                 title="scorecard (sorted by |AUC - 0.5|)", title_justify="left")
@@ -203,7 +203,7 @@ def _overview(doc: dict, ok: list[dict], console, top: int, every: bool = False)
 
     from rich.text import Text
 
-    from spectrum_cli.cli.summary import _Row, fitted_table, fmt
+    from spectrum_cli.cli.summary import Row, fitted_table, fmt
     from spectrum_cli.report.document import from_json_value
 
     def series(name: str) -> list[float]:
@@ -221,7 +221,7 @@ def _overview(doc: dict, ok: list[dict], console, top: int, every: bool = False)
     for name in names:
         v = series(name)
         if v:
-            rows.append(_Row([Text(printable(name)), fmt(v[0]), fmt(v[-1]), fmt(min(v)),
+            rows.append(Row([Text(printable(name)), fmt(v[0]), fmt(v[-1]), fmt(min(v)),
                               fmt(max(v))]))
     if rows:
         columns = [("indicator", "left", False), ("first", "right", False),

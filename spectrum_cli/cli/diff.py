@@ -8,6 +8,13 @@ import typer
 
 from spectrum_cli.cli.console import exit_codes, stderr_console, stdout_console
 from spectrum_cli.cli.options import with_settings
+from spectrum_cli.cli.summary import fmt, short_names
+from spectrum_cli.core.errors import InputError
+from spectrum_cli.io import storage
+from spectrum_cli.report.document import dumps
+from spectrum_cli.report.output import printable
+from spectrum_cli.runs.diff import compare, markdown, shape_text
+from spectrum_cli.runs.job import resolve_job
 from spectrum_cli.settings import SAFETY
 
 
@@ -23,11 +30,6 @@ def diff(
     """Compare two reports or checkpoints: metric deltas, spectra, weights (A vs B)."""
     err = stderr_console()
     with exit_codes(err):
-        from spectrum_cli.api import resolve_job
-        from spectrum_cli.core.errors import InputError
-        from spectrum_cli.diff import compare, markdown
-        from spectrum_cli.io import storage
-
         job, _ = resolve_job(a, settings)  # configuration beside A, as analyze finds it
         for p in (a, b):
             if not storage.plexists(p):
@@ -35,8 +37,6 @@ def diff(
         json_out = settings["json_out"]
         doc = compare(str(a), str(b), job)
         if json_out:
-            from spectrum_cli.report.document import dumps
-
             print(dumps(doc))
         elif md:
             print(markdown(doc, top), end="")
@@ -51,9 +51,6 @@ def _render(doc, console, top: int) -> None:
     from rich.table import Table
     from rich.text import Text
 
-    from spectrum_cli.cli.summary import fmt, short_names
-    from spectrum_cli.diff import shape_text
-    from spectrum_cli.report.output import printable
 
     console.print(Text.assemble(("spectrum diff ", "bold"), f"{printable(doc['a']['path'])} vs "
                                 f"{printable(doc['b']['path'])}"), soft_wrap=True)

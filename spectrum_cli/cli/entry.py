@@ -75,5 +75,6 @@ def main() -> None:
         code = run()
     except KeyboardInterrupt:
         sys.stderr.write("spectrum: interrupted\n")
-        code = 130
+        from spectrum_cli.core.errors import ExitCode  # light: an enum and exceptions
+        code = int(ExitCode.INTERRUPTED)
     sys.exit(code)

@@ -7,11 +7,23 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from spectrum_cli import __version__
 from spectrum_cli.cli.console import exit_codes, stderr_console, stdout_console
 from spectrum_cli.cli.options import with_settings
-from spectrum_cli.report.output import printable
+from spectrum_cli.cli.summary import fmt
+from spectrum_cli.core.errors import InputError, UsageError
+from spectrum_cli.core.hessian import build_problem
+from spectrum_cli.io import LoadPolicy, open_source
+from spectrum_cli.io.optimizer_state import find_optimizer_state, weights_of
+from spectrum_cli.io.usercode import load_callable, resolve_loss
+from spectrum_cli.model_spectra import ModelOptions, analyze_model
+from spectrum_cli.report import plots
+from spectrum_cli.report.document import dumps, json_safe
+from spectrum_cli.report.hdf5 import atomic_file
+from spectrum_cli.report.output import atomic_path, check_target, printable
+from spectrum_cli.runs.job import config_values
+from spectrum_cli.runs.optimizer import HessianSource, load_model
 from spectrum_cli.settings import OUTPUT, SAFETY
-
 
 _MODEL = "Model-level analysis"
 
@@ -58,16 +70,7 @@ def _run(*, path, samples, slq_probes, slq_steps, bandwidth, seed, plot, entropy
          report, err, s):
     import importlib.util
 
-    from spectrum_cli.report.output import atomic_path, check_target
 
-    from spectrum_cli.core.errors import InputError, UsageError
-    from spectrum_cli.core.hessian import build_problem
-    from spectrum_cli.io import LoadPolicy, open_source
-    from spectrum_cli.io.optimizer_state import find_optimizer_state, weights_of
-    from spectrum_cli.io.usercode import load_callable, resolve_loss
-    from spectrum_cli.model_spectra import ModelOptions, analyze_model
-    from spectrum_cli.optim.analysis import HessianSource, load_model
-    from spectrum_cli.pipeline import config_values
 
     if not path.exists():
         raise InputError(f"{path}: no such file or directory")
@@ -104,12 +107,9 @@ def _run(*, path, samples, slq_probes, slq_steps, bandwidth, seed, plot, entropy
         _write(str(report), doc, rep.arrays, force=s["force"], inputs=[path])
         err.print(f"report written to {printable(report)}", markup=False)
     if s["json_out"]:
-        from spectrum_cli.report.document import dumps
-
         print(dumps(doc))
     else:
         render(doc, stdout_console())
-    from spectrum_cli.report import plots
 
     if plot is not None:
         h = doc["hessian"]
@@ -129,7 +129,6 @@ def _document(path, src, options, body):
     import datetime as dt
     from dataclasses import asdict
 
-    from spectrum_cli import __version__
 
     return {"schema": "spectrum.model", "schema_version": "1.0.0",
             "tool": {"name": "spectrum", "version": __version__},
@@ -146,8 +145,6 @@ def _write(path: str, doc: dict, arrays: dict, *, force: bool = False,
 
     import numpy as np
 
-    from spectrum_cli.report.document import json_safe
-    from spectrum_cli.report.hdf5 import atomic_file
 
     doc = json_safe(doc)
     with atomic_file(path, force=force, inputs=inputs) as f:
@@ -160,7 +157,6 @@ def _write(path: str, doc: dict, arrays: dict, *, force: bool = False,
 def render(doc: dict, console) -> None:
     from rich.text import Text
 
-    from spectrum_cli.cli.summary import fmt
 
     def agg(d):
         return f"max {fmt(d['max'])}, p95 {fmt(d['p95'])}, mean {fmt(d['mean'])}"

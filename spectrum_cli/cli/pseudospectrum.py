@@ -9,7 +9,14 @@ import typer
 
 from spectrum_cli.cli.console import escape, exit_codes, stderr_console, stdout_console
 from spectrum_cli.cli.options import with_settings
-from spectrum_cli.report.output import printable
+from spectrum_cli.core.analyze import GATES
+from spectrum_cli.core.errors import UsageError
+from spectrum_cli.core.pseudospectra import pseudospectral_radius
+from spectrum_cli.core.thresholds import parse_eps
+from spectrum_cli.io import LoadPolicy, open_source
+from spectrum_cli.report.document import json_safe
+from spectrum_cli.report.output import atomic_path, check_target, printable
+from spectrum_cli.report.plots import plot_pseudospectrum
 from spectrum_cli.settings import SAFETY
 
 
@@ -36,12 +43,7 @@ def pseudospectrum(
     with exit_codes(err):
         import numpy as np
 
-        from spectrum_cli.report.output import atomic_path, check_target
 
-        from spectrum_cli.core.errors import UsageError
-        from spectrum_cli.core.pseudospectra import pseudospectral_radius
-        from spectrum_cli.core.thresholds import parse_eps
-        from spectrum_cli.io import LoadPolicy, open_source
 
         levels = parse_eps(eps or []) or tuple(10.0**-k for k in range(1, 9))
         if plot is not None:
@@ -61,8 +63,6 @@ def pseudospectrum(
         rows = [{"eps": e, "eps_absolute": r.eps, "value": r.value, "kind": r.kind,
                  "method": r.method} for e, r in zip(levels, radii)]
         if plot is not None:
-            from spectrum_cli.report.plots import plot_pseudospectrum
-
             with atomic_path(plot, kind="plot", inputs=[path], force=force) as tmp:
                 plot_pseudospectrum(tmp, a, [r.eps for r in radii],
                                     max(r.value for r in radii),
@@ -72,7 +72,6 @@ def pseudospectrum(
         if json_out:
             import json
 
-            from spectrum_cli.report.document import json_safe
 
             lam = np.linalg.eigvals(a)
             print(json.dumps(json_safe({"tensor": name, "shape": list(a.shape),
@@ -91,8 +90,6 @@ def _select(source, tensor):
     """The requested matrix as float64, ``name[gate]`` picking an LSTM/GRU gate block."""
     import re
 
-    from spectrum_cli.core.analyze import GATES
-    from spectrum_cli.core.errors import UsageError
 
     entries = {i.name: i for i in source.entries()}
     if tensor is None:

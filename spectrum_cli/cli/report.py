@@ -8,7 +8,13 @@ from typing import Annotated, Iterator, Optional
 
 import typer
 
+from spectrum_cli.cli.batch import render as render_batch
 from spectrum_cli.cli.console import exit_codes, stderr_console, stdout_console
+from spectrum_cli.cli.summary import render
+from spectrum_cli.core.errors import InputError
+from spectrum_cli.report import trajectory
+from spectrum_cli.report.document import dumps
+from spectrum_cli.report.hdf5 import read_report
 
 
 def show(
@@ -21,34 +27,27 @@ def show(
     """Print an HDF5 report (of `analyze` or `batch`): the same summary or JSON."""
     err = stderr_console()
     with exit_codes(err):
-        from spectrum_cli.report import trajectory
-
         path = str(report)
         if trajectory.is_trajectory(path):  # a `spectrum batch --report` file
             doc = trajectory.read(path)
             if json_out:
                 _print_json(doc)
                 return
-            from spectrum_cli.cli.batch import render as render_batch
 
             with _displaying(path):
                 render_batch(doc, stdout_console(), top or 12)
             return
-        from spectrum_cli.report.hdf5 import read_report
 
         doc = read_report(path)
         if json_out:
             _print_json(doc)
             return
-        from spectrum_cli.cli.summary import render
 
         with _displaying(path):
             render(doc, stdout_console(), top=top)
 
 
 def _print_json(doc: dict) -> None:
-    from spectrum_cli.report.document import dumps
-
     print(dumps(doc))
 
 
@@ -56,8 +55,6 @@ def _print_json(doc: dict) -> None:
 def _displaying(path: str) -> Iterator[None]:
     """A document read from ``path`` that the summary cannot display is a damaged file
     (the reader checks the fields the summary uses; this is the backstop), not a bug."""
-    from spectrum_cli.core.errors import InputError
-
     try:
         yield
     except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:

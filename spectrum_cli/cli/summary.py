@@ -13,35 +13,12 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from spectrum_cli.report.document import from_json_value
+from spectrum_cli.report.document import fmt, from_json_value
 from spectrum_cli.report.output import printable
 
 #: Width taken by every column but the tensor name (with separators).
 OTHER_COLUMNS = 46
 EXTREME_KAPPA = 1e6
-
-
-def fmt(x: Any, digits: int = 3) -> str:
-    """Compact number: 3 significant digits (or ``digits``), exponent unpadded (8.18e4)."""
-    x = from_json_value(x)
-    if digits != 3 and isinstance(x, float) and math.isfinite(x) and 1e-2 <= abs(x) < 1e3:
-        return f"{x:.{digits}g}"
-    if x is None:
-        return "-"
-    if isinstance(x, int):
-        return str(x)
-    if math.isnan(x):
-        return "nan"
-    if math.isinf(x):
-        return "inf" if x > 0 else "-inf"
-    if x == 0:
-        return "0"
-    if 1e-2 <= abs(x) < 1e3:
-        return f"{x:.3g}"
-    if 1e3 <= abs(x) < 1e5:
-        return f"{x:.0f}"
-    mant, exp = f"{x:.2e}".split("e")
-    return f"{mant.rstrip('0').rstrip('.')}e{int(exp)}"
 
 
 def short_name(name: str, width: int) -> str:
@@ -145,7 +122,7 @@ def fitted_table(columns: list[tuple[str, str, bool]], rows: list[list[Any]], wi
     return table, dropped
 
 
-class _Row(list):
+class Row(list):
     """A table row with a style."""
 
     style: str | None = None
@@ -200,10 +177,10 @@ def render(doc: dict[str, Any], console: Console, top: int | None = None) -> Non
         name = Text(printable(t["name"]) + ("†" if t["kind"] == "conv_reshaped" else ""))
         shape = "x".join(str(d) for d in t["matrix_shape"])
         if t["status"] != "ok":
-            row = _Row([name, shape, f"{m.get('nonfinite_count', '?')} NaN/Inf",
+            row = Row([name, shape, f"{m.get('nonfinite_count', '?')} NaN/Inf",
                         *["-"] * (len(keys) - 1)])
         else:
-            row = _Row([name, shape, *[_alpha_cell(t) if k == "alpha" else _cell(t, k)
+            row = Row([name, shape, *[_alpha_cell(t) if k == "alpha" else _cell(t, k)
                                        for k in keys]])
         row.style = _row_style(t) or None
         rows.append(row)
@@ -248,7 +225,7 @@ def render_optimizer(doc: dict[str, Any], console: Console) -> None:
         for e in ops:
             m = e["metrics"]
             eos = _eos_ratio(m)
-            rows.append(_Row([_text(e["form"]), str(e["n_params"]),
+            rows.append(Row([_text(e["form"]), str(e["n_params"]),
                               _cell(e, "spectral_radius", digits=7),
                               *[_cell(e, k) for k in ("kappa_V", "max_power_norm",
                                                       "argmax_power", "kreiss_lower_bound")],
@@ -297,7 +274,7 @@ def nonnormal_table(tensors: list[dict], total_width: int) -> Table:
                  fmt(m.get("argmax_power"))]
         cells += [fmt(p["value"]) + ("" if p["kind"] == "exact" else "≥")
                   for p in nn["pseudospectral_radius"][:2]]
-        rows.append(_Row([Text(printable(t["name"])), *cells]))
+        rows.append(Row([Text(printable(t["name"])), *cells]))
     table, dropped = fitted_table(columns, rows, total_width,
                                   title="non-normal (square matrices)", title_justify="left")
     if dropped:
@@ -338,7 +315,7 @@ def alpha_line(tensors: list[dict]) -> Text | None:
 def _plugin_metric_lines(tensors: list[dict]) -> list[Text]:
     """One line per metric from a plugin (spectrum.metrics): its range over the tensors,
     and on how many it was unavailable."""
-    from spectrum_cli.core.metrics import METRICS
+    from spectrum_cli.core.metrics import CORE_METRICS as METRICS
 
     names = sorted({k for t in tensors for k in (*t["metrics"], *t.get("unavailable", {}))}
                    - set(METRICS))

@@ -7,7 +7,10 @@ from typing import Annotated, Optional
 
 import typer
 
+from spectrum_cli import config
+from spectrum_cli import trust as T
 from spectrum_cli.cli.console import escape, exit_codes, stderr_console, stdout_console
+from spectrum_cli.core.errors import UsageError
 
 
 def trust(
@@ -32,10 +35,6 @@ def trust(
 
 
 def _run(files: list[Path], revoke: bool, list_: bool, err) -> None:
-    from spectrum_cli import config
-    from spectrum_cli import trust as T
-    from spectrum_cli.core.errors import UsageError
-
     if list_:
         out = stdout_console()
         for path, sha in sorted(T.trusted_files().items()):

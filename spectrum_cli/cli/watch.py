@@ -1,6 +1,6 @@
 """``spectrum watch``: follow a training run's checkpoint folder while it is written.
 
-The follower itself is :mod:`spectrum_cli.watch` (no typer, no rich); this module
+The follower itself is :mod:`spectrum_cli.runs.watch` (no typer, no rich); this module
 resolves the options, shows the live table (a terminal) or one line per checkpoint
 (anything else) on stderr, and maps how the watch ended to the exit code.
 """
@@ -67,17 +67,19 @@ watch.__doc__ = "\n\n".join(" ".join(p.split()) for p in (watch.__doc__ or "").s
 def _run(target: str, report: Path | None, top: int, cache_dir: Path | None,
          no_cache: bool, spike_factor: float, spike_window: int, s: dict[str, Any],
          err: Any) -> int:
-    from spectrum_cli import batch as B
-    from spectrum_cli import watch as W
-    from spectrum_cli.alerts import AlertCommand
+    from spectrum_cli.io.layout import check_folder, inside_checkpoint
+    from spectrum_cli.runs import watch as W
+    from spectrum_cli.runs.cache import default_cache_dir
+    from spectrum_cli.runs.alerts import AlertCommand
     from spectrum_cli.core.errors import ExitCode, InputError, UsageError
     from spectrum_cli.core.trajectory import SpikeRule
-    from spectrum_cli.executors import plan, threads_limited
+    from spectrum_cli.runs.plan import plan
+    from spectrum_cli.runs.threads import threads_limited
     from spectrum_cli.report.output import check_target
     from spectrum_cli.settings import BY_NAME
 
     job, cfg, conditions = W.resolve(target, s)  # first: it sets the storage options
-    W.check_folder(target)
+    check_folder(target)
 
     def value(name: str) -> Any:
         return cfg.values.get(name, BY_NAME[name].default)
@@ -88,8 +90,8 @@ def _run(target: str, report: Path | None, top: int, cache_dir: Path | None,
     except ValueError as exc:
         raise UsageError(f"--spike-{exc}") from None
     for out, flag in ((report, "--report"), (s["tensorboard"], "--tensorboard")):
-        if out is not None and W.inside_checkpoint(target, str(out),
-                                                   folder=flag == "--tensorboard"):
+        if out is not None and inside_checkpoint(target, str(out),
+                                                 folder=flag == "--tensorboard"):
             raise UsageError(f"{flag} {printable(out)}: inside a checkpoint folder being "
                              "watched (writing there would change it); choose another path")
     if report is not None:  # before the watch: it must not fail at its first checkpoint
@@ -114,7 +116,7 @@ def _run(target: str, report: Path | None, top: int, cache_dir: Path | None,
 
     view = _View(err, top, live=not s["no_progress"] and err.is_terminal)
     w = W.Watch(target, job, cache_dir=None if no_cache else str(cache_dir or
-                                                                    B.default_cache_dir()),
+                                                                    default_cache_dir()),
                 rule=rule, conditions=conditions, settle=settle, settings=settings,
                 report=None if report is None else str(report), force=s["force"],
                 tensorboard=s["tensorboard"], warn=warn, say=say)
@@ -293,7 +295,7 @@ class _View:
         from rich.console import Group
         from rich.text import Text
 
-        from spectrum_cli.cli.summary import _Row, fitted_table
+        from spectrum_cli.cli.summary import Row, fitted_table
 
         w = self.watch
         ok = self._ok()
@@ -320,12 +322,12 @@ class _View:
         spark = max(8, min(24, self.console.width - used - 2 - names))
         for r in rows:
             r[3] = _spark(r[3][-spark:]).ljust(spark)
-        table, _ = fitted_table(columns, [_Row(r) for r in rows], self.console.width)
+        table, _ = fitted_table(columns, [Row(r) for r in rows], self.console.width)
         return Group(head, table)
 
 
 def _num(value: Any) -> float | None:
-    from spectrum_cli.alerts import as_number
+    from spectrum_cli.runs.alerts import as_number
 
     return as_number(value)
 

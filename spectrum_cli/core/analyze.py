@@ -18,6 +18,7 @@ import numpy as np
 from spectrum_cli.core import metrics as M
 from spectrum_cli.core.backend import SVD_ROUTES, auto_takes_gram
 from spectrum_cli.core.errors import SpectrumError, UsageError
+from spectrum_cli.core.measure import AUTO_DENSE_MAX_DIM, AUTO_DENSE_MAX_ENTRIES
 from spectrum_cli.core.results import (
     AnalysisResult, SkippedTensor, SourceInfo, TensorError, TensorResult,
 )
@@ -144,15 +145,6 @@ def _plan(info, selector: Selector, options: AnalyzeOptions) -> list[_Planned] |
                       for i, g in enumerate(gates)]
 
 
-#: ``--backend auto``: dense (exact, every metric) while the matrix has at most this
-#: many entries (2 GiB in float64: Llama-70B's 28672x8192 MLP and 32000x8192 embedding
-#: matrices, whose Gram route costs far less than Lanczos to the same accuracy: 32000x4096
-#: took 68 s with lanczos at one thread, bench/project_llm.py) and its smaller side at
-#: most AUTO_DENSE_MAX_DIM (the k×k Gram or SVD workspace); beyond, lanczos (bounds for
-#: σ_max and σ_min, an SLQ estimate of the entropy), or on a GPU randomized-svd (lanczos
-#: runs on the CPU only).
-AUTO_DENSE_MAX_ENTRIES = 2**28
-AUTO_DENSE_MAX_DIM = 8192
 AUTO_RULE = (f"dense if m*n <= {AUTO_DENSE_MAX_ENTRIES} and min(m, n) <= {AUTO_DENSE_MAX_DIM},"
              " else lanczos (randomized-svd on --device cuda)")
 

@@ -6,6 +6,8 @@ command line maps it to; anything else reaching the top of the CLI is an interna
 
 from __future__ import annotations
 
+import errno
+import os
 from enum import IntEnum
 
 
@@ -21,6 +23,7 @@ class ExitCode(IntEnum):
     USAGE_OR_INPUT_ERROR = 2
     INTERNAL_ERROR = 3
     NOTHING_MATCHED = 5
+    INTERRUPTED = 130  # Ctrl-C (128 + SIGINT, as shells report it)
 
 
 class SpectrumError(Exception):
@@ -35,6 +38,25 @@ class UsageError(SpectrumError, ValueError):
 
 class InputError(SpectrumError):
     """A path that cannot be read, or a file that is not a checkpoint we understand."""
+
+
+class CheckpointNotFoundError(InputError, FileNotFoundError):
+    """A checkpoint path that does not exist: an :class:`InputError` (exit 2 on the
+    command line) that is also a :class:`FileNotFoundError`, so that
+    ``except FileNotFoundError`` works as it does around ``open``. ``filename`` is the
+    path, ``errno`` is ``ENOENT``; ``str()`` is the message alone."""
+
+    def __init__(self, message: str, filename: str | None = None) -> None:
+        super().__init__(message)
+        self.errno = errno.ENOENT
+        self.strerror = os.strerror(errno.ENOENT)
+        self.filename = filename
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+    def __reduce__(self) -> tuple:  # OSError's would call __init__(errno, strerror, filename)
+        return (type(self), (str(self), self.filename))
 
 
 class UnsafeCheckpointError(InputError):

@@ -103,25 +103,14 @@ reshaped to out x in·k·k), so on 4-D kernels the values are not the reference'
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, Callable
 
 import numpy as np
 
 from spectrum_cli.core import esd
-
-#: Contract names -> one-line description.
-ESTIMATOR_METRICS: dict[str, str] = {
-    "alpha_hill": "Hill estimator, xmin at the median eigenvalue (TempBalance PL_Alpha_Hill)",
-    "alpha_peak": "alpha with xmin in the ESD histogram's peak window (AlphaPruning "
-                  "xmin_peak, its quirks included)",
-    "alpha_peak_corrected": "alpha_peak with the window's lower bound 0.95*xmin2 on the "
-                            "linear scale",
-    "alpha_farms": "alpha_peak of the pooled ESD of fixed-aspect-ratio submatrices "
-                   "(FARMS; computed when asked)",
-    "alpha_farms_corrected": "alpha_farms without the wrapping column slice and with "
-                             "alpha_peak_corrected's window (computed when asked)",
-}
 
 #: TempBalance's ``xmin_pos``: xmin is the eigenvalue at index int(N / xmin_pos).
 XMIN_POS = 2
@@ -354,13 +343,10 @@ class EstimatorMetric:
 
     name: str
     fit: Callable[[np.ndarray], TailFit]
+    description: str
     needs: str = "singular_values"
     context: bool = True
     opt_in: str = ""
-
-    @property
-    def description(self) -> str:
-        return ESTIMATOR_METRICS[self.name]
 
     def _fit(self, values: np.ndarray) -> TailFit:
         if self.needs == "matrix":
@@ -374,16 +360,31 @@ class EstimatorMetric:
         return self._fit(values).reason
 
 
-alpha_hill = EstimatorMetric("alpha_hill", fit_hill_median)
-alpha_peak = EstimatorMetric("alpha_peak", fit_peak)
+# Each metric: one object here (its description is the report's) plus its line in
+# pyproject.toml's ``spectrum.metrics`` group. The report order is the order below.
+alpha_hill = EstimatorMetric(
+    "alpha_hill", fit_hill_median,
+    "Hill estimator, xmin at the median eigenvalue (TempBalance PL_Alpha_Hill)")
+alpha_peak = EstimatorMetric(
+    "alpha_peak", fit_peak,
+    "alpha with xmin in the ESD histogram's peak window (AlphaPruning xmin_peak, its "
+    "quirks included)")
 alpha_peak_corrected = EstimatorMetric(
-    "alpha_peak_corrected", lambda lam: fit_peak(lam, corrected=True))
+    "alpha_peak_corrected", lambda lam: fit_peak(lam, corrected=True),
+    "alpha_peak with the window's lower bound 0.95*xmin2 on the linear scale")
 #: About 100 SVDs of r x 2r submatrices per matrix: computed when asked.
-alpha_farms = EstimatorMetric("alpha_farms", fit_farms, needs="matrix", opt_in="farms")
+alpha_farms = EstimatorMetric(
+    "alpha_farms", fit_farms,
+    "alpha_peak of the pooled ESD of fixed-aspect-ratio submatrices (FARMS; computed "
+    "when asked)", needs="matrix", opt_in="farms")
 alpha_farms_corrected = EstimatorMetric(
-    "alpha_farms_corrected", lambda a: fit_farms(a, corrected=True), needs="matrix",
-    opt_in="farms")
+    "alpha_farms_corrected", lambda a: fit_farms(a, corrected=True),
+    "alpha_farms without the wrapping column slice and with alpha_peak_corrected's "
+    "window (computed when asked)", needs="matrix", opt_in="farms")
 
-#: Every metric of this module, in the order of :data:`ESTIMATOR_METRICS`.
-ALL: tuple[EstimatorMetric, ...] = (alpha_hill, alpha_peak, alpha_peak_corrected,
-                                    alpha_farms, alpha_farms_corrected)
+#: Every metric of this module, in the order defined.
+ALL: tuple[EstimatorMetric, ...] = tuple(v for v in list(globals().values())
+                                         if isinstance(v, EstimatorMetric))
+#: Contract names -> one-line description, in report order (read-only; from ``ALL``).
+ESTIMATOR_METRICS: Mapping[str, str] = MappingProxyType(
+    {m.name: m.description for m in ALL})

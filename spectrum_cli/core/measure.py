@@ -68,6 +68,18 @@ GRAM_TILE = 256
 #: threads; below, one one-threaded ``dsyrk`` (a function of the shape, not the budget).
 PARALLEL_GRAM_FLOPS = 1 << 27
 
+#: ``--backend auto``: dense (exact, every metric) while the matrix has at most this
+#: many entries (2 GiB in float64: Llama-70B's 28672x8192 MLP and 32000x8192 embedding
+#: matrices, whose Gram route costs far less than Lanczos to the same accuracy: 32000x4096
+#: took 68 s with lanczos at one thread, bench/project_llm.py) and its smaller side at
+#: most AUTO_DENSE_MAX_DIM (the k×k Gram or SVD workspace); beyond, lanczos (bounds for
+#: σ_max and σ_min, an SLQ estimate of the entropy), or on a GPU randomized-svd (lanczos
+#: runs on the CPU only). The same limits bound ``rand_distance`` (core/esd_metrics.py),
+#: which needs two dense eigen-decompositions: they live here, below core/analyze.py,
+#: so that esd_metrics reads them without an import circle.
+AUTO_DENSE_MAX_ENTRIES = 2**28
+AUTO_DENSE_MAX_DIM = 8192
+
 _lock = threading.Lock()
 _depth = 0
 _saved: dict[str, Any] = {}

@@ -1,6 +1,14 @@
 """Per-matrix metrics from the singular values (and, for square matrices, eigenvalues).
 
-The names in :data:`METRICS` are the contract for JSON, HDF5 and ``--fail-on``.
+The names in :data:`METRICS` are the contract for JSON, HDF5 and ``--fail-on``. There is
+one registry, the ``spectrum.metrics`` entry-point group: the built-in metrics are
+registered there in ``pyproject.toml`` exactly as a plugin's are, each a :class:`Metric`
+(or a function, whose docstring's first line is its description). :data:`METRICS` is
+derived from it (see :func:`builtin_metrics`) plus the few metrics that
+:func:`~spectrum_cli.core.measure.analyze_matrix` computes itself (:data:`COMPUTED`).
+Adding a built-in metric is one function (or :class:`Metric`) in a module of this
+package plus its entry-point line in ``pyproject.toml``; nothing else lists it.
+
 Definitions and sources:
 
 - ``kappa`` = σ_max/σ_min, ``inf`` when σ_min = 0 (Golub & Van Loan, *Matrix
@@ -22,9 +30,14 @@ Definitions and sources:
 
 from __future__ import annotations
 
+import functools
 import math
 import re
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
+from importlib import import_module
+from importlib.metadata import EntryPoint, entry_points
+from types import MappingProxyType
 from typing import Any, Callable
 
 import numpy as np
@@ -32,45 +45,6 @@ import numpy as np
 from spectrum_cli.core.scaling import ldexp
 
 EPS64 = float(np.finfo(np.float64).eps)
-
-#: Contract names -> one-line description. Order is the column order of reports.
-METRICS: dict[str, str] = {
-    "sigma_max": "largest singular value",
-    "sigma_min": "smallest of the min(m, n) singular values",
-    "kappa": "condition number sigma_max/sigma_min (inf when sigma_min = 0)",
-    "numerical_rank": "singular values above max(m, n)*eps64*sigma_max",
-    "spectral_entropy": "Shannon entropy (nats) of p_i = sigma_i^2/sum sigma_j^2",
-    "spectral_entropy_normalized": "spectral_entropy / ln(numerical_rank), in [0, 1]",
-    "entropy_effective_rank": "exp(spectral_entropy) (Roy & Vetterli)",
-    "stable_rank": "||W||_F^2 / sigma_max^2",
-    "effective_rank": "singular values above tau*sigma_max",
-    "spectral_gap": "(sigma_1 - sigma_2)/sigma_1",
-    "frobenius_norm": "||W||_F",
-    "row_norm_min": "smallest row 2-norm",
-    "row_norm_max": "largest row 2-norm",
-    "row_norm_mean": "mean row 2-norm",
-    "col_norm_min": "smallest column 2-norm",
-    "col_norm_max": "largest column 2-norm",
-    "col_norm_mean": "mean column 2-norm",
-    "spectral_radius": "max |eigenvalue| (square matrices with eigen-analysis)",
-    "kappa_V": "eigenvector condition number, unit columns (null if not well defined)",
-    "kappa_V_well_defined": "1 unless eigenvalues cluster at working precision",
-    "kappa_V_cluster_orthonormal": "kappa_V with an orthonormal basis inside each cluster",
-    "max_eig_condition": "max 1/|y_i^H x_i| (unit left/right eigenvectors)",
-    "henrici": "Henrici departure from normality ||N||_F (complex Schur form)",
-    "henrici_relative": "henrici / ||A||_F",
-    "kreiss_lower_bound": "lower bound of the Kreiss constant (inf when rho >= 1)",
-    "max_power_norm": "max_k ||A^k||_2 over k = 1..power_max",
-    "argmax_power": "the k of max_power_norm",
-    "power_above_one_until": "last k <= power_max with ||A^k||_2 > 1",
-    "transient_window": "ln kappa_V / (-ln rho) when rho < 1",
-    "nonfinite_count": "number of NaN or Inf entries (0 for analysed matrices)",
-}
-
-#: WeightWatcher's columns (:mod:`spectrum_cli.core.esd_metrics`) are contract names too.
-from spectrum_cli.core.esd_metrics import ESD_METRICS  # noqa: E402  (numpy only)
-
-METRICS.update(ESD_METRICS)
 
 #: Metrics of update operators (the contract names, beside the per-tensor ones).
 OPERATOR_METRICS = {
@@ -243,15 +217,19 @@ def spectral_gap(s: np.ndarray) -> float | None:
     return None if s[0] == 0.0 or s.size < 2 else float((s[0] - s[1]) / s[0])
 
 
-numerical_rank = Metric("numerical_rank", _numerical_rank, description=METRICS[
-    "numerical_rank"], context=True)
-spectral_entropy_normalized = Metric("spectral_entropy_normalized", _entropy_normalized,
-                                     description=METRICS["spectral_entropy_normalized"],
-                                     context=True)
-effective_rank = Metric("effective_rank", _effective_rank,
-                        description=METRICS["effective_rank"], context=True)
+numerical_rank = Metric("numerical_rank", _numerical_rank, context=True,
+                        description="singular values above max(m, n)*eps64*sigma_max")
+spectral_entropy_normalized = Metric(
+    "spectral_entropy_normalized", _entropy_normalized, context=True,
+    description="spectral_entropy / ln(numerical_rank), in [0, 1]")
+effective_rank = Metric("effective_rank", _effective_rank, context=True,
+                        description="singular values above tau*sigma_max")
 
-#: The built-in metrics of the singular values, in report order.
+#: The metrics of the singular values that every analysis computes, registry or not
+#: (``metrics=None``), in report order: the first columns of reports. Each is a ratio of
+#: singular values, or σ_max/σ_min, which :mod:`~spectrum_cli.core.measure` scales back
+#: when it analysed 2^-e·A; any other registered metric gets the spectrum of A itself. A
+#: new built-in metric need not be here (it is registered: see :func:`builtin_metrics`).
 BUILTIN: tuple[Metric, ...] = tuple(as_metric(m.name if isinstance(m, Metric) else m.__name__, m)
                                     for m in (sigma_max, sigma_min, kappa, numerical_rank,
                                               spectral_entropy, spectral_entropy_normalized,
@@ -331,8 +309,145 @@ def entry_metrics(a: np.ndarray) -> dict[str, Any]:
     }
 
 
-#: Metrics of the non-normal analysis of square matrices (see core/nonnormal.py).
-NONNORMAL_METRICS = ("kappa_V", "kappa_V_well_defined", "kappa_V_cluster_orthonormal",
-                     "max_eig_condition", "henrici", "henrici_relative",
-                     "kreiss_lower_bound", "max_power_norm", "argmax_power",
-                     "power_above_one_until", "transient_window")
+#: Norms of the entries (:func:`entry_metrics`): name -> description, in report order.
+ENTRY_METRICS: Mapping[str, str] = MappingProxyType({
+    "frobenius_norm": "||W||_F",
+    "row_norm_min": "smallest row 2-norm",
+    "row_norm_max": "largest row 2-norm",
+    "row_norm_mean": "mean row 2-norm",
+    "col_norm_min": "smallest column 2-norm",
+    "col_norm_max": "largest column 2-norm",
+    "col_norm_mean": "mean column 2-norm",
+})
+
+#: The eigen-analysis of square matrices (core/nonnormal.py, ``NonNormal.metrics()``):
+#: name -> description, in report order.
+SQUARE_METRICS: Mapping[str, str] = MappingProxyType({
+    "spectral_radius": "max |eigenvalue| (square matrices with eigen-analysis)",
+    "kappa_V": "eigenvector condition number, unit columns (null if not well defined)",
+    "kappa_V_well_defined": "1 unless eigenvalues cluster at working precision",
+    "kappa_V_cluster_orthonormal": "kappa_V with an orthonormal basis inside each cluster",
+    "max_eig_condition": "max 1/|y_i^H x_i| (unit left/right eigenvectors)",
+    "henrici": "Henrici departure from normality ||N||_F (complex Schur form)",
+    "henrici_relative": "henrici / ||A||_F",
+    "kreiss_lower_bound": "lower bound of the Kreiss constant (inf when rho >= 1)",
+    "max_power_norm": "max_k ||A^k||_2 over k = 1..power_max",
+    "argmax_power": "the k of max_power_norm",
+    "power_above_one_until": "last k <= power_max with ||A^k||_2 > 1",
+    "transient_window": "ln kappa_V / (-ln rho) when rho < 1",
+})
+
+#: Metrics of the non-normal analysis of square matrices (all of SQUARE_METRICS but
+#: ``spectral_radius``).
+NONNORMAL_METRICS: tuple[str, ...] = tuple(k for k in SQUARE_METRICS if k != "spectral_radius")
+
+#: What :func:`~spectrum_cli.core.measure.analyze_matrix` computes itself, beside the
+#: registered metrics: name -> description, in report order.
+COMPUTED: Mapping[str, str] = MappingProxyType({
+    **ENTRY_METRICS, **SQUARE_METRICS,
+    "nonfinite_count": "number of NaN or Inf entries (0 for analysed matrices)",
+})
+
+
+# ---- the one registry: the spectrum.metrics entry-point group -------------------------
+
+#: The entry-point group of per-matrix metrics, built-in and third-party alike.
+GROUP = "spectrum.metrics"
+#: A registered metric is built in when its object lives in this package.
+_PACKAGE = "spectrum_cli."
+#: Modules of built-in metrics that the reports present by themselves, beside BUILTIN and
+#: COMPUTED (WeightWatcher's columns: the summary's α line, batch's model averages).
+#: Every other metric, built in (the heavy-tail estimators) or a plugin, gets a generic
+#: line in the summary (``metric NAME: lo … hi``) and a ``tensors.max_NAME`` indicator.
+_CORE_MODULES = ("spectrum_cli.core.esd_metrics",)
+
+
+def _builtin_entry_points() -> list[EntryPoint]:
+    """The entry points of :data:`GROUP` whose object lives in this package (the first
+    of each name)."""
+    found: dict[str, EntryPoint] = {}
+    for ep in entry_points(group=GROUP):
+        if ep.value.startswith(_PACKAGE):
+            found.setdefault(ep.name, ep)
+    return list(found.values())
+
+
+def _position(ep: EntryPoint) -> tuple[int, str, int]:
+    """Report order of a built-in metric beyond BUILTIN: the core modules first, then by
+    module, and within a module in the order the module defines its metrics."""
+    names = list(vars(import_module(ep.module)))
+    attr = ep.attr.split(".")[0]
+    return (0 if ep.module in _CORE_MODULES else 1, ep.module,
+            names.index(attr) if attr in names else len(names))
+
+
+@functools.lru_cache(maxsize=None)
+def _registered() -> tuple[tuple[str, Metric], ...]:
+    """(module, metric) of every registered built-in beyond BUILTIN, in report order."""
+    loaded = []
+    for ep in _builtin_entry_points():
+        if ep.name not in _ORDER:
+            obj = ep.load()
+            metric = as_metric(ep.name, obj() if isinstance(obj, type) else obj)
+            loaded.append((_position(ep), ep.module, metric))
+    return tuple((module, metric) for _, module, metric in sorted(
+        loaded, key=lambda pmm: pmm[0]))
+
+
+def builtin_metrics() -> tuple[Metric, ...]:
+    """Every built-in metric of the registry, in report order: :data:`BUILTIN`, then the
+    other entry points of :data:`GROUP` into this package, each module's in the order it
+    defines them. Loaded once per process (:func:`refresh` forgets them)."""
+    return BUILTIN + tuple(metric for _, metric in _registered())
+
+
+@functools.lru_cache(maxsize=None)
+def _tables() -> tuple[Mapping[str, str], Mapping[str, str]]:
+    """(every built-in metric, the core ones): name -> description, in report order."""
+    core: dict[str, str] = {m.name: m.description for m in BUILTIN}
+    core.update(COMPUTED)
+    rest: dict[str, str] = {}
+    for module, m in _registered():
+        (core if module in _CORE_MODULES else rest).setdefault(m.name, m.description)
+    return MappingProxyType({**core, **rest}), MappingProxyType(core)
+
+
+def refresh() -> None:
+    """Forget the registered built-ins (for tests that change the entry points)."""
+    _registered.cache_clear()
+    _tables.cache_clear()
+
+
+class _Descriptions(Mapping[str, str]):
+    """A read-only name -> description view of the registry, in report order, read on
+    first use (reading it imports the built-in metric modules)."""
+
+    def __init__(self, name: str, which: int):
+        self._name, self._which = name, which
+
+    def _table(self) -> Mapping[str, str]:
+        return _tables()[self._which]
+
+    def __getitem__(self, name: str) -> str:
+        return self._table()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._table())
+
+    def __len__(self) -> int:
+        return len(self._table())
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._table()
+
+    def __repr__(self) -> str:
+        return f"{self._name}({dict(self._table())!r})"
+
+
+#: Every built-in per-matrix metric: name -> description, in report order (BUILTIN, then
+#: COMPUTED, then the other registered built-ins). Derived, read-only.
+METRICS: Mapping[str, str] = _Descriptions("METRICS", 0)
+#: The metrics the reports present by themselves (see ``_CORE_MODULES``): METRICS less the
+#: built-ins of other modules (the heavy-tail estimators), in the same order. Derived,
+#: read-only.
+CORE_METRICS: Mapping[str, str] = _Descriptions("CORE_METRICS", 1)

@@ -1,9 +1,14 @@
-"""``--fail-on`` conditions: ``METRIC OP NUMBER`` optionally scoped by ``@PATTERN``.
+"""``--fail-on`` conditions, one grammar for every command.
 
-Examples: ``kappa>1e4``, ``spectral_entropy_normalized<0.5@*.attention.*``,
-``nonfinite_count>0``. Several conditions may be given in one value, separated by
-commas, or by repeating the option. A metric that is undefined for a tensor (``None``)
-never violates a condition; ``inf`` compares as infinity.
+Per-tensor conditions (``analyze``, ``batch``, ``watch``, the callbacks): ``METRIC OP
+NUMBER`` optionally scoped by ``@PATTERN``: ``kappa>1e4``,
+``spectral_entropy_normalized<0.5@*.attention.*``, ``nonfinite_count>0``. Trajectory
+conditions (``watch``), told apart by their left-hand side: ``INDICATOR OP NUMBER`` on a
+dotted indicator of the trajectory (``tensors.max_kappa>1e4``) or ``loss``;
+``INDICATOR>threshold`` against the scorecard's threshold; ``spike``. Several conditions
+may be given in one value, separated by commas, or by repeating the option. A metric
+that is undefined for a tensor (``None``) never violates a condition; ``inf`` compares
+as infinity; a comparison with NaN is refused.
 """
 
 from __future__ import annotations
@@ -18,15 +23,20 @@ from spectrum_cli.core.errors import UsageError
 from spectrum_cli.core.metrics import METRICS, OPERATOR_METRICS
 from spectrum_cli.core.selection import compile_pattern
 
-_OPS: dict[str, Callable[[float, float], bool]] = {
+OPS: dict[str, Callable[[float, float], bool]] = {
     ">=": operator.ge, "<=": operator.le, "==": operator.eq, "!=": operator.ne,
     ">": operator.gt, "<": operator.lt,
 }
+_OP = r"(?P<op>>=|<=|==|!=|>|<)"
 _COND = re.compile(
-    r"^\s*(?P<metric>[a-z][a-z0-9_]*)\s*(?P<op>>=|<=|==|!=|>|<)\s*(?P<value>[^@\s]+)\s*"
-    r"(?:@(?P<scope>.+))?$"
-)
-_SPLIT = re.compile(r",(?=\s*[a-z][a-z0-9_]*\s*(?:>=|<=|==|!=|>|<))")
+    rf"^\s*(?P<metric>[a-z][a-z0-9_]*)\s*{_OP}\s*(?P<value>[^@\s]+)\s*(?:@(?P<scope>.+))?$")
+#: An indicator of a trajectory: ``loss`` or a dotted name (``tensor.kappa[NAME]``).
+_INDICATOR = r"(?:loss|[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z0-9_]+)+(?:\[[^\]]*\])?)"
+_TRAJ = re.compile(rf"^\s*(?P<name>{_INDICATOR})\s*{_OP}\s*(?P<value>\S+)\s*$")
+#: A comma that starts another condition (not one inside a scope pattern).
+_SPLIT = re.compile(r",(?=\s*(?:spike\s*(?:,|$)|[A-Za-z_][A-Za-z0-9_.]*(?:\[[^\]]*\])?"
+                    r"\s*(?:>=|<=|==|!=|>|<)))")
+_LEADING_OP = re.compile(rf"^\s*[a-z][a-z0-9_]*\s*{_OP}")
 
 
 @dataclass(frozen=True)
@@ -48,6 +58,63 @@ class Violation:
     value: float
 
 
+@dataclass(frozen=True)
+class TrajectoryCondition:
+    """A condition on a run's indicators (see the module); ``value`` None compares with
+    the scorecard threshold."""
+
+    indicator: str
+    op: str = ">"
+    value: float | None = None
+
+    def __str__(self) -> str:
+        if self.indicator == "spike":
+            return "spike"
+        rhs = "threshold" if self.value is None else f"{self.value:g}"
+        return f"{self.indicator}{self.op}{rhs}"
+
+
+def _number(raw: str, part: str, expected: str = "not a number") -> float:
+    """The number of a condition ``part`` (``inf`` included); UsageError saying ``raw``
+    is ``expected`` for anything else, and for NaN, with which every comparison is
+    false."""
+    try:
+        value = float(raw)
+    except ValueError:
+        raise UsageError(f"--fail-on: {raw!r} in {part!r} is {expected}") from None
+    if math.isnan(value):
+        raise UsageError(f"--fail-on: {part!r} compares with NaN, which is never true")
+    return value
+
+
+def split_conditions(specs: Iterable[str]) -> tuple[list[str], list[TrajectoryCondition]]:
+    """``--fail-on`` values -> (the per-tensor conditions, as text for
+    :func:`parse_conditions`, and the trajectory conditions, parsed)."""
+    per_tensor: list[str] = []
+    trajectory: list[TrajectoryCondition] = []
+    for spec in specs:
+        for part in _SPLIT.split(str(spec)):
+            if part.strip() == "spike":
+                trajectory.append(TrajectoryCondition("spike"))
+                continue
+            m = _TRAJ.match(part)
+            if m is None:
+                per_tensor.append(part)
+                continue
+            if m["value"] == "threshold":
+                trajectory.append(TrajectoryCondition(m["name"], m["op"], None))
+                continue
+            value = _number(m["value"], part.strip(), "neither a number nor 'threshold'")
+            trajectory.append(TrajectoryCondition(m["name"], m["op"], value))
+    return per_tensor, trajectory
+
+
+def condition_op(text: str) -> str:
+    """The comparison of a per-tensor condition as written (``kappa>1e4`` -> ``>``)."""
+    m = _LEADING_OP.match(text)
+    return m["op"] if m else "=="
+
+
 def parse_conditions(specs: Iterable[str], extra_metrics: Iterable[str] = ()
                      ) -> list[Condition]:
     """Parse ``--fail-on`` values; a bad one raises :class:`UsageError` naming it.
@@ -65,12 +132,7 @@ def parse_conditions(specs: Iterable[str], extra_metrics: Iterable[str] = ()
                 raise UsageError(f"--fail-on: unknown metric {metric!r}; known: "
                                  + ", ".join(dict.fromkeys([*METRICS, *OPERATOR_METRICS,
                                                             *extra])))
-            try:
-                value = float(m["value"])
-            except ValueError:
-                raise UsageError(f"--fail-on: {m['value']!r} in {part!r} is not a number")
-            if math.isnan(value):
-                raise UsageError(f"--fail-on: {part!r} compares with NaN, which is never true")
+            value = _number(m["value"], part)
             scope = m["scope"].strip() if m["scope"] else None
             if scope:
                 compile_pattern(scope, "--fail-on")  # validate now, not per tensor
@@ -89,7 +151,7 @@ def evaluate(conditions: Sequence[Condition], tensors: Iterable[Any]) -> list[Vi
             value = t.metrics.get(cond.metric)
             if value is None:
                 continue
-            if _OPS[cond.op](float(value), cond.value):
+            if OPS[cond.op](float(value), cond.value):
                 found.append(Violation(cond, t.name, float(value)))
     return found
 

@@ -23,6 +23,7 @@ import logging
 from typing import Any
 
 from spectrum_cli.core.errors import UsageError
+from spectrum_cli.integrations.monitor import NothingMatchedError, SpectrumMonitor
 
 log = logging.getLogger("spectrum_cli.integrations")
 
@@ -58,8 +59,6 @@ class Schedule:
 
     def __init__(self, monitor: Any, settings: dict[str, Any], every_n_steps: int | None,
                  on_save: bool, prefix: str) -> None:
-        from spectrum_cli.integrations.monitor import SpectrumMonitor
-
         if every_n_steps is not None and (isinstance(every_n_steps, bool) or not isinstance(
                 every_n_steps, int) or every_n_steps < 1):
             raise UsageError(f"every_n_steps: expected a positive integer or None, got "
@@ -104,8 +103,6 @@ class Schedule:
                 batch: Any = None) -> tuple[Any, dict[str, float]]:
         """Measure; returns the measurement and the values to log under the prefix, or
         (None, {}) when the measurement failed (logged; the training goes on)."""
-        from spectrum_cli.integrations.monitor import NothingMatchedError
-
         self.tried = step
         try:
             m = self.monitor.measure(model, step,

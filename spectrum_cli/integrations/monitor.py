@@ -5,7 +5,7 @@
 ``spectrum analyze`` measures a checkpoint (:func:`spectrum_cli.core.analyze.analyze_source`
 with the same settings, backends and metric plugins), builds the same document, and
 reduces it to the indicators ``spectrum batch`` records per checkpoint
-(:func:`spectrum_cli.batch.indicators`: ``tensors.max_kappa``, ``tensors.min_stable_rank``,
+(:func:`spectrum_cli.runs.indicators.indicators`: ``tensors.max_kappa``, ``tensors.min_stable_rank``,
 ``<form>.spectral_radius``, ``optimizer.eos_ratio_gd``, ...), so a live series and a
 batch trajectory of the same run have the same names and values. ``fail_on`` conditions
 are the command line's (:mod:`spectrum_cli.core.thresholds`), evaluated on the tensors
@@ -39,8 +39,19 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from spectrum_cli.core.analyze import plan_source
 from spectrum_cli.core.errors import ExitCode, UsageError
-from spectrum_cli.io.base import MemorySource
+from spectrum_cli.core.results import SourceInfo
+from spectrum_cli.core.selection import compile_pattern
+from spectrum_cli.core.thresholds import parse_conditions
+from spectrum_cli.integrations.operators import live_operators, named_state
+from spectrum_cli.io.base import MemorySource, TensorInfo
+from spectrum_cli.report.document import Checkable, json_safe
+from spectrum_cli.runs.document import assemble, measure
+from spectrum_cli.runs.indicators import indicators
+from spectrum_cli.runs.job import check_settings, metric_names, resolve_job
+from spectrum_cli.runs.optimizer import OperatorOptions
+from spectrum_cli.runs.threads import default_threads, threads_limited
 from spectrum_cli.settings import names
 
 log = logging.getLogger("spectrum_cli.integrations")
@@ -131,8 +142,6 @@ class LiveTensors(MemorySource):
     format = "live"
 
     def __init__(self, weights: Mapping[str, Any], path: str = "<live weights>") -> None:
-        from spectrum_cli.io.base import TensorInfo
-
         super().__init__(path)
         self._weights = dict(weights)
         self.size_bytes = 0
@@ -204,11 +213,6 @@ class SpectrumMonitor:
     def __init__(self, *, indicators: Sequence[str] | None = None,
                  loss: str | Callable[[Any, Any], Any] | None = None, batch: Any = None,
                  **settings: Any) -> None:
-        from spectrum_cli.api import check_settings, resolve_job
-        from spectrum_cli.core.selection import compile_pattern
-        from spectrum_cli.core.thresholds import parse_conditions
-        from spectrum_cli.pipeline import metric_names
-
         unknown = sorted(set(settings) - set(ALLOWED))
         if unknown:
             raise UsageError(f"SpectrumMonitor: unknown or file-only setting(s) "
@@ -242,8 +246,6 @@ class SpectrumMonitor:
         """The names of the matrices :meth:`measure` would measure (no numerics: only the
         selection). None selected is a :class:`NothingMatchedError` naming the tensors
         that exist and why each is left out (the callbacks call this before training)."""
-        from spectrum_cli.core.analyze import plan_source
-
         weights, _ = _weights_of(model_or_state)
         planned, skipped = plan_source(LiveTensors(weights), self.job.options)
         if not planned:
@@ -268,8 +270,6 @@ class SpectrumMonitor:
         rest is still measured; matrices holding NaN/Inf are counted in
         ``tensors.nonfinite_tensors`` and named in ``warnings``. (The callbacks go
         further: nothing raises from a measurement into the training loop.)"""
-        from spectrum_cli.executors import default_threads, threads_limited
-
         if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
             raise UsageError(f"step: expected a non-negative integer, got {step!r}")
         weights, module = _weights_of(model_or_state)
@@ -289,8 +289,6 @@ class SpectrumMonitor:
             doc, result, violations = self._document(
                 weights, int(step), module if with_operators else None, optimizer,
                 use_batch, loss_value, notes)
-        from spectrum_cli.batch import indicators
-        from spectrum_cli.report.document import json_safe
 
         doc = json_safe(doc)
         broken = [t for t in result.tensors if t.status == "nonfinite"]
@@ -325,8 +323,6 @@ class SpectrumMonitor:
     def _unchecked_conditions(self, entries: Sequence[Any], step: int,
                               notes: list[str]) -> None:
         """Say once for each ``fail_on`` condition that had nothing to check."""
-        from spectrum_cli.core.selection import compile_pattern
-
         for cond in self.conditions:
             match = compile_pattern(cond.scope) if cond.scope else None
             if any((match is None or match(e.name)) and e.metrics.get(cond.metric) is not None
@@ -343,19 +339,11 @@ class SpectrumMonitor:
                   batch: Any, loss_value: float | None, notes: list[str]
                   ) -> tuple[dict[str, Any], Any, list[Any]]:
         """The analysis document of the weights (plus the operators), as
-        :func:`spectrum_cli.pipeline.analyze_checkpoint` builds it for a file; what could
+        :func:`spectrum_cli.runs.document.analyze_checkpoint` builds it for a file; what could
         not be computed goes to ``notes``."""
-        from spectrum_cli import plugins
-        from spectrum_cli.core.analyze import analyze_source
-        from spectrum_cli.core.results import SourceInfo
-        from spectrum_cli.core.thresholds import evaluate
-        from spectrum_cli.pipeline import Checkable, attach_operators
-        from spectrum_cli.report.document import build_document
-
         source = LiveTensors(weights, f"<live weights at step {step}>")
         info = SourceInfo(source.path, source.format, (), source.size_bytes, None)
-        result = analyze_source(source, info, self.job.options, plugins.get_backend,
-                                metrics=plugins.metric_plugins())
+        result = measure(source, info, self.job.options)
         if not result.tensors and not result.errors:
             o = self.job.options
             raise NothingMatchedError(nothing_matched(result.skipped, o.include, o.exclude))
@@ -363,15 +351,12 @@ class SpectrumMonitor:
         if module is not None:
             report = self._operators(module, optimizer, batch, step, notes)
         operators = report.operators if report is not None else []
-        entries = list(result.tensors) + [Checkable(o) for o in operators]
-        violations = evaluate(self.conditions, entries)
-        self._unchecked_conditions(entries, step, notes)
-        doc = build_document(result, self.conditions, violations)
-        doc["checkpoint"] = {"step": step}
-        if loss_value is not None:
-            doc["checkpoint"]["loss"] = float(loss_value)
-        attach_operators(doc, report, self.conditions)
-        return doc, result, violations
+        self._unchecked_conditions(list(result.tensors) + [Checkable(o) for o in operators],
+                                   step, notes)
+        scalars = {"step": step} if loss_value is None else {"step": step,
+                                                             "loss": float(loss_value)}
+        out = assemble(result, self.conditions, report, scalars)
+        return out.doc, result, out.violations
 
     def _operators(self, module: Any, optimizer: Any, batch: Any, step: int,
                    notes: list[str]) -> Any:
@@ -379,7 +364,6 @@ class SpectrumMonitor:
         parameters hold NaN/Inf (no Hessian to take), or its computation failed."""
         import torch
 
-        from spectrum_cli.integrations.operators import live_operators, named_state
 
         named_state(module, optimizer)  # the caller's mistake (not this model's optimizer)
         bad = [n for n, p in module.named_parameters()
@@ -397,8 +381,6 @@ class SpectrumMonitor:
             return None
 
     def _operator_options(self) -> Any:
-        from spectrum_cli.optim.analysis import OperatorOptions
-
         o, v = self.job.options, self.job.values
         return OperatorOptions(eps=o.eps, power_max=o.power_max, seed=o.seed,
                                params=tuple(v.get("params", ())),

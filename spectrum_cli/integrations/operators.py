@@ -1,7 +1,7 @@
 """The update operators of a live training step: the model, optimizer and batch in memory.
 
 The same analysis as ``spectrum analyze CKPT --model M --data D --loss L``
-(:func:`spectrum_cli.optim.analysis.analyze_optimizer`), with the objects the training
+(:func:`spectrum_cli.runs.optimizer.analyze_optimizer`), with the objects the training
 loop already holds instead of names to import: the optimizer's ``state_dict()`` parsed by
 the registered rule that recognises it, the parameters named from the live model (by
 object identity, so groups in any order are named right), the loss Hessian of a float64
@@ -23,8 +23,12 @@ from typing import Any, Callable
 
 from spectrum_cli.core.errors import InputError, UsageError
 from spectrum_cli.io import optimizer_state as opt_io
-from spectrum_cli.optim.analysis import (OperatorOptions, OptimizerReport,
-                                          before_first_step, operators_on)
+from spectrum_cli.runs.optimizer import (
+    OperatorOptions,
+    OptimizerReport,
+    before_first_step,
+    operators_on,
+)
 
 WHERE = "the live optimizer"
 

@@ -22,12 +22,13 @@ import io
 import math
 import os
 import pickle
+import re
 import stat
 import struct
 import zipfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import IO, Any, Callable, Iterator, Protocol
+from typing import IO, Any, Callable, Iterator, Mapping, Protocol
 
 import numpy as np
 
@@ -170,6 +171,59 @@ def check_shape(path: str, name: str, shape: Any) -> tuple[int, ...]:
     return dims
 
 
+def allowed_roots(folder: str) -> list[str]:
+    """Where a file named inside ``folder`` (a shard, an HF folder's weights) may
+    resolve to: the folder itself, and for a hub-cache snapshot (``.../snapshots/<rev>``)
+    the repository's ``blobs`` folder (``snapshots/<rev>/x -> ../../blobs/<hash>``)."""
+    real = os.path.realpath(folder)
+    roots = [real]
+    parent = os.path.dirname(real)
+    if os.path.basename(parent) == "snapshots":
+        roots.append(os.path.join(os.path.dirname(parent), "blobs"))
+    return roots
+
+
+def confine(folder: str, full: str, what: str) -> str:
+    """``full`` (a local path in ``folder``) when, symlinks resolved, it stays inside
+    ``folder`` or a hub cache's ``blobs/`` (:func:`allowed_roots`); else an
+    :class:`InputError` naming ``what`` (a symlink out to ``/proc`` or another folder
+    is never read)."""
+    real = os.path.realpath(full)
+    if not any(os.path.commonpath([real, root]) == root
+               for root in allowed_roots(folder or ".")):
+        raise InputError(f"{what} resolves to {real}, outside its folder; refusing it")
+    return full
+
+
+#: Steps a checkpoint may store: what TensorBoard's and HDF5's int64 steps can hold.
+MAX_STEP = 2**63 - 1
+
+
+def stored_step(value: Any) -> int | None:
+    """A training step read from a checkpoint (``step``, ``global_step``, ...) as an
+    int in ``0 .. 2**63 - 1``; None for anything else (a bool, a string, NaN, a
+    negative step, one beyond int64): the step is a courtesy, never a reason to fail."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return None
+        value = int(value)
+    return value if 0 <= value <= MAX_STEP else None
+
+
+def stored_loss(value: Any) -> float | None:
+    """A loss read from a checkpoint as a finite float; None for anything else (an int
+    too large for a float included)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        loss = float(value)
+    except OverflowError:
+        return None
+    return loss if math.isfinite(loss) else None
+
+
 @dataclass(frozen=True)
 class TensorInfo:
     """Name (dotted path), shape and stored dtype of one tensor; ``skip`` says why not
@@ -258,7 +312,7 @@ class SourceBase:
     notes: list[str] = field(default_factory=list)
     #: True when the source holds only what its headers say (no open file, mmap or
     #: loaded tensor) and every read opens its own file: one instance may then serve many
-    #: tasks, in several threads, and needs no closing (:func:`spectrum_cli.pipeline.measure_task`).
+    #: tasks, in several threads, and needs no closing (:func:`spectrum_cli.runs.dispatch.measure_task`).
     shareable = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -406,3 +460,45 @@ class Probe:
         except (zipfile.BadZipFile, OSError, EOFError) as exc:
             raise InputError(f"{self.path}: corrupt or truncated zip archive ({exc})") \
                 from None
+
+
+@dataclass(frozen=True)
+class FolderMarker:
+    """What makes a folder one checkpoint that a reader opens whole (a reader's
+    ``folder_markers``; :mod:`spectrum_cli.io.layout` derives folder discovery from
+    them): its name matches ``name`` (a regular expression matched against the whole
+    name; None: any name) and, when ``holds`` names files, it holds one of them directly.
+    At least one of the two must be given (a marker never takes every folder).
+
+    ``kind`` names such checkpoints (``watch`` records it); ``shown`` describes them in
+    messages ("checkpoint-<step>/ folders"); ``missing(path, files)`` says what a folder
+    still lacks to be complete (its weights, a shard) given ``files``, its files by
+    relative name, or None once it is complete (None: complete as soon as it is
+    marked). A marker that says "folder holding F" is complete once F is there, so a
+    format that writes F last (DCP's ``.metadata``) needs no ``missing``."""
+
+    kind: str
+    shown: str
+    name: str | None = None
+    holds: tuple[str, ...] = ()
+    missing: Callable[[str, Mapping[str, Any]], str | None] | None = None
+
+    def __post_init__(self) -> None:
+        if self.name is None and not self.holds:
+            raise ValueError(f"folder marker {self.kind!r}: give a name pattern, files it "
+                             "holds, or both")
+        if isinstance(self.holds, str):
+            object.__setattr__(self, "holds", (self.holds,))
+
+    def named(self, name: str) -> bool:
+        """Whether a folder's name fits (always, without a name pattern)."""
+        return self.name is None or re.fullmatch(self.name, name) is not None
+
+    def marks(self, name: str, has: Callable[[str], bool]) -> bool:
+        """Whether the folder ``name`` is such a checkpoint; ``has(file)`` says whether
+        it holds ``file`` (asked only for :attr:`holds`, and only when the name fits)."""
+        return self.named(name) and (not self.holds or any(has(h) for h in self.holds))
+
+    def lacks(self, path: str, files: Mapping[str, Any]) -> str | None:
+        """What the marked folder ``path`` still lacks (see :attr:`missing`), or None."""
+        return None if self.missing is None else self.missing(path, files)

@@ -19,7 +19,8 @@ import numpy as np
 from spectrum_cli.core.errors import InputError
 from spectrum_cli.io import storage
 from spectrum_cli.io.base import (LoadPolicy, SourceBase, TensorInfo, TensorSource,
-                                  file_size, input_errors, open_regular)
+                                  allowed_roots, file_size, input_errors, open_regular)
+from spectrum_cli.io.detect import open_file
 
 #: Largest index file read (real ones are well under 1 MB).
 MAX_INDEX_BYTES = 64 * 1024 * 1024
@@ -82,29 +83,6 @@ def read_shard_names(index_path: str) -> list[str]:
     return sorted(set(weight_map.values()))
 
 
-def _allowed_roots(folder: str) -> list[str]:
-    """Where a shard may resolve to: the index's folder, and for a hub-cache snapshot
-    (``.../snapshots/<rev>``) the repository's ``blobs`` folder."""
-    real = os.path.realpath(folder)
-    roots = [real]
-    parent = os.path.dirname(real)
-    if os.path.basename(parent) == "snapshots":
-        roots.append(os.path.join(os.path.dirname(parent), "blobs"))
-    return roots
-
-
-def confine(folder: str, full: str, what: str) -> str:
-    """``full`` (a local path in ``folder``) when, symlinks resolved, it stays inside
-    ``folder`` or a hub cache's ``blobs/`` (:func:`_allowed_roots`); else an
-    :class:`InputError` naming ``what`` (a symlink out to ``/proc`` or another folder
-    is never read)."""
-    real = os.path.realpath(full)
-    if not any(os.path.commonpath([real, root]) == root
-               for root in _allowed_roots(folder or ".")):
-        raise InputError(f"{what} resolves to {real}, outside its folder; refusing it")
-    return full
-
-
 def shard_path(index_path: str, name: str) -> str:
     """The path of shard ``name``, refused when it could leave the index's folder."""
     parts = re.split(r"[\\/]", name)
@@ -123,15 +101,13 @@ def shard_path(index_path: str, name: str) -> str:
     folder = os.path.dirname(index_path) or "."
     full = os.path.join(folder, name)
     real = os.path.realpath(full)
-    if not any(os.path.commonpath([real, root]) == root for root in _allowed_roots(folder)):
+    if not any(os.path.commonpath([real, root]) == root for root in allowed_roots(folder)):
         raise InputError(f"{index_path}: shard {name!r} resolves to {real}, outside the "
                          "index's folder")
     return full
 
 
 def open_index(index_path: str, policy: LoadPolicy) -> ShardedSource:
-    from spectrum_cli.io.detect import open_file
-
     paths = [shard_path(index_path, s) for s in read_shard_names(index_path)]
     missing = [p for p in paths
                if not (storage.exists(p) if storage.is_url(p) else os.path.lexists(p))]

@@ -35,10 +35,12 @@ import numpy as np
 
 from spectrum_cli.core.errors import InputError, UsageError
 from spectrum_cli.io import storage
-from spectrum_cli.io.base import (LoadPolicy, Probe, SourceBase, TensorInfo, input_errors,
-                                  open_regular)
+from spectrum_cli.io.base import (FolderMarker, LoadPolicy, Probe, SourceBase, TensorInfo,
+                                  input_errors, open_regular, stored_loss, stored_step)
 from spectrum_cli.io.dcp_metadata import (METADATA_NAME, Chunk, Layout, TensorPlan,
                                           load_metadata)
+from spectrum_cli.io.pickle_scan import scan_pickles
+from spectrum_cli.io.torch_file import WEIGHT_KEYS
 
 #: Largest pickled scalar (``step``, ``loss``) read for :meth:`DCPSource.scalars`.
 MAX_SCALAR_BYTES = 1 << 20
@@ -91,8 +93,6 @@ def weights_prefix(names: list[str], every: list[str], key: str | None
     """The dotted prefix the weights live under (None: every name) and a note:
     ``key`` (``--weights-key``, any entry's prefix) or the first of ``WEIGHT_KEYS``
     that prefixes one of ``names`` (the tensors outside the optimizer state)."""
-    from spectrum_cli.io.torch_file import WEIGHT_KEYS
-
     if key is not None:
         key = key.strip(".")
         if key and not any(n.startswith(key + ".") for n in every):
@@ -204,8 +204,6 @@ class DCPSource(SourceBase):
     def scalars(self) -> dict[str, Any]:
         """``step`` and ``loss`` stored as top-level DCP entries (a Python number in a
         bytes entry, or a one-element tensor), when readable weights-only."""
-        from spectrum_cli.io.readers import stored_loss, stored_step
-
         out: dict[str, Any] = {}
         for key in ("step", "global_step", "iteration", "epoch"):
             step = stored_step(self._scalar(key))
@@ -269,8 +267,6 @@ def load_weights_only(data: bytes, label: str) -> Any:
 def _blob_globals(data: bytes) -> list[str]:
     import zipfile
 
-    from spectrum_cli.io.pickle_scan import scan_pickles
-
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as zf:
             member = next(n for n in zf.namelist() if n.endswith("data.pkl"))
@@ -305,6 +301,11 @@ class DCPReader:
     description = "torch.distributed.checkpoint folders (.metadata + *.distcp), " \
                   "metadata read into inert stand-ins, tensors weights-only"
     priority = 8
+    #: A ``.distcp`` is only part of a checkpoint: discovery looks for the folder.
+    suffixes: tuple[str, ...] = ()
+    #: A folder holding ``.metadata``, which DCP writes last: complete once it is there.
+    folder_markers = (FolderMarker("dcp", "DCP folders holding .metadata",
+                                   holds=(METADATA_NAME,)),)
 
     def can_open(self, p: Probe) -> bool:
         if p.is_dir:

@@ -36,6 +36,7 @@ from spectrum_cli.core.errors import InputError
 from spectrum_cli.io import storage
 from spectrum_cli.io.base import (MAX_NDIM, check_shape, input_errors, open_regular,
                                   require_regular)
+from spectrum_cli.io.pickle_scan import scan_pickles
 
 METADATA_NAME = ".metadata"
 
@@ -215,8 +216,6 @@ def _is(obj: Any, kind: str) -> bool:
 def unsafe_globals(data: bytes) -> list[str]:
     """The globals the pickle ``data`` names outside :data:`ADMITTED` (static
     disassembly: nothing is unpickled)."""
-    from spectrum_cli.io.pickle_scan import scan_pickles
-
     scan = scan_pickles(io.BytesIO(data), limit=1)
     if scan.broken and not scan.globals:
         raise pickle.UnpicklingError(f"the pickle does not parse: {scan.broken[:200]}")

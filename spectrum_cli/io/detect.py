@@ -19,10 +19,12 @@ import os
 import stat
 from typing import Any
 
-from spectrum_cli.core.errors import InputError
+from spectrum_cli import plugins
+from spectrum_cli.core.errors import CheckpointNotFoundError, InputError
 from spectrum_cli.io import storage
-from spectrum_cli.io.base import (LoadPolicy, Probe, TensorSource, file_size, input_errors,
-                                  open_regular, require_regular)
+from spectrum_cli.io.base import (LoadPolicy, Probe, TensorSource, confine, file_size,
+                                  input_errors, open_regular, require_regular)
+from spectrum_cli.io.safetensors_file import SafetensorsSource
 
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 
@@ -37,8 +39,6 @@ HF_CANDIDATES = (
 
 def readers() -> list[Any]:
     """The registered readers (``spectrum.readers``), in the order they are tried."""
-    from spectrum_cli import plugins
-
     return sorted(plugins.readers.loaded().values(),
                   key=lambda r: (getattr(r, "priority", 50), r.name))
 
@@ -60,7 +60,7 @@ def open_source(path: str, policy: LoadPolicy | None = None) -> TensorSource:
         try:
             is_dir = stat.S_ISDIR(os.stat(path).st_mode)
         except FileNotFoundError:
-            raise InputError(f"{path}: no such file or directory") from None
+            raise CheckpointNotFoundError(f"{path}: no such file or directory", path) from None
         except OSError as exc:  # a symlink loop, a name too long, no permission
             raise InputError(f"{path}: cannot read it ({exc.strerror or exc})") from None
         if is_dir:
@@ -94,8 +94,6 @@ def _dispatch(probe: Probe, policy: LoadPolicy) -> TensorSource:
             raise InputError(f"{path}: a Keras .keras archive; not supported yet")
         raise InputError(f"{path}: a zip archive that is neither a torch checkpoint nor .npz")
     if path.endswith(".safetensors"):  # its header parser says precisely what is wrong
-        from spectrum_cli.io.safetensors_file import SafetensorsSource
-
         return SafetensorsSource(path)
     raise InputError(f"{path}: unrecognized format (not torch.save, safetensors, .npy, "
                      ".npz or an HF model folder)")
@@ -118,8 +116,6 @@ def open_directory(path: str, policy: LoadPolicy) -> TensorSource:
         if name in listing:
             full = storage.join(path, name) if remote else os.path.join(path, name)
             if not remote:  # a symlink out of the folder (to /proc, say) is not followed
-                from spectrum_cli.io.composite import confine
-
                 confine(path, full, full)
             require_regular(full)  # a FIFO or folder by that name is refused, not opened
             return open_file(full, policy)

@@ -16,8 +16,13 @@ from typing import Any
 
 import numpy as np
 
-from spectrum_cli.core.errors import InputError
+from spectrum_cli.core.errors import InputError, SpectrumError, UnsafeCheckpointError
+from spectrum_cli.io import storage
+from spectrum_cli.io.base import LoadPolicy, input_errors, open_regular
+from spectrum_cli.io.torch_file import load_torch_file
 from spectrum_cli.optim.base import OptimizerSnapshot, ParamState  # noqa: F401 (re-exported)
+from spectrum_cli.optim.base import completed
+from spectrum_cli.plugins import optimizers
 
 #: Keys under which training checkpoints keep the optimizer, in order of preference.
 OPTIMIZER_KEYS = ("optimizer", "optimizer_state_dict", "optimizer_state", "optim", "opt")
@@ -50,8 +55,6 @@ def hf_optimizer_file(checkpoint_path: str) -> str | None:
     """``optimizer.pt`` beside HF Trainer weights (``checkpoint-<step>/``), when there is
     an entry by that name (whatever its kind: :func:`load_sibling` refuses non-files)
     that is not the checkpoint itself."""
-    from spectrum_cli.io import storage
-
     folder = checkpoint_path if storage.pisdir(checkpoint_path) else storage.pdirname(
         checkpoint_path)
     candidate = storage.pjoin(folder, "optimizer.pt")
@@ -70,15 +73,11 @@ def load_sibling(path: str) -> Any:
     ``--trust-checkpoint`` and ``--allow-global`` cover only the file named on the
     command line, so the sibling is always loaded weights-only with no extra globals; a
     refusal is an :class:`InputError` that names it and says how to analyse it."""
-    from spectrum_cli.core.errors import UnsafeCheckpointError
-    from spectrum_cli.io.base import LoadPolicy, input_errors, open_regular
-    from spectrum_cli.io.torch_file import _load
-
     with input_errors(path):
         with open_regular(path) as fh:
             is_zip = fh.read(4) == b"PK\x03\x04"
         try:
-            return _load(path, LoadPolicy(), is_zip)
+            return load_torch_file(path, LoadPolicy(), is_zip)
         except UnsafeCheckpointError as exc:
             names = ", ".join(exc.unsafe_globals) or "(unnamed)"
             raise InputError(
@@ -98,9 +97,6 @@ def rules() -> dict[str, Any]:
     """Every registered optimizer rule that loads (entry-point group
     ``spectrum.optimizers``; a broken one warns and is left out), with the defaults of
     :class:`spectrum_cli.optim.base.Rule` filled in."""
-    from spectrum_cli.optim.base import completed
-    from spectrum_cli.plugins import optimizers
-
     return {name: completed(rule) for name, rule in optimizers.loaded().items()}
 
 
@@ -145,8 +141,6 @@ def parse(state: Mapping, param_shapes: Mapping[str, tuple[int, ...]] | None = N
     weights); ``model_order``: the model's ``named_parameters()`` names, for optimizers
     saved without ``param_names``. A state of the wrong structure or with non-numeric
     hyper-parameters is an :class:`InputError` naming ``where`` (its file, say)."""
-    from spectrum_cli.core.errors import SpectrumError
-
     try:
         snapshot = _parse(state, param_shapes, model_order)
         for i in range(len(snapshot.groups)):

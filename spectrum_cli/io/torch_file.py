@@ -30,7 +30,8 @@ from spectrum_cli.core.errors import (InputError, SpectrumError, UnsafeCheckpoin
                                       UsageError)
 from spectrum_cli.io import storage
 from spectrum_cli.io.base import (LoadPolicy, SourceBase, TensorInfo, open_regular,
-                                  require_regular, resolve_global)
+                                  require_regular, resolve_global, stored_loss,
+                                  stored_step)
 from spectrum_cli.io.pickle_scan import Scan, scan_file
 
 #: Keys under which training checkpoints keep the model's weights, in order of preference.
@@ -98,7 +99,7 @@ def refused_before_torch(path: str, policy: LoadPolicy) -> list[str]:
                    and _python3_name(g) not in WEIGHTS_ONLY_NON_TORCH})
 
 
-def _load(path: str, policy: LoadPolicy, is_zip: bool) -> Any:
+def load_torch_file(path: str, policy: LoadPolicy, is_zip: bool) -> Any:
     """``torch.load`` of the file ``path`` names, through a descriptor opened once with
     :func:`open_regular` (a FIFO or device swapped in after the check is never read):
     zip files by ``/proc/self/fd/N`` so that they can be memory-mapped (``torch.load``
@@ -331,7 +332,7 @@ class TorchSource(SourceBase):
         super().__init__(path, "torch" if is_zip else "torch-legacy", (path,))
         if not is_zip:
             self.notes.append("legacy (pre-zip) torch file: loaded without mmap")
-        obj = _load(path, policy, is_zip)
+        obj = load_torch_file(path, policy, is_zip)
         self.raw = obj  # the loaded object (tensors memory-mapped), for the optimizer state
         key, notes = _pick_weights(obj, policy.weights_key)
         self.notes.extend(notes)
@@ -355,8 +356,6 @@ class TorchSource(SourceBase):
         """``step`` (from step, global_step, iteration or epoch: a Python number in
         ``0 .. 2**63 - 1``) and ``loss`` (a finite number or 1-element tensor) stored at
         the checkpoint's top level; anything else is left out."""
-        from spectrum_cli.io.readers import stored_loss, stored_step
-
         raw, out = self.raw, {}
         if isinstance(raw, dict):
             for key in ("step", "global_step", "iteration", "epoch"):

@@ -5,7 +5,7 @@ A rule is one optimizer *family*: it recognises the family's ``state_dict()`` (i
 names the per-parameter tensors to read, and turns a parsed snapshot plus a Hessian
 source into update-operator entries. Rules are registered in the entry-point group
 ``spectrum.optimizers`` (:data:`spectrum_cli.plugins.optimizers`), the built-ins exactly
-like a third-party rule; the glue (:mod:`spectrum_cli.optim.analysis`,
+like a third-party rule; the glue (:mod:`spectrum_cli.runs.optimizer`,
 :mod:`spectrum_cli.io.optimizer_state`) never branches on the family.
 
 The operator forms and their derivations are in docs/operators.md.
@@ -20,6 +20,8 @@ from typing import Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
 import numpy as np
 
 from spectrum_cli.core.errors import InputError, UsageError
+from spectrum_cli.core.update_blocks import analyze_blocks
+from spectrum_cli.plugins import get_backend
 
 
 @dataclass
@@ -55,7 +57,7 @@ class OptimizerSnapshot:
 class OperatorContext:
     """What a rule's :meth:`OptimizerRule.operators` gets beside the snapshot: the Hessian
     problem (:class:`spectrum_cli.core.hessian.HessianProblem`), the
-    :class:`spectrum_cli.optim.analysis.OperatorOptions`, the backend lookup, and lists the
+    :class:`spectrum_cli.runs.optimizer.OperatorOptions`, the backend lookup, and lists the
     rule appends to (report entries, their arrays, notes)."""
 
     problem: Any
@@ -314,8 +316,6 @@ def hessian_spectrum(ctx: OperatorContext, shift: np.ndarray | None,
 
 
 def _registry(name: str) -> Any:
-    from spectrum_cli.plugins import get_backend
-
     return get_backend(name)
 
 
@@ -339,8 +339,6 @@ def extremes_entry(form: Any, hmin: float, hmax: float, extra: dict, info: dict,
     larger of the two end blocks' (bounded by the Lanczos bounds on the ends). Transient
     growth and ρ_ε of the end blocks are lower bounds; κ(V) needs interior eigenvalues
     near the exceptional points and is unavailable at scale."""
-    from spectrum_cli.core.update_blocks import analyze_blocks
-
     analysis = analyze_blocks(form, np.array([hmin, hmax]), options.eps, options.power_max)
     metrics = {"spectral_radius": analysis.metrics["spectral_radius"], **extra,
                "max_power_norm": analysis.metrics["max_power_norm"],

@@ -18,8 +18,18 @@ from typing import Any
 
 import numpy as np
 
+from spectrum_cli.core.update_blocks import (
+    analyze_blocks,
+    block_eigenvalues,
+    block_eigvectors,
+)
 from spectrum_cli.optim.base import (
-    OperatorContext, ends, entry, extremes_entry, hessian_spectrum, public,
+    OperatorContext,
+    ends,
+    entry,
+    extremes_entry,
+    hessian_spectrum,
+    public,
 )
 
 
@@ -47,8 +57,6 @@ class Preconditioned:
 def analyze(ctx: OperatorContext, spec: Preconditioned) -> None:
     """Append one entry per form of ``spec`` to ``ctx`` (dense: exact; matrix-free: the
     two ends of K's spectrum, bounds and lower bounds, as the report labels them)."""
-    from spectrum_cli.core.update_blocks import analyze_blocks
-
     problem, options = ctx.problem, ctx.options
     pvec, l2 = spec.pvec, spec.l2
     lam_k, info = hessian_spectrum(ctx, l2, 1.0 / np.sqrt(pvec))
@@ -147,8 +155,6 @@ def euclidean_kappa(form: Any, h: np.ndarray, l2: np.ndarray | None, p: np.ndarr
     """κ(V) of J in the optimizer's own coordinates: V_J = D⁻¹ (Q ⊕ Q) V_blocks with
     D = diag(P^½, P^e) (docs/operators.md §3), columns renormalized; one SVD. A reduced
     form's eigenvectors are P^-½ Q."""
-    from spectrum_cli.core.update_blocks import block_eigenvalues, block_eigvectors
-
     w = 1 / np.sqrt(p)
     h_eff = h + (np.diag(l2) if l2 is not None else 0.0)
     k_mat = (w[:, None] * h_eff) * w[None, :]

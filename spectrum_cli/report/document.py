@@ -19,10 +19,12 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import math
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from spectrum_cli import __version__
+from spectrum_cli.core.errors import InputError
 from spectrum_cli.core.results import AnalysisResult, TensorResult
+from spectrum_cli.core.selection import compile_pattern
 
 SCHEMA = "spectrum.analysis"
 SCHEMA_VERSION = "1.0.0"
@@ -60,8 +62,35 @@ def tensor_entry(t: TensorResult) -> dict[str, Any]:
 
 
 def build_document(result: AnalysisResult, conditions: Sequence[Any] = (),
-                   violations: Sequence[Any] = ()) -> dict[str, Any]:
-    """The document for ``result`` and the ``--fail-on`` outcome."""
+                   violations: Sequence[Any] = (), optim: Any = None,
+                   checkpoint: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The document for ``result`` and the ``--fail-on`` outcome, with the optimizer
+    report ``optim`` (:class:`~spectrum_cli.runs.optimizer.OptimizerReport`, or None:
+    its metrics and notes, the operators, the conditions they could not check) and the
+    checkpoint's scalars (step, loss)."""
+    doc = _tensors_document(result, conditions, violations)
+    doc["checkpoint"] = dict(checkpoint or {})
+    if optim is not None:
+        operators = optim.operators
+        doc["optimizer"] = dict(optim.optimizer, notes=optim.notes)
+        doc["operators"] = operators
+        doc["fail_on"]["unchecked"] += unchecked(conditions,
+                                                 [Checkable(o) for o in operators])
+        doc["summary"]["operators"] = len(operators)
+    return doc
+
+
+class Checkable:
+    """An operator entry seen as a tensor by ``--fail-on`` (name, metrics, unavailable)."""
+
+    def __init__(self, entry: Mapping[str, Any]) -> None:
+        self.name = entry["name"]
+        self.metrics = entry["metrics"]
+        self.unavailable = entry.get("unavailable", {})
+
+
+def _tensors_document(result: AnalysisResult, conditions: Sequence[Any],
+                      violations: Sequence[Any]) -> dict[str, Any]:
     src = result.source
     return {
         "schema": SCHEMA,
@@ -93,8 +122,6 @@ def build_document(result: AnalysisResult, conditions: Sequence[Any] = (),
 def unchecked(conditions: Sequence[Any], tensors: Sequence[TensorResult]) -> list[dict]:
     """Conditions that could not be checked on a tensor because its backend could not
     compute the metric (an unavailable metric never passes silently)."""
-    from spectrum_cli.core.selection import compile_pattern
-
     out = []
     for c in conditions:
         match = compile_pattern(c.scope) if c.scope else None
@@ -162,7 +189,7 @@ def _number(v: Any) -> bool:
         v in ("inf", "-inf", "nan")
 
 
-def _metric(v: Any) -> bool:
+def is_metric_value(v: Any) -> bool:
     return v is None or isinstance(v, bool) or _number(v)
 
 
@@ -172,7 +199,7 @@ def _real(v: Any) -> bool:
 
 _NONE = type(None)
 _PSEUDO = [{"eps": _number, "value": _number, "kind": str}]
-_ENTRY = {"metrics": {"*": _metric}, "?accuracy": {"*": dict}, "?unavailable": dict}
+_ENTRY = {"metrics": {"*": is_metric_value}, "?accuracy": {"*": dict}, "?unavailable": dict}
 TENSOR_SPEC = dict(_ENTRY, **{
     "name": str, "shape": [int], "matrix_shape": [int], "dtype": str, "kind": str,
     "status": str, "accuracy": {"*": dict}, "unavailable": dict, "converged": bool,
@@ -189,11 +216,11 @@ ANALYSIS_SPEC = {
     "skipped": [{"name": str, "shape": list, "dtype": str, "reason": str}],
     "errors": [{"name": str, "message": str}],
     "fail_on": {"conditions": list, "?unchecked": list,
-                "violations": [{"condition": str, "tensor": str, "value": _metric}]},
+                "violations": [{"condition": str, "tensor": str, "value": is_metric_value}]},
     "summary": {"analysed": int, "skipped": int, "errors": int, "time_s": _real},
     "?checkpoint": (dict, _NONE),
     "?optimizer": {"optimizer": str, "?groups": [dict], "?tensors": list, "?notes": [str],
-                   "?preconditioner_spread": _metric},
+                   "?preconditioner_spread": is_metric_value},
     "?operators": [dict(_ENTRY, **{
         "form": str, "coordinates": str, "n_params": object,
         "?details": {"?pseudospectral_radius": _PSEUDO, "?rho_note": (str, _NONE)}})],
@@ -204,11 +231,11 @@ TRAJECTORY_SPEC = {
     "checkpoints": [{"path": str, "status": str, "indicators": {"*": _real}}],
     "spikes": {"rule": str, "onsets": list, "unstable": list, "defined": list,
                "windows": list},
-    "scorecard": [{"indicator": str, "auc": _metric, "threshold": _metric,
+    "scorecard": [{"indicator": str, "auc": is_metric_value, "threshold": is_metric_value,
                    "threshold_kind": str, "onsets": _real, "warned": _real,
-                   "median_lead": _metric, "censored": [(bool, int)]}],
+                   "median_lead": is_metric_value, "censored": [(bool, int)]}],
     "fail_on": {"conditions": list, "violations": [
-        {"condition": str, "tensor": str, "value": _metric}]},
+        {"condition": str, "tensor": str, "value": is_metric_value}]},
     "summary": {"checkpoints": int, "analysed": int, "failed": int, "from_cache": int},
 }
 
@@ -216,21 +243,19 @@ TRAJECTORY_SPEC = {
 def validate(doc: Any, spec: Any, path: str) -> None:
     """Raise :class:`InputError` naming ``path`` and the first field of ``doc`` that does
     not fit ``spec`` (documents read from files are untrusted)."""
-    from spectrum_cli.core.errors import InputError
-
-    where = _mismatch(doc, spec, "")
+    where = mismatch(doc, spec, "")
     if where is not None:
         raise InputError(f"{path}: a damaged spectrum document: {where or 'the root'} "
                          "is missing or has the wrong type")
     if spec is ANALYSIS_SPEC:
         for t in doc["tensors"]:
             if t["nonnormal"] is not None and \
-                    _mismatch(t["nonnormal"], _NONNORMAL, "") is not None:
+                    mismatch(t["nonnormal"], _NONNORMAL, "") is not None:
                 raise InputError(f"{path}: a damaged spectrum document: the nonnormal "
                                  f"entry of tensor {t['name']!r} has the wrong shape")
 
 
-def _mismatch(value: Any, spec: Any, where: str) -> str | None:
+def mismatch(value: Any, spec: Any, where: str) -> str | None:
     """The path of the first mismatch of ``value`` against ``spec``, or None."""
     if isinstance(spec, dict):
         if not isinstance(value, dict):
@@ -238,7 +263,7 @@ def _mismatch(value: Any, spec: Any, where: str) -> str | None:
         for key, sub in spec.items():
             if key == "*":
                 bad = next((w for k, v in value.items()
-                            if (w := _mismatch(v, sub, f"{where}.{k}")) is not None), None)
+                            if (w := mismatch(v, sub, f"{where}.{k}")) is not None), None)
                 if bad is not None:
                     return bad
                 continue
@@ -247,7 +272,7 @@ def _mismatch(value: Any, spec: Any, where: str) -> str | None:
                 if key.startswith("?"):
                     continue
                 return f"{where}.{name}"
-            bad = _mismatch(value[name], sub, f"{where}.{name}")
+            bad = mismatch(value[name], sub, f"{where}.{name}")
             if bad is not None:
                 return bad
         return None
@@ -255,10 +280,33 @@ def _mismatch(value: Any, spec: Any, where: str) -> str | None:
         if not isinstance(value, list):
             return where
         for i, item in enumerate(value):
-            bad = _mismatch(item, spec[0], f"{where}[{i}]")
+            bad = mismatch(item, spec[0], f"{where}[{i}]")
             if bad is not None:
                 return bad
         return None
     if isinstance(spec, (type, tuple)):
         return None if isinstance(value, spec) else where
     return None if spec(value) else where
+
+
+def fmt(x: Any, digits: int = 3) -> str:
+    """Compact number: 3 significant digits (or ``digits``), exponent unpadded (8.18e4)."""
+    x = from_json_value(x)
+    if digits != 3 and isinstance(x, float) and math.isfinite(x) and 1e-2 <= abs(x) < 1e3:
+        return f"{x:.{digits}g}"
+    if x is None:
+        return "-"
+    if isinstance(x, int):
+        return str(x)
+    if math.isnan(x):
+        return "nan"
+    if math.isinf(x):
+        return "inf" if x > 0 else "-inf"
+    if x == 0:
+        return "0"
+    if 1e-2 <= abs(x) < 1e3:
+        return f"{x:.3g}"
+    if 1e3 <= abs(x) < 1e5:
+        return f"{x:.0f}"
+    mant, exp = f"{x:.2e}".split("e")
+    return f"{mant.rstrip('0').rstrip('.')}e{int(exp)}"

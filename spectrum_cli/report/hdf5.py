@@ -378,7 +378,7 @@ def read_report(path: str, spectra: bool = False) -> dict[str, Any]:
     """The document stored in a report; with ``spectra`` also each tensor's
     ``singular_values`` and ``eigenvalues`` arrays (under ``"spectra"``)."""
     with SafeH5(path) as r:
-        _check_schema(r, SCHEMA, "report")
+        check_schema(r, SCHEMA, "report")
         try:
             doc = _read_document(r, spectra)
         except DAMAGE as exc:
@@ -388,7 +388,7 @@ def read_report(path: str, spectra: bool = False) -> dict[str, Any]:
     return doc
 
 
-def _check_schema(r: SafeH5, schema: str, what: str) -> str:
+def check_schema(r: SafeH5, schema: str, what: str) -> str:
     """The file's schema version after checking the schema name and major version 1."""
     found = r.text(r.file, "schema") if "schema" in r.file.attrs else "(none)"
     if found != schema:

@@ -46,6 +46,7 @@ import unicodedata
 from typing import Iterable, Iterator
 
 from spectrum_cli.core.errors import InputError
+from spectrum_cli.io.base import file_kind
 
 KINDS = ("report", "plot")
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
@@ -80,8 +81,6 @@ def check_target(path: str | os.PathLike, *, kind: str,
         _check_parent(shown, real)
         return real
     if not stat.S_ISREG(st.st_mode):
-        from spectrum_cli.io.base import file_kind  # io is not a report dependency at import
-
         raise InputError(f"{shown}: refused to write the {kind} here: it is "
                          f"{file_kind(st.st_mode)}, not a regular file")
     if not force and not is_output(real, kind):

@@ -7,6 +7,7 @@ from typing import Sequence
 import numpy as np
 
 from spectrum_cli.core.errors import UsageError
+from spectrum_cli.core.pseudospectra import sigma_min_grid
 
 
 def pyplot():
@@ -39,8 +40,6 @@ def plot_pseudospectrum(path: str, a: np.ndarray, eps: Sequence[float],
                         outer_radius: float, title: str = "", resolution: int = 120) -> None:
     """Contours of log10 σ_min(zI - A) at the ε levels, eigenvalues, unit circle;
     ``outer_radius`` is ρ_ε for the largest ε (it frames the picture)."""
-    from spectrum_cli.core.pseudospectra import sigma_min_grid
-
     plt = pyplot()
     lam = np.linalg.eigvals(a)
     levels = sorted(eps)

@@ -33,6 +33,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from spectrum_cli.core.errors import UsageError
+from spectrum_cli.report.document import text_safe
 
 INSTALL_HINT = "pip install 'spectrum-cli[tensorboard]'"
 #: Steps an event can hold (TensorBoard's step is an int64; negative ones are not steps).
@@ -153,8 +154,6 @@ class TensorBoardWriter:
 def _tag(tag: Any) -> str:
     """A tag protobuf can store (a string field must be valid UTF-8: a name from a file
     that is not is written with its bytes escaped)."""
-    from spectrum_cli.report.document import text_safe
-
     return text_safe(str(tag))
 
 

@@ -28,6 +28,7 @@ from spectrum_cli import __version__
 from spectrum_cli.core.errors import InputError
 from spectrum_cli.core.trajectory import SpikeRule, detect_spikes, score
 from spectrum_cli.report.document import TRAJECTORY_SPEC, json_safe, validate
+from spectrum_cli.report.hdf5 import DAMAGE, SafeH5, atomic_file, check_schema
 
 SCHEMA = "spectrum.trajectory"
 SCHEMA_VERSION = "1.0.0"
@@ -87,7 +88,6 @@ def write(path: str, doc: dict[str, Any], records: Sequence[dict[str, Any]], *,
     checkpoint, a device or a file that is not a spectrum report)."""
     import h5py
 
-    from spectrum_cli.report.hdf5 import atomic_file
 
     doc = json_safe(doc)
     ok = [r for r in records if r["status"] == "ok"]
@@ -134,10 +134,8 @@ def _float(value: Any) -> float:
 def read(path: str) -> dict[str, Any]:
     """The trajectory document stored by :func:`write` (the file is untrusted input:
     see :class:`spectrum_cli.report.hdf5.SafeH5`)."""
-    from spectrum_cli.report.hdf5 import DAMAGE, SafeH5, _check_schema
-
     with SafeH5(path) as r:
-        _check_schema(r, SCHEMA, "trajectory")
+        check_schema(r, SCHEMA, "trajectory")
         try:
             doc = _read(r)
         except DAMAGE as exc:
@@ -176,8 +174,6 @@ def _read(r: Any) -> dict[str, Any]:
 
 def is_trajectory(path: str) -> bool:
     """Whether ``path`` is a regular HDF5 file whose schema is a trajectory's."""
-    from spectrum_cli.report.hdf5 import SafeH5
-
     try:
         with SafeH5(path) as r:
             return "schema" in r.file.attrs and r.text(r.file, "schema") == SCHEMA

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from spectrum_cli import batch as B
+from spectrum_cli.runs import batch as runs_batch
+from spectrum_cli.runs import cache as B
 from tests.batch.folders import weights_only_run
 from tests.helpers import run_cli
 
@@ -226,11 +227,11 @@ def test_jobs_two_with_an_unusable_cache(run_dir, tmp_path):
 
 
 def test_result_cache_unit(tmp_path, run_dir):
-    from spectrum_cli.api import resolve_job
+    from spectrum_cli.runs.job import resolve_job
 
     cache = B.ResultCache(tmp_path / "c", warn=lambda m: None)
     path = str(sorted(run_dir.iterdir())[1])
-    record = B.compute_record(path, resolve_job(path, {})[0], "k")
+    record = runs_batch.compute_record(path, resolve_job(path, {})[0], "k")
     record.update(step=1, loss=None)
     assert cache.get("k") is None
     cache.put("k", record)

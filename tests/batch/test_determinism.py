@@ -23,7 +23,7 @@ import pytest
 from safetensors.numpy import save_file
 
 from spectrum_cli.core import measure
-from spectrum_cli.executors import THREAD_ENV, available_cores
+from spectrum_cli.runs.threads import THREAD_ENV, available_cores
 from tests.helpers import run_json, stripped
 
 SPECTRUM = str(Path(sys.executable).with_name("spectrum"))

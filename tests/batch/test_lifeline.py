@@ -161,7 +161,7 @@ def test_a_worker_dies_when_its_parent_does(tmp_path):
     """The lifeline alone: a grandchild that armed it outlives no parent."""
     code = (
         "import os, sys, time\n"
-        "from spectrum_cli.executors import die_with_parent\n"
+        "from spectrum_cli.runs.executors import die_with_parent\n"
         "pid = os.fork()\n"
         "if pid == 0:\n"
         "    die_with_parent(os.getppid(), every=0.1)\n"

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from spectrum_cli import batch as B
+from spectrum_cli.runs import batch as B
 from tests.batch.folders import weights_only_run
 from tests.helpers import run_cli
 

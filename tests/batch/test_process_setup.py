@@ -1,6 +1,6 @@
 """How a measuring process is set up beyond its threads: glibc's mmap threshold fixed
-(:func:`spectrum_cli.executors.steady_malloc`) and the workers' server started before the
-headers are read (:func:`spectrum_cli.pipeline.start_workers_early`)."""
+(:func:`spectrum_cli.runs.threads.steady_malloc`) and the workers' server started before the
+headers are read (:func:`spectrum_cli.runs.dispatch.start_workers_early`)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,10 @@ import sys
 
 import pytest
 
-from spectrum_cli import executors as X
-from spectrum_cli import pipeline as P
+from spectrum_cli.runs import threads as X
+from spectrum_cli.runs import dispatch as P
+from spectrum_cli.runs.executors import Cluster
+from spectrum_cli.runs.job import RunOptions
 
 GLIBC = sys.platform == "linux" and platform.libc_ver()[0] == "glibc"
 
@@ -22,7 +24,7 @@ _PROBE = """
 import sys
 import numpy as np
 if sys.argv[1] == "fixed":
-    from spectrum_cli.executors import steady_malloc
+    from spectrum_cli.runs.threads import steady_malloc
     steady_malloc()
 def rss():
     return int(open("/proc/self/statm").read().split()[1]) * 4096
@@ -67,7 +69,7 @@ def test_steady_malloc_respects_the_environment_and_runs_once(monkeypatch):
 @pytest.fixture
 def started(monkeypatch):
     seen: list[bool] = []
-    monkeypatch.setattr(X, "start_early", lambda remote=False: seen.append(remote))
+    monkeypatch.setattr(P, "start_early", lambda remote=False: seen.append(remote))
     monkeypatch.delenv("SPECTRUM_SCHEDULER", raising=False)
     monkeypatch.delenv("SPECTRUM_SCHEDULER_FILE", raising=False)
     return seen
@@ -78,10 +80,10 @@ def test_workers_start_early_only_where_they_will_likely_be_used(started, tmp_pa
     folder = tmp_path / "ckpt"
     folder.mkdir()
     (folder / "model.safetensors").write_bytes(b"x" * 4096)
-    run2 = P.RunOptions(jobs=2)
-    P.start_workers_early(str(folder), P.RunOptions(jobs=1))
+    run2 = RunOptions(jobs=2)
+    P.start_workers_early(str(folder), RunOptions(jobs=1))
     P.start_workers_early(str(folder), run2)  # small: maybe no workers at all
-    P.start_workers_early(str(folder), P.RunOptions(jobs=2, executor="serial"))
+    P.start_workers_early(str(folder), RunOptions(jobs=2, executor="serial"))
     assert started == []
     monkeypatch.setattr(P, "EARLY_START_BYTES", 4096)
     P.start_workers_early(str(folder), run2)
@@ -89,6 +91,6 @@ def test_workers_start_early_only_where_they_will_likely_be_used(started, tmp_pa
     P.start_workers_early("s3://bucket/ckpt", run2)  # remote: no request made here
     P.start_workers_early(str(tmp_path / "missing"), run2)  # opening it will say why
     assert started == [False, False, True]
-    monkeypatch.setenv("SPECTRUM_SCHEDULER", "tcp://127.0.0.1:1")
-    P.start_workers_early("s3://bucket/ckpt", run2)  # a cluster does the work
+    on_cluster = RunOptions(jobs=2, cluster=Cluster("tcp://127.0.0.1:1"))
+    P.start_workers_early("s3://bucket/ckpt", on_cluster)  # a cluster does the work
     assert started == [False, False, True]

@@ -14,7 +14,7 @@ import pytest
 from safetensors.numpy import save_file
 
 from spectrum_cli import io as spectrum_io
-from spectrum_cli import pipeline as P
+from spectrum_cli.runs import dispatch as P
 from spectrum_cli.core.analyze import AnalyzeOptions, groups, plan_source
 from spectrum_cli.io import LoadPolicy, open_source
 
@@ -48,7 +48,7 @@ def counted(monkeypatch):
         opened.append(source)
         return source
 
-    monkeypatch.setattr(spectrum_io, "open_source", counting)
+    monkeypatch.setattr(P, "open_source", counting)
     monkeypatch.setattr(P, "_sources", {})
     return opened
 

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from spectrum_cli import batch as B
+from spectrum_cli.runs import indicators as B
 from tests.batch.folders import WEIGHTS, weights_only_run
 from tests.helpers import run_cli
 

@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from spectrum_cli.core.errors import ExitCode
-from spectrum_cli.core.esd_estimators import ESTIMATOR_METRICS
 from spectrum_cli.core.metrics import METRICS
 from tests.helpers import run_cli, run_json, spectrum_of, with_spectrum
 
@@ -55,14 +54,14 @@ def test_content_hash_computed_beside_the_work_is_the_files(ckpt, tmp_path, jobs
 
 def test_a_failing_content_hash_is_exit_2_naming_the_file(ckpt, monkeypatch):
     from spectrum_cli.core.errors import InputError
-    from spectrum_cli.io import base
+    from spectrum_cli.runs import document
 
     path, _ = ckpt
 
     def unreadable(paths):
         raise InputError(f"{paths[0]}: read error while hashing")
 
-    monkeypatch.setattr(base, "sha256_files", unreadable)
+    monkeypatch.setattr(document, "sha256_files", unreadable)  # what the digest calls
     result = run_cli("analyze", path, "--json")
     assert result.exit_code == ExitCode.USAGE_OR_INPUT_ERROR, result.output
     assert f"{path}: read error while hashing" in result.stderr
@@ -81,7 +80,7 @@ def test_json_document_schema(ckpt):
                      "encoder.ffn.weight", "conv.weight"}
     for t in doc["tensors"]:
         assert {"name", "shape", "dtype", "kind", "metrics"} <= set(t)
-        assert set(t["metrics"]) <= set(METRICS) | set(ESTIMATOR_METRICS)
+        assert set(t["metrics"]) <= set(METRICS)
         assert t["method"]["accuracy"] == "exact"
     by = {t["name"]: t for t in doc["tensors"]}
     assert by["conv.weight"]["kind"] == "conv_reshaped"

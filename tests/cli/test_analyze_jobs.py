@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from spectrum_cli.executors import available_cores
+from spectrum_cli.runs.threads import available_cores
 from tests.helpers import run_cli, run_json, stripped
 
 
@@ -127,7 +127,7 @@ def test_parse_size_refuses_what_overflows(huge):
     """The parser every path shares (CLI, configuration, API, batch): a UsageError
     naming the option, never an OverflowError."""
     from spectrum_cli.core.errors import UsageError
-    from spectrum_cli.executors import parse_size
+    from spectrum_cli.settings import parse_size
 
     with pytest.raises(UsageError, match="max_memory: .* too large"):
         parse_size(huge, "max_memory")
@@ -179,7 +179,7 @@ def test_a_damaged_or_foreign_cache_entry_is_a_miss(several, tmp_path):
 
 
 def test_result_codec_round_trips_exactly(rng):
-    from spectrum_cli import pipeline
+    from spectrum_cli.runs import codec as pipeline
     from spectrum_cli.api import analyze_matrix
 
     t = analyze_matrix(rng.standard_normal((30, 30)) / 6, square="all", eps=["0.1"])
@@ -284,7 +284,7 @@ def test_progress_shows_tensors_and_bytes():
     from rich.console import Console
 
     from spectrum_cli.cli.analyze import _progress
-    from spectrum_cli.pipeline import Tick
+    from spectrum_cli.runs.dispatch import Tick
 
     out = io.StringIO()
     tty = Console(file=out, force_terminal=True, width=120)

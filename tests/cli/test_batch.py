@@ -17,17 +17,15 @@ import torch
 from safetensors.torch import save_file
 
 from spectrum_cli import trust
-from spectrum_cli.batch import discover
+from spectrum_cli.io.layout import discover
 from spectrum_cli.core.trajectory import SpikeRule, detect_spikes, roc_auc, score
 from tests.helpers import run_cli
 
 SAMPLE = Path(__file__).resolve().parents[2] / "sample_checkpoints" / "sgd-momentum"
 
 
-@pytest.fixture
-def run_dir(tmp_path):
+def make_run(d: Path) -> Path:
     """25 checkpoints of the sample SGD run around its first spike (step 155)."""
-    d = tmp_path / "run"
     d.mkdir()
     for step in range(105, 230, 5):
         shutil.copy(SAMPLE / f"step-{step:05d}.pt", d)
@@ -36,14 +34,45 @@ def run_dir(tmp_path):
     return d
 
 
+@pytest.fixture
+def run_dir(tmp_path):
+    return make_run(tmp_path / "run")
+
+
+@pytest.fixture(scope="module")
+def warm(tmp_path_factory, trust_home):
+    """The run analysed once, from nothing: (its folder, its document, its cache). Cache
+    keys are the checkpoints' content and the settings, not their paths, so a copy of
+    this cache serves every copy of the run: tests whose point is not the computation
+    read it instead of computing the 25 checkpoints again."""
+    base = tmp_path_factory.mktemp("warm")
+    mp = pytest.MonkeyPatch()  # what the autouse isolation does for a test
+    for key in list(os.environ):
+        if key.startswith("SPECTRUM_"):
+            mp.delenv(key)
+    mp.setenv("XDG_DATA_HOME", str(trust_home))
+    mp.chdir(base)
+    try:
+        d = make_run(base / "run")
+        doc, result = batch_json(d, "--cache-dir", base / "cache")
+        assert result.exit_code == 0, result.stderr
+    finally:
+        mp.undo()
+    return d, doc, base / "cache"
+
+
+def warm_cache(warm, tmp_path) -> Path:
+    """A copy of the warm run's cache (a test may write into its own)."""
+    return Path(shutil.copytree(warm[2], tmp_path / "warm-cache"))
+
+
 def batch_json(*args, env=None):
     result = run_cli("batch", *args, "--json", "--no-progress", env=env)
     return (json.loads(result.stdout) if result.stdout.strip() else None), result
 
 
-def test_trajectory_document(run_dir, tmp_path):
-    doc, result = batch_json(run_dir, "--cache-dir", tmp_path / "cache")
-    assert result.exit_code == 0, result.stderr
+def test_trajectory_document(warm, tmp_path):
+    run_dir, doc, _ = warm
     assert doc["schema"] == "spectrum.trajectory"
     steps = [c["step"] for c in doc["checkpoints"]]
     assert steps == list(range(105, 230, 5))
@@ -56,7 +85,7 @@ def test_trajectory_document(run_dir, tmp_path):
     assert aucs and all(0.0 <= a <= 1.0 for a in aucs)
     assert doc["summary"] == {"checkpoints": 25, "analysed": 25, "failed": 0,
                               "from_cache": 0, "spike_onsets": 1, "violations": 0}
-    again, _ = batch_json(run_dir, "--cache-dir", tmp_path / "cache")
+    again, _ = batch_json(run_dir, "--cache-dir", warm_cache(warm, tmp_path))
     assert again["summary"]["from_cache"] == 25
     assert _comparable(again) == _comparable(doc)
 
@@ -70,14 +99,15 @@ def _comparable(doc):
     return out
 
 
-def test_report_plot_and_report_show(run_dir, tmp_path):
+def test_report_plot_and_report_show(run_dir, tmp_path, warm):
     report, png = tmp_path / "traj.h5", tmp_path / "traj.png"
-    result = run_cli("batch", run_dir, "--report", report, "--plot", png, "--no-cache")
+    cache = warm_cache(warm, tmp_path)
+    result = run_cli("batch", run_dir, "--report", report, "--plot", png, "--cache-dir", cache)
     assert result.exit_code == 0, result.stderr
     assert "scorecard" in result.stdout and "spikes: 1 onsets" in result.stdout
     assert png.read_bytes()[:4] == b"\x89PNG"
     shown = json.loads(run_cli("report", "show", report, "--json").stdout)
-    doc, _ = batch_json(run_dir, "--no-cache")
+    doc = warm[1]
     assert shown["spikes"] == json.loads(json.dumps(doc["spikes"]))
     assert [c["indicators"]["momentum.spectral_radius"] for c in shown["checkpoints"]] == \
         pytest.approx([c["indicators"]["momentum.spectral_radius"] for c in doc["checkpoints"]])
@@ -91,9 +121,9 @@ def test_fail_on_applies_to_every_step(run_dir):
     assert all(v["tensor"] == "optimizer:momentum" for v in doc["fail_on"]["violations"])
 
 
-def test_broken_file_is_skipped_and_the_batch_goes_on(run_dir):
+def test_broken_file_is_skipped_and_the_batch_goes_on(run_dir, tmp_path, warm):
     (run_dir / "step-00999.pt").write_bytes(b"PK\x03\x04 truncated")
-    doc, result = batch_json(run_dir, "--no-cache")
+    doc, result = batch_json(run_dir, "--cache-dir", warm_cache(warm, tmp_path))
     assert result.exit_code == 2
     assert doc["summary"]["failed"] == 1 and doc["summary"]["analysed"] == 25
     bad = [c for c in doc["checkpoints"] if c["status"] != "ok"]
@@ -129,10 +159,11 @@ def test_hf_checkpoint_folders_and_trainer_state(tmp_path):
     assert [(c["step"], c["loss"]) for c in doc["checkpoints"]] == [(10, 0.5), (20, 0.4)]
 
 
-def test_jobs_two_gives_the_same_trajectory(run_dir):
+def test_jobs_two_gives_the_same_trajectory(run_dir, tmp_path, warm):
     """Workers get a share of the BLAS/torch threads, which changes the order of floating
-    point reductions: equal to rounding, not bit for bit."""
-    one, _ = batch_json(run_dir, "--no-cache")
+    point reductions: equal to rounding, not bit for bit. (One worker: the warm run,
+    read back from its cache, bit for bit.)"""
+    one, _ = batch_json(run_dir, "--cache-dir", warm_cache(warm, tmp_path))
     two, result = batch_json(run_dir, "--no-cache", "--jobs", "2")
     assert result.exit_code == 0, result.stderr
     a, b = _comparable(one)["checkpoints"], _comparable(two)["checkpoints"]
@@ -147,15 +178,14 @@ def test_jobs_two_gives_the_same_trajectory(run_dir):
     assert two["spikes"] == one["spikes"]
 
 
-def test_changed_settings_do_not_reuse_the_cache(run_dir, tmp_path):
-    cache = tmp_path / "cache"
-    batch_json(run_dir, "--cache-dir", cache)
+def test_changed_settings_do_not_reuse_the_cache(run_dir, tmp_path, warm):
+    cache = warm_cache(warm, tmp_path)
     doc, _ = batch_json(run_dir, "--cache-dir", cache, "--eps", "1e-3")
     assert doc["summary"]["from_cache"] == 0
     assert "momentum.rho_eps[0.001]" in doc["indicators"]
 
 
-def test_killed_batch_resumes_and_matches_a_clean_run(run_dir, tmp_path):
+def test_killed_batch_resumes_and_matches_a_clean_run(run_dir, tmp_path, warm):
     cache = tmp_path / "cache"
     cmd = [sys.executable, "-m", "spectrum_cli", "batch", str(run_dir), "--cache-dir",
            str(cache), "--json", "--no-progress"]
@@ -173,10 +203,9 @@ def test_killed_batch_resumes_and_matches_a_clean_run(run_dir, tmp_path):
                                         cwd=tmp_path, check=False).stdout)
     assert resumed["summary"]["from_cache"] == done_before
     assert resumed["summary"]["analysed"] == 25
-    # An uninterrupted run in the same configuration gives identical numbers, bit for bit.
-    clean = json.loads(subprocess.run(cmd[:5] + ["--no-cache", "--json", "--no-progress"],
-                                      capture_output=True, text=True, env=env, cwd=tmp_path,
-                                      check=False).stdout)
+    # An uninterrupted run in the same configuration (the warm run's, read back from its
+    # cache) gives identical numbers, bit for bit.
+    clean, _ = batch_json(run_dir, "--cache-dir", warm_cache(warm, tmp_path))
     assert _comparable(resumed) == _comparable(clean)
 
 
@@ -204,7 +233,7 @@ def test_plot_without_matplotlib_fails_before_the_run(tmp_path, monkeypatch):
 
 def test_the_trajectory_records_jobs_and_threads(tmp_path):
     """Workers x threads <= the usable cores unless --threads says otherwise (item 18)."""
-    from spectrum_cli.executors import available_cores
+    from spectrum_cli.runs.threads import available_cores
 
     d = tmp_path / "r"
     d.mkdir()

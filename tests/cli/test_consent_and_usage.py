@@ -245,7 +245,7 @@ def test_trust_of_several_files_trusts_every_one(tmp_path, monkeypatch):
         tomls.append(f)
     r = run_cli("trust", *tomls)
     assert r.exit_code == 0, r.output
-    listed = run_cli("trust", "--list").stdout
+    listed = run_cli("trust", "--list", env={"COLUMNS": "1000"}).stdout  # no wrapping
     for f in tomls:
         assert str(f.resolve()) in listed
 

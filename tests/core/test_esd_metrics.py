@@ -131,9 +131,9 @@ def test_rand_distance_uses_what_the_context_carries(rng):
 
 
 def test_rand_distance_refuses_beyond_the_dense_limits(rng, monkeypatch):
-    from spectrum_cli.core import analyze
+    from spectrum_cli.core import measure as core_measure
 
-    monkeypatch.setattr(analyze, "AUTO_DENSE_MAX_ENTRIES", 100)
+    monkeypatch.setattr(core_measure, "AUTO_DENSE_MAX_ENTRIES", 100)
     a = rng.standard_normal((20, 10))
     with pytest.raises(EM.MetricUnavailable, match="dense limits"):
         EM.rand_distance.compute(a, M.SpectrumContext(a.shape))

@@ -62,22 +62,25 @@ def test_every_metric_matches_numpy_float64(rng, shape, kappa):
 
 def test_metric_names_are_the_contract(rng):
     from spectrum_cli import plugins
-    from spectrum_cli.core.esd_estimators import ALL as ESTIMATORS
-    from spectrum_cli.core.esd_metrics import ESD_METRICS
+    from spectrum_cli.core.metrics import BUILTIN, COMPUTED, SQUARE_METRICS, builtin_metrics
 
-    core = set(METRICS) - set(ESD_METRICS)  # the built-ins alone (no registry)
+    core = {m.name for m in BUILTIN} | set(COMPUTED)  # the built-ins alone (no registry)
     got = analyse(rng.standard_normal((12, 12)))
     assert set(got) == core
     got = analyse(rng.standard_normal((12, 7)))
-    assert set(got) == core - {"spectral_radius", *NONNORMAL_METRICS}
+    assert set(got) == core - set(SQUARE_METRICS)
+    assert set(SQUARE_METRICS) == {"spectral_radius", *NONNORMAL_METRICS}
     p = _Planned("w", (30, 20), "float64", (30, 20), "matrix")
+    opt_in = {m.name: m.opt_in for m in builtin_metrics() if m.opt_in}  # rand_distance..
+    assert opt_in["rand_distance"] == "randomize"
     for randomize in (False, True):  # the registered metrics: every contract name
         got = analyze_matrix(p, rng.standard_normal((30, 20)),
                              AnalyzeOptions(randomize=randomize), DenseBackend(),
                              plugins.metric_plugins()).metrics
-        want = set(METRICS) - {"spectral_radius", *NONNORMAL_METRICS}
-        want |= {m.name for m in ESTIMATORS if not m.opt_in}  # alpha_farms: --farms
-        assert set(got) == (want if randomize else want - {"rand_distance"})
+        asked = {"randomize"} if randomize else set()
+        want = set(METRICS) - set(SQUARE_METRICS) - {
+            name for name, setting in opt_in.items() if setting not in asked}
+        assert set(got) == want
 
 
 def test_closed_forms_flat_spectrum():

@@ -14,7 +14,7 @@ def test_exit_codes_are_public_and_stable():
     from spectrum_cli import ExitCode as Public
 
     assert Public is ExitCode
-    assert [int(c) for c in ExitCode] == [0, 1, 2, 3, 5]
+    assert [int(c) for c in ExitCode] == [0, 1, 2, 3, 5, 130]
 
 
 def test_parse_conditions():

@@ -54,7 +54,7 @@ def test_values_reach_log_history_checkpoints_and_tensorboard(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     import spectrum_cli
-    from spectrum_cli.batch import indicators
+    from spectrum_cli.runs.indicators import indicators
 
     trainer = make_trainer(tmp_path / "out", report_to=["tensorboard"],
                            save_strategy="steps", save_steps=2)
@@ -217,7 +217,7 @@ def test_the_trainers_own_loss_entries_are_unchanged(tmp_path, when):
     assert own_entries(watched.state.log_history) == expected
     assert sorted(spectrum_entries(watched.state.log_history)) == sorted(expected)
     if when.get("save_strategy") == "epoch":  # what `spectrum batch`/`watch` read back
-        from spectrum_cli.pipeline import trainer_state_scalars
+        from spectrum_cli.io.trainer_state import trainer_state_scalars
 
         for step, loss in expected.items():
             state = tmp_path / "watched" / f"checkpoint-{step}" / "trainer_state.json"

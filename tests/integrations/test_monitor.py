@@ -220,7 +220,7 @@ def test_operator_indicators_equal_analyze_with_model_and_data(tmp_path, monkeyp
     ckpt = tmp_path / "ckpt.pt"
     torch.save({"model": model.state_dict(), "optimizer": opt.state_dict()}, ckpt)
     live = SpectrumMonitor(loss="mse").measure(model, 3, optimizer=opt, batch=(x, y))
-    from spectrum_cli.batch import indicators
+    from spectrum_cli.runs.indicators import indicators
 
     cli = indicators(spectrum_cli.analyze(ckpt, model="livemod:build", data="livemod:batch",
                                           use_config=False).document)
@@ -374,7 +374,7 @@ def test_conditions_and_indicator_patterns_that_can_never_match_are_said_once():
 
 
 def test_threads_follow_the_environment(monkeypatch):
-    from spectrum_cli import executors
+    from spectrum_cli.runs import threads as executors
     from spectrum_cli.integrations.monitor import LiveTensors
 
     if executors.available_cores() < 2:

@@ -424,9 +424,10 @@ def test_a_result_is_not_cached_under_an_identity_that_changed_meanwhile(s3env, 
     """Issue 26: the batch key comes from a listing made before the analysis; an object
     replaced between that listing and the reader's pinned open is analysed whole (v2's
     values), but must not be cached under v1's key."""
-    from spectrum_cli.batch import cache_key, cacheable, compute_record
+    from spectrum_cli.runs.cache import cache_key, cacheable
+    from spectrum_cli.runs.batch import compute_record
     from spectrum_cli.core.analyze import AnalyzeOptions
-    from spectrum_cli.pipeline import Job
+    from spectrum_cli.runs.job import Job
 
     rng = np.random.default_rng(8)
     a, b = tmp_path / "v1.safetensors", tmp_path / "v2.safetensors"
@@ -444,7 +445,7 @@ def test_a_result_is_not_cached_under_an_identity_that_changed_meanwhile(s3env, 
 
 
 def test_a_record_with_a_tensor_that_failed_is_not_cached():
-    from spectrum_cli.batch import cacheable
+    from spectrum_cli.runs.cache import cacheable
 
     ok = {"status": "ok", "document": {"errors": []}, "identity_changed": False}
     assert cacheable(ok)

@@ -24,7 +24,7 @@ import torch
 from spectrum_cli.core.eigen import eigenstructure
 from spectrum_cli.io import optimizer_state as opt_io
 from spectrum_cli.optim.base import OperatorContext
-from spectrum_cli.optim.analysis import OperatorOptions
+from spectrum_cli.runs.optimizer import OperatorOptions
 
 SHAPE = (3, 4)
 N = 12

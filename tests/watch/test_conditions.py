@@ -11,9 +11,9 @@ import pytest
 
 from spectrum_cli.core.errors import UsageError
 from spectrum_cli.core.trajectory import SpikeRule
-from spectrum_cli.alerts import (Alert, AlertCommand, TrajectoryCondition, checkpoint_alerts,
-                                 split_conditions, trajectory_alerts)
-from spectrum_cli.watch import resolve
+from spectrum_cli.core.thresholds import TrajectoryCondition, split_conditions
+from spectrum_cli.runs.alerts import Alert, AlertCommand, checkpoint_alerts, trajectory_alerts
+from spectrum_cli.runs.watch import resolve
 from tests.processes import running
 
 
@@ -206,7 +206,7 @@ def test_alert_command_leaves_nothing_running(tmp_path, out, then, finished):
 def test_alert_command_output_is_kept_bounded(tmp_path):
     """Issue 26: a command that floods its output is read as it writes, its last
     bytes kept (:data:`HOOK_OUTPUT_MAX`), the rest counted and dropped."""
-    from spectrum_cli.alerts import HOOK_OUTPUT_MAX
+    from spectrum_cli.runs.alerts import HOOK_OUTPUT_MAX
 
     script = tmp_path / "flood.py"
     script.write_text("import sys\nline = b'x' * 1023 + b'\\n'\n"

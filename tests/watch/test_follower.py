@@ -1,4 +1,4 @@
-"""When a checkpoint is complete and settled (spectrum_cli.watch.Follower), on a fake
+"""When a checkpoint is complete and settled (spectrum_cli.runs.watch.Follower), on a fake
 clock: files, HF checkpoint folders, DCP folders, and a checkpoint written in halves."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from spectrum_cli.watch import Follower, LocalFolder, Watch, resolve
+from spectrum_cli.runs.watch import Follower, LocalFolder, Watch, resolve
 from tests.batch.folders import matrix
 
 WALL = 1_000_000.0  # the fake wall clock, seconds since the epoch
@@ -194,7 +194,7 @@ def test_a_checkpoint_written_in_two_halves_is_read_whole(tmp_path, clock):
     """The watch sees the first half, unchanged for longer than a poll but less than the
     settle time, then the second: it reads the checkpoint once, whole (the same numbers
     as the complete file; the first half alone is not a readable checkpoint)."""
-    from spectrum_cli.batch import compute_record
+    from spectrum_cli.runs.batch import compute_record
 
     rng = np.random.default_rng(5)
     whole = tmp_path / "whole.safetensors"

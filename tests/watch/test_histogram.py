@@ -5,14 +5,14 @@ from __future__ import annotations
 import numpy as np
 
 from spectrum_cli.api import analyze_arrays
-from spectrum_cli.batch import SV_HIST_BINS, SV_HIST_HI, SV_HIST_LO, sv_histogram
-from spectrum_cli.watch import sv_values
+from spectrum_cli.runs.indicators import SV_HIST_BINS, SV_HIST_HI, SV_HIST_LO, sv_histogram
+from spectrum_cli.runs.watch import sv_values
 
 
 def test_counts_of_log10_sigma_in_fixed_bins():
     exps = [-9.0, -2.975, 0.025, 1.025, 5.0]  # below, three bin centres, above
     result = analyze_arrays({"d": np.diag([10.0 ** e for e in exps]),
-                             "z": np.zeros((2, 3))})  # σ = 0 twice: below the range
+                             "z": np.zeros((2, 3))}).result  # σ = 0 twice: below the range
     h = sv_histogram(result)
     assert (h["lo"], h["hi"], len(h["counts"])) == (SV_HIST_LO, SV_HIST_HI, SV_HIST_BINS)
     width = (SV_HIST_HI - SV_HIST_LO) / SV_HIST_BINS

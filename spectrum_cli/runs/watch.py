@@ -1,9 +1,12 @@
 """``spectrum watch``: follow a run's checkpoint folder while training writes it.
 
-The checkpoints are the ones ``spectrum batch`` reads (files ``.pt .pth .ckpt .bin
-.safetensors``, HF ``checkpoint-<step>/`` folders) and ``torch.distributed.checkpoint``
-(DCP) folders, directly under the watched folder. One is read only once it is complete
-and has *settled*, so that a checkpoint still being written is never read half-way:
+The checkpoints are the ones ``spectrum batch`` reads, directly under the watched
+folder: files whose names end with a suffix an installed reader declares (``.pt .pth
+.ckpt .bin .npz .npy .safetensors``, a plugin's), and folders a reader's marker takes
+(HF ``checkpoint-<step>/``, ``torch.distributed.checkpoint`` (DCP) folders); what a
+folder holds and when a checkpoint folder is complete is decided in
+:mod:`spectrum_cli.io.layout`. One is read only once it is complete and has *settled*,
+so that a checkpoint still being written is never read half-way:
 
 - every file of it (one file, or each file under a folder) has the same size,
   modification time and inode at two polls in a row, and at least ``settle`` seconds
@@ -17,7 +20,7 @@ A checkpoint that changes after it was read (``last.ckpt`` rewritten) is read ag
 Each is analysed through the functions ``batch`` uses (same cache key, same cache
 folder, same record), and the trajectory report is rewritten atomically.
 
-Alerts (``--fail-on``, trajectory conditions, ``--on-alert``): :mod:`spectrum_cli.alerts`.
+Alerts (``--fail-on``, trajectory conditions, ``--on-alert``): :mod:`spectrum_cli.runs.alerts`.
 
 Nothing here imports typer or rich; the command line (:mod:`spectrum_cli.cli.watch`)
 shows what the callbacks of :meth:`Watch.run` report.
@@ -25,31 +28,41 @@ shows what the callbacks of :meth:`Watch.run` report.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from spectrum_cli.alerts import (Alert, TrajectoryCondition, loss_of, as_number,
-                                 checkpoint_alerts, split_conditions, trajectory_alerts)
-from spectrum_cli.batch import (DCP_METADATA, HF_DIR, SUFFIXES, ResultCache, _last_number,
-                                cache_key, cacheable, compute_record, indicators)
 from spectrum_cli.core.errors import InputError, UsageError
+from spectrum_cli.core.thresholds import TrajectoryCondition, split_conditions
 from spectrum_cli.core.trajectory import SpikeRule
 from spectrum_cli.io import storage
+from spectrum_cli.io.layout import (MAX_FOLDER_FILES, folder_markers, is_checkpoint_file,
+                                    last_number, local_checkpoint_folder, refusal,
+                                    remote_checkpoint_folder, suffixes)
+from spectrum_cli.report import trajectory as T
+from spectrum_cli.report.tensorboard import TensorBoardWriter
+from spectrum_cli.runs.alerts import (
+    Alert,
+    as_number,
+    checkpoint_alerts,
+    loss_of,
+    trajectory_alerts,
+)
+from spectrum_cli.runs.batch import compute_record
+from spectrum_cli.runs.cache import ResultCache, cache_key, cacheable
+from spectrum_cli.runs.indicators import indicators
+from spectrum_cli.runs.job import Job, load_policy, resolve_config
 
 DEFAULT_POLL = 2.0
 DEFAULT_SETTLE = 2.0
 #: While a backlog is worked through, the report is rewritten at most this often (it
 #: is always rewritten at the end of a poll, at an alert and when the watch ends).
 REPORT_EVERY = 5.0
-#: Entries of the watched folder looked at per poll, and files per checkpoint folder.
+#: Entries of the watched folder looked at per poll (files per checkpoint folder:
+#: :data:`spectrum_cli.io.layout.MAX_FOLDER_FILES`).
 MAX_ENTRIES = 100_000
-MAX_FOLDER_FILES = 10_000
-TRAINER_STATE = "trainer_state.json"
 
 
 # --------------------------------------------------------------------------- the folder
@@ -61,14 +74,14 @@ class Item:
 
     path: str                 # as the user names it: the folder joined with the name
     name: str
-    kind: str                 # "file", "hf" or "dcp"
+    kind: str                 # "file", or its folder marker's: "hf", "dcp", a plugin's
     signature: tuple          # (relative name, size, mtime_ns, inode) of every file
     newest_mtime: float       # seconds since the epoch
     missing: str | None = None  # what it still lacks to be complete (None: complete)
 
     @property
     def name_step(self) -> int | None:
-        return _last_number(self.name)
+        return last_number(self.name)
 
 
 class LocalFolder:
@@ -99,11 +112,12 @@ class LocalFolder:
             raise InputError(f"{self.root}: cannot list the folder "
                              f"({exc.strerror or exc})") from None
         self.present = True
+        endings, markers = suffixes(), folder_markers()
         items = []
         for e in entries:
             path = os.path.join(self.root, e.name)
             try:
-                if os.path.splitext(e.name)[1] in SUFFIXES and not e.is_dir():
+                if is_checkpoint_file(e.name, endings) and not e.is_dir():
                     # Follows a symlink, as batch's discovery does, but never out of the
                     # folder, and never to what is not a regular file (a FIFO, a device,
                     # /proc's files): those are named once and not read.
@@ -116,9 +130,13 @@ class LocalFolder:
                     items.append(Item(path, e.name, "file", (_stat_row("", st),),
                                       st.st_mtime))
                 elif e.is_dir():
-                    item = _folder_item(path, e.name)
-                    if item is not None:
-                        items.append(item)
+                    found = local_checkpoint_folder(path, e.name, MAX_FOLDER_FILES, markers)
+                    if found is not None:
+                        items.append(Item(
+                            path, e.name, found.kind,
+                            tuple(_stat_row(k, st) for k, st in sorted(found.files.items())),
+                            max((st.st_mtime for st in found.files.values()), default=0.0),
+                            found.missing))
             except OSError:  # gone or changed under us: the next poll sees it again
                 continue
         return items
@@ -130,18 +148,13 @@ class LocalFolder:
 
 
 def _refusal(path: str, root: str) -> str | None:
-    """Why the checkpoint ``path`` is not read (see :func:`spectrum_cli.batch.refusal`),
+    """Why the checkpoint ``path`` is not read (see :func:`spectrum_cli.io.layout.refusal`),
     None for a dangling link (the next poll may find its target)."""
-    from spectrum_cli.batch import refusal
-
-    if os.path.islink(path) and not os.path.exists(path) and \
-            _inside(os.path.realpath(path), os.path.realpath(root)):
-        return None
+    if os.path.islink(path) and not os.path.exists(path):
+        real, folder = os.path.realpath(path), os.path.realpath(root)
+        if real == folder or real.startswith(folder.rstrip(os.sep) + os.sep):
+            return None
     return refusal(path, root)
-
-
-def _inside(path: str, folder: str) -> bool:
-    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
 class RemoteFolder:
@@ -155,27 +168,22 @@ class RemoteFolder:
         self.root = root.rstrip("/")
 
     def scan(self) -> list[Item]:
+        endings, markers = suffixes(), folder_markers()
         items = []
         for url, is_dir, meta in storage.entries(self.root)[:MAX_ENTRIES]:
             name = storage.basename(url)
             if not is_dir:
-                if os.path.splitext(name)[1] in SUFFIXES:  # the listing has size and tag
+                if is_checkpoint_file(name, endings):  # the listing has size and tag
                     items.append(Item(url, name, "file", (("", *storage.signature(meta)),),
                                       storage.modified(meta)))
                 continue
-            if not HF_DIR.match(name) and not storage.exists(storage.join(url,
-                                                                          DCP_METADATA)):
+            found = remote_checkpoint_folder(url, name, MAX_FOLDER_FILES, markers)
+            if found is None:
                 continue
-            files = storage.tree(url, MAX_FOLDER_FILES)
-            if DCP_METADATA in files:
-                kind, missing = "dcp", None
-            elif HF_DIR.match(name):
-                kind, missing = "hf", _hf_missing(url, files)
-            else:
-                continue
+            files = found.files
             signature = tuple((k, *storage.signature(m)) for k, m in files.items())
             newest = max((storage.modified(m) for m in files.values()), default=0.0)
-            items.append(Item(url, name, kind, signature, newest, missing))
+            items.append(Item(url, name, found.kind, signature, newest, found.missing))
         return items
 
 
@@ -187,54 +195,6 @@ def folder_for(target: str, warn: Callable[[str], None] | None = None
 
 def _stat_row(name: str, st: os.stat_result) -> tuple:
     return (name, st.st_size, st.st_mtime_ns, st.st_ino)
-
-
-def _folder_item(path: str, name: str) -> Item | None:
-    """An HF or DCP checkpoint folder (None for any other folder, which is not walked)."""
-    if not (HF_DIR.match(name) or os.path.isfile(os.path.join(path, DCP_METADATA))):
-        return None
-    files: dict[str, os.stat_result] = {}
-    for root, dirs, names in os.walk(path):  # symlinked folders are not followed
-        dirs.sort()
-        for n in sorted(names)[:MAX_FOLDER_FILES - len(files)]:
-            full = os.path.join(root, n)
-            with contextlib.suppress(OSError):  # a dangling link, a file just removed
-                files[os.path.relpath(full, path)] = os.stat(full)
-        if len(files) >= MAX_FOLDER_FILES:
-            break
-    if DCP_METADATA in files:
-        kind, missing = "dcp", None
-    elif HF_DIR.match(name):
-        kind, missing = "hf", _hf_missing(path, files)
-    else:  # its .metadata went away meanwhile
-        return None
-    signature = tuple(_stat_row(k, st) for k, st in sorted(files.items()))
-    newest = max((st.st_mtime for st in files.values()), default=0.0)
-    return Item(path, name, kind, signature, newest, missing)
-
-
-def _hf_missing(path: str, files: Mapping[str, Any]) -> str | None:
-    """What an HF checkpoint folder still lacks: its weights, a shard its index names,
-    or ``trainer_state.json`` (None when it is complete)."""
-    from spectrum_cli.io.composite import read_shard_names
-    from spectrum_cli.io.detect import HF_CANDIDATES
-
-    weights = next((c for c in HF_CANDIDATES if c in files), None)
-    if weights is None:
-        return "weights (" + " or ".join(c for c in HF_CANDIDATES
-                                          if not c.endswith(".json")) + ")"
-    if weights.endswith(".index.json"):
-        try:
-            shards = read_shard_names(storage.pjoin(path, weights))
-        except (InputError, OSError):
-            shards = []  # a damaged index: once settled, the analysis says what is wrong
-        absent = [s for s in shards if os.path.normpath(s) not in files]
-        if absent:
-            more = f" and {len(absent) - 1} more" if len(absent) > 1 else ""
-            return f"shard {absent[0]}{more}"
-    if TRAINER_STATE not in files:
-        return TRAINER_STATE
-    return None
 
 
 @dataclass
@@ -350,7 +310,6 @@ class Watch:
         self.pending: list[Pending] = []
         self._tensorboard = None
         if tensorboard is not None:  # opened now: a missing package is said up front
-            from spectrum_cli.report.tensorboard import TensorBoardWriter
 
             self._tensorboard = TensorBoardWriter(tensorboard)
         self._dirty, self._written = False, -math.inf
@@ -395,8 +354,6 @@ class Watch:
 
     def _record(self, path: str) -> dict[str, Any]:
         if not storage.is_url(path):
-            from spectrum_cli.batch import refusal
-
             problem = refusal(path, self.target)  # before anything is opened
             if problem is not None:
                 return {"path": path, "status": "error", "error": problem}
@@ -452,8 +409,6 @@ class Watch:
         """The trajectory document of the checkpoints so far (``spectrum batch``'s
         schema; trajectory alerts are listed with the violations, ``kind``
         "trajectory")."""
-        from spectrum_cli.report import trajectory as T
-
         doc = T.build(self.records, self.target, self.settings, self.rule,
                       self.job.fail_on)
         doc["fail_on"]["conditions"] = list(doc["fail_on"]["conditions"]) + [
@@ -467,8 +422,6 @@ class Watch:
 
     def write_report(self) -> None:
         """Rewrite the report (atomically) if there is one and anything to write."""
-        from spectrum_cli.report import trajectory as T
-
         if self.report is None or not self.records:
             return
         # The folder with its checkpoints: it holds them, so a report may be written
@@ -580,56 +533,11 @@ def sv_values(hist: Any) -> Any:
     return values if values.size else None
 
 
-def check_folder(target: str) -> bool:
-    """A folder to watch (local, or a URL), or the reason why not (InputError). A local
-    folder that does not exist yet is fine (the watch waits for the run to create it,
-    like ``tail -F``) as long as what does exist of its path is folders; returns
-    whether it exists now."""
-    if storage.is_url(target):
-        if not storage.is_dir(target):
-            raise InputError(f"{target}: not a folder (watch follows the folder a run "
-                             "writes its checkpoints to)")
-        return True
-    if os.path.isdir(target):
-        return True
-    if os.path.lexists(target):
-        raise InputError(f"{target}: not a folder (watch follows the folder a run "
-                         "writes its checkpoints to)")
-    above = os.path.dirname(os.path.abspath(target))
-    while not os.path.lexists(above):
-        above = os.path.dirname(above)
-    if not os.path.isdir(above):
-        raise InputError(f"{target}: cannot become a folder: {above} is not a folder")
-    return False
-
-
-def inside_checkpoint(target: str, path: str, folder: bool = False) -> bool:
-    """Whether ``path`` lies inside a subfolder of ``target`` (writing there would change
-    a checkpoint folder being watched); ``folder``: ``path`` is a folder written into
-    (a TensorBoard log), which may not be a checkpoint folder of ``target`` either (an
-    HF ``checkpoint-<step>`` or a DCP folder, there now or to come)."""
-    if storage.is_url(target):
-        return False  # a local file cannot be inside a folder of an object store
-    root, real = os.path.realpath(target), os.path.realpath(path)
-    try:
-        rel = os.path.relpath(real, root)
-    except ValueError:
-        return False
-    parts = Path(rel).parts
-    if folder and len(parts) == 1 and parts[0] not in (os.pardir, os.curdir):
-        return bool(HF_DIR.match(parts[0])) or os.path.isfile(os.path.join(real,
-                                                                           DCP_METADATA))
-    return len(parts) > 1 and parts[0] != os.pardir
-
-
 def resolve(target: str, settings: Mapping[str, Any], use_config: bool = True
             ) -> tuple[Any, Any, list[TrajectoryCondition]]:
     """The job (settings > ``SPECTRUM_*`` > the nearest configuration file, as batch's),
     the configuration, and the trajectory conditions split off ``fail_on`` (which
     ``analyze`` would not accept)."""
-    from spectrum_cli.api import load_policy, resolve_config
-    from spectrum_cli.pipeline import Job
-
     cfg = resolve_config(target, settings, use_config)
     values = dict(cfg.values)
     per_tensor, conditions = split_conditions(values.pop("fail_on", None) or [])

@@ -9,10 +9,11 @@ itself (shared filesystem or object storage), computes and returns the small res
 this process gathers results as they finish and writes the report. A worker lost
 mid-run costs only its tasks: the scheduler reschedules them elsewhere.
 
-Where the scheduler is: ``SPECTRUM_SCHEDULER`` (an address such as
-``tcp://10.0.0.5:8786``) or ``SPECTRUM_SCHEDULER_FILE`` (a file written by
-``dask scheduler --scheduler-file PATH``), which ``--scheduler`` and
-``--scheduler-file`` set. How long to try to connect: Dask's own
+Where the scheduler is: the run's :class:`~spectrum_cli.runs.executors.Cluster`, from
+its settings: ``--scheduler`` / ``SPECTRUM_SCHEDULER`` (an address such as
+``tcp://10.0.0.5:8786``) or ``--scheduler-file`` / ``SPECTRUM_SCHEDULER_FILE`` (a file
+written by ``dask scheduler --scheduler-file PATH``); it travels in the run's options,
+never through this process's environment. How long to try to connect: Dask's own
 ``distributed.comm.timeouts.connect`` (``DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT``).
 Threads per task are the cluster's (Dask's nanny starts workers with one BLAS thread
 per worker thread), not this machine's plan.
@@ -47,6 +48,9 @@ import uuid
 from typing import Any, Callable, Sequence
 
 from spectrum_cli.core.errors import InputError, UsageError
+from spectrum_cli.runs.executors import Cluster
+from spectrum_cli.io import storage
+from spectrum_cli.io.base import open_regular
 
 SCHEDULER_ENV = "SPECTRUM_SCHEDULER"
 SCHEDULER_FILE_ENV = "SPECTRUM_SCHEDULER_FILE"
@@ -66,13 +70,13 @@ def _distributed() -> Any:
     return distributed
 
 
-def scheduler_target() -> tuple[str, str]:
-    """``("address", ADDRESS)`` or ``("scheduler_file", PATH)`` from the environment
-    (the address wins when both are set); UsageError when neither is."""
-    address = os.environ.get(SCHEDULER_ENV, "").strip()
+def scheduler_target(cluster: Cluster) -> tuple[str, str]:
+    """``("address", ADDRESS)`` or ``("scheduler_file", PATH)`` of ``cluster`` (the
+    address wins when both are set); UsageError when neither is."""
+    address = (cluster.scheduler or "").strip()
     if address:
         return "address", address
-    path = os.environ.get(SCHEDULER_FILE_ENV, "").strip()
+    path = (cluster.scheduler_file or "").strip()
     if path:
         return "scheduler_file", path
     raise UsageError("executor 'dask' needs a scheduler: --scheduler tcp://HOST:PORT, "
@@ -88,8 +92,6 @@ def _check_scheduler_file(path: str) -> str:
     is a regular file (not a FIFO, a device: refused before it is opened) of at most
     :data:`MAX_SCHEDULER_FILE` bytes holding JSON with an address (Dask would otherwise
     wait for it to appear until the connect timeout)."""
-    from spectrum_cli.io.base import open_regular
-
     try:
         with open_regular(path) as fh:
             raw = fh.read(MAX_SCHEDULER_FILE + 1)
@@ -143,12 +145,12 @@ def _probe_scheduler(address: str, named: str, seconds: float) -> None:
                          f"{type(exc).__name__}: {exc}") from None
 
 
-def connect() -> Any:
+def connect(cluster: Cluster) -> Any:
     """A ``distributed.Client`` of the configured scheduler with at least one worker;
     UsageError (exit 2) naming the scheduler when it cannot be reached in Dask's connect
     timeout or has no worker that can import spectrum."""
     distributed = _distributed()
-    kind, where = scheduler_target()
+    kind, where = scheduler_target(cluster)
     address = _check_scheduler_file(where) if kind == "scheduler_file" else where
     import dask
 
@@ -230,8 +232,6 @@ def _on_worker(snapshot: Any, fn: Callable[..., Any], *args: Any) -> Any:
     """A task as the worker runs it: ``fn(*args)`` with the client's storage settings
     applied (and the worker's own restored afterwards). A failure of the store, raised
     or recorded as a tensor's error, is raised naming the worker it happened on."""
-    from spectrum_cli.io import storage
-
     before, _ = storage.store_errors()
     try:
         with storage.applied(snapshot):
@@ -272,6 +272,13 @@ class DaskExecutor:
     description = ("tasks on an existing Dask cluster (--scheduler, --scheduler-file or "
                    f"{SCHEDULER_ENV}; {INSTALL_HINT})")
 
+    def __init__(self, cluster: Cluster = Cluster()) -> None:
+        self.cluster = cluster
+
+    def with_cluster(self, cluster: Cluster) -> "DaskExecutor":
+        """This executor for the scheduler ``cluster`` names (the run's settings)."""
+        return DaskExecutor(cluster)
+
     def run(self, fn: Callable[..., Any], tasks: Sequence[tuple], chosen: Any,
             done: Done) -> None:
         """Submit ``fn(*args)`` for every task (first submitted, first scheduled), call
@@ -280,13 +287,12 @@ class DaskExecutor:
         if not tasks:
             return
         _distributed()  # the install hint when it is absent
-        from spectrum_cli.io import storage
 
-        client = connect()
+        client = connect(self.cluster)
         import dask
 
         grace = _seconds(dask.config.get("distributed.comm.timeouts.connect"))
-        named = os.environ.get(SCHEDULER_ENV) or os.environ.get(SCHEDULER_FILE_ENV, "")
+        named = self.cluster.scheduler or self.cluster.scheduler_file or ""
         futures: list[Any] = []
         try:
             n = len(tasks)

@@ -18,9 +18,12 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from spectrum_cli.core.errors import InputError, UsageError
+from spectrum_cli.core.hessian import build_problem
 from spectrum_cli.core.metrics import OPERATOR_METRICS  # noqa: F401 (re-exported)
 from spectrum_cli.core.selection import Selector
 from spectrum_cli.io import optimizer_state as opt_io
+from spectrum_cli.io.optimizer_state import locate
+from spectrum_cli.io.usercode import load_callable, resolve_loss
 from spectrum_cli.optim.base import OperatorContext
 from spectrum_cli.optim.preconditioned import commutator_estimate  # noqa: F401 (re-exported)
 
@@ -69,7 +72,6 @@ def load_model(source: HessianSource, weights: Mapping[str, Any]) -> Any:
     """The user's model with the checkpoint's weights loaded (strict)."""
     import torch
 
-    from spectrum_cli.io.usercode import load_callable
 
     model = load_callable(source.model, "--model")()
     if not isinstance(model, torch.nn.Module):
@@ -130,7 +132,6 @@ def analyze_optimizer(state: Mapping, weights: Mapping[str, Any],
     if before_first and rule.before_first_step:
         raise InputError(f"{where}: {rule.before_first_step}; save the optimizer after at "
                          "least one step(), or analyse the weights without --model/--data")
-    from spectrum_cli.io.usercode import load_callable, resolve_loss
 
     return operators_on(snapshot, report, before_first, options, backends,
                         lambda names: (model, load_callable(source.data, "--data")(),
@@ -148,8 +149,6 @@ def operators_on(snapshot: opt_io.OptimizerSnapshot, report: OptimizerReport,
     rule's operator forms. ``problem_inputs(names)`` gives ``(model, data, loss,
     names)`` for :func:`spectrum_cli.core.hessian.build_problem` (a checkpoint's model
     and the user's data, or a live model's copy and batch)."""
-    from spectrum_cli.core.hessian import build_problem
-
     rule = snapshot.rule
     tracked = [p for p in snapshot.params if p.moments]
     if before_first:  # buffers are state, not structure (SGD)
@@ -179,3 +178,32 @@ def before_first_step(snapshot: opt_io.OptimizerSnapshot) -> bool:
     """True when no parameter has optimizer state at all: a snapshot saved before the
     first ``step()`` (or plain SGD without momentum, which never keeps buffers)."""
     return bool(snapshot.params) and not any(p.moments for p in snapshot.params)
+
+
+def optimizer_report(source: Any, job: Any, warnings: list[str]) -> Any:
+    """The optimizer-state analysis, when the checkpoint has an optimizer state."""
+    v = job.values
+    if bool(v.get("model")) != bool(v.get("data")):
+        raise UsageError("--model and --data go together (a Hessian needs both)")
+    hess = HessianSource(v["model"], v["data"], v.get("loss", "mse")) if v.get("model") \
+        else None
+    state, where, weights = locate(source, job.policy)
+    if state is None:
+        if hess is not None:
+            warnings.append("--model/--data given but the checkpoint holds no optimizer "
+                            "state: there is no update operator to build")
+        return None
+    o = job.options
+    opts = OperatorOptions(eps=o.eps, power_max=o.power_max, seed=o.seed,
+                           params=tuple(v.get("params", ())),
+                           **{k: v[k] for k in ("dense_max", "coordinates", "step_convention")
+                              if k in v})
+    report = analyze_optimizer(state, weights, hess, opts, where=f"{source.path} ({where})")
+    report.optimizer["found_in"] = where
+    report.optimizer["hessian_source"] = None if hess is None else {
+        "model": hess.model, "data": hess.data, "loss": hess.loss}
+    stored = source.scalars()
+    if report.optimizer.get("step") is None and "step" in stored:
+        report.optimizer["step"] = stored["step"]  # SGD keeps no step: the checkpoint's
+        report.optimizer["step_from"] = "checkpoint"
+    return report

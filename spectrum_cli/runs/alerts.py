@@ -25,18 +25,17 @@ from __future__ import annotations
 
 import contextlib
 import math
-import operator
 import os
-import re
 import shlex
 import shutil
 import signal
 import subprocess
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from spectrum_cli.core.errors import UsageError
+from spectrum_cli.core.thresholds import OPS, TrajectoryCondition, condition_op
 from spectrum_cli.core.trajectory import SpikeRule, detect_spikes, threshold_for
 from spectrum_cli.report.output import printable
 
@@ -45,62 +44,6 @@ HOOK_TIMEOUT = 30.0
 #: Bytes of an ``--on-alert`` command's output kept (its last ones); the rest is read
 #: and dropped as it comes, so a command that floods its output costs no memory.
 HOOK_OUTPUT_MAX = 64 * 1024
-
-
-_OPS: dict[str, Callable[[float, float], bool]] = {
-    ">=": operator.ge, "<=": operator.le, "==": operator.eq, "!=": operator.ne,
-    ">": operator.gt, "<": operator.lt}
-_NAME = r"(?:loss|[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z0-9_]+)+(?:\[[^\]]*\])?)"
-_TRAJ = re.compile(rf"^\s*(?P<name>{_NAME})\s*(?P<op>>=|<=|==|!=|>|<)\s*(?P<value>\S+)\s*$")
-_SPLIT = re.compile(r",(?=\s*(?:spike\s*(?:,|$)|[A-Za-z_][A-Za-z0-9_.]*(?:\[[^\]]*\])?"
-                    r"\s*(?:>=|<=|==|!=|>|<)))")
-
-
-@dataclass(frozen=True)
-class TrajectoryCondition:
-    """A condition on the run's indicators (see the module); ``value`` None compares
-    with the scorecard threshold."""
-
-    indicator: str
-    op: str = ">"
-    value: float | None = None
-
-    def __str__(self) -> str:
-        if self.indicator == "spike":
-            return "spike"
-        rhs = "threshold" if self.value is None else f"{self.value:g}"
-        return f"{self.indicator}{self.op}{rhs}"
-
-
-def split_conditions(specs: Iterable[str]) -> tuple[list[str], list[TrajectoryCondition]]:
-    """``--fail-on`` values -> (analyze's per-tensor conditions, left for the pipeline
-    to parse, and the trajectory conditions). Several may share one value, separated by
-    commas."""
-    per_tensor: list[str] = []
-    trajectory: list[TrajectoryCondition] = []
-    for spec in specs:
-        for part in _SPLIT.split(str(spec)):
-            if part.strip() == "spike":
-                trajectory.append(TrajectoryCondition("spike"))
-                continue
-            m = _TRAJ.match(part)
-            if m is None:
-                per_tensor.append(part)
-                continue
-            raw = m["value"]
-            if raw == "threshold":
-                value = None
-            else:
-                try:
-                    value = float(raw)
-                except ValueError:
-                    raise UsageError(f"--fail-on: {raw!r} in {part.strip()!r} is neither a "
-                                     "number nor 'threshold'") from None
-                if math.isnan(value):
-                    raise UsageError(f"--fail-on: {part.strip()!r} compares with NaN, "
-                                     "which is never true")
-            trajectory.append(TrajectoryCondition(m["name"], m["op"], value))
-    return per_tensor, trajectory
 
 
 def as_number(value: Any) -> float | None:
@@ -156,9 +99,6 @@ class Alert:
                 "path": self.checkpoint, "kind": self.kind, "detail": self.detail}
 
 
-_OP = re.compile(r"^\s*[a-z][a-z0-9_]*\s*(>=|<=|==|!=|>|<)")
-
-
 def checkpoint_alerts(record: Mapping[str, Any]) -> list[Alert]:
     """One alert per per-tensor condition a checkpoint's analysis violates, naming the
     tensor with the most extreme value (the largest for ``>``/``>=``, the smallest for
@@ -168,8 +108,7 @@ def checkpoint_alerts(record: Mapping[str, Any]) -> list[Alert]:
         groups.setdefault(str(v.get("condition")), []).append(v)
     out = []
     for cond, found in groups.items():
-        m = _OP.match(cond)
-        op = m.group(1) if m else "=="
+        op = condition_op(cond)
         valued = [(x, v) for v in found if (x := as_number(v.get("value"))) is not None]
         if not valued:
             valued = [(math.nan, found[0])]
@@ -221,7 +160,7 @@ def trajectory_alerts(conditions: Sequence[TrajectoryCondition],
             if found is None:
                 continue
             threshold, detail = found
-        if _OPS[c.op](value, threshold):
+        if OPS[c.op](value, threshold):
             out.append(Alert(r["path"], r.get("step"), str(c), c.indicator, value,
                              "trajectory", detail=detail))
     return out

@@ -20,7 +20,13 @@ from typing import Any
 
 import numpy as np
 
-from spectrum_cli.report.document import from_json_value
+from spectrum_cli.core.errors import InputError
+from spectrum_cli.io import open_source, storage
+from spectrum_cli.report.document import fmt, from_json_value, json_safe
+from spectrum_cli.report.hdf5 import read_report
+from spectrum_cli.report.output import HDF5_MAGIC
+from spectrum_cli.report.output import markdown_text as md
+from spectrum_cli.runs.document import analyze_checkpoint
 
 SCHEMA = "spectrum.diff"
 SCHEMA_VERSION = "1.0.0"
@@ -28,15 +34,11 @@ SCHEMA_VERSION = "1.0.0"
 
 def _load(path: str, job: Any) -> tuple[dict[str, Any], dict[str, np.ndarray], Any]:
     """(document, name -> singular values, source or None) for a report or checkpoint."""
-    from spectrum_cli.report.hdf5 import read_report
-
     if _is_report(path):
         doc = read_report(path, spectra=True)
         spectra = {t["name"]: np.asarray(t["spectra"]["singular_values"])
                    for t in doc["tensors"] if "singular_values" in t.get("spectra", {})}
         return doc, spectra, None
-    from spectrum_cli.pipeline import analyze_checkpoint
-    from spectrum_cli.report.document import json_safe
 
     out = analyze_checkpoint(path, job, digest=True)
     spectra = {t.name: t.singular_values.values for t in out.result.tensors
@@ -49,10 +51,6 @@ def _is_report(path: str) -> bool:
     device or socket is refused here, before anything opens it (it could block)."""
     import stat
 
-    from spectrum_cli.core.errors import InputError
-    from spectrum_cli.report.output import HDF5_MAGIC
-
-    from spectrum_cli.io import storage
 
     if storage.is_url(path):
         return False  # reports are local files; a URL names a checkpoint
@@ -139,8 +137,6 @@ def _key(row: dict[str, Any]) -> float:
 
 def _weight_diffs(path_a: str, path_b: str, names: list[str], job: Any) -> dict[str, Any]:
     """‖W_A - W_B‖_F and ‖W_B‖_F per common matrix, reading one pair at a time."""
-    from spectrum_cli.io import open_source
-
     out = {}
     sa, sb = open_source(path_a, job.policy), open_source(path_b, job.policy)
     try:
@@ -167,9 +163,6 @@ def shape_text(shape: list) -> str:
 
 def markdown(doc: dict[str, Any], top: int = 20) -> str:
     """A Markdown table for CI comments; names and paths are inert text."""
-    from spectrum_cli.cli.summary import fmt
-    from spectrum_cli.report.output import markdown_text as md
-
     lines = [f"**spectrum diff** {md(doc['a']['path'])} vs {md(doc['b']['path'])}", ""]
     if doc["weights_relative_overall"] is not None:
         lines.append(f"Overall ‖W_A − W_B‖_F / ‖W_B‖_F = {fmt(doc['weights_relative_overall'])}")

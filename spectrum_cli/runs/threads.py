@@ -1,0 +1,215 @@
+"""Threads: workers x threads <= the cores this process may run on (``threads`` overrides;
+else ``OMP/OPENBLAS/MKL_NUM_THREADS`` where they ask for fewer), set in every worker
+through threadpoolctl (BLAS/OpenMP) and torch; a single process gets
+:func:`default_threads` (``--threads``, else the environment's, else every core). The
+one policy for every path (in-process, workers, Dask, the callbacks, ``watch``):
+
+* a process's thread budget: :func:`default_threads` (alone) or :func:`plan` (workers);
+  set with :func:`threads_limited` (a block) or :func:`limit_threads` (a worker);
+* one matrix: every library call whose rounding depends on its thread count runs on one
+  thread (:func:`spectrum_cli.core.measure.single_threaded`, entered by the per-matrix
+  measurement itself, so also on Dask and in the callbacks); only the Gram product of a
+  big matrix is split, into shape-fixed tiles, among :func:`blas_threads_for` threads of
+  the budget. The same tensor gives the same bits whatever the parallelism; the
+  crossover and its measurements are in :mod:`spectrum_cli.core.measure`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from typing import Any, Iterator, Mapping, Sequence
+
+from spectrum_cli.core import measure
+from spectrum_cli.core.errors import UsageError
+from spectrum_cli.core.measure import GRAM_TILE, PARALLEL_GRAM_FLOPS, set_matrix_threads
+from spectrum_cli.core.measure import blas_threads_for as rule
+
+THREAD_ENV = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+#: glibc's malloc gives every request of at least this many bytes its own mapping, handed
+#: back to the system when freed (see :func:`steady_malloc`).
+MMAP_THRESHOLD = 1 << 20
+
+
+_malloc_fixed = False
+
+
+def steady_malloc() -> None:
+    """Fix glibc's mmap threshold at :data:`MMAP_THRESHOLD` (``mallopt(M_MMAP_THRESHOLD)``)
+    in a process that measures tensors, unless ``MALLOC_MMAP_THRESHOLD_`` chooses one.
+    By default glibc raises the threshold each time a mapped block is freed, up to
+    32 MiB; after the first big tensor, read pieces and workspaces of 1-32 MiB come from
+    the heap, which fragments and does not shrink. Fixed: 41 MiB less peak on a 2 GB
+    TinyLlama-shaped checkpoint read from S3 with ``--jobs 1`` (944 -> 903 MiB), the
+    same time. Once per process; nothing where the C library is not glibc."""
+    global _malloc_fixed
+    if _malloc_fixed or "MALLOC_MMAP_THRESHOLD_" in os.environ:
+        return
+    _malloc_fixed = True
+    import platform
+
+    if sys.platform != "linux" or platform.libc_ver()[0] != "glibc":
+        return
+    import ctypes
+
+    m_mmap_threshold = -3  # <malloc.h>
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).mallopt(m_mmap_threshold, MMAP_THRESHOLD)
+
+
+def available_cores() -> int:
+    """The CPUs this process may run on (its affinity mask, not the machine's count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def env_threads() -> int | None:
+    """The smallest thread count the environment asks for (OMP/OpenBLAS/MKL), if any."""
+    asked = []
+    for name in THREAD_ENV:
+        value = os.environ.get(name, "").strip()
+        if value.isdigit() and int(value) > 0:
+            asked.append(int(value))
+    return min(asked) if asked else None
+
+
+def default_threads(explicit: int | None = None) -> int:
+    """The thread budget of one process computing alone: ``explicit`` (``--threads``),
+    else the smallest of ``OMP/OPENBLAS/MKL_NUM_THREADS``, else every usable core. What
+    the in-process path, ``watch`` and the training callbacks pass to
+    :func:`threads_limited`."""
+    if explicit is not None:
+        if isinstance(explicit, bool) or not isinstance(explicit, int) or explicit < 1:
+            raise UsageError(f"--threads: expected at least 1, got {explicit!r}")
+        return explicit
+    return env_threads() or available_cores()
+
+
+def threads_from(explicit: int | None = None) -> str:
+    """Where the thread budget came from: ``--threads``, ``environment`` (the caller's
+    ``*_NUM_THREADS``, not those :func:`threads_limited` sets) or ``cores``."""
+    if explicit is not None:
+        return "--threads"
+    return "environment" if caller_thread_env() else "cores"
+
+
+#: The ``*_NUM_THREADS`` variables as the caller had them before the outermost
+#: :func:`threads_limited` block set its own (None: outside any block).
+_caller_env: dict[str, str] | None = None
+
+
+def caller_thread_env() -> dict[str, str]:
+    """The thread variables as this process's caller set them (a positive integer each;
+    inside :func:`threads_limited`, as they were before it)."""
+    env = _caller_env if _caller_env is not None else os.environ
+    return {k: env[k] for k in THREAD_ENV
+            if env.get(k, "").strip().isdigit() and int(env[k]) > 0}
+
+
+def blas_threads_for(shape: Sequence[int], budget: int) -> int:
+    """Threads one matrix of ``shape`` gets out of a process's ``budget`` (for the
+    tiles of its Gram product; everything else on one thread):
+    :func:`spectrum_cli.core.measure.blas_threads_for`."""
+    return rule(tuple(shape), budget)
+
+
+def thread_settings(threads: int, explicit: int | None = None) -> dict[str, Any]:
+    """What a run's settings record about its threads: the budget per process, where it
+    came from, the library threads of a matrix's LAPACK/BLAS calls (1) and the size
+    from which its Gram product is split among the budget's threads."""
+    return {"threads_from": threads_from(explicit), "library_threads": 1,
+            "parallel_gram_flops": PARALLEL_GRAM_FLOPS, "gram_tile": GRAM_TILE,
+            "environment": caller_thread_env()}
+
+
+def _set_threads(threads: int) -> None:
+    """Thread counts read by libraries loaded from now on, and torch's if loaded."""
+    os.environ.update({k: str(threads) for k in THREAD_ENV})
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(threads)
+
+
+def _blas_controllers() -> list[Any]:
+    """threadpoolctl's controllers of the BLAS/OpenMP libraries loaded now."""
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:  # pragma: no cover - a dependency
+        return []
+    return list(ThreadpoolController().lib_controllers)
+
+
+def limit_threads(threads: int) -> None:
+    """Cap BLAS/OpenMP (threadpoolctl) and torch threads of this process at ``threads``,
+    for good (a worker's setting); ``threads`` is also what one matrix may use
+    (:func:`spectrum_cli.core.measure.set_matrix_threads`)."""
+    set_matrix_threads(threads)
+    _set_threads(threads)
+    for lib in _blas_controllers():
+        if lib.num_threads != threads:
+            lib.set_num_threads(threads)
+
+
+@contextlib.contextmanager
+def environ_set(values: Mapping[str, str], restore: Sequence[str] = ()) -> Iterator[None]:
+    """``values`` in this process's environment for a block; on leaving, those variables
+    and ``restore`` (which the block may change) are as they were, absent ones removed."""
+    saved = {k: os.environ.get(k) for k in (*values, *restore)}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@contextlib.contextmanager
+def threads_limited(threads: int) -> Iterator[None]:
+    """:func:`limit_threads` for a block of this process, then back as it was (libraries
+    loaded meanwhile get what the environment asks for)."""
+    global _caller_env
+
+    outermost = _caller_env is None
+    if outermost:
+        _caller_env = {k: os.environ[k] for k in THREAD_ENV if k in os.environ}
+    torch = sys.modules.get("torch")
+    saved_torch = torch.get_num_threads() if torch is not None else None
+    saved_blas = {lib.filepath: lib.num_threads for lib in _blas_controllers()}
+    saved_budget = measure._budget
+    try:
+        with environ_set({}, restore=THREAD_ENV):
+            limit_threads(threads)
+            yield
+    finally:
+        fallback = env_threads()
+        for lib in _blas_controllers():
+            n = saved_blas.get(lib.filepath, fallback)
+            if n is not None and lib.num_threads != n:
+                lib.set_num_threads(n)
+        if saved_torch is not None:
+            torch.set_num_threads(saved_torch)
+        measure.set_matrix_threads(saved_budget)
+        if outermost:
+            _caller_env = None
+
+
+def threads_in_use() -> dict[str, Any]:
+    """The thread counts of this process's BLAS/OpenMP libraries and of torch."""
+    out: dict[str, Any] = {"pid": os.getpid()}
+    with contextlib.suppress(ImportError):
+        from threadpoolctl import threadpool_info
+
+        out["threadpools"] = [{"api": i.get("internal_api"), "num_threads": i["num_threads"]}
+                              for i in threadpool_info()]
+    torch = sys.modules.get("torch")
+    out["torch"] = torch.get_num_threads() if torch is not None else None
+    return out
+
