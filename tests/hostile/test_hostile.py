@@ -6,8 +6,10 @@ no traceback, run no code (no marker file), leave every input byte-identical (an
 files of their kind), stay below a memory bound, finish before its timeout, print valid JSON
 when ``--json`` was given, and print no raw ESC byte under ``NO_COLOR``.
 
-The cases run concurrently (a thread pool of subprocesses, ``HOSTILE_JOBS``, default 3)
-once per session; each test then checks its own case's result. ``HOSTILE_KEEP=1`` keeps the
+Alone, the cases run concurrently (a thread pool of subprocesses, ``HOSTILE_JOBS``,
+default 3) once per session, and each test then checks its own case's result. Under
+pytest-xdist (the README's test command) each test runs its own case, and the workers
+share the cases out. ``HOSTILE_KEEP=1`` keeps the
 case folders (their path is printed on failure).
 """
 
@@ -329,9 +331,15 @@ def _selected_ids(session) -> list[str]:
 
 @pytest.fixture(scope="session")
 def hostile_outcomes(request) -> dict[str, Outcome]:
-    """Run every selected case once, concurrently; the results by case id."""
+    """Run every selected case once, concurrently; the results by case id. None under
+    pytest-xdist: there each test runs its own case (a session fixture would run every
+    case in every worker)."""
     if not SPECTRUM.exists():
         pytest.skip(f"the console script is not installed at {SPECTRUM}")
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        yield None
+        _remove(ROOT)
+        return
     wanted = set(_selected_ids(request.session))
     todo = [c for c in CASES if c.id in wanted]
     ROOT.mkdir(parents=True, exist_ok=True)
@@ -353,14 +361,17 @@ def hostile_outcomes(request) -> dict[str, Outcome]:
     sys.stderr.write(f"\nhostile suite: {len(todo)} cases in {wall:.0f} s ({JOBS} at a time); "
                      f"summary in {summary}\n")
     yield results
-    if os.environ.get("HOSTILE_KEEP") != "1":
-        for c in todo:  # read-only folders would stop rmtree
-            d = ROOT / c.id
-            if d.exists():
-                for p in [d, *d.rglob("*")]:
-                    if p.is_dir() and not p.is_symlink():
-                        os.chmod(p, 0o755)
-        shutil.rmtree(ROOT, ignore_errors=True)
+    _remove(ROOT)
+
+
+def _remove(root: Path) -> None:
+    """The case folders, unless ``HOSTILE_KEEP=1``."""
+    if os.environ.get("HOSTILE_KEEP") == "1" or not root.exists():
+        return
+    for p in [root, *root.rglob("*")]:  # read-only folders would stop rmtree
+        if p.is_dir() and not p.is_symlink():
+            os.chmod(p, 0o755)
+    shutil.rmtree(root, ignore_errors=True)
 
 
 def test_enough_cases_across_every_class():
@@ -374,8 +385,12 @@ def test_enough_cases_across_every_class():
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-def test_hostile(case: M.Case, hostile_outcomes: dict[str, Outcome]) -> None:
-    oc = hostile_outcomes[case.id]
+def test_hostile(case: M.Case, hostile_outcomes: dict[str, Outcome] | None) -> None:
+    if hostile_outcomes is None:
+        ROOT.mkdir(parents=True, exist_ok=True)
+        oc = run_case(case)
+    else:
+        oc = hostile_outcomes[case.id]
     if oc.skipped:
         pytest.skip(oc.skipped)
     found = problems(oc)

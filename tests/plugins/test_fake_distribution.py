@@ -5,9 +5,6 @@ executor; each shows up end to end: CLI, JSON, HDF5, summary, --fail-on and batc
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,27 +12,10 @@ import pytest
 
 from spectrum_cli import plugins
 from tests.helpers import oracle_svdvals
-
-SITE = Path(__file__).resolve().parent / "site"
-SCRIPT = Path(sys.executable).parent / "spectrum"
+from tests.plugins.fake import spectrum
 
 
-@pytest.fixture
-def fake_dist(monkeypatch):
-    """The fake distribution on sys.path (and PYTHONPATH for subprocesses)."""
-    monkeypatch.syspath_prepend(str(SITE))
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
-        [str(SITE), *filter(None, [os.environ.get("PYTHONPATH")])]))
-    plugins.clear_cache()
-    yield
-    plugins.clear_cache()
 
-
-def spectrum(*args, cwd=None, env=None):
-    return subprocess.run([str(SCRIPT), *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, timeout=300,
-                          env={**os.environ, "NO_COLOR": "1", "COLUMNS": "100",
-                               **(env or {})})
 
 
 def write_fake(path: Path, arrays: dict, ) -> Path:

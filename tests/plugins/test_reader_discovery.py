@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -25,120 +22,10 @@ from spectrum_cli.io.base import FolderMarker
 from spectrum_cli.io.readers import (HFFolderReader, NpyReader, NpzReader,
                                      SafetensorsReader, TorchLegacyReader, TorchZipReader)
 from tests.helpers import oracle_svdvals
+from tests.plugins.fake import spectrum
 
-SCRIPT = Path(sys.executable).parent / "spectrum"
 FAST_WATCH = ("--poll", "0.1", "--settle", "0.2", "--idle-timeout", "1", "--no-cache",
               "--no-progress")
-
-READER = '''
-"""Made-up formats of a third party: FAKECKPT files (a line, then JSON) and folders
-holding FAKE_MANIFEST (a JSON of the same kind)."""
-
-import json
-import os
-
-import numpy as np
-
-from spectrum_cli.io.base import SourceBase, TensorInfo
-
-MAGIC = b"FAKECKPT\\n"
-
-
-class FakeSource(SourceBase):
-    def __init__(self, path, fmt, blob, files=None):
-        super().__init__(path, fmt, files or (path,))
-        doc = json.loads(blob)
-        self._step, self._data = doc["step"], doc["tensors"]
-
-    def entries(self):
-        for name, value in self._data.items():
-            yield TensorInfo(name, np.shape(value), "float64")
-
-    def read(self, name):
-        return np.asarray(self._data[name], dtype=np.float64)
-
-    def scalars(self):
-        return {"step": self._step}
-
-
-class FakeCkptReader:
-    name = "fakeckpt"
-    description = "FAKECKPT files (discovery test plugin)"
-    priority = 60
-    suffixes = (".fakeckpt",)
-
-    def can_open(self, probe):
-        return not probe.is_dir and probe.head.startswith(MAGIC)
-
-    def open(self, path, policy):
-        with open(path, "rb") as fh:
-            return FakeSource(path, "fakeckpt", fh.read()[len(MAGIC):])
-
-
-class FakeFolderReader:
-    name = "fakefolder"
-    description = "folders holding FAKE_MANIFEST (discovery test plugin)"
-    priority = 90  # before hf-folder (100), which takes any folder
-    folder_markers = ("FAKE_MANIFEST",)
-
-    def can_open(self, probe):
-        return probe.is_dir and os.path.isfile(os.path.join(probe.path, "FAKE_MANIFEST"))
-
-    def open(self, path, policy):
-        manifest = os.path.join(path, "FAKE_MANIFEST")
-        with open(manifest, "rb") as fh:
-            return FakeSource(path, "fakefolder", fh.read(), (manifest,))
-
-
-class NoLayoutReader:
-    """A reader written before readers declared a layout: no suffixes, no markers."""
-    name = "nolayout"
-    description = "NOLAYOUT files (discovery test plugin)"
-    priority = 61
-
-    def can_open(self, probe):
-        return not probe.is_dir and probe.head.startswith(b"NOLAYOUT\\n")
-
-    def open(self, path, policy):
-        with open(path, "rb") as fh:
-            return FakeSource(path, "nolayout", fh.read()[len(b"NOLAYOUT\\n"):])
-'''
-
-
-@pytest.fixture(scope="module")
-def site(tmp_path_factory) -> Path:
-    """A third-party distribution whose readers are registered only by entry points."""
-    root = tmp_path_factory.mktemp("site")
-    pkg = root / "spectrum_discovery_fake"
-    pkg.mkdir()
-    (pkg / "__init__.py").write_text("")
-    (pkg / "reader.py").write_text(textwrap.dedent(READER))
-    info = root / "spectrum_discovery_fake-1.0.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: spectrum-discovery-fake\n"
-                                   "Version: 1.0\n")
-    (info / "entry_points.txt").write_text(
-        "[spectrum.readers]\n"
-        "fakeckpt = spectrum_discovery_fake.reader:FakeCkptReader\n"
-        "fakefolder = spectrum_discovery_fake.reader:FakeFolderReader\n"
-        "nolayout = spectrum_discovery_fake.reader:NoLayoutReader\n")
-    return root
-
-
-@pytest.fixture
-def fake_dist(site, monkeypatch):
-    monkeypatch.syspath_prepend(str(site))
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
-        [str(site), *filter(None, [os.environ.get("PYTHONPATH")])]))
-    plugins.clear_cache()
-    yield
-    plugins.clear_cache()
-
-
-def spectrum(*args, cwd=None):
-    return subprocess.run([str(SCRIPT), *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, timeout=300, stdin=subprocess.DEVNULL,
-                          env={**os.environ, "NO_COLOR": "1", "COLUMNS": "100"})
 
 
 def payload(step: int, arrays: dict) -> bytes:

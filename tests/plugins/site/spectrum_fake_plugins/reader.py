@@ -10,11 +10,12 @@ from spectrum_cli.io.base import SourceBase, TensorInfo
 MAGIC = b"FAKEMAT1\n"
 
 
-class FakeMatSource(SourceBase):
-    def __init__(self, path):
-        super().__init__(path, "fakemat", (path,))
-        with open(path, "rb") as fh:
-            self._data = json.loads(fh.read()[len(MAGIC):])
+class JsonSource(SourceBase):
+    """Tensors given as nested lists of numbers (``tensors``: name -> list), at ``step``."""
+
+    def __init__(self, path, fmt, tensors, step, files=None):
+        super().__init__(path, fmt, files or (path,))
+        self._data, self._step = tensors, step
 
     def entries(self):
         for name, value in self._data.items():
@@ -24,7 +25,7 @@ class FakeMatSource(SourceBase):
         return np.asarray(self._data[name], dtype=np.float64)
 
     def scalars(self):
-        return {"step": 7}
+        return {"step": self._step}
 
 
 class FakeMatReader:
@@ -36,4 +37,5 @@ class FakeMatReader:
         return not probe.is_dir and probe.head.startswith(MAGIC)
 
     def open(self, path, policy):
-        return FakeMatSource(path)
+        with open(path, "rb") as fh:
+            return JsonSource(path, "fakemat", json.loads(fh.read()[len(MAGIC):]), 7)
