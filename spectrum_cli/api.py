@@ -35,7 +35,7 @@ from spectrum_cli.core.trajectory import SpikeRule
 from spectrum_cli.io.base import MemorySource, TensorInfo
 from spectrum_cli.io.layout import check_folder, discover
 from spectrum_cli.report import trajectory as T
-from spectrum_cli.report.document import dumps
+from spectrum_cli.report.document import as_number, dumps
 from spectrum_cli.report.hdf5 import write_report
 from spectrum_cli.runs.batch import run_batch
 from spectrum_cli.runs.document import analyze_checkpoint, assemble, measure
@@ -497,12 +497,8 @@ class Trajectory:
 def _as_float(value: Any) -> float:
     """A document's number as a float (its ``"inf"``/``"nan"`` strings too; NaN for
     None and anything else)."""
-    if value is None:
-        return math.nan
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return math.nan
+    number = as_number(value)
+    return math.nan if number is None else number
 
 
 def _spike_rule(spike_factor: float, spike_window: int) -> SpikeRule:

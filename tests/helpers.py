@@ -62,10 +62,11 @@ def run_json(*args: str, env: dict | None = None) -> tuple[dict, object]:
 RUN_DEPENDENT = frozenset({"time_s", "wall_s", "created", "run", "from_cache", "config_file"})
 
 
-def stripped(doc):
-    """A document without the fields of :data:`RUN_DEPENDENT`, for comparing two runs."""
+def stripped(doc, keys=RUN_DEPENDENT):
+    """A document without the fields named in ``keys`` (by default
+    :data:`RUN_DEPENDENT`), at any depth, for comparing two runs."""
     if isinstance(doc, dict):
-        return {k: stripped(v) for k, v in doc.items() if k not in RUN_DEPENDENT}
+        return {k: stripped(v, keys) for k, v in doc.items() if k not in keys}
     if isinstance(doc, list):
-        return [stripped(v) for v in doc]
+        return [stripped(v, keys) for v in doc]
     return doc

@@ -9,7 +9,7 @@ import pytest
 
 import spectrum_cli
 from spectrum_cli.core.errors import UsageError
-from tests.helpers import RUN_DEPENDENT, oracle_svdvals, run_cli
+from tests.helpers import oracle_svdvals, run_cli, stripped
 from tests.conftest import SAMPLES
 
 VOLATILE = ("created", "time_s", "wall_s")
@@ -17,11 +17,7 @@ VOLATILE = ("created", "time_s", "wall_s")
 
 def _stable(doc):
     """The document without wall-clock fields."""
-    if isinstance(doc, dict):
-        return {k: _stable(v) for k, v in doc.items() if k not in VOLATILE}
-    if isinstance(doc, list):
-        return [_stable(v) for v in doc]
-    return doc
+    return stripped(doc, VOLATILE)
 
 
 @pytest.mark.parametrize("name, extra", [
@@ -135,14 +131,6 @@ def test_dir_lists_the_api_without_importing_it():
     assert set(spectrum_cli.__all__) <= listed
 
 
-def _same(doc):
-    """The document without what depends on the run (timings, run plan)."""
-    if isinstance(doc, dict):
-        return {k: _same(v) for k, v in doc.items() if k not in RUN_DEPENDENT}
-    if isinstance(doc, list):
-        return [_same(v) for v in doc]
-    return doc
-
 
 def test_analyze_arrays_gives_the_document_analyze_gives_for_the_same_arrays(rng, tmp_path):
     """One result type: the arrays' Analysis is the .npz file's, but for the source."""
@@ -154,7 +142,7 @@ def test_analyze_arrays_gives_the_document_analyze_gives_for_the_same_arrays(rng
     disk = spectrum_cli.analyze(tmp_path / "w.npz", use_config=False, **extra)
     assert isinstance(mem, spectrum_cli.Analysis)
     for key in ("tensors", "skipped", "errors", "fail_on", "settings"):
-        assert _same(mem.document[key]) == _same(disk.document[key]), key
+        assert stripped(mem.document[key]) == stripped(disk.document[key]), key
     assert mem.document["source"]["path"] == "<arrays>"
     assert mem.exit_code == disk.exit_code == 1
     assert [v.tensor for v in mem.violations] == [v.tensor for v in disk.violations]

@@ -327,7 +327,7 @@ class _View:
 
 
 def _num(value: Any) -> float | None:
-    from spectrum_cli.runs.alerts import as_number
+    from spectrum_cli.report.document import as_number
 
     return as_number(value)
 

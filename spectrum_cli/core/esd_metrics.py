@@ -27,6 +27,26 @@ from spectrum_cli.core import esd, measure
 from spectrum_cli.core.marchenko_pastur import fit_marchenko_pastur
 from spectrum_cli.core.randomization import rand_distance as _rand
 
+#: Contract names -> one-line description, in report order.
+_DESCRIPTIONS: dict[str, str] = {
+    "alpha": "power-law exponent of the ESD tail (Clauset et al. MLE, xmin by min KS)",
+    "alpha_xmin": "the eigenvalue where the power-law tail starts",
+    "alpha_ks_distance": "KS distance D of the power-law fit",
+    "alpha_sigma": "(alpha - 1)/sqrt(n): the MLE's standard error",
+    "alpha_tail_count": "eigenvalues >= alpha_xmin",
+    "alpha_ci_low": "lower end of the exact 95% interval for alpha at alpha_xmin",
+    "alpha_ci_high": "upper end of the exact 95% interval for alpha at alpha_xmin",
+    "alpha_weighted": "alpha * log10(lambda_max)",
+    "log_norm": "log10 of the sum of the eigenvalues (||W||_F^2)",
+    "log_spectral_norm": "log10 lambda_max (sigma_max^2)",
+    "log_alpha_norm": "log10 sum lambda_i^alpha",
+    "mp_bulk_max": "Marchenko-Pastur bulk edge lambda_+ of the fitted bulk",
+    "mp_num_spikes": "eigenvalues beyond lambda_+ plus its Tracy-Widom margin",
+    "mp_softrank": "lambda_+ / lambda_max",
+    "mp_sigma": "sigma of the Marchenko-Pastur fit (ESD rescaled to mean 1)",
+    "rand_distance": "Jensen-Shannon distance to the ESD of the entry-permuted matrix",
+}
+
 #: The seed of ``rand_distance``'s permutation when the context carries none.
 DEFAULT_SEED = 0
 
@@ -46,10 +66,13 @@ class ESDMetric:
     name: str
     compute: Callable[..., Any]
     explain: Callable[..., str | None]
-    description: str
     needs: str = "singular_values"
     context: bool = True
     opt_in: str = ""
+
+    @property
+    def description(self) -> str:
+        return _DESCRIPTIONS[self.name]
 
 
 def _evals(s: np.ndarray) -> np.ndarray:
@@ -131,46 +154,29 @@ def _rand_explain(a: np.ndarray, ctx: Any) -> str | None:
     return _dense_limit(a.shape) or "zero matrix: no ESD"
 
 
-def _make(name: str, pair: tuple[Callable[..., Any], Callable[..., Any]], description: str,
+def _make(name: str, pair: tuple[Callable[..., Any], Callable[..., Any]],
           needs: str = "singular_values", opt_in: str = "") -> ESDMetric:
-    return ESDMetric(name, pair[0], pair[1], description, needs, opt_in=opt_in)
+    return ESDMetric(name, pair[0], pair[1], needs, opt_in=opt_in)
 
 
-# Each metric: one object here (its description is the report's) plus its line in
-# pyproject.toml's ``spectrum.metrics`` group. The report order is the order below.
-alpha = _make("alpha", _fit_field("alpha"),
-              "power-law exponent of the ESD tail (Clauset et al. MLE, xmin by min KS)")
-alpha_xmin = _make("alpha_xmin", _fit_field("xmin"),
-                   "the eigenvalue where the power-law tail starts")
-alpha_ks_distance = _make("alpha_ks_distance", _fit_field("ks_distance"),
-                          "KS distance D of the power-law fit")
-alpha_sigma = _make("alpha_sigma", _fit_field("sigma"),
-                    "(alpha - 1)/sqrt(n): the MLE's standard error")
-alpha_tail_count = _make("alpha_tail_count", _fit_field("tail_count"),
-                         "eigenvalues >= alpha_xmin")
-alpha_ci_low = _make("alpha_ci_low", _interval_end(0),
-                     "lower end of the exact 95% interval for alpha at alpha_xmin")
-alpha_ci_high = _make("alpha_ci_high", _interval_end(1),
-                      "upper end of the exact 95% interval for alpha at alpha_xmin")
-alpha_weighted = _make("alpha_weighted", _norm_field("alpha_weighted"),
-                       "alpha * log10(lambda_max)")
-log_norm = _make("log_norm", _norm_field("log_norm"),
-                 "log10 of the sum of the eigenvalues (||W||_F^2)")
-log_spectral_norm = _make("log_spectral_norm", _norm_field("log_spectral_norm"),
-                          "log10 lambda_max (sigma_max^2)")
-log_alpha_norm = _make("log_alpha_norm", _norm_field("log_alpha_norm"),
-                       "log10 sum lambda_i^alpha")
-mp_bulk_max = _make("mp_bulk_max", _mp_field("bulk_max"),
-                    "Marchenko-Pastur bulk edge lambda_+ of the fitted bulk")
-mp_num_spikes = _make("mp_num_spikes", _mp_field("num_spikes"),
-                      "eigenvalues beyond lambda_+ plus its Tracy-Widom margin")
-mp_softrank = _make("mp_softrank", _mp_field("softrank"), "lambda_+ / lambda_max")
-mp_sigma = _make("mp_sigma", _mp_field("sigma"),
-                 "sigma of the Marchenko-Pastur fit (ESD rescaled to mean 1)")
+alpha = _make("alpha", _fit_field("alpha"))
+alpha_xmin = _make("alpha_xmin", _fit_field("xmin"))
+alpha_ks_distance = _make("alpha_ks_distance", _fit_field("ks_distance"))
+alpha_sigma = _make("alpha_sigma", _fit_field("sigma"))
+alpha_tail_count = _make("alpha_tail_count", _fit_field("tail_count"))
+alpha_ci_low = _make("alpha_ci_low", _interval_end(0))
+alpha_ci_high = _make("alpha_ci_high", _interval_end(1))
+alpha_weighted = _make("alpha_weighted", _norm_field("alpha_weighted"))
+log_norm = _make("log_norm", _norm_field("log_norm"))
+log_spectral_norm = _make("log_spectral_norm", _norm_field("log_spectral_norm"))
+log_alpha_norm = _make("log_alpha_norm", _norm_field("log_alpha_norm"))
+mp_bulk_max = _make("mp_bulk_max", _mp_field("bulk_max"))
+mp_num_spikes = _make("mp_num_spikes", _mp_field("num_spikes"))
+mp_softrank = _make("mp_softrank", _mp_field("softrank"))
+mp_sigma = _make("mp_sigma", _mp_field("sigma"))
 #: One more spectrum per matrix: computed under ``--randomize`` only.
-rand_distance = _make("rand_distance", (_rand_distance, _rand_explain),
-                      "Jensen-Shannon distance to the ESD of the entry-permuted matrix",
-                      needs="matrix", opt_in="randomize")
+rand_distance = _make("rand_distance", (_rand_distance, _rand_explain), needs="matrix",
+                      opt_in="randomize")
 
 #: Every metric of this module, in the order defined.
 ALL: tuple[ESDMetric, ...] = tuple(v for v in list(globals().values())

@@ -173,6 +173,16 @@ def from_json_value(value: Any) -> Any:
     return value
 
 
+def as_number(value: Any) -> float | None:
+    """A number of a document as a float (``"inf"``, ``"-inf"``, ``"nan"`` as
+    :func:`json_safe` writes them), or None for anything else (None, booleans, text)."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, str):
+        return float(value) if value in ("inf", "-inf", "nan") else None
+    return float(value) if isinstance(value, (int, float)) else None
+
+
 def dumps(doc: dict[str, Any]) -> str:
     return json.dumps(json_safe(doc), indent=2, allow_nan=False)
 

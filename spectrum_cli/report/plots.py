@@ -8,6 +8,7 @@ import numpy as np
 
 from spectrum_cli.core.errors import UsageError
 from spectrum_cli.core.pseudospectra import sigma_min_grid
+from spectrum_cli.report.document import as_number
 
 
 def pyplot():
@@ -184,8 +185,8 @@ def _spans_decades(y: np.ndarray) -> bool:
 
 
 def _float(value) -> float:
-    if isinstance(value, bool) or value is None:
-        return np.nan
+    number = as_number(value)
+    return np.nan if number is None else number
     try:
         return float(value)
     except (TypeError, ValueError):

@@ -37,6 +37,7 @@ from typing import Any, Mapping, Sequence
 from spectrum_cli.core.errors import UsageError
 from spectrum_cli.core.thresholds import OPS, TrajectoryCondition, condition_op
 from spectrum_cli.core.trajectory import SpikeRule, detect_spikes, threshold_for
+from spectrum_cli.report.document import as_number
 from spectrum_cli.report.output import printable
 
 #: Seconds an ``--on-alert`` command may run before it is stopped.
@@ -45,15 +46,6 @@ HOOK_TIMEOUT = 30.0
 #: and dropped as it comes, so a command that floods its output costs no memory.
 HOOK_OUTPUT_MAX = 64 * 1024
 
-
-def as_number(value: Any) -> float | None:
-    """A number of a document (``"inf"``, ``"-inf"``, ``"nan"`` as JSON writes them), or
-    None for anything else."""
-    if isinstance(value, bool) or value is None:
-        return None
-    if isinstance(value, str):
-        return float(value) if value in ("inf", "-inf", "nan") else None
-    return float(value) if isinstance(value, (int, float)) else None
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ import math
 from typing import Any
 
 from spectrum_cli.core.metrics import CORE_METRICS
+from spectrum_cli.report.document import as_number
 
 #: Operator metrics that describe the Hessian or the optimizer, not one operator form
 #: (and every edge-of-stability ratio, ``eos_ratio_*``, whichever rule reports it).
@@ -22,13 +23,6 @@ def _shared(key: str) -> bool:
 #: largest by element count (a fixed choice along a run, so the series are aligned).
 PER_TENSOR_MAX = 64
 
-
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or value is None:
-        return None
-    if isinstance(value, str) and value in ("inf", "-inf", "nan"):
-        return float(value)
-    return float(value) if isinstance(value, (int, float)) else None
 
 
 def _numel(shape: Any) -> int:
@@ -49,7 +43,7 @@ def indicators(doc: dict[str, Any]) -> dict[str, float]:
     ok = [t for t in doc.get("tensors", []) if t["status"] == "ok"]
 
     def collect(metric: str) -> list[float]:
-        vals = [_number(t["metrics"].get(metric)) for t in ok]
+        vals = [as_number(t["metrics"].get(metric)) for t in ok]
         return [v for v in vals if v is not None and not math.isnan(v)]
 
     for metric, how in (("kappa", max), ("sigma_max", max), ("stable_rank", min),
@@ -69,16 +63,16 @@ def indicators(doc: dict[str, Any]) -> dict[str, float]:
     operators = doc.get("operators", [])
     for op in operators:
         for key, value in op["metrics"].items():
-            v = _number(value)
+            v = as_number(value)
             if v is not None:
                 # Hessian-level metrics are the same for every operator of a checkpoint.
                 prefix = "optimizer" if _shared(key) else op["form"]
                 out[f"{prefix}.{key}"] = v
         for p in op.get("details", {}).get("pseudospectral_radius", []):
-            v = _number(p["value"])
+            v = as_number(p["value"])
             if v is not None:
                 out[f"{op['form']}.rho_eps[{float(p['eps']):g}]"] = v
-    spread = _number(doc.get("optimizer", {}).get("preconditioner_spread"))
+    spread = as_number(doc.get("optimizer", {}).get("preconditioner_spread"))
     if spread is not None:
         out["optimizer.preconditioner_spread"] = spread
     if not operators and doc.get("checkpoint", {}).get("loss") is None:
@@ -89,12 +83,12 @@ def indicators(doc: dict[str, Any]) -> dict[str, float]:
 def per_tensor_kappa(tensors: list[dict[str, Any]]) -> dict[str, float]:
     """``tensor.kappa[<name>]`` of the largest tensors (by element count, then name);
     the name as :func:`indicator_name` writes it."""
-    chosen = sorted((t for t in tensors if _number(t["metrics"].get("kappa")) is not None),
+    chosen = sorted((t for t in tensors if as_number(t["metrics"].get("kappa")) is not None),
                     key=lambda t: (-_numel(t.get("shape")), str(t.get("name"))))
     out: dict[str, float] = {}
     for t in chosen[:PER_TENSOR_MAX]:
         out[f"tensor.kappa[{indicator_name(str(t.get('name')))}]"] = float(
-            _number(t["metrics"]["kappa"]))  # type: ignore[arg-type]
+            as_number(t["metrics"]["kappa"]))  # type: ignore[arg-type]
     return out
 
 

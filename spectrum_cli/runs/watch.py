@@ -38,14 +38,21 @@ from spectrum_cli.core.errors import InputError, UsageError
 from spectrum_cli.core.thresholds import TrajectoryCondition, split_conditions
 from spectrum_cli.core.trajectory import SpikeRule
 from spectrum_cli.io import storage
-from spectrum_cli.io.layout import (MAX_FOLDER_FILES, folder_markers, is_checkpoint_file,
-                                    last_number, local_checkpoint_folder, refusal,
-                                    remote_checkpoint_folder, suffixes)
+from spectrum_cli.io.layout import (
+    MAX_FOLDER_FILES,
+    folder_markers,
+    is_checkpoint_file,
+    last_number,
+    local_checkpoint_folder,
+    refusal,
+    remote_checkpoint_folder,
+    suffixes,
+)
 from spectrum_cli.report import trajectory as T
+from spectrum_cli.report.document import as_number
 from spectrum_cli.report.tensorboard import TensorBoardWriter
 from spectrum_cli.runs.alerts import (
     Alert,
-    as_number,
     checkpoint_alerts,
     loss_of,
     trajectory_alerts,

@@ -19,6 +19,7 @@ from safetensors.numpy import save_file
 
 from spectrum_cli.runs.threads import available_cores
 from tests.helpers import run_cli, run_json, stripped
+from tests.processes import running
 
 
 
@@ -229,14 +230,6 @@ def _descendants(pid: int) -> set[int]:
     return out
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            return fh.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
-    except OSError:
-        return False
-
-
 def _kill_after(cmd: list[str], cache: Path, entries: int, env: dict) -> set[int]:
     """Start ``cmd``, SIGKILL it once ``entries`` results are cached; its descendants."""
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
@@ -266,10 +259,7 @@ def test_a_killed_analysis_resumes_from_the_cached_tensors(slow, tmp_path, jobs)
     done = len(list(cache.glob("*.json")))
     assert 2 <= done < 8
     if jobs == "2":  # the workers (and their forkserver) died with the parent
-        deadline = time.monotonic() + 10
-        while any(_alive(p) for p in family) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert family and not any(_alive(p) for p in family)
+        assert family and not any(running(p, grace=10) for p in family)
     resumed, result = run_json(*args[:-1], "--cache-dir", cache)
     assert result.exit_code == 0, result.stderr
     assert resumed["summary"]["from_cache"] == done  # only the missing ones computed

@@ -6,7 +6,7 @@ readers declared a layout."""
 import json
 import os
 
-from spectrum_fake_plugins.reader import JsonSource
+from spectrum_fake_plugins.reader import JsonSource, MagicReader
 
 MAGIC = b"FAKECKPT\n"
 NOLAYOUT = b"NOLAYOUT\n"
@@ -17,18 +17,15 @@ def _source(path, fmt, blob, files=None):
     return JsonSource(path, fmt, doc["tensors"], doc["step"], files)
 
 
-class FakeCkptReader:
+class FakeCkptReader(MagicReader):
     name = "fakeckpt"
     description = "FAKECKPT files (discovery test plugin)"
     priority = 60
     suffixes = (".fakeckpt",)
+    magic = MAGIC
 
-    def can_open(self, probe):
-        return not probe.is_dir and probe.head.startswith(MAGIC)
-
-    def open(self, path, policy):
-        with open(path, "rb") as fh:
-            return _source(path, "fakeckpt", fh.read()[len(MAGIC):])
+    def source(self, path, blob):
+        return _source(path, "fakeckpt", blob)
 
 
 class FakeFolderReader:
@@ -46,16 +43,13 @@ class FakeFolderReader:
             return _source(path, "fakefolder", fh.read(), (manifest,))
 
 
-class NoLayoutReader:
+class NoLayoutReader(MagicReader):
     """A reader written before readers declared a layout: no suffixes, no markers."""
 
     name = "nolayout"
     description = "NOLAYOUT files (discovery test plugin)"
     priority = 61
+    magic = NOLAYOUT
 
-    def can_open(self, probe):
-        return not probe.is_dir and probe.head.startswith(NOLAYOUT)
-
-    def open(self, path, policy):
-        with open(path, "rb") as fh:
-            return _source(path, "nolayout", fh.read()[len(NOLAYOUT):])
+    def source(self, path, blob):
+        return _source(path, "nolayout", blob)

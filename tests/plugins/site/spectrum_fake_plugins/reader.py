@@ -28,14 +28,23 @@ class JsonSource(SourceBase):
         return {"step": self._step}
 
 
-class FakeMatReader:
+class MagicReader:
+    """A reader of files whose first line is ``magic``; :meth:`source` reads the rest."""
+
+    magic = MAGIC
+
+    def can_open(self, probe):
+        return not probe.is_dir and probe.head.startswith(self.magic)
+
+    def open(self, path, policy):
+        with open(path, "rb") as fh:
+            return self.source(path, fh.read()[len(self.magic):])
+
+
+class FakeMatReader(MagicReader):
     name = "fakemat"
     description = "FAKEMAT1 text matrices (test plugin)"
     priority = 1
 
-    def can_open(self, probe):
-        return not probe.is_dir and probe.head.startswith(MAGIC)
-
-    def open(self, path, policy):
-        with open(path, "rb") as fh:
-            return JsonSource(path, "fakemat", json.loads(fh.read()[len(MAGIC):]), 7)
+    def source(self, path, blob):
+        return JsonSource(path, "fakemat", json.loads(blob), 7)
