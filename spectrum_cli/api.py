@@ -37,6 +37,7 @@ from spectrum_cli.io.layout import check_folder, discover
 from spectrum_cli.report import trajectory as T
 from spectrum_cli.report.document import as_number, dumps
 from spectrum_cli.report.hdf5 import write_report
+from spectrum_cli.runs import watch as W
 from spectrum_cli.runs.batch import run_batch
 from spectrum_cli.runs.document import analyze_checkpoint, assemble, measure
 from spectrum_cli.runs.job import (
@@ -49,6 +50,7 @@ from spectrum_cli.runs.job import (
     run_options,
     size_or_none,
 )
+from spectrum_cli.runs.plan import plan
 from spectrum_cli.runs.threads import default_threads, threads_limited
 from spectrum_cli.settings import BY_NAME, CONFIG_KEYS
 
@@ -620,9 +622,6 @@ def watch(target: str | os.PathLike, *, count: int | None = None,
         >>> [c["step"] for c in run.document["checkpoints"]]
         [5, 10]
     """
-    from spectrum_cli.runs import watch as W
-    from spectrum_cli.runs.plan import plan
-
     if count is not None and not (isinstance(count, int) and count >= 1):
         raise UsageError(f"count: expected a positive integer, got {count!r}")
     if timeout is not None and not (isinstance(timeout, (int, float)) and timeout >= 0):

@@ -20,6 +20,7 @@ from importlib.metadata import EntryPoint, entry_points
 from typing import Any, Callable
 
 from spectrum_cli.core.errors import UsageError
+from spectrum_cli.core.metrics import as_metric
 
 GROUP = "spectrum.backends"
 
@@ -156,8 +157,6 @@ backends = Registry(GROUP, "backend", instantiate,
                     lambda b: b.available())
 
 def _metric(name: str, obj: Any) -> Any:
-    from spectrum_cli.core.metrics import as_metric
-
     return as_metric(name, instantiate(name, obj))
 
 

@@ -8,13 +8,30 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from spectrum_cli import api
+from spectrum_cli.cli.analyze import RUN_FLAGS
 from spectrum_cli.cli.console import escape, exit_codes, stderr_console, stdout_console
-from spectrum_cli.cli.options import (CacheDir, NoCache, SpikeFactor, SpikeWindow,
-                                      with_settings)
-from spectrum_cli.report.output import printable
+from spectrum_cli.cli.options import (
+    CacheDir,
+    NoCache,
+    SpikeFactor,
+    SpikeWindow,
+    with_settings,
+)
+from spectrum_cli.cli.summary import Row, fitted_table, fmt
+from spectrum_cli.core.errors import ExitCode, UsageError
+from spectrum_cli.report.document import from_json_value
+from spectrum_cli.report.output import (
+    atomic_path,
+    check_folder_target,
+    check_target,
+    printable,
+)
+from spectrum_cli.report.plots import plot_trajectory
+from spectrum_cli.report.tensorboard import TensorBoardWriter
+from spectrum_cli.runs.cache import default_cache_dir
+from spectrum_cli.runs.watch import tensorboard_payload
 from spectrum_cli.settings import NUMERICS, OPTIM, OUTPUT, RUN, SAFETY, SELECT
-
-
 
 
 @with_settings(SELECT, NUMERICS, OPTIM, OUTPUT, SAFETY, "executor", "scheduler", "scheduler_file",
@@ -55,12 +72,6 @@ def batch(
 def _run(target: str, report: Path | None, plot: Path | None, top: int, jobs: int,
          cache_dir: Path | None, no_cache: bool, spike_factor: float, spike_window: int,
          s: dict[str, Any], err) -> int:
-    from spectrum_cli import api
-    from spectrum_cli.runs.cache import default_cache_dir
-    from spectrum_cli.cli.analyze import RUN_FLAGS
-    from spectrum_cli.core.errors import ExitCode, UsageError
-    from spectrum_cli.report.output import check_target
-
     if plot is not None:  # a missing extra is said before anything is read
         import importlib.util
 
@@ -72,7 +83,6 @@ def _run(target: str, report: Path | None, plot: Path | None, top: int, jobs: in
         if out is not None:  # before the run: it must not fail at its end
             check_target(out, kind=kind, inputs=inputs, force=s["force"])
     if s["tensorboard"] is not None:  # never into a checkpoint folder being read
-        from spectrum_cli.report.output import check_folder_target
 
         check_folder_target(s["tensorboard"], what="the TensorBoard log", inputs=inputs)
     cache = None if no_cache else str(cache_dir or default_cache_dir())
@@ -83,7 +93,6 @@ def _run(target: str, report: Path | None, plot: Path | None, top: int, jobs: in
     settings = {k: v for k, v in s.items() if k not in RUN_FLAGS + ("tensorboard",)}
     board = None
     if s["tensorboard"] is not None:  # opened up front: a missing package is said now
-        from spectrum_cli.report.tensorboard import TensorBoardWriter
 
         board = TensorBoardWriter(s["tensorboard"])
     with _Bar(err, len(candidates), enabled=not s["no_progress"]) as bar:
@@ -103,8 +112,6 @@ def _run(target: str, report: Path | None, plot: Path | None, top: int, jobs: in
     else:
         render(doc, stdout_console(), top)
     if plot is not None:  # last: a failing plot must not cost the results above
-        from spectrum_cli.report.output import atomic_path
-        from spectrum_cli.report.plots import plot_trajectory
 
         with atomic_path(plot, kind="plot", inputs=inputs, force=s["force"]) as tmp:
             plot_trajectory(tmp, run._raw)
@@ -126,8 +133,6 @@ def _run(target: str, report: Path | None, plot: Path | None, top: int, jobs: in
 
 def _tensorboard(writer: Any, records: list[dict[str, Any]]) -> None:
     """Every analysed checkpoint's indicators, loss and singular-value histogram."""
-    from spectrum_cli.runs.watch import tensorboard_payload
-
     with writer:
         for record in records:
             payload = tensorboard_payload(record)
@@ -145,7 +150,6 @@ def render(doc: dict, console, top: int = 12, command: str = "batch") -> None:
     indicators moved over the run (first, last, min, max)."""
     from rich.text import Text
 
-    from spectrum_cli.cli.summary import Row, fitted_table, fmt
 
     s = doc["summary"]
     console.print(Text.assemble((f"spectrum {command} ", "bold"), printable(
@@ -203,8 +207,6 @@ def _overview(doc: dict, ok: list[dict], console, top: int, every: bool = False)
 
     from rich.text import Text
 
-    from spectrum_cli.cli.summary import Row, fitted_table, fmt
-    from spectrum_cli.report.document import from_json_value
 
     def series(name: str) -> list[float]:
         vals = [from_json_value(c["indicators"].get(name)) for c in ok]
@@ -237,7 +239,12 @@ class _Bar:
 
     def __enter__(self):
         if self.enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+            )
 
             self.bar = Progress(TextColumn("checkpoints"), BarColumn(), MofNCompleteColumn(),
                                 console=self.console, transient=True)

@@ -13,9 +13,15 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from spectrum_cli.api import analyze_matrix
 from spectrum_cli.cli.console import escape, exit_codes, stderr_console, stdout_console
 from spectrum_cli.cli.options import with_settings
-from spectrum_cli.report.output import printable
+from spectrum_cli.core.errors import UsageError
+from spectrum_cli.core.esd_analysis import analyze_esd
+from spectrum_cli.io import LoadPolicy, open_source
+from spectrum_cli.report.document import json_safe
+from spectrum_cli.report.esd_plot import plot_esd
+from spectrum_cli.report.output import atomic_path, check_target, printable
 from spectrum_cli.settings import OUTPUT, SAFETY
 
 
@@ -48,8 +54,6 @@ def esd(
     err = stderr_console()
     json_out = settings["json_out"]
     with exit_codes(err):
-        from spectrum_cli.report.output import atomic_path, check_target
-
         if plot is not None:
             check_target(plot, kind="plot", inputs=[path], force=force)
         a, name, note = _read(path, tensor, settings)
@@ -57,8 +61,6 @@ def esd(
         if note:
             doc["notes"].append(note)
         if plot is not None:
-            from spectrum_cli.report.esd_plot import plot_esd
-
             with atomic_path(plot, kind="plot", inputs=[path], force=force) as tmp:
                 plot_esd(tmp, result.evals, result.power_law, result.marchenko_pastur,
                          title=f"{printable(name)} ({a.shape[0]}x{a.shape[1]}): ESD")
@@ -66,7 +68,6 @@ def esd(
         if json_out:
             import json
 
-            from spectrum_cli.report.document import json_safe
 
             print(json.dumps(json_safe(doc), indent=2))
             return
@@ -79,8 +80,6 @@ def _read(path: str, tensor: str | None, settings: dict[str, Any]) -> tuple[Any,
 
     import numpy as np
 
-    from spectrum_cli.core.errors import UsageError
-    from spectrum_cli.io import LoadPolicy, open_source
 
     policy = LoadPolicy(tuple(settings.get("allow_global") or ()),
                         bool(settings.get("trust_checkpoint")), None,
@@ -119,9 +118,6 @@ def _measure(a: Any, name: str, seed: int, n_boot: int, level: float
              ) -> tuple[dict[str, Any], Any]:
     """The document of one matrix (its singular values by spectrum's dense backend)
     and the analysis (for the plot)."""
-    from spectrum_cli.api import analyze_matrix
-    from spectrum_cli.core.esd_analysis import analyze_esd
-
     t = analyze_matrix(a, name, square="none", backend="dense")
     sv = t.singular_values
     result = analyze_esd(a, sv.values, seed=seed, n_boot=n_boot, level=level)

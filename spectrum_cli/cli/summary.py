@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from spectrum_cli.core.metrics import CORE_METRICS as METRICS
 from spectrum_cli.report.document import fmt, from_json_value
 from spectrum_cli.report.output import printable
 
@@ -315,8 +316,6 @@ def alpha_line(tensors: list[dict]) -> Text | None:
 def _plugin_metric_lines(tensors: list[dict]) -> list[Text]:
     """One line per metric from a plugin (spectrum.metrics): its range over the tensors,
     and on how many it was unavailable."""
-    from spectrum_cli.core.metrics import CORE_METRICS as METRICS
-
     names = sorted({k for t in tensors for k in (*t["metrics"], *t.get("unavailable", {}))}
                    - set(METRICS))
     out = []

@@ -16,11 +16,27 @@ from typing import Annotated, Any, Iterator, Optional
 
 import typer
 
+from spectrum_cli.cli.batch import render
 from spectrum_cli.cli.console import escape, exit_codes, stderr_console, stdout_console
-from spectrum_cli.cli.options import (CacheDir, NoCache, SpikeFactor, SpikeWindow,
-                                      with_settings)
-from spectrum_cli.report.output import printable
-from spectrum_cli.settings import OUTPUT, SETTINGS
+from spectrum_cli.cli.options import (
+    CacheDir,
+    NoCache,
+    SpikeFactor,
+    SpikeWindow,
+    with_settings,
+)
+from spectrum_cli.cli.summary import Row, fitted_table, fmt
+from spectrum_cli.core.errors import ExitCode, InputError, UsageError
+from spectrum_cli.core.trajectory import SpikeRule
+from spectrum_cli.io.layout import check_folder, inside_checkpoint
+from spectrum_cli.report.document import as_number, dumps
+from spectrum_cli.report.output import check_folder_target, check_target, printable
+from spectrum_cli.runs import watch as W
+from spectrum_cli.runs.alerts import AlertCommand
+from spectrum_cli.runs.cache import default_cache_dir
+from spectrum_cli.runs.plan import plan
+from spectrum_cli.runs.threads import threads_limited
+from spectrum_cli.settings import BY_NAME, OUTPUT, SETTINGS
 
 #: The schema's settings whose ``commands`` name watch.
 WATCH_SETTINGS = tuple(s.name for s in SETTINGS if "watch" in s.commands)
@@ -67,17 +83,6 @@ watch.__doc__ = "\n\n".join(" ".join(p.split()) for p in (watch.__doc__ or "").s
 def _run(target: str, report: Path | None, top: int, cache_dir: Path | None,
          no_cache: bool, spike_factor: float, spike_window: int, s: dict[str, Any],
          err: Any) -> int:
-    from spectrum_cli.io.layout import check_folder, inside_checkpoint
-    from spectrum_cli.runs import watch as W
-    from spectrum_cli.runs.cache import default_cache_dir
-    from spectrum_cli.runs.alerts import AlertCommand
-    from spectrum_cli.core.errors import ExitCode, InputError, UsageError
-    from spectrum_cli.core.trajectory import SpikeRule
-    from spectrum_cli.runs.plan import plan
-    from spectrum_cli.runs.threads import threads_limited
-    from spectrum_cli.report.output import check_target
-    from spectrum_cli.settings import BY_NAME
-
     job, cfg, conditions = W.resolve(target, s)  # first: it sets the storage options
     check_folder(target)
 
@@ -97,8 +102,6 @@ def _run(target: str, report: Path | None, top: int, cache_dir: Path | None,
     if report is not None:  # before the watch: it must not fail at its first checkpoint
         check_target(report, kind="report", listed=[target], force=s["force"])
     if s["tensorboard"] is not None:
-        from spectrum_cli.report.output import check_folder_target
-
         check_folder_target(s["tensorboard"], what="the TensorBoard log", listed=[target])
     hook = AlertCommand(s["on_alert"], report=None if report is None else str(report)) \
         if s["on_alert"] else None
@@ -167,12 +170,8 @@ def _run(target: str, report: Path | None, top: int, cache_dir: Path | None,
                          f"({idle:g} s)")
     doc = w.document()
     if s["json_out"]:
-        from spectrum_cli.report.document import dumps
-
         print(dumps(doc))
     else:
-        from spectrum_cli.cli.batch import render
-
         render(doc, stdout_console(), top, command="watch")
     failed = [r for r in w.records if r["status"] != "ok"]
     if reason == "alert":
@@ -295,7 +294,6 @@ class _View:
         from rich.console import Group
         from rich.text import Text
 
-        from spectrum_cli.cli.summary import Row, fitted_table
 
         w = self.watch
         ok = self._ok()
@@ -327,14 +325,10 @@ class _View:
 
 
 def _num(value: Any) -> float | None:
-    from spectrum_cli.report.document import as_number
-
     return as_number(value)
 
 
 def _fmt(x: float) -> str:
-    from spectrum_cli.cli.summary import fmt
-
     return fmt(x)
 
 

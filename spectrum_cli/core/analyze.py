@@ -18,9 +18,17 @@ import numpy as np
 from spectrum_cli.core import metrics as M
 from spectrum_cli.core.backend import SVD_ROUTES, auto_takes_gram
 from spectrum_cli.core.errors import SpectrumError, UsageError
-from spectrum_cli.core.measure import AUTO_DENSE_MAX_DIM, AUTO_DENSE_MAX_ENTRIES
+from spectrum_cli.core.measure import (
+    AUTO_DENSE_MAX_DIM,
+    AUTO_DENSE_MAX_ENTRIES,
+    analyze_matrix,
+)
 from spectrum_cli.core.results import (
-    AnalysisResult, SkippedTensor, SourceInfo, TensorError, TensorResult,
+    AnalysisResult,
+    SkippedTensor,
+    SourceInfo,
+    TensorError,
+    TensorResult,
 )
 from spectrum_cli.core.selection import Selector
 
@@ -238,8 +246,6 @@ def measure_group(source: Any, group: Sequence[_Planned], options: AnalyzeOption
                   ) -> list[TensorResult | TensorError]:
     """Read one stored tensor of ``source`` once and measure each planned matrix of it;
     a failure is a :class:`TensorError` of that matrix (the others go on)."""
-    from spectrum_cli.core.measure import analyze_matrix
-
     out: list[TensorResult | TensorError] = []
     full: np.ndarray | None = None
     for p in group:

@@ -22,6 +22,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from spectrum_cli.core import metrics as M
+from spectrum_cli.core.nonnormal import analyze_square
 from spectrum_cli.core.results import Eigenvalues, TensorResult
 from spectrum_cli.core.scaling import ldexp, scale_exponent, scaled_result
 
@@ -321,8 +322,6 @@ def _analyze_matrix(planned: Any, a: np.ndarray, options: Any, backend: Any,
     eig = nonnormal = None
     if planned.wants_eigen(options):
         if "all" in caps.eigenvalues:
-            from spectrum_cli.core.nonnormal import analyze_square
-
             t_eig = time.perf_counter()
             nonnormal = analyze_square(a, options.eps, options.eps_relative,
                                        options.power_max, metrics.get("sigma_max"))

@@ -30,6 +30,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from spectrum_cli.core.errors import UsageError
+from spectrum_cli.core.pseudospectra import criss_cross
+from spectrum_cli.core.transient import kreiss_lower_bound, transient_window
 
 
 @dataclass(frozen=True)
@@ -211,9 +213,6 @@ def block_spectrum(form: BlockForm, h: np.ndarray) -> tuple[float, float]:
 def analyze_blocks(form: BlockForm, h: np.ndarray, eps: Sequence[float] = (),
                    power_max: int = 200) -> OperatorAnalysis:
     """Every operator metric of the blocks built from the eigenvalues ``h``."""
-    from spectrum_cli.core.pseudospectra import criss_cross
-    from spectrum_cli.core.transient import kreiss_lower_bound, transient_window
-
     h = np.asarray(h, dtype=np.float64)
     b = form.blocks(h)
     lam = block_eigenvalues(b)

@@ -51,9 +51,10 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 
 from spectrum_cli.core.errors import InputError
+from spectrum_cli.core.metrics import METRICS
 from spectrum_cli.core.results import AnalysisResult
 from spectrum_cli.report.document import ANALYSIS_SPEC, SCHEMA, json_safe, validate
-from spectrum_cli.report.output import HDF5_MAGIC, atomic_path
+from spectrum_cli.report.output import HDF5_MAGIC, atomic_path, check_target
 
 SPECTRA = ("singular_values", "singular_values_smallest", "eigenvalues", "eig_conditions",
            "power_norms")
@@ -108,7 +109,6 @@ def atomic_file(path: str, *, force: bool = False,
     write fails with an ``OSError``, which becomes an :class:`InputError` naming
     ``path``."""
     h5py = _h5()
-    from spectrum_cli.report.output import check_target
 
     check_target(path, kind="report", inputs=inputs, force=force)  # before the work
     name = f"spectrum-report-{os.getpid()}-{id(object())}"
@@ -408,8 +408,6 @@ RESERVED_ATTRS = frozenset({"name", "dtype", "kind", "status", "shape", "matrix_
 
 
 def _read_document(r: SafeH5, spectra: bool) -> dict[str, Any]:
-    from spectrum_cli.core.metrics import METRICS
-
     f = r.file
     doc: dict[str, Any] = {
         "schema": SCHEMA, "schema_version": r.text(f, "schema_version"),

@@ -25,8 +25,8 @@ from spectrum_cli.io.base import hash_file
 from spectrum_cli.report.document import (
     ANALYSIS_SPEC,
     is_metric_value,
-    mismatch,
     json_safe,
+    mismatch,
     tensor_entry,
 )
 from spectrum_cli.runs.codec import decode, encode
