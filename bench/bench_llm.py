@@ -76,6 +76,9 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
+sys.path.insert(0, str(ROOT))  # the launcher the tests measure peak memory with
+from tests.processes import REAPER  # noqa: E402
+
 PEERS = HERE / ".venv-peers" / "bin" / "python"
 THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 GB = 10**9
@@ -85,18 +88,6 @@ IDENTICAL = 1e-12
 TARGETS = {"jobs2_speedup": 1.8, "numpy_over_jobs2": 4.0, "dask_over_jobs2": 1.35,
            "rss_per_worker": 1 * GB, "include_fraction": 0.05}
 
-#: Runs argv[2:] as its child and writes the child's ru_maxrss (bytes, with the
-#: descendants it waited for) to argv[1]; see the module docstring.
-LAUNCHER = (
-    "import os, sys\n"
-    "pid = os.fork()\n"
-    "if pid == 0:\n"
-    "    os.execv(sys.argv[2], sys.argv[2:])\n"
-    "_, status, usage = os.wait4(pid, 0)\n"
-    "with open(sys.argv[1], 'w') as fh:\n"
-    "    fh.write(str(usage.ru_maxrss * 1024))\n"
-    "sys.exit(os.waitstatus_to_exitcode(status) % 256)\n"
-)
 
 
 # --------------------------------------------------------------------------- processes
@@ -213,7 +204,7 @@ def run_measured(label: str, argv: list[str], env: dict[str, str],
         with open(out_p, "wb") as out, open(err_p, "wb") as err:
             stop = threading.Event()
             t0 = time.perf_counter()
-            proc = subprocess.Popen([sys.executable, "-c", LAUNCHER, str(rss_p), *argv],
+            proc = subprocess.Popen([sys.executable, "-c", REAPER, str(rss_p), *argv],
                                     stdout=out, stderr=err, stdin=subprocess.DEVNULL,
                                     env=env, start_new_session=True)
             watcher = threading.Thread(target=_watch, args=(proc.pid, run, stop, poll),

@@ -150,17 +150,28 @@ def _ks_reference(x: np.ndarray, i: int, alpha: float) -> float:
         return float(np.max(np.abs(1 - (x[i:] / x[i]) ** (-alpha + 1) - np.arange(n) / n)))
 
 
+def _checked(evals: np.ndarray, too_few: str) -> tuple[np.ndarray, TailFit | None]:
+    """The ascending float64 eigenvalues, and the fit that says why there is none (not
+    finite or negative: :func:`spectrum_cli.core.esd.check_evals`; fewer than two:
+    ``too_few``), or None when a fit can be tried."""
+    x, bad = esd.check_evals(evals)
+    N = int(x.size)
+    if bad:
+        return x, TailFit(None, n_evals=N, reason=bad)
+    if N < 2:
+        return x, TailFit(None, n_evals=N, reason=f"{N} eigenvalue(s): {too_few}")
+    return x, None
+
+
 # ---- Hill, xmin at the median (TempBalance) ----------------------------------------
 
 def fit_hill_median(evals: np.ndarray, xmin_pos: int = XMIN_POS) -> TailFit:
     """TempBalance's ``pl_fitting='median'`` fit of the eigenvalues ``evals`` (any
     order; every one kept, zeros included). See the module docstring."""
-    x, bad = esd.check_evals(evals)
+    x, refused = _checked(evals, "no tail to fit")
+    if refused is not None:
+        return refused
     N = int(x.size)
-    if bad:
-        return TailFit(None, n_evals=N, reason=bad)
-    if N < 2:
-        return TailFit(None, n_evals=N, reason=f"{N} eigenvalue(s): no tail to fit")
     i = int(N / xmin_pos)
     n = N - i
     xmin = float(x[i])
@@ -236,12 +247,10 @@ def fit_peak(evals: np.ndarray, *, bins: int = BINS, corrected: bool = False) ->
     """AlphaPruning's ``fix_fingers='xmin_peak'`` fit of the eigenvalues ``evals`` (any
     order; every one kept). ``corrected``: the window's lower bound is 0.95·xmin2, not
     log10(0.95·xmin2) (quirk 1 of the module docstring)."""
-    x, bad = esd.check_evals(evals)
+    x, refused = _checked(evals, "no candidate xmin")
+    if refused is not None:
+        return refused
     N = int(x.size)
-    if bad:
-        return TailFit(None, n_evals=N, reason=bad)
-    if N < 2:
-        return TailFit(None, n_evals=N, reason=f"{N} eigenvalue(s): no candidate xmin")
     if x[0] <= 0.0:
         return TailFit(None, n_evals=N, reason="a zero eigenvalue: log10 0 makes the "
                        "reference's histogram range infinite (torch.histc raises)")

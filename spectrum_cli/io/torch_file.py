@@ -86,14 +86,14 @@ def _python3_name(name: str) -> str:
     return f"{module}.{qual}"
 
 
-def refused_before_torch(path: str, policy: LoadPolicy) -> list[str]:
+def refused_before_torch(scan: Scan, policy: LoadPolicy) -> list[str]:
     """The globals the file names that torch's weights-only load would certainly refuse
     (outside ``torch.*`` and :data:`WEIGHTS_ONLY_NON_TORCH`, not allowed by
     ``--allow-global``), found by the static scan without importing torch: a hostile
     file is refused in a fraction of a second instead of after torch's import. An empty
     list decides nothing: torch's own load still judges every file."""
     allowed = set(policy.allow_globals)
-    return sorted({g for g in scan_file(path).globals
+    return sorted({g for g in scan.globals
                    if g not in allowed and _python3_name(g) not in allowed
                    and not _python3_name(g).startswith("torch.")
                    and _python3_name(g) not in WEIGHTS_ONLY_NON_TORCH})
@@ -107,8 +107,10 @@ def load_torch_file(path: str, policy: LoadPolicy, is_zip: bool) -> Any:
     name that is not UTF-8), other files as the open file object."""
     require_regular(path)
     allowed = [] if policy.trust_checkpoint else allowed_globals(policy)  # UsageError first
+    scan = None
     if not policy.trust_checkpoint:
-        refused = refused_before_torch(path, policy)
+        scan = scan_file(path)  # the one disassembly; a refusal by torch names from it too
+        refused = refused_before_torch(scan, policy)
         if refused:
             raise UnsafeCheckpointError(path, refused)
     import torch
@@ -127,7 +129,7 @@ def load_torch_file(path: str, policy: LoadPolicy, is_zip: bool) -> Any:
             src = _fd_path(fh)
             if src is None:  # no /proc: the open file itself (no mmap)
                 src, kwargs["mmap"] = fh, False
-        return _torch_load(torch, src, path, policy, allowed, kwargs)
+        return _torch_load(torch, src, path, policy, allowed, kwargs, scan)
 
 
 #: A zip member larger than this when inflated may inflate at most ``MAX_RATIO`` times
@@ -167,7 +169,7 @@ def _fd_path(fh: Any) -> str | None:
 
 
 def _torch_load(torch: Any, src: Any, path: str, policy: LoadPolicy, allowed: list,
-                kwargs: dict[str, Any]) -> Any:
+                kwargs: dict[str, Any], scan: Scan | None = None) -> Any:
     try:
         if policy.trust_checkpoint:
             return torch.load(src, weights_only=False, **kwargs)
@@ -184,7 +186,7 @@ def _torch_load(torch: Any, src: Any, path: str, policy: LoadPolicy, allowed: li
                              ) from None
         detail = next((ln.strip() for ln in message.splitlines()
                        if "GLOBAL" in ln or "Unsupported" in ln), "")
-        scan = scan_file(path)
+        scan = scan or scan_file(path)
         unsafe = _unsafe_globals(path, message, policy, scan)
         if not unsafe and scan.broken:  # not a refusal: the pickle is broken
             raise InputError(f"{path}: corrupt or truncated torch checkpoint (the pickle "

@@ -13,12 +13,6 @@ from spectrum_cli.io.base import open_regular, stored_loss, stored_step
 _MAX_TRAINER_STATE = 64 << 20
 
 
-def _is_number(x: Any) -> bool:
-    import math
-
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
 def trainer_state_scalars(path: str | os.PathLike) -> dict[str, Any]:
     """``global_step`` and the last logged ``loss`` at or before it from an HF
     ``trainer_state.json`` (a local path or a URL); ValueError says what is wrong with a
