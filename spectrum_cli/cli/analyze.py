@@ -49,12 +49,12 @@ def _run(path: str, report: Path | None, top: int | None, s: dict[str, Any], err
         err.print("[yellow]warning:[/] --trust-checkpoint: unpickling with "
                   "weights_only=False runs code from the file")
     settings = {k: v for k, v in s.items() if k not in RUN_FLAGS + _CACHE_FLAGS}
-    cache_dir, cache_min = _cache(s)
+    cache_dir, cache_min = tensor_cache(s)
 
     def note(text: str) -> None:
         err.print(f"note: {printable(text)}", markup=False)
 
-    with _progress(err, enabled=not s["no_progress"]) as progress:
+    with analysis_progress(err, enabled=not s["no_progress"]) as progress:
         out = api.analyze(path, digest=bool(report or s["json_out"]),
                           on_progress=progress and progress.update,
                           on_tick=progress and progress.tick,
@@ -92,7 +92,7 @@ RUN_FLAGS = ("json_out", "force", "no_progress", "strict", "exit_zero")
 _CACHE_FLAGS = ("cache_dir", "no_cache")
 
 
-def _cache(s: dict[str, Any]) -> tuple[str | None, int]:
+def tensor_cache(s: dict[str, Any]) -> tuple[str | None, int]:
     """The per-tensor cache folder and the smallest checkpoint it serves: the folder
     given (every checkpoint), else batch's default folder for big checkpoints; none
     with --no-cache."""
@@ -121,7 +121,7 @@ def _warn_unfinished(doc: dict, err) -> int:
     return len(late) + len(unchecked)
 
 
-class _progress:
+class analysis_progress:
     """A rich progress bar on stderr, only when stderr is a terminal: matrices done,
     bytes measured (those taken from the cache aside) and the time left."""
 

@@ -10,6 +10,7 @@ import traceback
 import typer
 
 from spectrum_cli import __version__
+from spectrum_cli.cli import allocate as _allocate
 from spectrum_cli.cli import analyze as _analyze
 from spectrum_cli.cli import backends as _backends
 from spectrum_cli.cli import batch as _batch
@@ -58,6 +59,7 @@ app.command("backends", cls=Command)(_backends.backends)
 app.command("pseudospectrum", cls=Command)(_pseudospectrum.pseudospectrum)
 app.command("trust", cls=Command)(_trust.trust)
 app.command("esd", cls=Command)(_esd.esd)
+app.command("allocate", cls=Command)(_allocate.allocate)
 app.command("watch", cls=Command)(_watch.watch)
 report_app = typer.Typer(help="Read reports back.", no_args_is_help=True, cls=Group)
 report_app.command("show", cls=Command)(_report.show)

@@ -273,12 +273,12 @@ def test_progress_shows_tensors_and_bytes():
 
     from rich.console import Console
 
-    from spectrum_cli.cli.analyze import _progress
+    from spectrum_cli.cli.analyze import analysis_progress
     from spectrum_cli.runs.dispatch import Tick
 
     out = io.StringIO()
     tty = Console(file=out, force_terminal=True, width=120)
-    with _progress(tty, enabled=True) as bar:
+    with analysis_progress(tty, enabled=True) as bar:
         bar.tick(Tick(1, 4, 4 << 20, 16 << 20, 0, "a.weight"))
         bar.tick(Tick(4, 4, 16 << 20, 16 << 20, 0, "d.weight"))
     text = out.getvalue()

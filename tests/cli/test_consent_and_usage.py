@@ -210,7 +210,7 @@ def test_sigint_while_starting_prints_no_traceback():
 
 
 @pytest.mark.parametrize("command", ["analyze", "batch", "diff", "model", "pseudospectrum",
-                                     "backends", "trust"])
+                                     "allocate", "backends", "trust"])
 def test_every_option_has_help_and_no_bool_tag(command):
     """Issue 10 item 19: every option says what it does; flags carry no <bool> tag."""
     import typer.main

@@ -62,8 +62,8 @@ def test_the_summary_at_80_columns_shows_every_tensor_apart(tmp_path):
     assert len(rows) == 2 and rows[0] != rows[1], r.stdout
 
 
-COMMANDS = ["analyze", "batch", "watch", "diff", "model", "pseudospectrum", "esd", "trust",
-            "backends", "report", "report show"]
+COMMANDS = ["analyze", "batch", "watch", "diff", "model", "pseudospectrum", "esd", "allocate",
+            "trust", "backends", "report", "report show"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
