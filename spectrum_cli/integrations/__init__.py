@@ -7,6 +7,12 @@
   ``transformers.TrainerCallback`` (``pip install 'spectrum-cli[hf]'``).
 - ``spectrum_cli.integrations.lightning.SpectrumCallback``: a
   ``lightning.pytorch.Callback`` (``pip install 'spectrum-cli[lightning]'``).
+- ``spectrum_cli.integrations.loop.SpectrumCallback``: for a hand-written PyTorch loop
+  (``callback.after_step(model, step)`` returns whether to stop).
+
+Under ``torch.distributed`` (DDP, FSDP2) the callbacks measure once for the whole group
+(:mod:`spectrum_cli.integrations.distributed`): rank 0 measures and logs, every rank
+stops at the same step.
 
 Importing this package imports neither torch nor any framework: the monitor's names are
 loaded on first use, each framework only by its own module.

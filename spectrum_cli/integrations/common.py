@@ -20,9 +20,12 @@ is logged as usual.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, replace
 from typing import Any
 
 from spectrum_cli.core.errors import UsageError
+from spectrum_cli.integrations.distributed import (World, broadcast, full_weights, is_fsdp1,
+                                                   is_sharded, unwrap, world)
 from spectrum_cli.integrations.monitor import NothingMatchedError, SpectrumMonitor
 
 log = logging.getLogger("spectrum_cli.integrations")
@@ -32,6 +35,26 @@ def missing_extra(package: str, extra: str) -> ImportError:
     """The ImportError raised when a framework integration's package is not installed."""
     return ImportError(f"this integration needs {package}: "
                        f"pip install 'spectrum-cli[{extra}]'")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one scheduled measurement gave this process.
+
+    ``measurement``: the :class:`~spectrum_cli.integrations.monitor.Measurement`, None
+    when it failed (logged); under ``torch.distributed`` every rank gets rank 0's, the
+    ``document`` and ``singular_values`` only on rank 0. ``logs``: the values to log
+    (the prefixed names). ``writes``: whether this process writes them (rank 0, or not
+    distributed): each value is logged once."""
+
+    measurement: Any
+    logs: dict[str, float]
+    writes: bool
+
+    @property
+    def stop(self) -> bool:
+        """Whether a ``fail_on`` violation stops the training (the same on every rank)."""
+        return self.measurement is not None and self.measurement.failed
 
 
 class Scheduled:
@@ -79,6 +102,7 @@ class Schedule:
         self.stopped: Any = None
         self.tried: int | None = None  # the step of the latest measurement, failed or not
         self.checked = False
+        self._warned_sharded = False
 
     def check(self, model: Any) -> None:
         """Before the training: the selection must name some matrix of ``model`` (else a
@@ -100,10 +124,29 @@ class Schedule:
         return self.monitor.loss is not None
 
     def measure(self, model: Any, step: int, optimizer: Any = None,
-                batch: Any = None) -> tuple[Any, dict[str, float]]:
-        """Measure; returns the measurement and the values to log under the prefix, or
-        (None, {}) when the measurement failed (logged; the training goes on)."""
+                batch: Any = None) -> Outcome:
+        """Measure ``model`` at ``step``: here, or under ``torch.distributed`` once for
+        the whole group (every rank must call this at the same steps; see
+        :mod:`~spectrum_cli.integrations.distributed`). A measurement that failed is
+        logged and its outcome has no measurement; the training goes on."""
         self.tried = step
+        group = world()
+        if group is None:
+            m = self._measure_here(model, step, optimizer, batch)
+        else:
+            m = self._measure_group(group, model, step, optimizer, batch)
+        if m is None:
+            return Outcome(None, {}, group is None or group.writes)
+        self.last = m
+        logs = {f"{self.prefix}{k}": float(v) for k, v in m.indicators.items()}
+        if self.monitor.fail_on:
+            logs[f"{self.prefix}fail_on_violations"] = float(len(m.violations))
+        if m.failed and self.stopped is None:
+            self.stopped = m
+        return Outcome(m, logs, group is None or group.writes)
+
+    def _measure_here(self, model: Any, step: int, optimizer: Any, batch: Any) -> Any:
+        """The measurement of this process's weights, or None (failed, logged)."""
         try:
             m = self.monitor.measure(model, step,
                                      optimizer=optimizer if self.wants_operators else None,
@@ -113,15 +156,63 @@ class Schedule:
         except Exception as exc:  # noqa: BLE001 - never into the training loop
             log.warning("spectrum: step %s: not measured (%s: %s); the training goes on",
                         step, type(exc).__name__, exc, exc_info=True)
-            return None, {}
-        self.last = m
+            return None
+        self._said(m)
+        return m
+
+    def _said(self, m: Any) -> None:
         for warning in m.warnings:  # a matrix that could not be measured, say
-            log.warning("spectrum: step %s: %s", step, warning)
-        logs = {f"{self.prefix}{k}": float(v) for k, v in m.indicators.items()}
-        if self.monitor.fail_on:
-            logs[f"{self.prefix}fail_on_violations"] = float(len(m.violations))
-        if m.failed and self.stopped is None:
-            self.stopped = m
+            log.warning("spectrum: step %s: %s", m.step, warning)
         if m.failed:
             log.warning("%s; stopping the training", m.message())
-        return m, logs
+
+    def _measure_group(self, group: World, model: Any, step: int, optimizer: Any,
+                       batch: Any) -> Any:
+        """One measurement for the process group: the weights gathered by every rank,
+        measured on rank 0, its outcome broadcast to every rank (in ``finally``: no rank
+        is left waiting when rank 0's measurement fails). None: failed (logged on
+        rank 0)."""
+        payload: Any = ("failed", None)
+        local = None
+        try:
+            local = self._measure_rank(group, model, step, optimizer, batch)
+            if local is not None:
+                payload = ("measured", replace(local, document={}, singular_values={}))
+        except NothingMatchedError as exc:
+            payload = ("refused", str(exc))
+            raise
+        except Exception as exc:  # noqa: BLE001 - never into the training loop
+            log.warning("spectrum: step %s: not measured on rank %s (%s: %s); the "
+                        "training goes on", step, group.rank, type(exc).__name__, exc,
+                        exc_info=True)
+        finally:
+            # Every rank arrives here once per measurement, rank 0 with its outcome.
+            kind, value = broadcast(payload, group.rank)
+        if kind == "refused":
+            raise NothingMatchedError(value)
+        if kind != "measured":
+            return None
+        return local if group.writes else value
+
+    def _measure_rank(self, group: World, model: Any, step: int, optimizer: Any,
+                      batch: Any) -> Any:
+        """This rank's part: every rank gathers the sharded weights, rank 0 measures
+        (returns the measurement; the others None)."""
+        module = unwrap(model)
+        weights = module.state_dict() if hasattr(module, "state_dict") else module
+        sharded = is_sharded(weights) or is_fsdp1(module)
+        if sharded:
+            weights = full_weights(weights, self.monitor.sources(weights), group.rank)
+        if not group.writes:
+            return None
+        operators = self.wants_operators and optimizer is not None
+        if operators and sharded:
+            operators = False
+            if not self._warned_sharded:
+                self._warned_sharded = True
+                log.warning("spectrum: operator indicators are not computed for sharded "
+                            "(FSDP) parameters")
+        m = self.monitor.measure(weights if sharded else module, step,
+                                 optimizer=optimizer if operators else None, batch=batch)
+        self._said(m)
+        return m

@@ -36,6 +36,12 @@ skipped (:mod:`spectrum_cli.integrations.common`).
 this step, saving as it was going to), logs the violations as a warning on the
 ``spectrum_cli.integrations`` logger and keeps the measurement in ``callback.stopped``.
 
+Data parallelism (``torchrun``/``accelerate launch``: DDP, FSDP): every rank runs the
+callback; the measurement is one for the whole group (FSDP2's shards gathered by every
+rank, measured on rank 0, :mod:`spectrum_cli.integrations.distributed`), rank 0 alone
+logs the values (``trainer_state.json`` is rank 0's too), and every rank sets
+``control.should_training_stop`` at the same step (the Trainer does not synchronize it).
+
 Operator indicators: ``loss`` (``"mse"``, ``"cross_entropy"`` or a callable
 ``(outputs, targets) -> scalar``) and ``batch``, a held-out ``(inputs, targets)`` pair
 on which ``model(inputs)`` runs (the trainer does not hand its batches to callbacks);
@@ -128,9 +134,14 @@ class SpectrumCallback(Scheduled, TrainerCallback):
             log.warning("spectrum: the trainer passed no model to the callback; "
                         "nothing measured at step %s", state.global_step)
             return
-        m, logs = self.schedule.measure(model, state.global_step, kwargs.get("optimizer"))
-        if m is None:
+        out = self.schedule.measure(model, state.global_step, kwargs.get("optimizer"))
+        if out.measurement is None:
             return  # failed and logged; the training goes on
+        if out.stop:
+            control.should_training_stop = True  # on every rank: the outcome is rank 0's
+        if not out.writes:
+            return  # under torch.distributed rank 0 alone logs the values
+        logs = out.logs
         if self.trainer is not None:
             # Trainer.log ends in the handler's on_log, which clears control.should_log:
             # put it back, or the loss the trainer logs after on_step_end (same step)
@@ -147,5 +158,3 @@ class SpectrumCallback(Scheduled, TrainerCallback):
                             "reporting integrations (TensorBoard, W&B)")
                 self._warned_unbound = True
             state.log_history.append({**logs, "step": state.global_step})
-        if m.failed:
-            control.should_training_stop = True

@@ -37,6 +37,14 @@ nothing raises into the training loop: a failed measurement is logged and skippe
 batch), logs the violations as a warning on the ``spectrum_cli.integrations`` logger and
 keeps the measurement in ``callback.stopped``.
 
+Data parallelism (``strategy="ddp"``; FSDP2's ``fully_shard`` under
+``ModelParallelStrategy``): every
+rank runs the callback; the measurement is one for the whole group (shards gathered by
+every rank, measured on rank 0, :mod:`spectrum_cli.integrations.distributed`), rank 0
+alone writes to the loggers, every rank gets the same values in
+``trainer.callback_metrics`` (so a monitor of ``EarlyStopping`` exists on each) and sets
+``trainer.should_stop`` at the same step.
+
 Operator indicators: ``loss`` (``"mse"``, ``"cross_entropy"`` or a callable
 ``(outputs, targets) -> scalar`` of ``pl_module(inputs)``); the batch is the one the
 trainer just trained on (an ``(inputs, targets)`` pair) unless a held-out ``batch`` is
@@ -103,16 +111,19 @@ class SpectrumCallback(Scheduled, Callback):
         if self.schedule.wants_operators and len(trainer.optimizers) == 1:
             optimizer = trainer.optimizers[0]  # else refused in on_train_start
         held_out = self.schedule.monitor.batch
-        m, logs = self.schedule.measure(pl_module, trainer.global_step, optimizer,
-                                        held_out if held_out is not None else batch)
-        if m is None:
+        out = self.schedule.measure(pl_module, trainer.global_step, optimizer,
+                                    held_out if held_out is not None else batch)
+        if out.measurement is None:
             return {}  # failed and logged; the training goes on
-        step = logged_step(trainer)
-        for logger in trainer.loggers:
-            logger.log_metrics(logs, step=step)
-        if m.failed:
+        if out.writes:  # rank 0 alone under torch.distributed
+            step = logged_step(trainer)
+            for logger in trainer.loggers:
+                logger.log_metrics(out.logs, step=step)
+        if out.stop:
+            # Every rank: the outcome is rank 0's, broadcast (Lightning's loops do not
+            # reduce should_stop across ranks; EarlyStopping reduces its own decision).
             trainer.should_stop = True
-        return logs
+        return out.logs
 
 
 def logged_step(trainer: Any) -> int:

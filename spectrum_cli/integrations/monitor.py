@@ -24,10 +24,11 @@ to ``square_max_dim`` also an eigen-analysis (``square="none"`` skips it). Restr
 work with ``include``/``exclude`` globs (``*`` crosses dots, or ``re:REGEX``) and measure
 every N steps rather than every step. Operator indicators cost far more (see
 :mod:`~spectrum_cli.integrations.operators`). Tied weights (one tensor under two names)
-are measured once. Under data parallelism each process holds the same replica and
-computes the same numbers, so every rank reaches the same ``fail_on`` decision; spectrum
-gathers no sharded parameters (what ``state_dict()`` of a ZeRO-3 or FSDP model holds on
-each process is what is measured, and an empty partition is skipped as empty).
+are measured once. A ``DistributedDataParallel`` wrapper is unwrapped (the replica is
+measured under the single-process names). :meth:`SpectrumMonitor.measure` is local: it
+takes part in no collective and refuses sharded (DTensor) weights; under
+``torch.distributed`` the callbacks measure once for the whole group, gathering FSDP2's
+shards on every rank and measuring on rank 0 (:mod:`spectrum_cli.integrations.distributed`).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from spectrum_cli.core.errors import ExitCode, UsageError
 from spectrum_cli.core.results import SourceInfo
 from spectrum_cli.core.selection import compile_pattern
 from spectrum_cli.core.thresholds import parse_conditions
+from spectrum_cli.integrations.distributed import described, is_sharded, unwrap
 from spectrum_cli.integrations.operators import live_operators, named_state
 from spectrum_cli.io.base import MemorySource, TensorInfo
 from spectrum_cli.report.document import Checkable, json_safe
@@ -187,7 +189,9 @@ def _describe(value: Any) -> tuple[tuple[int, ...], str, Any, int]:
 
 
 def _weights_of(model_or_state: Any) -> tuple[Mapping[str, Any], Any]:
-    """(the state dict, the module or None)."""
+    """(the state dict, the module or None); a ``DistributedDataParallel`` wrapper is
+    unwrapped (its replica, under the single-process names)."""
+    model_or_state = unwrap(model_or_state)
     if hasattr(model_or_state, "state_dict") and hasattr(model_or_state, "named_parameters"):
         return model_or_state.state_dict(), model_or_state
     if isinstance(model_or_state, Mapping):
@@ -246,12 +250,20 @@ class SpectrumMonitor:
         """The names of the matrices :meth:`measure` would measure (no numerics: only the
         selection). None selected is a :class:`NothingMatchedError` naming the tensors
         that exist and why each is left out (the callbacks call this before training)."""
-        weights, _ = _weights_of(model_or_state)
-        planned, skipped = plan_source(LiveTensors(weights), self.job.options)
+        return [p.name for p in self._planned(_weights_of(model_or_state)[0])]
+
+    def sources(self, weights: Mapping[str, Any]) -> set[str]:
+        """The names of the stored tensors :meth:`measure` would read from the state
+        dict ``weights`` (decided from names, shapes and dtypes alone: the same on every
+        rank of a sharded model)."""
+        return {p.source for p in self._planned(weights)}
+
+    def _planned(self, weights: Mapping[str, Any]) -> list[Any]:
+        planned, skipped = plan_source(LiveTensors(described(weights)), self.job.options)
         if not planned:
             o = self.job.options
             raise NothingMatchedError(nothing_matched(skipped, o.include, o.exclude))
-        return [p.name for p in planned]
+        return planned
 
     def measure(self, model_or_state: Any, step: int, *, optimizer: Any = None,
                 batch: Any = None, loss_value: float | None = None) -> Measurement:
@@ -273,6 +285,11 @@ class SpectrumMonitor:
         if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
             raise UsageError(f"step: expected a non-negative integer, got {step!r}")
         weights, module = _weights_of(model_or_state)
+        if is_sharded(weights):
+            raise UsageError("the weights hold sharded DTensor parameters (FSDP2's "
+                             "fully_shard): measure them through a callback (in a "
+                             "hand-written loop spectrum_cli.integrations.loop."
+                             "SpectrumCallback), which gathers them on every rank")
         with_operators = self.loss is not None and optimizer is not None
         if with_operators and module is None:
             raise UsageError("operator indicators need the torch.nn.Module, not a state "
