@@ -24,10 +24,17 @@ from tests.helpers import run_cli
 SAMPLE = Path(__file__).resolve().parents[2] / "sample_checkpoints" / "sgd-momentum"
 
 
-def make_run(d: Path) -> Path:
-    """25 checkpoints of the sample SGD run around its first spike (step 155)."""
+#: 25 checkpoints of the sample SGD run around its first spike (step 155), and six of
+#: them (the spike's onset and window) for tests that must compute without a cache: the
+#: warm run's cache serves either, its keys being the checkpoints' content.
+STEPS = range(105, 230, 5)
+FEW = range(140, 170, 5)
+
+
+def make_run(d: Path, steps: range = STEPS) -> Path:
+    """The checkpoints of the sample SGD run at ``steps``, with its trusted config."""
     d.mkdir()
-    for step in range(105, 230, 5):
+    for step in steps:
         shutil.copy(SAMPLE / f"step-{step:05d}.pt", d)
     shutil.copy(SAMPLE / "spectrum.toml", d)
     trust.trust(d / "spectrum.toml")  # the user's consent to the code it names
@@ -113,8 +120,8 @@ def test_report_plot_and_report_show(run_dir, tmp_path, warm):
         pytest.approx([c["indicators"]["momentum.spectral_radius"] for c in doc["checkpoints"]])
 
 
-def test_fail_on_applies_to_every_step(run_dir):
-    doc, result = batch_json(run_dir, "--no-cache", "--fail-on",
+def test_fail_on_applies_to_every_step(tmp_path):
+    doc, result = batch_json(make_run(tmp_path / "few", FEW), "--no-cache", "--fail-on",
                              "eos_ratio_momentum>1@optimizer:*")
     assert result.exit_code == 1
     assert {v["step"] for v in doc["fail_on"]["violations"]} >= {150}
@@ -159,12 +166,14 @@ def test_hf_checkpoint_folders_and_trainer_state(tmp_path):
     assert [(c["step"], c["loss"]) for c in doc["checkpoints"]] == [(10, 0.5), (20, 0.4)]
 
 
-def test_jobs_two_gives_the_same_trajectory(run_dir, tmp_path, warm):
+def test_jobs_two_gives_the_same_trajectory(tmp_path, warm):
     """Workers get a share of the BLAS/torch threads, which changes the order of floating
     point reductions: equal to rounding, not bit for bit. (One worker: the warm run,
     read back from its cache, bit for bit.)"""
-    one, _ = batch_json(run_dir, "--cache-dir", warm_cache(warm, tmp_path))
-    two, result = batch_json(run_dir, "--no-cache", "--jobs", "2")
+    few = make_run(tmp_path / "few", FEW)
+    one, _ = batch_json(few, "--cache-dir", warm_cache(warm, tmp_path))
+    assert one["summary"]["from_cache"] == len(FEW)
+    two, result = batch_json(few, "--no-cache", "--jobs", "2")
     assert result.exit_code == 0, result.stderr
     a, b = _comparable(one)["checkpoints"], _comparable(two)["checkpoints"]
     assert [c["path"] for c in a] == [c["path"] for c in b]
@@ -178,14 +187,16 @@ def test_jobs_two_gives_the_same_trajectory(run_dir, tmp_path, warm):
     assert two["spikes"] == one["spikes"]
 
 
-def test_changed_settings_do_not_reuse_the_cache(run_dir, tmp_path, warm):
+def test_changed_settings_do_not_reuse_the_cache(tmp_path, warm):
     cache = warm_cache(warm, tmp_path)
-    doc, _ = batch_json(run_dir, "--cache-dir", cache, "--eps", "1e-3")
+    doc, _ = batch_json(make_run(tmp_path / "few", FEW), "--cache-dir", cache, "--eps",
+                        "1e-3")
     assert doc["summary"]["from_cache"] == 0
     assert "momentum.rho_eps[0.001]" in doc["indicators"]
 
 
-def test_killed_batch_resumes_and_matches_a_clean_run(run_dir, tmp_path, warm):
+def test_killed_batch_resumes_and_matches_a_clean_run(tmp_path, warm):
+    run_dir = make_run(tmp_path / "twelve", range(105, 165, 5))
     cache = tmp_path / "cache"
     cmd = [sys.executable, "-m", "spectrum_cli", "batch", str(run_dir), "--cache-dir",
            str(cache), "--json", "--no-progress"]
@@ -198,11 +209,11 @@ def test_killed_batch_resumes_and_matches_a_clean_run(run_dir, tmp_path, warm):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     done_before = len(list(cache.glob("*.json")))
-    assert 5 <= done_before < 25, done_before
+    assert 5 <= done_before < 12, done_before
     resumed = json.loads(subprocess.run(cmd, capture_output=True, text=True, env=env,
                                         cwd=tmp_path, check=False).stdout)
     assert resumed["summary"]["from_cache"] == done_before
-    assert resumed["summary"]["analysed"] == 25
+    assert resumed["summary"]["analysed"] == 12
     # An uninterrupted run in the same configuration (the warm run's, read back from its
     # cache) gives identical numbers, bit for bit.
     clean, _ = batch_json(run_dir, "--cache-dir", warm_cache(warm, tmp_path))
