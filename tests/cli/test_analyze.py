@@ -270,16 +270,16 @@ def test_progress_bar_only_on_a_terminal(ckpt):
 
     from rich.console import Console
 
-    from spectrum_cli.cli.analyze import _progress
+    from spectrum_cli.cli.analyze import analysis_progress
 
     plain = Console(file=io.StringIO(), force_terminal=False)
-    with _progress(plain, enabled=True) as cb:
+    with analysis_progress(plain, enabled=True) as cb:
         assert cb is None
     tty_out = io.StringIO()
     tty = Console(file=tty_out, force_terminal=True, width=80)
-    with _progress(tty, enabled=True) as cb:
+    with analysis_progress(tty, enabled=True) as cb:
         cb(0, 2, "a.weight")
         cb(2, 2, "")
     assert "2/2" in tty_out.getvalue()
-    with _progress(tty, enabled=False) as cb:  # --no-progress
+    with analysis_progress(tty, enabled=False) as cb:  # --no-progress
         assert cb is None
