@@ -6,7 +6,11 @@ Each callback owns a :class:`Schedule`: measure every ``every_n_steps`` optimize
 ``<prefix><indicator>`` (``spectrum/tensors.max_kappa``), plus
 ``<prefix>fail_on_violations`` (their count) when ``fail_on`` conditions are set; a
 violation stops the training (each framework's own flag) and is logged as a warning on
-the ``spectrum_cli.integrations`` logger.
+the ``spectrum_cli.integrations`` logger. With ``balance`` (off by default) each
+measurement also sets TempBalance's per-layer learning-rate factors
+(:mod:`spectrum_cli.integrations.balancing`), logged as ``<prefix>lr_factor/<module>``;
+under ``torch.distributed`` rank 0 computes them and broadcasts them with the outcome,
+so every rank applies the same.
 
 What the user got wrong raises before the training starts (:meth:`Schedule.check`: a
 selection of no matrix is a
@@ -24,6 +28,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from spectrum_cli.core.errors import UsageError
+from spectrum_cli.integrations.balancing import balancer
 from spectrum_cli.integrations.distributed import (World, broadcast, full_weights, is_fsdp1,
                                                    is_sharded, unwrap, world)
 from spectrum_cli.integrations.monitor import NothingMatchedError, SpectrumMonitor
@@ -45,11 +50,14 @@ class Outcome:
     when it failed (logged); under ``torch.distributed`` every rank gets rank 0's, the
     ``document`` and ``singular_values`` only on rank 0. ``logs``: the values to log
     (the prefixed names). ``writes``: whether this process writes them (rank 0, or not
-    distributed): each value is logged once."""
+    distributed): each value is logged once. ``balance``: the learning-rate factors
+    applied (:class:`~spectrum_cli.integrations.balancing.Balance`), None without
+    ``balance`` or when they could not be computed."""
 
     measurement: Any
     logs: dict[str, float]
     writes: bool
+    balance: Any = None
 
     @property
     def stop(self) -> bool:
@@ -78,10 +86,12 @@ class Schedule:
 
     ``monitor``: a :class:`~spectrum_cli.integrations.monitor.SpectrumMonitor`, or None
     to build one from ``settings`` (not both). ``last``: the latest measurement;
-    ``stopped``: the measurement that stopped the training (None while none did)."""
+    ``stopped``: the measurement that stopped the training (None while none did).
+    ``balance``: the callbacks' option (:func:`~spectrum_cli.integrations.balancing.
+    balancer`); ``balancer``: what it gave (None: off)."""
 
     def __init__(self, monitor: Any, settings: dict[str, Any], every_n_steps: int | None,
-                 on_save: bool, prefix: str) -> None:
+                 on_save: bool, prefix: str, balance: Any = None) -> None:
         if every_n_steps is not None and (isinstance(every_n_steps, bool) or not isinstance(
                 every_n_steps, int) or every_n_steps < 1):
             raise UsageError(f"every_n_steps: expected a positive integer or None, got "
@@ -96,6 +106,7 @@ class Schedule:
         if monitor is not None and settings:
             raise UsageError(f"pass either a monitor or its settings, not both (got "
                              f"{', '.join(sorted(settings))} besides the monitor)")
+        self.balancer = balancer(balance)
         self.monitor = monitor if monitor is not None else SpectrumMonitor(**settings)
         self.every_n_steps, self.on_save, self.prefix = every_n_steps, on_save, prefix
         self.last: Any = None
@@ -110,6 +121,16 @@ class Schedule:
         if not self.checked and model is not None:
             self.monitor.check(model)
             self.checked = True
+
+    def attach(self, model: Any, optimizer: Any) -> None:
+        """Before the training, with ``balance``: balance ``optimizer``'s groups (a
+        ``ValueError`` when they are not one per layer). Nothing without ``balance``."""
+        if self.balancer is None:
+            return
+        if optimizer is None or model is None:
+            raise UsageError("balance: the learning-rate factors need the model and its "
+                             "optimizer, and the callback got none")
+        self.balancer.attach(model, optimizer)
 
     def every(self, step: int) -> bool:
         """Whether ``step`` is one of the every-N steps and not measured yet."""
@@ -133,17 +154,38 @@ class Schedule:
         group = world()
         if group is None:
             m = self._measure_here(model, step, optimizer, batch)
+            balance = self._plan(m)
         else:
-            m = self._measure_group(group, model, step, optimizer, batch)
+            m, balance = self._measure_group(group, model, step, optimizer, batch)
         if m is None:
             return Outcome(None, {}, group is None or group.writes)
         self.last = m
         logs = {f"{self.prefix}{k}": float(v) for k, v in m.indicators.items()}
         if self.monitor.fail_on:
             logs[f"{self.prefix}fail_on_violations"] = float(len(m.violations))
+        if balance is not None:
+            self.balancer.apply(balance)  # every rank, the same factors
+            logs.update(balance.logs(self.prefix))
         if m.failed and self.stopped is None:
             self.stopped = m
-        return Outcome(m, logs, group is None or group.writes)
+        return Outcome(m, logs, group is None or group.writes, balance)
+
+    def _plan(self, m: Any) -> Any:
+        """The learning-rate factors of the measurement ``m`` (with its document), or
+        None (no ``balance``, no measurement, or failed: logged; the factors in use
+        stay)."""
+        if self.balancer is None or m is None:
+            return None
+        try:
+            balance = self.balancer.plan(m)
+        except Exception as exc:  # noqa: BLE001 - never into the training loop
+            log.warning("spectrum: step %s: learning-rate factors not computed (%s: %s); "
+                        "the previous ones stay", m.step, type(exc).__name__, exc,
+                        exc_info=True)
+            return None
+        for note in balance.notes:
+            log.warning("spectrum: step %s: balance: %s", m.step, note)
+        return balance
 
     def _measure_here(self, model: Any, step: int, optimizer: Any, batch: Any) -> Any:
         """The measurement of this process's weights, or None (failed, logged)."""
@@ -167,19 +209,20 @@ class Schedule:
             log.warning("%s; stopping the training", m.message())
 
     def _measure_group(self, group: World, model: Any, step: int, optimizer: Any,
-                       batch: Any) -> Any:
+                       batch: Any) -> tuple[Any, Any]:
         """One measurement for the process group: the weights gathered by every rank,
-        measured on rank 0, its outcome broadcast to every rank (in ``finally``: no rank
-        is left waiting when rank 0's measurement fails). None: failed (logged on
-        rank 0)."""
-        payload: Any = ("failed", None)
+        measured on rank 0, its outcome (with the learning-rate factors, which need the
+        document) broadcast to every rank (in ``finally``: no rank is left waiting when
+        rank 0's measurement fails). (None, None): failed (logged on rank 0)."""
+        payload: Any = ("failed", None, None)
         local = None
         try:
             local = self._measure_rank(group, model, step, optimizer, batch)
             if local is not None:
-                payload = ("measured", replace(local, document={}, singular_values={}))
+                payload = ("measured", replace(local, document={}, singular_values={}),
+                           self._plan(local))
         except NothingMatchedError as exc:
-            payload = ("refused", str(exc))
+            payload = ("refused", str(exc), None)
             raise
         except Exception as exc:  # noqa: BLE001 - never into the training loop
             log.warning("spectrum: step %s: not measured on rank %s (%s: %s); the "
@@ -187,12 +230,12 @@ class Schedule:
                         exc_info=True)
         finally:
             # Every rank arrives here once per measurement, rank 0 with its outcome.
-            kind, value = broadcast(payload, group.rank)
+            kind, value, balance = broadcast(payload, group.rank)
         if kind == "refused":
             raise NothingMatchedError(value)
         if kind != "measured":
-            return None
-        return local if group.writes else value
+            return None, None
+        return (local if group.writes else value), balance
 
     def _measure_rank(self, group: World, model: Any, step: int, optimizer: Any,
                       batch: Any) -> Any:

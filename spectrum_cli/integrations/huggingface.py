@@ -47,6 +47,16 @@ Operator indicators: ``loss`` (``"mse"``, ``"cross_entropy"`` or a callable
 on which ``model(inputs)`` runs (the trainer does not hand its batches to callbacks);
 the optimizer is the trainer's. Their cost is described in
 :mod:`spectrum_cli.integrations.operators`.
+
+Live balancing (``balance="tempbalance"`` or a dict of
+:class:`~spectrum_cli.integrations.balancing.TempBalance`'s options; off by default):
+each measurement sets TempBalance's per-layer learning-rate factors, logged as
+``spectrum/lr_factor/<module>``; every optimizer step after it runs each tuned layer at
+factor x the scheduler's learning rate. The trainer's default optimizer has one group
+for all the weights, so pass one with a group per layer, e.g.
+``Trainer(..., optimizers=(torch.optim.AdamW(TempBalance.param_groups(model, 5e-5)),
+None))`` (the trainer adds its scheduler); another is refused with a ``ValueError``
+when the training begins (:mod:`spectrum_cli.integrations.balancing`).
 """
 
 from __future__ import annotations
@@ -72,12 +82,14 @@ class SpectrumCallback(Scheduled, TrainerCallback):
     ``on_save``: measure at the trainer's checkpoint saves; ``monitor``: a ready
     :class:`~spectrum_cli.integrations.monitor.SpectrumMonitor`, else ``settings`` build
     one (``include``, ``exclude``, ``indicators``, ``fail_on``, ``loss``, ``batch``, ...);
-    ``prefix``: of the logged names."""
+    ``prefix``: of the logged names; ``balance``: apply TempBalance's learning-rate
+    factors at each measurement (None: off; see the module)."""
 
     def __init__(self, trainer: Any = None, *, every_n_steps: int | None = None,
                  on_save: bool = True, monitor: Any = None, prefix: str = "spectrum/",
-                 **settings: Any) -> None:
-        self.schedule = Schedule(monitor, settings, every_n_steps, on_save, prefix)
+                 balance: Any = None, **settings: Any) -> None:
+        self.schedule = Schedule(monitor, settings, every_n_steps, on_save, prefix,
+                                 balance)
         if self.schedule.wants_operators and self.schedule.monitor.batch is None:
             raise UsageError("operator indicators (loss=...) need a held-out batch=(inputs, "
                              "targets): the Trainer does not hand its batches to callbacks")
@@ -104,6 +116,7 @@ class SpectrumCallback(Scheduled, TrainerCallback):
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
         self.schedule.check(kwargs.get("model"))
+        self.schedule.attach(kwargs.get("model"), kwargs.get("optimizer"))
         return control
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:

@@ -50,6 +50,16 @@ Operator indicators: ``loss`` (``"mse"``, ``"cross_entropy"`` or a callable
 trainer just trained on (an ``(inputs, targets)`` pair) unless a held-out ``batch`` is
 given, and the optimizer the trainer's only one. Their cost is described in
 :mod:`spectrum_cli.integrations.operators`.
+
+Live balancing (``balance="tempbalance"`` or a dict of
+:class:`~spectrum_cli.integrations.balancing.TempBalance`'s options; off by default):
+each measurement sets TempBalance's per-layer learning-rate factors, logged as
+``spectrum/lr_factor/<module>``; every optimizer step after it runs each tuned layer at
+factor x the learning rate its scheduler (if any) set. ``configure_optimizers`` must
+return one optimizer with a group per layer,
+``torch.optim.SGD(TempBalance.param_groups(self, lr=0.1), momentum=0.9)``; another is
+refused with a ``ValueError`` in ``on_train_start``
+(:mod:`spectrum_cli.integrations.balancing`).
 """
 
 from __future__ import annotations
@@ -74,11 +84,14 @@ class SpectrumCallback(Scheduled, Callback):
     ``on_save``: measure when a checkpoint is saved; ``monitor``: a ready
     :class:`~spectrum_cli.integrations.monitor.SpectrumMonitor`, else ``settings`` build
     one (``include``, ``exclude``, ``indicators``, ``fail_on``, ``loss``, ``batch``, ...);
-    ``prefix``: of the logged names."""
+    ``prefix``: of the logged names; ``balance``: apply TempBalance's learning-rate
+    factors at each measurement (None: off; see the module)."""
 
     def __init__(self, *, every_n_steps: int | None = None, on_save: bool = True,
-                 monitor: Any = None, prefix: str = "spectrum/", **settings: Any) -> None:
-        self.schedule = Schedule(monitor, settings, every_n_steps, on_save, prefix)
+                 monitor: Any = None, prefix: str = "spectrum/", balance: Any = None,
+                 **settings: Any) -> None:
+        self.schedule = Schedule(monitor, settings, every_n_steps, on_save, prefix,
+                                 balance)
         self._batch: Any = None
 
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
@@ -88,6 +101,11 @@ class SpectrumCallback(Scheduled, Callback):
         if self.schedule.wants_operators and len(trainer.optimizers) != 1:
             raise UsageError(f"operator indicators need exactly one optimizer; the "
                              f"trainer has {len(trainer.optimizers)}")
+        if self.schedule.balancer is not None:
+            if len(trainer.optimizers) != 1:
+                raise UsageError(f"balance: needs exactly one optimizer; the trainer has "
+                                 f"{len(trainer.optimizers)}")
+            self.schedule.attach(pl_module, trainer.optimizers[0])
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any,
                            batch_idx: int) -> None:

@@ -33,6 +33,16 @@ measurement in ``callback.stopped``. Before the first measurement
 :class:`~spectrum_cli.integrations.monitor.NothingMatchedError`; after that nothing
 raises into the loop: a measurement that fails is logged and skipped.
 
+Live balancing (``balance="tempbalance"`` or a dict of
+:class:`~spectrum_cli.integrations.balancing.TempBalance`'s options; off by default;
+pass ``optimizer=`` to :meth:`~SpectrumCallback.after_step`): each measurement sets
+TempBalance's per-layer learning-rate factors, given to ``log`` as
+``spectrum/lr_factor/<module>``, and every ``optimizer.step()`` after it runs each
+tuned layer at factor x the group's (scheduled) learning rate; the optimizer needs a
+group per layer (:meth:`TempBalance.param_groups
+<spectrum_cli.integrations.balancing.TempBalance.param_groups>`), else the first
+:meth:`~SpectrumCallback.after_step` raises a ``ValueError``.
+
 Cost: each measurement stops the loop for the time of one ``spectrum analyze`` of the
 selected matrices (about 1 s for the 40 matrices of a 22.7M-parameter model on one
 core); the overhead is that time over ``every_n_steps`` steps' time, so choose
@@ -63,18 +73,20 @@ class SpectrumCallback(Scheduled):
     logger; ``monitor``: a ready
     :class:`~spectrum_cli.integrations.monitor.SpectrumMonitor`, else ``settings`` build
     one (``include``, ``exclude``, ``indicators``, ``fail_on``, ``loss``, ``batch``,
-    ...); ``prefix``: of the logged names."""
+    ...); ``prefix``: of the logged names; ``balance``: apply TempBalance's
+    learning-rate factors at each measurement (None: off; see the module)."""
 
     def __init__(self, *, every_n_steps: int = DEFAULT_EVERY_N_STEPS,
                  log: Callable[[dict[str, float], int], Any] | None = None,
-                 monitor: Any = None, prefix: str = "spectrum/", **settings: Any) -> None:
+                 monitor: Any = None, prefix: str = "spectrum/", balance: Any = None,
+                 **settings: Any) -> None:
         if every_n_steps is None:
             raise UsageError("every_n_steps: expected a positive integer, got None (a "
                              "hand-written loop has no checkpoint saves to measure at)")
         if log is not None and not callable(log):
             raise UsageError(f"log: expected a callable (values, step) -> None or None, "
                              f"got {log!r}")
-        self.schedule = Schedule(monitor, settings, every_n_steps, False, prefix)
+        self.schedule = Schedule(monitor, settings, every_n_steps, False, prefix, balance)
         self.log = log
 
     def after_step(self, model: Any, step: int, *, optimizer: Any = None,
@@ -83,9 +95,14 @@ class SpectrumCallback(Scheduled):
         a multiple of ``every_n_steps``. Returns whether a ``fail_on`` violation asks
         to stop (the same on every rank). ``optimizer`` and ``batch`` (else the
         monitor's held-out batch) add the operator indicators when the monitor has a
-        ``loss``."""
+        ``loss``; with ``balance`` the optimizer is needed at every call."""
         s = self.schedule
         s.check(model)  # once, before the first measurement (every rank)
+        if s.balancer is not None:
+            if optimizer is None:
+                raise UsageError("balance: pass the optimizer, after_step(model, step, "
+                                 "optimizer=optimizer)")
+            s.attach(model, optimizer)  # once per optimizer (every rank)
         if not s.every(step):
             return False
         held_out = s.monitor.batch
