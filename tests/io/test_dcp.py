@@ -419,3 +419,29 @@ def test_batch_finds_dcp_folders_among_the_checkpoints(tmp_path):
     doc = json.loads(r.stdout)
     assert [c["step"] for c in doc["checkpoints"]] == [10, 20]
     assert all(c["status"] == "ok" for c in doc["checkpoints"])
+
+
+def test_allocate_reads_a_dcp_folder_as_its_tensors(tmp_path):
+    """``spectrum allocate`` on a DCP folder: the allocation of the same tensors saved
+    as a .npz file."""
+    from tests.helpers import run_cli
+
+    rng = np.random.default_rng(25)
+    state = {f"model.layers.{i}.{p}.weight": torch.from_numpy(
+        rng.standard_normal((40, 24)) * (rng.pareto(1.5 + i, 24) + 1.0))
+        for i in range(3) for p in ("self_attn.q_proj", "mlp.up_proj")}
+    folder = tmp_path / "dcp"
+    dcp.save(state, checkpoint_id=str(folder))
+    np.savez(tmp_path / "same.npz", **{k: v.numpy() for k, v in state.items()})
+    docs = []
+    for source in (folder, tmp_path / "same.npz"):
+        r = run_cli("allocate", source, "--method", "tempbalance", "--min-eigenvalues", "5",
+                    "--json", "--no-cache")
+        assert r.exit_code == 0, r.stderr
+        docs.append(json.loads(r.stdout))
+    assert docs[0]["source"]["format"] != docs[1]["source"]["format"]
+    # the DCP reader takes the weights from the "model" entry (as for torch files), so
+    # its module names lose that prefix; the values are the same, in the same order
+    dcp_alloc, npz_alloc = docs[0]["allocations"], docs[1]["allocations"]
+    assert list(dcp_alloc) == [n.removeprefix("model.") for n in npz_alloc]
+    assert list(dcp_alloc.values()) == list(npz_alloc.values())

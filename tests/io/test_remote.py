@@ -451,3 +451,25 @@ def test_a_record_with_a_tensor_that_failed_is_not_cached():
     assert cacheable(ok)
     assert not cacheable({**ok, "document": {"errors": [{"tensor": "w", "error": "EIO"}]}})
     assert not cacheable({"status": "error", "document": {}})
+
+
+def test_allocate_a_sharded_folder_from_s3_with_two_jobs_equals_local(s3env, tmp_path):
+    """``spectrum allocate`` measures through analyze's pipeline: a sharded folder read
+    from object storage by two workers gives the local single-process allocation."""
+    folder = tmp_path / "llm"
+    sharded_llm(folder, layers=4)
+    url = s3env.upload(folder, "s3://remote-alloc/llm")
+
+    def allocations(source: str, *extra: str) -> dict:
+        r = run_cli("allocate", source, "--method", "alphapruning", "--sparsity", "0.5",
+                    "--json", "--no-cache", *extra)
+        assert r.exit_code == 0, r.stderr
+        return json.loads(r.stdout)["allocations"]
+
+    local = allocations(str(folder))
+    assert list(local) == [f"model.layers.{i}.{p}" for i in range(4)
+                           for p in ("mlp.up_proj", "self_attn.q_proj")]
+    remote = allocations(url, "--jobs", "2")
+    assert remote.keys() == local.keys()
+    for name, value in local.items():
+        assert remote[name] == pytest.approx(value, rel=1e-12, abs=0), name
