@@ -99,6 +99,20 @@ def test_analyze_on_the_cluster_gives_the_document_of_jobs_1(on_cluster, several
     print(f"dask analyze: {elapsed:.2f} s")
 
 
+def test_allocate_on_the_cluster_gives_the_local_allocation(on_cluster, several):
+    """``spectrum allocate`` measures through analyze's pipeline, so on the cluster too:
+    every factor equals the local run's, bit for bit."""
+    def factors(*extra: str) -> dict:
+        r = run_cli("allocate", several, "--method", "tempbalance", "--min-eigenvalues",
+                    "10", "--json", "--no-cache", *extra)
+        assert r.exit_code == 0, r.stderr
+        return json.loads(r.stdout)["allocations"]
+
+    local = factors()
+    assert len(local) >= 4 and any(v != 1.0 for v in local.values())
+    assert factors("--executor", "dask", "--jobs", "2") == local
+
+
 def test_every_task_ran_on_a_worker(on_cluster, several):
     """The tasks reached the workers (not this process): the scheduler saw them."""
     before = _processed(on_cluster)
