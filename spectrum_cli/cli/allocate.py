@@ -22,7 +22,7 @@ from spectrum_cli.allocate import csv_text
 from spectrum_cli.cli.analyze import analysis_progress, tensor_cache
 from spectrum_cli.cli.console import escape, exit_codes, stderr_console, stdout_console
 from spectrum_cli.cli.options import with_settings
-from spectrum_cli.core.errors import InputError, UsageError
+from spectrum_cli.core.errors import UsageError
 from spectrum_cli.report.allocation_plot import plot_allocation
 from spectrum_cli.report.document import json_safe
 from spectrum_cli.report.output import atomic_path, check_target, printable
@@ -94,7 +94,7 @@ def allocate(
         args = _method_args(method, sparsity, epsilon, mapping, lr_min_ratio, lr_max_ratio,
                             min_eigenvalues)
         if csv is not None:
-            _check_csv(csv, path, force)
+            check_target(csv, kind="csv", inputs=[path], force=force)
         if plot is not None:
             check_target(plot, kind="plot", inputs=[path], force=force)
         if settings["trust_checkpoint"]:
@@ -120,7 +120,7 @@ def allocate(
                 f"{len(doc['summary']['out_of_range'])} ratio(s) outside [0, 1] (kept, as "
                 "the reference keeps them): lower --epsilon or --sparsity")))
         if csv is not None:
-            with atomic_path(csv, kind="report", inputs=[path], force=True) as tmp:
+            with atomic_path(csv, kind="csv", inputs=[path], force=force) as tmp:
                 Path(tmp).write_text(csv_text(doc), encoding="utf-8")
             err.print(f"CSV written to {printable(csv)}", markup=False)
         if plot is not None:
@@ -165,26 +165,6 @@ def _method_args(method: str, sparsity: float | None, epsilon: float | None,
 
 
 #: First lines of the CSVs spectrum writes (an existing one may be replaced).
-CSV_HEADS = ("module,sparsity_ratio\n", "module,lr_factor\n")
-
-
-def _check_csv(csv: Path, path: str, force: bool) -> None:
-    """Refuse to overwrite a file that is not one of spectrum's allocation CSVs
-    (unless ``--force``); the rest of the output rules as for reports and plots."""
-    real = os.path.realpath(csv)
-    if os.path.isfile(real) and not force:
-        try:
-            with open(real, encoding="utf-8", errors="replace") as fh:
-                head = fh.readline()
-        except OSError:
-            head = ""
-        if head not in CSV_HEADS:
-            raise InputError(f"{csv}: refused to overwrite it: it exists and is not a "
-                             "spectrum allocation CSV; choose another path or pass --force "
-                             "to replace it")
-    check_target(csv, kind="report", inputs=[path], force=True)
-
-
 def _shorten(name: str, width: int) -> str:
     return name if len(name) <= width else "…" + name[-(width - 1):]
 

@@ -10,7 +10,8 @@ A target may be
 - a path that does not exist yet, in an existing, writable directory;
 - an existing regular file that is already a spectrum output of the same ``kind``:
   ``report``: an HDF5 file (by its signature) whose root attribute ``schema`` starts
-  with ``spectrum.``; ``plot``: a PNG, PDF or SVG (by its first bytes);
+  with ``spectrum.``; ``plot``: a PNG, PDF or SVG (by its first bytes); ``csv``: a
+  text file whose first line is one of :data:`CSV_HEADERS` (``spectrum allocate``'s);
 - any existing regular file with ``force=True``.
 
 Never, not even with ``force``: a directory, a device node, a FIFO or a socket; a path
@@ -48,7 +49,9 @@ from typing import Iterable, Iterator
 from spectrum_cli.core.errors import InputError
 from spectrum_cli.io.base import file_kind
 
-KINDS = ("report", "plot")
+KINDS = ("report", "plot", "csv")
+#: The first lines of the CSV files spectrum writes (``spectrum allocate --csv``).
+CSV_HEADERS = (b"module,sparsity_ratio\n", b"module,lr_factor\n")
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 _PLOT_MAGIC = (b"\x89PNG\r\n\x1a\n", b"%PDF-")
 #: Files of an input folder compared by inode at most (a bound on the walk).
@@ -92,7 +95,8 @@ def check_target(path: str | os.PathLike, *, kind: str,
 
 
 _KIND_TEXT = {"report": "an HDF5 file with a spectrum schema attribute",
-              "plot": "a PNG, PDF or SVG file"}
+              "plot": "a PNG, PDF or SVG file",
+              "csv": "a CSV file whose first line is a spectrum allocation header"}
 
 
 def is_output(path: str, kind: str) -> bool:
@@ -102,6 +106,8 @@ def is_output(path: str, kind: str) -> bool:
             head = fh.read(4096)
     except OSError:
         return False
+    if kind == "csv":
+        return head.startswith(CSV_HEADERS)
     if kind == "plot":
         text = head.lstrip()
         return head.startswith(_PLOT_MAGIC) or (
