@@ -94,23 +94,41 @@ class _Residual:
             self.xmax = float(self.x.max())
 
     def __call__(self, p: np.ndarray) -> float:
-        sigma = float(np.ravel(p)[0])
-        x, q = self.x, self.q
+        return float(self.many(np.ravel(p)[:1])[0])
+
+    def many(self, sigmas: np.ndarray) -> np.ndarray:
+        """The residual at every σ of ``sigmas`` at once: row by row the same floating
+        point operations as WeightWatcher's scalar ``resid_mp`` (the sum of each row,
+        zeros for the points below the density floor included, is numpy's pairwise sum
+        of a contiguous row, as for the 1-D array), so the values are bit-identical."""
+        sig = np.asarray(sigmas, dtype=np.float64)[:, None]
+        x, q = self.x[None, :], self.q
+        resid = np.zeros((sig.shape[0], self.x.size + self.n_bad))
         with np.errstate(all="ignore"):
             if q == 1:
-                ymp = np.nan_to_num((1 / (np.pi * sigma * sigma)) * np.sqrt(4 - x ** 2))
-                resid = ymp - self.y
+                ymp = np.nan_to_num((1 / (np.pi * sig * sig)) * np.sqrt(4 - x ** 2))
+                resid[:, :self.x.size] = ymp - self.y
             else:
-                b = np.power(sigma * (1 + np.sqrt(1 / q)), 2)
-                a = np.power(sigma * (1 - np.sqrt(1 / q)), 2)
-                if b < self.peak or b > self.xmax or a > self.peak:
-                    resid = np.zeros(self.y.size) + PENALTY
-                else:
-                    ymp = np.nan_to_num((1 / (2 * np.pi * sigma * sigma * x * (1 / q)))
-                                        * np.sqrt((b - x) * (x - a)))
-                    resid = ymp - self.y
-        resid = np.concatenate((resid, np.zeros(self.n_bad)))
-        return float(np.sum(resid ** 2))
+                b = np.power(sig * (1 + np.sqrt(1 / q)), 2)
+                a = np.power(sig * (1 - np.sqrt(1 / q)), 2)
+                ymp = np.nan_to_num((1 / (2 * np.pi * sig * sig * x * (1 / q)))
+                                    * np.sqrt((b - x) * (x - a)))
+                resid[:, :self.x.size] = ymp - self.y
+                penalized = ((b < self.peak) | (b > self.xmax) | (a > self.peak))[:, 0]
+                resid[penalized, :self.x.size] = PENALTY
+        return np.sum(resid ** 2, axis=1)
+
+
+def _brute(resid: _Residual, lo: float, hi: float, step: float) -> float:
+    """scipy's ``optimize.brute(resid, (slice(lo, hi, step),))`` as WeightWatcher calls
+    it (the grid ``np.mgrid[lo:hi:step]``, the first minimum, polished by
+    ``optimize.fmin`` from there), with the grid evaluated in one vectorized pass."""
+    from scipy import optimize
+
+    grid = np.mgrid[slice(lo, hi, step)]
+    values = resid.many(grid)
+    start = grid[int(np.argmin(values))]
+    return float(np.ravel(optimize.fmin(resid, start, full_output=1, disp=False)[0])[0])
 
 
 def fit_marchenko_pastur(evals: np.ndarray, shape: tuple[int, int]) -> MarchenkoPasturFit:
@@ -129,8 +147,6 @@ def fit_marchenko_pastur(evals: np.ndarray, shape: tuple[int, int]) -> Marchenko
 
 
 def _fit(evals: np.ndarray, N: int, M: int) -> MarchenkoPasturFit:
-    from scipy import optimize
-
     q = N / M
     lam, bad = check_evals(evals)
     if bad:
@@ -150,9 +166,7 @@ def _fit(evals: np.ndarray, N: int, M: int) -> MarchenkoPasturFit:
     if resid.x.size == 0:
         return _undefined(f"the density estimate of the ESD is nowhere above "
                           f"{DENSITY_FLOOR} (bandwidth {BANDWIDTH})", q)
-    out = optimize.brute(resid, (slice(0.05 * s0, 2.0 * s0, 0.01 * s0),),
-                         full_output=True)
-    sigma = float(np.ravel(out[0])[0])
+    sigma = _brute(resid, 0.05 * s0, 2.0 * s0, 0.01 * s0)
     bulk_max = (sigma * (1 + 1 / np.sqrt(q))) ** 2
     bulk_min = (sigma * (1 - 1 / np.sqrt(q))) ** 2
     tw = 1 / np.sqrt(q) * np.power(bulk_max, 2 / 3) * np.power(M, -2 / 3)
