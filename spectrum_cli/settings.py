@@ -82,11 +82,13 @@ SETTINGS: tuple[Setting, ...] = (
             default="reshape", choices=("reshape", "skip")),
     # Numerics
     Setting("square", "str", "Eigen and non-normal analysis of square matrices: 'auto' "
-            "(recurrent gate blocks and squares up to --square-max-dim), 'recurrent', "
+            "(the recurrent weights weight_hh*, whole and per gate, which act on their own "
+            "output every step; other squares only up to --square-max-dim), 'recurrent', "
             "'all', 'none'.", NUMERICS, default="auto",
             choices=("auto", "recurrent", "all", "none")),
-    Setting("square_max_dim", "int", "Largest square matrix eigen-analysed under --square "
-            "auto.", NUMERICS, default=256, minimum=1, maximum=16384),
+    Setting("square_max_dim", "int", "Under --square auto, also eigen-analyse other "
+            "square matrices up to this side (0: none; their powers mean nothing for a "
+            "layer applied once).", NUMERICS, default=0, minimum=0, maximum=16384),
     Setting("eps", "list", "Pseudospectral radius ρ_ε for these ε (absolute; see "
             "--eps-relative). Repeatable or comma-separated.", NUMERICS,
             metavar="EPS[,EPS...]"),

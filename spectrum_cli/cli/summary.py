@@ -360,10 +360,14 @@ def footnotes(doc: dict, tensors: list[dict], shown: list[dict]) -> list[Text]:
                    and t["matrix_shape"][0] == t["matrix_shape"][1])
     n_eig = sum(1 for t in tensors if "spectral_radius" in t["metrics"])
     if n_square > n_eig:
+        st = doc["settings"]
+        why = f"--square {st.get('square')}"
+        if st.get("square") == "auto":
+            why += (": recurrent weights, whose powers mean something" +
+                    (f", and squares up to {st['square_max_dim']}"
+                     if st.get("square_max_dim") else ""))
         out.append(Text(f"eigenvalues: {n_square - n_eig} of {n_square} square matrices not "
-                        f"eigen-analysed (--square {doc['settings'].get('square')}, max dim "
-                        f"{doc['settings'].get('square_max_dim')}; --square all for all)",
-                        style="dim"))
+                        f"eigen-analysed ({why}; --square all for all)", style="dim"))
     if any(t.get("nonnormal") for t in tensors):
         out.append(Text("κ(V) ?[sizes]: eigenvalue clusters make κ(V) undefined; K≥: Kreiss "
                         "lower bound; max‖Aᵏ‖ for k ≤ power_max ('+' = not the proven "

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import re
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -34,15 +34,20 @@ from spectrum_cli.core.selection import Selector
 
 CONV_MODES = ("reshape", "skip")
 SQUARE_MODES = ("auto", "all", "recurrent", "none")
-#: PyTorch recurrent weights: ``weight_hh_l{k}`` (``_reverse`` for bidirectional).
-RECURRENT = re.compile(r"(^|\.)weight_hh_l\d+(_reverse)?$")
+#: PyTorch recurrent weights: ``weight_hh_l{k}`` of ``nn.RNN``/``LSTM``/``GRU``
+#: (``_reverse`` for bidirectional) and ``weight_hh`` of ``nn.RNNCell``/``LSTMCell``/
+#: ``GRUCell``: the hidden-to-hidden maps, which act on their own output.
+RECURRENT = re.compile(r"(^|\.)weight_hh(_l\d+(_reverse)?)?$")
 #: Gate order of PyTorch's stacked hidden-hidden weights, by number of gates.
 GATES = {4: ("i", "f", "g", "o"), 3: ("r", "z", "n")}
-#: ``--square auto`` computes eigenvalues of square matrices up to this size: LAPACK
-#: ``geev`` costs about 4x an SVD of the same matrix (25n³ vs ~6n³ flops, Golub & Van
-#: Loan §7.5.6), and a layer's eigenvalues mean something only when its output space
-#: is its input space.
-DEFAULT_SQUARE_MAX_DIM = 256
+#: ``--square auto`` eigen-analyses the recurrent hidden-to-hidden weights (whole and
+#: per gate), and other square matrices only up to this side (0: none). The eigenvalues,
+#: κ(V), ‖A^k‖ and the Kreiss constant of a map describe the iteration x <- Ax, which a
+#: recurrent weight performs on its own output every time step; a feed-forward square
+#: layer (an attention projection, a residual MLP's square matrix) is applied once per
+#: forward pass, and its powers mean nothing. LAPACK ``geev`` also costs about 4x an
+#: SVD of the same matrix (25n³ vs ~6n³ flops, Golub & Van Loan §7.5.6).
+DEFAULT_SQUARE_MAX_DIM = 0
 
 
 @dataclass(frozen=True)
@@ -72,8 +77,8 @@ class AnalyzeOptions:
             raise UsageError(f"conv: expected one of {CONV_MODES}, got {self.conv!r}")
         if self.square not in SQUARE_MODES:
             raise UsageError(f"square: expected one of {SQUARE_MODES}, got {self.square!r}")
-        if not (isinstance(self.square_max_dim, int) and self.square_max_dim >= 1):
-            raise UsageError(f"square_max_dim: expected a positive integer, "
+        if not (isinstance(self.square_max_dim, int) and self.square_max_dim >= 0):
+            raise UsageError(f"square_max_dim: expected an integer >= 0, "
                              f"got {self.square_max_dim!r}")
         if not 0.0 < self.effective_rank_tau < 1.0:
             raise UsageError(f"effective_rank_tau: expected a number in (0, 1), "
@@ -108,16 +113,20 @@ class _Planned:
     kind: str
     source: str = ""  # the tensor to read (gate blocks share their parent's)
     rows: tuple[int, int] | None = None  # row block of the parent (gate blocks)
+    alone: bool = False  # the only tensor of its checkpoint (a matrix given on its own)
 
     def wants_eigen(self, options: AnalyzeOptions) -> bool:
-        """Whether ``--square`` asks for the eigen/non-normal analysis of this matrix."""
+        """Whether ``--square`` asks for the eigen/non-normal analysis of this matrix:
+        ``all``; ``recurrent``: the recurrent weights and their gate blocks; ``auto``:
+        those, a square matrix given on its own (a file holding one matrix: the operator
+        the user asks about) and other squares up to ``square_max_dim``."""
         m, n = self.matrix_shape
         if m != n or options.square == "none":
             return False
         recurrent = self.kind == "recurrent_gate" or bool(RECURRENT.search(self.name))
         if options.square == "all" or recurrent:
             return True
-        return options.square == "auto" and m <= options.square_max_dim
+        return options.square == "auto" and (self.alone or m <= options.square_max_dim)
 
 
 #: A planned matrix (picklable: tasks of worker processes name them).
@@ -220,12 +229,16 @@ def plan_source(source: Any, options: AnalyzeOptions
     selector = Selector(options.include, options.exclude)
     planned: list[_Planned] = []
     skipped: list[SkippedTensor] = []
+    entries = 0
     for info in source.entries():
+        entries += 1
         p = _plan(info, selector, options)
         if isinstance(p, str):
             skipped.append(SkippedTensor(info.name, tuple(info.shape), info.dtype, p))
         else:
             planned.extend(p)
+    if entries == 1 and len(planned) == 1 and planned[0].kind == "matrix":
+        planned[0] = replace(planned[0], alone=True)
     return planned, skipped
 
 

@@ -19,8 +19,9 @@ optimizer and batch to :meth:`SpectrumMonitor.measure`
 Cost, paid while training waits: every selected matrix is copied to the CPU in float64,
 one at a time, and gets a full SVD (O(m n min(m, n)) flops, Golub & Van Loan, *Matrix
 Computations*, 4th ed., §8.6; about 1 s for the 40 matrices of a 22.7M-parameter model
-of MiniLM's shape on one core, measured), square matrices up
-to ``square_max_dim`` also an eigen-analysis (``square="none"`` skips it). Restrict the
+of MiniLM's shape on one core, measured), recurrent weights (``weight_hh*``) also an
+eigen-analysis (``square="none"`` skips it, ``square="all"`` extends it to every square
+matrix). Restrict the
 work with ``include``/``exclude`` globs (``*`` crosses dots, or ``re:REGEX``) and measure
 every N steps rather than every step. Operator indicators cost far more (see
 :mod:`~spectrum_cli.integrations.operators`). Tied weights (one tensor under two names)

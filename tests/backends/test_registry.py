@@ -68,7 +68,7 @@ def small(tmp_path):
 
 @pytest.mark.parametrize("name", ["dense", "lanczos", "randomized-svd"])
 def test_backend_option_selects_each(small, name):
-    doc, result = run_json(small, "--backend", name)
+    doc, result = run_json(small, "--backend", name, "--square", "all")
     assert result.exit_code == 0, result.stderr
     assert {t["method"]["backend"] for t in doc["tensors"]} == {name}
     assert doc["settings"]["backend"] == name

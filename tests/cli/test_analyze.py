@@ -90,7 +90,7 @@ def test_json_document_schema(ckpt):
     q = by["encoder.attention.query.weight"]["metrics"]
     ref = np.linalg.svd(sd["encoder.attention.query.weight"].double().numpy(), compute_uv=False)
     assert q["kappa"] == pytest.approx(ref[0] / ref[-1], rel=1e-8)
-    assert "spectral_radius" in q
+    assert "spectral_radius" not in q  # --square auto: a feed-forward projection
     reasons = {s["reason"] for s in doc["skipped"]}
     assert "optimizer state" in reasons and "1-D" in reasons
 
@@ -180,7 +180,7 @@ def test_include_exclude(ckpt):
 def test_options_are_validated(ckpt):
     path, _ = ckpt
     for args in (["--conv", "flatten"], ["--square", "some"], ["--effective-rank-tau", "2"],
-                 ["--svd-route", "fast"], ["--square-max-dim", "0"]):
+                 ["--svd-route", "fast"], ["--square-max-dim", "-1"]):
         result = run_cli("analyze", path, *args)
         assert result.exit_code == 2, args
         # Choices and ranges are checked by the parser (listing the choices), the rest
@@ -238,8 +238,15 @@ def test_square_all_and_none(ckpt):
     assert all("spectral_radius" not in t["metrics"] for t in doc["tensors"])
     doc, _ = run_json(path, "--square-max-dim", "8")
     assert all("spectral_radius" not in t["metrics"] for t in doc["tensors"])
-    assert "2 of 2 square matrices not eigen-analysed" in run_cli(
-        "analyze", path, "--square-max-dim", "8").stdout
+    out = " ".join(run_cli("analyze", path).stdout.split())  # unwrapped
+    assert ("2 of 2 square matrices not eigen-analysed (--square auto: recurrent weights"
+            in out)
+    doc, _ = run_json(path)  # auto: the square attention projections are feed-forward
+    assert all("spectral_radius" not in t["metrics"] for t in doc["tensors"])
+    doc, _ = run_json(path, "--square-max-dim", "64")
+    assert sum("spectral_radius" in t["metrics"] for t in doc["tensors"]) == 2
+    doc, _ = run_json(path, "--square", "all")
+    assert sum("spectral_radius" in t["metrics"] for t in doc["tensors"]) == 2
 
 
 def test_sample_checkpoints_run(tmp_path):

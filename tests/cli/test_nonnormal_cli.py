@@ -114,3 +114,43 @@ def test_pseudospectrum_of_a_gate_block(tmp_path):
     assert bad.exit_code == 2 and "no gate" in bad.stderr
     many = run_cli("pseudospectrum", path)
     assert many.exit_code == 2 and "--tensor" in many.stderr
+
+
+def test_square_auto_analyses_what_iterates(tmp_path):
+    """--square auto (issue 24): the recurrent hidden-to-hidden weights of nn.LSTM and of
+    the *Cell modules, per gate; not the feed-forward squares (a Linear applied once),
+    which --square-max-dim or --square all add."""
+    torch.manual_seed(0)
+    model = torch.nn.ModuleDict({
+        "lstm": torch.nn.LSTM(input_size=6, hidden_size=6),
+        "cell": torch.nn.GRUCell(input_size=6, hidden_size=6),
+        "proj": torch.nn.Linear(6, 6),
+    })
+    path = tmp_path / "mixed.pt"
+    torch.save({"model": model.state_dict()}, path)
+    doc, result = run_json(path)
+    assert result.exit_code == 0, result.stderr
+    eig = {t["name"] for t in doc["tensors"] if t["nonnormal"]}
+    assert eig == {f"lstm.weight_hh_l0[{g}]" for g in "ifgo"} | {
+        f"cell.weight_hh[{g}]" for g in "rzn"}
+    assert "proj.weight" in {t["name"] for t in doc["tensors"]}
+    doc, _ = run_json(path, "--square-max-dim", "6")
+    assert "proj.weight" in {t["name"] for t in doc["tensors"] if t["nonnormal"]}
+    doc, _ = run_json(path, "--square", "all")
+    assert "proj.weight" in {t["name"] for t in doc["tensors"] if t["nonnormal"]}
+
+
+def test_a_matrix_given_alone_is_eigen_analysed(tmp_path, grcar):
+    """A file holding one square matrix is the operator the user asks about: analysed
+    under auto; the same matrix beside another tensor is a layer like any other."""
+    doc, _ = run_json(grcar)
+    assert doc["tensors"][0]["nonnormal"] is not None
+    from safetensors.numpy import save_file
+
+    a = np.load(grcar)
+    save_file({"a": a}, str(tmp_path / "one.safetensors"))
+    save_file({"a": a, "b": np.ones((3, 2))}, str(tmp_path / "two.safetensors"))
+    doc, _ = run_json(tmp_path / "one.safetensors")
+    assert doc["tensors"][0]["nonnormal"] is not None
+    doc, _ = run_json(tmp_path / "two.safetensors")
+    assert all(t["nonnormal"] is None for t in doc["tensors"])

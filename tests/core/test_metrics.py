@@ -65,7 +65,7 @@ def test_metric_names_are_the_contract(rng):
     from spectrum_cli.core.metrics import BUILTIN, COMPUTED, SQUARE_METRICS, builtin_metrics
 
     core = {m.name for m in BUILTIN} | set(COMPUTED)  # the built-ins alone (no registry)
-    got = analyse(rng.standard_normal((12, 12)))
+    got = analyse(rng.standard_normal((12, 12)), square="all")
     assert set(got) == core
     got = analyse(rng.standard_normal((12, 7)))
     assert set(got) == core - set(SQUARE_METRICS)
@@ -86,7 +86,7 @@ def test_metric_names_are_the_contract(rng):
 def test_closed_forms_flat_spectrum():
     # An orthogonal matrix: all sigma = 1, so kappa = 1, entropy = ln n, normalized = 1.
     q = np.linalg.qr(np.random.default_rng(1).standard_normal((50, 50)))[0]
-    m = analyse(q)
+    m = analyse(q, square="all")
     assert m["kappa"] == pytest.approx(1.0, abs=1e-13)
     assert m["spectral_entropy"] == pytest.approx(math.log(50), rel=1e-13)
     assert m["spectral_entropy_normalized"] == pytest.approx(1.0, rel=1e-13)
@@ -108,7 +108,7 @@ def test_closed_forms_rank_one(rng):
 
 def test_closed_forms_diagonal():
     a = np.diag([4.0, 2.0, 1.0, 0.5])
-    m = analyse(a)
+    m = analyse(a, square="all")
     assert m["kappa"] == 8.0 and m["sigma_max"] == 4.0 and m["sigma_min"] == 0.5
     p = np.array([16, 4, 1, 0.25]) / 21.25
     assert m["spectral_entropy"] == pytest.approx(-np.sum(p * np.log(p)), rel=1e-14)
@@ -137,17 +137,18 @@ def test_exactly_singular_gives_inf():
 def test_spectral_radius_of_non_normal_matrix():
     # Jordan-like: eigenvalues 0.5 (twice), sigma_max much larger.
     a = np.array([[0.5, 100.0], [0.0, 0.5]])
-    m = analyse(a)
+    m = analyse(a, square="all")
     assert m["spectral_radius"] == pytest.approx(0.5, rel=1e-6)
     assert m["sigma_max"] > 100
 
 
 def test_square_option_controls_eigenvalues(rng):
     a = rng.standard_normal((20, 20))
-    assert "spectral_radius" in analyse(a)
-    assert "spectral_radius" not in analyse(a, square="none")
+    assert "spectral_radius" not in analyse(a)  # auto: a feed-forward square, no powers
+    assert "spectral_radius" in analyse(a, square_max_dim=20)
+    assert "spectral_radius" not in analyse(a, square="none", square_max_dim=20)
     assert "spectral_radius" not in analyse(a, square_max_dim=10)
-    assert "spectral_radius" in analyse(a, square="all", square_max_dim=10)
+    assert "spectral_radius" in analyse(a, square="all")
 
 
 def test_weightwatcher_entropy_formula(rng):

@@ -27,7 +27,7 @@ def analysed(tmp_path):
     save_file(sd, str(tmp_path / "m.safetensors"))
     src = open_source(str(tmp_path / "m.safetensors"))
     result = analyze_source(src, SourceInfo("m", "safetensors", src.files, 1, "ab" * 32),
-                            AnalyzeOptions(), get_backend)
+                            AnalyzeOptions(square="all"), get_backend)
     return result, build_document(result)
 
 
