@@ -80,7 +80,10 @@ def main() -> None:
     if not args.peers_python.exists():
         sys.exit(f"{args.peers_python} missing: run bench/setup_peers.sh first")
     model = find_model(args.peers_python)
-    spectrum = [sys.executable, "-m", "spectrum_cli", "analyze", str(model), "--no-progress"]
+    # --no-cache: the warm-up run would otherwise fill the per-tensor cache and every timed
+    # run after it would only read it back.
+    spectrum = [sys.executable, "-m", "spectrum_cli", "analyze", str(model), "--no-progress",
+                "--no-cache"]
     commands = {
         "ours": spectrum,
         "scipy32": [sys.executable, str(HERE / "baseline_scipy_svdvals.py"), str(model)],
