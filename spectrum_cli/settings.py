@@ -83,7 +83,8 @@ SETTINGS: tuple[Setting, ...] = (
     # Numerics
     Setting("square", "str", "Eigen and non-normal analysis of square matrices: 'auto' "
             "(the recurrent weights weight_hh*, whole and per gate, which act on their own "
-            "output every step; other squares only up to --square-max-dim), 'recurrent', "
+            "output every step; a file's only matrix up to 1024; other squares only up to "
+            "--square-max-dim), 'recurrent', "
             "'all', 'none'.", NUMERICS, default="auto",
             choices=("auto", "recurrent", "all", "none")),
     Setting("square_max_dim", "int", "Under --square auto, also eigen-analyse other "

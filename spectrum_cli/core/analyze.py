@@ -48,6 +48,11 @@ GATES = {4: ("i", "f", "g", "o"), 3: ("r", "z", "n")}
 #: forward pass, and its powers mean nothing. LAPACK ``geev`` also costs about 4x an
 #: SVD of the same matrix (25n³ vs ~6n³ flops, Golub & Van Loan §7.5.6).
 DEFAULT_SQUARE_MAX_DIM = 0
+#: A square matrix given alone is eigen-analysed under ``--square auto`` up to this side
+#: (geev, the power walk and the Kreiss search of a 1024x1024 matrix take seconds; a
+#: stranger's file holding one huge matrix must not start hours of work by default:
+#: ``--square all`` asks for it).
+ALONE_MAX_DIM = 1024
 
 
 @dataclass(frozen=True)
@@ -118,15 +123,17 @@ class _Planned:
     def wants_eigen(self, options: AnalyzeOptions) -> bool:
         """Whether ``--square`` asks for the eigen/non-normal analysis of this matrix:
         ``all``; ``recurrent``: the recurrent weights and their gate blocks; ``auto``:
-        those, a square matrix given on its own (a file holding one matrix: the operator
-        the user asks about) and other squares up to ``square_max_dim``."""
+        those, a square matrix up to ALONE_MAX_DIM given on its own (a file holding one
+        matrix: the operator the user asks about) and other squares up to
+        ``square_max_dim``."""
         m, n = self.matrix_shape
         if m != n or options.square == "none":
             return False
         recurrent = self.kind == "recurrent_gate" or bool(RECURRENT.search(self.name))
         if options.square == "all" or recurrent:
             return True
-        return options.square == "auto" and (self.alone or m <= options.square_max_dim)
+        return options.square == "auto" and (
+            (self.alone and m <= ALONE_MAX_DIM) or m <= options.square_max_dim)
 
 
 #: A planned matrix (picklable: tasks of worker processes name them).

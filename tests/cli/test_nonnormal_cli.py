@@ -154,3 +154,7 @@ def test_a_matrix_given_alone_is_eigen_analysed(tmp_path, grcar):
     assert doc["tensors"][0]["nonnormal"] is not None
     doc, _ = run_json(tmp_path / "two.safetensors")
     assert all(t["nonnormal"] is None for t in doc["tensors"])
+    # A huge lone matrix from a stranger starts no geev by default (hours at 20000²).
+    np.save(tmp_path / "big.npy", np.eye(1025))
+    doc, _ = run_json(tmp_path / "big.npy")
+    assert doc["tensors"][0]["nonnormal"] is None
