@@ -43,6 +43,11 @@ COARSE_SIX_MAX_N = 128
 SHARP_ITERATIONS = 60
 SHARP_RTOL = 1e-13
 CERTIFIED_POINTS = 3
+#: The numerical-range certificate of K(A) = 1 (:func:`numerical_radius_upper`) uses this
+#: many supporting lines, and is tried only where ρ(A) < cos(π/RANGE_ANGLES), below which
+#: w(A) <= 1 can be certified at all (w(A) >= ρ(A)).
+RANGE_ANGLES = 8
+RANGE_CERTIFY_MAX_RHO = math.cos(math.pi / RANGE_ANGLES)
 
 
 @dataclass(frozen=True)
@@ -499,7 +504,10 @@ def kreiss_lower_bound(a: np.ndarray, per_decade: int = 2, angular: int = 24,
     g(r) = (r-1)·Σ_k upper_k r^(-k-1) <= 1 can beat the floor 1, and such radii are
     skipped (the tail beyond k_max bounded geometrically, see :func:`neumann_bound`).
     ``spectral_radius`` (ρ(A) from the caller's eigenvalues) decides K = inf before any
-    factorization; the Schur factor is computed only when the search needs it."""
+    factorization; the Schur factor is computed only when the search needs it. Before
+    any search, a certified numerical radius w(A) <= 1 (:func:`numerical_radius_upper`,
+    three symmetric eigenvalue problems, tried where ρ(A) < RANGE_CERTIFY_MAX_RHO)
+    gives K(A) = 1 exactly: the resolvent ratio never exceeds 1 outside the unit disk."""
     a = np.asarray(a, dtype=np.float64)
     e = scale_exponent(a)
     b = ldexp(a, -e)  # exact; zI - A = 2^e (2^-e z I - B)
@@ -509,6 +517,13 @@ def kreiss_lower_bound(a: np.ndarray, per_decade: int = 2, angular: int = 24,
             and norm_upper <= 1.0:
         return KreissBound(1.0, None, 0, ("‖A‖₂ <= 1: K(A) = 1 exactly, the limit of "
                                           "(|z|-1)‖(zI-A)⁻¹‖ as |z| -> ∞",))
+    if spectral_radius is None or spectral_radius < RANGE_CERTIFY_MAX_RHO:
+        w = ldexp(numerical_radius_upper(b), e)
+        if w <= 1.0:
+            return KreissBound(1.0, None, 0, (
+                f"numerical radius w(A) <= {w:.6g} <= 1, so (|z|-1)‖(zI-A)⁻¹‖ <= "
+                "(|z|-1)/(|z|-w(A)) <= 1 for |z| > 1: K(A) = 1 exactly, the limit as "
+                "|z| -> ∞",))
     t = complex_schur(b) if schur is None else schur
     lam = np.diag(t)
     rho = ldexp(float(np.max(np.abs(lam))), e)
@@ -578,6 +593,46 @@ def kreiss_lower_bound(a: np.ndarray, per_decade: int = 2, angular: int = 24,
     if math.isinf(best):
         notes = ("(|z|-1)‖(zI-A)⁻¹‖₂ exceeds the float64 range at the recorded z",)
     return KreissBound(best, best_z, ratio.evaluations, notes)
+
+
+def numerical_radius_upper(a: np.ndarray, angles: int = RANGE_ANGLES) -> float:
+    """A certified upper bound of the numerical radius w(A) = max_{‖x‖=1} |xᴴAx|.
+
+    The numerical range W(A) is convex (Toeplitz-Hausdorff) and lies in every half-plane
+    Re(e^{iθ}z) <= λ_max(H(θ)), H(θ) = (e^{iθ}A + e^{-iθ}Aᴴ)/2 (Johnson, SIAM J. Numer.
+    Anal. 15, 1978). With h = max_j λ_max(H(θ_j)) over ``angles`` equispaced θ_j, W(A)
+    lies in the regular polygon circumscribed about the disk of radius h, whose corners
+    are at h/cos(π/angles): w(A) <= h/cos(π/angles). λ_max(H(θ+π)) = -λ_min(H(θ)), so
+    one ``eigvalsh`` serves two angles; for a real A, H(-θ) = conj(H(θ)) has the same
+    eigenvalues, so only θ in [0, π/2] are factorized (3 for 8 angles). Rounding (forming
+    H, the backward-stable ``eigvalsh``) is covered by 64·n·eps·‖A‖_F, added to h.
+
+    What it is for: σ_min(zI - A) >= dist(z, W(A)) (for a unit x, ‖(zI-A)x‖ >=
+    |xᴴ(zI-A)x| = |z - xᴴAx|; Trefethen & Embree, *Spectra and Pseudospectra*, 2005,
+    §17: σ_ε(A) ⊆ W(A) + Δ_ε), so w(A) <= 1 gives (|z|-1)‖(zI-A)⁻¹‖ <= (|z|-1)/(|z|-w(A))
+    <= 1 on |z| > 1: K(A) = 1 with no search."""
+    a = np.asarray(a)
+    n = a.shape[0]
+    if n == 0:
+        return 0.0
+    if angles < 4 or angles % 4:
+        raise ValueError(f"angles: expected a positive multiple of 4, got {angles}")
+    real = not np.iscomplexobj(a)
+    ah = a.conj().T
+    sym, skew = (a + ah) / 2, (a - ah) / 2  # H(θ) = cos θ·sym + i sin θ·skew
+    last = angles // 4 if real else angles // 2 - 1
+    h = -math.inf
+    for j in range(last + 1):
+        theta = 2 * math.pi * j / angles
+        c, s = math.cos(theta), math.sin(theta)
+        if real and j == 0:
+            herm = sym
+        else:
+            herm = (c * sym + (1j * s) * skew).astype(np.complex128)
+        lam = np.linalg.eigvalsh(herm)
+        h = max(h, float(lam[-1]), -float(lam[0]))
+    slack = 64 * n * EPS64 * float(np.linalg.norm(a))
+    return (h + slack) / math.cos(math.pi / angles)
 
 
 def neumann_bound(powers: PowerNorms, r: np.ndarray) -> np.ndarray:

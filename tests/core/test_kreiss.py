@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from scipy.optimize import brentq, minimize_scalar
 
 from spectrum_cli.core.pseudospectra import sigma_min
-from spectrum_cli.core.transient import kreiss_lower_bound
+from spectrum_cli.core.transient import kreiss_lower_bound, numerical_radius_upper
 from tests.helpers import haar
 
 
@@ -135,3 +135,63 @@ def test_kreiss_at_least_one_and_certified(n, seed, rho):
         p = a @ p
         sup = max(sup, float(np.linalg.norm(p, 2)))
     assert k.value <= sup * (1 + 1e-9)
+
+
+REFERENCE_ANGLES = 720
+
+
+def numerical_radius_reference(a: np.ndarray, angles: int = REFERENCE_ANGLES) -> float:
+    """w(A) from below: max over a θ grid of λ_max of the Hermitian part of e^{iθ}A. Each
+    is a lower bound of w, and the x attaining w gives λ_max(H(θ)) >= w·cos(θ - θ*), so
+    the grid's max is at least w·cos(π/angles)."""
+    best = -math.inf
+    for t in np.linspace(0, 2 * np.pi, angles, endpoint=False):
+        b = np.exp(1j * t) * a
+        best = max(best, float(np.linalg.eigvalsh((b + b.conj().T) / 2)[-1]))
+    return best
+
+
+@pytest.mark.parametrize("m", [0.3, 1.8, 5.0])
+def test_numerical_radius_of_a_jordan_block_closed_form(m):
+    """W([[0, m], [0, 0]]) is the disk of radius m/2 (Horn & Johnson, Topics in Matrix
+    Analysis, 1991, §1.3): every supporting line is at m/2, so the bound is exactly
+    (m/2)/cos(π/8) up to the rounding slack."""
+    a = np.array([[0.0, m], [0.0, 0.0]])
+    got = numerical_radius_upper(a)
+    assert got == pytest.approx(m / 2 / math.cos(math.pi / 8), rel=1e-12)
+    assert numerical_radius_upper(a.astype(complex)) == pytest.approx(got, rel=1e-12)
+
+
+@pytest.mark.parametrize("n", [3, 17, 60])
+@pytest.mark.parametrize("dtype", [np.float64, np.complex128])
+def test_numerical_radius_upper_is_an_upper_bound_within_the_polygon_factor(rng, n, dtype):
+    a = rng.standard_normal((n, n)) / math.sqrt(n)
+    if dtype is np.complex128:
+        a = a + 1j * rng.standard_normal((n, n)) / math.sqrt(n)
+    a[0, -1] += 3.0  # strongly non-normal
+    w = numerical_radius_reference(a)
+    got = numerical_radius_upper(a)
+    assert w <= got
+    assert got <= w / math.cos(math.pi / REFERENCE_ANGLES) / math.cos(math.pi / 8) * (1 + 1e-9)
+    assert max(abs(np.linalg.eigvals(a))) <= got  # ρ <= w
+
+
+@pytest.mark.parametrize("m", [1.2, 1.8])
+def test_kreiss_one_certified_by_the_numerical_range(rng, m):
+    """‖A‖ > 1 (no contraction), ρ < 1 and w(A) < cos(π/8): K(A) = 1 with no search, and a
+    dense brute-force grid of SVDs never sees a ratio above 1 (a rotated Jordan-type block
+    plus a small normal part)."""
+    n = 30
+    d = np.zeros((n, n))
+    d[0, 1] = m
+    d[2:, 2:] = np.diag(rng.uniform(-0.3, 0.3, n - 2))
+    q = haar(rng, n, n)
+    a = q @ d @ q.T
+    assert np.linalg.norm(a, 2) > 1
+    k = kreiss_lower_bound(a, spectral_radius=float(max(abs(np.linalg.eigvals(a)))))
+    assert k.value == 1.0 and k.argmax is None and k.evaluations == 0
+    assert "numerical radius" in k.notes[0]
+    radii = 1 + np.logspace(-4, 4, 81)
+    thetas = np.linspace(-np.pi, np.pi, 12, endpoint=False)
+    oracle = max((rr - 1) / sigma_min(rr * np.exp(1j * t), a) for rr in radii for t in thetas)
+    assert oracle <= 1.0 + 1e-12
