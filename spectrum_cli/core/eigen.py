@@ -53,9 +53,9 @@ class EigenStructure:
     max_eig_condition: float = math.nan
     henrici: float = math.nan
     henrici_relative: float = math.nan
-    #: The complex Schur factor T of 2^-scale·A when it was computed (for Henrici's
-    #: departure of a nearly normal matrix): shared with the Kreiss search, which
-    #: factorizes only when it needs T and has none. Not part of any report.
+    #: The complex Schur factor T of 2^-scale·A, from which the eigenvalues and vectors
+    #: came (None where they came from geev): shared with Henrici's departure and the
+    #: Kreiss search. Not part of any report.
     schur: np.ndarray | None = field(default=None, repr=False, compare=False)
     scale: int = 0
 
@@ -187,18 +187,60 @@ def _real_schur_complex(a: np.ndarray) -> np.ndarray | None:
         tc[k:k + 2, k:] = g @ tc[k:k + 2, k:]
         tc[:k + 2, k:k + 2] = tc[:k + 2, k:k + 2] @ g.conj().T
         tc[k + 1, k] = 0.0
+        tc[k, k], tc[k + 1, k + 1] = lam, lam.conjugate()  # dgees's pair, exactly
     return np.triu(tc)
 
 
-def _eigenstructure(a: np.ndarray) -> EigenStructure:
-    import scipy.linalg as sla
+def schur_eigenvectors(t: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """Unit right eigenvectors and eigenvalue condition numbers of the upper triangular
+    ``t``, or None where they overflow.
 
-    lam, vl, vr = sla.eig(a, left=True, right=True, check_finite=False)
-    vr = vr / np.linalg.norm(vr, axis=0)
-    vl = vl / np.linalg.norm(vl, axis=0)
-    yx = np.abs(np.einsum("ij,ij->j", vl.conj(), vr))
-    with np.errstate(divide="ignore"):
-        cond = np.where(yx > 0, 1.0 / yx, math.inf)
+    X (upper triangular, unit diagonal) holds the eigenvectors: column j solves
+    (T - λ_j I)x = 0 with x_j = 1, by back substitution, here one row of X at a time
+    for every column at once: x_ij = Σ_{i<k<=j} t_ik x_kj / (λ_j - t_ii). A difference
+    λ_j - t_ii smaller than max(eps·|λ_j|₁, tiny) is replaced by that (LAPACK ztrevc's
+    perturbation of a repeated eigenvalue; |z|₁ = |Re z| + |Im z|). The left eigenvectors
+    are the rows of X⁻¹ (X⁻¹T = ΛX⁻¹) and row j of X⁻¹ times x_j is 1, so the condition
+    number of λ_j is ‖x_j‖·‖(X⁻¹)_j‖ (Golub & Van Loan, *Matrix Computations*, 4th ed.,
+    §7.2.2 and §7.6.4)."""
+    from scipy.linalg.lapack import ztrtri
+
+    n = t.shape[0]
+    lam = np.diag(t)
+    small = np.maximum(EPS * (np.abs(lam.real) + np.abs(lam.imag)), np.finfo(float).tiny)
+    x = np.zeros((n, n), dtype=np.complex128)
+    x[np.diag_indices(n)] = 1.0
+    with np.errstate(all="ignore"):
+        for i in range(n - 2, -1, -1):
+            den = lam[i + 1:] - lam[i]
+            den = np.where(np.abs(den.real) + np.abs(den.imag) < small[i + 1:],
+                           small[i + 1:], den)
+            x[i, i + 1:] = (t[i, i + 1:] @ x[i + 1:, i + 1:]) / den
+        if not np.all(np.isfinite(x)):
+            return None
+        xinv, info = ztrtri(x, lower=0, unitdiag=1)
+        if info != 0 or not np.all(np.isfinite(xinv)):
+            return None
+        norms = np.linalg.norm(x, axis=0)
+        cond = norms * np.linalg.norm(xinv, axis=1)
+        if not np.all(np.isfinite(cond)):
+            return None
+    return x / norms, cond
+
+
+def _eigenstructure(a: np.ndarray) -> EigenStructure:
+    # One complex Schur form T = QᴴAQ serves everything: the eigenvalues, the eigenvectors
+    # (those of T: κ(V) and the condition numbers are unitarily invariant, so Q is never
+    # formed), Henrici's departure and, through ``schur``, the Kreiss search. Where T's
+    # eigenvectors overflow (a Jordan-like T), LAPACK geev's scaled ones are used instead.
+    t = complex_schur(a)
+    found = schur_eigenvectors(t) if np.all(np.isfinite(t)) else None
+    if found is not None:
+        lam = np.diag(t).copy()
+        vr, cond = found
+    else:
+        t = None
+        lam, vr, cond = _geev(a)
     fro = float(np.linalg.norm(a))
     groups = _clusters(lam, cond, max(fro, np.finfo(float).tiny))
     defective = False
@@ -222,14 +264,14 @@ def _eigenstructure(a: np.ndarray) -> EigenStructure:
     # HENRICI_DIFFERENCE_MIN that is below 1e-11 and the difference is used; a nearly
     # normal matrix (smaller h, where the difference cancels) reads it off the Schur
     # factor instead.
-    t = None
     lam_sq = float(np.sum(np.abs(lam) ** 2))
     diff = fro * fro - lam_sq if fro > 0 else 0.0
     if fro > 0 and diff >= HENRICI_DIFFERENCE_MIN * fro * fro and \
             math.isfinite(diff) and a.shape[0] * EPS / HENRICI_DIFFERENCE_MIN <= 1e-11:
         henrici = math.sqrt(diff)
     else:
-        t = complex_schur(a)
+        if t is None:
+            t = complex_schur(a)
         henrici = float(np.linalg.norm(np.triu(t, 1)))
     order = np.argsort(-np.abs(lam), kind="stable")
     return EigenStructure(
@@ -238,3 +280,17 @@ def _eigenstructure(a: np.ndarray) -> EigenStructure:
         defective=defective, clusters=sorted((len(g) for g in groups), reverse=True),
         eig_conditions=cond[order], max_eig_condition=float(np.max(cond)),
         henrici=henrici, henrici_relative=henrici / fro if fro > 0 else 0.0, schur=t)
+
+
+def _geev(a: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Eigenvalues, unit right eigenvectors and condition numbers by LAPACK geev (left
+    and right vectors, scaled against overflow by trevc)."""
+    import scipy.linalg as sla
+
+    lam, vl, vr = sla.eig(a, left=True, right=True, check_finite=False)
+    vr = vr / np.linalg.norm(vr, axis=0)
+    vl = vl / np.linalg.norm(vl, axis=0)
+    yx = np.abs(np.einsum("ij,ij->j", vl.conj(), vr))
+    with np.errstate(divide="ignore"):
+        cond = np.where(yx > 0, 1.0 / yx, math.inf)
+    return lam, vr, cond

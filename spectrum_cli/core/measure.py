@@ -325,8 +325,10 @@ def _analyze_matrix(planned: Any, a: np.ndarray, options: Any, backend: Any,
             t_eig = time.perf_counter()
             nonnormal = analyze_square(a, options.eps, options.eps_relative,
                                        options.power_max, metrics.get("sigma_max"))
-            eig = Eigenvalues(nonnormal.eigen.eigenvalues, "dense", "geev (with vectors)",
-                              "exact", time.perf_counter() - t_eig)
+            route = "schur (with vectors)" if nonnormal.eigen.schur is not None \
+                else "geev (with vectors)"
+            eig = Eigenvalues(nonnormal.eigen.eigenvalues, "dense", route, "exact",
+                              time.perf_counter() - t_eig)
             metrics.update(nonnormal.metrics())
             extra.setdefault("notes", []).extend(nonnormal.notes)
         else:

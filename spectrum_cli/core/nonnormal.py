@@ -72,13 +72,12 @@ class NonNormal:
 
 def analyze_square(a: np.ndarray, eps: Sequence[float] = (), eps_relative: bool = False,
                    power_max: int = 200, sigma_max: float | None = None) -> NonNormal:
-    """Everything non-normal about the square matrix ``a``: one eigen-decomposition
-    (geev) gives κ(V), the condition numbers, ρ (which decides K = inf before any
-    search), Henrici's departure (from the Schur factor only for a nearly normal
-    matrix) and the eigenvalues that start the criss-cross; at most one complex Schur
+    """Everything non-normal about the square matrix ``a``: one complex Schur
     factorization (of 2^-e·A, the exact scaling of :mod:`spectrum_cli.core.scaling`)
-    is shared by Henrici and the Kreiss search; the certified power curve's ‖A‖₂ bound
-    and Neumann bound spare the Kreiss search an SVD and prune its grid."""
+    gives the eigenvalues, ρ (which decides K = inf before any search), κ(V) and the
+    condition numbers (from T's eigenvectors), Henrici's departure and the Kreiss
+    search's triangular factor; the certified power curve's ‖A‖₂ bound and Neumann
+    bound spare the Kreiss search an SVD and prune its grid."""
     eig = eigenstructure(a)
     scale = (sigma_max if sigma_max is not None else float(np.linalg.norm(a, 2))) \
         if eps_relative else 1.0
