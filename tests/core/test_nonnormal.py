@@ -197,3 +197,53 @@ def test_schur_of_entries_far_below_the_others_converges():
     out = eigenstructure(a)
     assert out.spectral_radius == pytest.approx(1.0, rel=1e-15)
     assert 0.0 <= out.henrici <= 11 * np.finfo(float).eps
+
+
+def _by_geev(monkeypatch, a):
+    """The eigen-structure as geev gives it (the route used before the Schur one)."""
+    import spectrum_cli.core.eigen as E
+
+    with monkeypatch.context() as m:
+        m.setattr(E, "schur_eigenvectors", lambda t: None)
+        return E.eigenstructure(a)
+
+
+@pytest.mark.parametrize("kind", ["gauss", "hump", "orthogonal", "companion", "pairs"])
+@pytest.mark.parametrize("n", [3, 40, 130])
+def test_schur_route_agrees_with_geev(rng, monkeypatch, kind, n):
+    """κ(V), the condition numbers, Henrici and the eigenvalues from T's eigenvectors
+    equal LAPACK geev's (left and right vectors of A itself) to rounding; T is kept
+    for the Kreiss search."""
+    g = rng.standard_normal((n, n)) / math.sqrt(n)
+    if kind == "gauss":
+        a = g
+    elif kind == "hump":
+        x, y = rng.standard_normal(n), rng.standard_normal(n)
+        a = 0.9 * g + 3 * np.outer(x, y) / (np.linalg.norm(x) * np.linalg.norm(y))
+    elif kind == "orthogonal":
+        a = haar(rng, n, n) + 0.01 * g
+    elif kind == "companion":
+        a = np.diag(np.ones(n - 1), -1)
+        a[0, :] = rng.uniform(-0.3, 0.3, n)
+    else:
+        a = normal_matrix(rng, n)[0] + 0.05 * g
+    new, old = eigenstructure(a), _by_geev(monkeypatch, a)
+    assert new.schur is not None
+    assert np.allclose(np.sort_complex(new.eigenvalues), np.sort_complex(old.eigenvalues),
+                       rtol=0, atol=1e-10 * max(1.0, old.spectral_radius))
+    assert new.clusters == old.clusters and new.defective == old.defective
+    for key in ("kappa_V", "kappa_V_cluster_orthonormal", "max_eig_condition", "henrici"):
+        assert getattr(new, key) == pytest.approx(getattr(old, key), rel=1e-9), key
+    # real A: the eigenvalues come in exact conjugate pairs, real ones exactly real
+    lam = new.eigenvalues
+    assert np.array_equal(np.sort_complex(lam), np.sort_complex(lam.conj()))
+
+
+def test_schur_route_falls_back_to_geev_where_eigenvectors_overflow(rng):
+    """A strictly upper triangular T with large entries: its eigenvectors by plain back
+    substitution overflow (all eigenvalues 0, perturbed to tiny), so geev's scaled
+    ones are used; the result is flagged defective, as before."""
+    a = np.triu(rng.standard_normal((30, 30)), 1) * 10
+    e = eigenstructure(a)
+    assert e.schur is None  # the geev route
+    assert e.defective and e.kappa_V == math.inf and e.clusters == [30]
