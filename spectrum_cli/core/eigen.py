@@ -160,8 +160,12 @@ def complex_schur(a: np.ndarray) -> np.ndarray:
                          check_finite=False)[0]
 
 
-def _real_schur_complex(a: np.ndarray) -> np.ndarray | None:
-    """dgees (no vectors) and the 2x2 blocks rotated to triangular; None if dgees fails."""
+def _real_schur_complex(a: np.ndarray,
+                        rotations: list[tuple[int, np.ndarray]] | None = None
+                        ) -> np.ndarray | None:
+    """dgees (no vectors) and the 2x2 blocks rotated to triangular; None if dgees fails.
+    ``rotations`` (when given) receives each (k, G): T = R·T_real·Rᴴ with R the product
+    of the G acting on rows and columns k, k+1 (disjoint pairs)."""
     from scipy.linalg.lapack import dgees
 
     n = a.shape[0]
@@ -188,7 +192,27 @@ def _real_schur_complex(a: np.ndarray) -> np.ndarray | None:
         tc[:k + 2, k:k + 2] = tc[:k + 2, k:k + 2] @ g.conj().T
         tc[k + 1, k] = 0.0
         tc[k, k], tc[k + 1, k + 1] = lam, lam.conjugate()  # dgees's pair, exactly
+        if rotations is not None:
+            rotations.append((int(k), g))
     return np.triu(tc)
+
+
+def _real_schur_vectors(x: np.ndarray, lam: np.ndarray,
+                        rotations: list[tuple[int, np.ndarray]]) -> np.ndarray:
+    """T's unit eigenvectors ``x`` taken to the real quasi-triangular form (Rᴴx, see
+    :func:`_real_schur_complex`), where a real matrix's eigenvectors are real for a
+    real eigenvalue and conjugate for a conjugate pair: the imaginary rounding of the
+    first is dropped and the second of each pair set to the conjugate of the first
+    (what dgeev returns), so :func:`_cond2_eigenvectors` takes the real SVD."""
+    v = x.copy()
+    for k, g in rotations:
+        v[k:k + 2] = g.conj().T @ v[k:k + 2]
+    pairs = {k for k, _ in rotations}
+    for k in pairs:
+        v[:, k + 1] = v[:, k].conj()
+    real = np.array([lam[j].imag == 0.0 for j in range(lam.size)])
+    v[:, real] = v[:, real].real
+    return v
 
 
 def schur_eigenvectors(t: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
@@ -233,11 +257,16 @@ def _eigenstructure(a: np.ndarray) -> EigenStructure:
     # (those of T: κ(V) and the condition numbers are unitarily invariant, so Q is never
     # formed), Henrici's departure and, through ``schur``, the Kreiss search. Where T's
     # eigenvectors overflow (a Jordan-like T), LAPACK geev's scaled ones are used instead.
-    t = complex_schur(a)
+    rotations: list[tuple[int, np.ndarray]] = []
+    t = _real_schur_complex(a, rotations) if a.shape[0] else None
+    if t is None:
+        t, rotations = complex_schur(a), []
     found = schur_eigenvectors(t) if np.all(np.isfinite(t)) else None
     if found is not None:
         lam = np.diag(t).copy()
         vr, cond = found
+        if rotations or not np.iscomplexobj(a):
+            vr = _real_schur_vectors(vr, lam, rotations)
     else:
         t = None
         lam, vr, cond = _geev(a)
