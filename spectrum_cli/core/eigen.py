@@ -181,38 +181,54 @@ def _real_schur_complex(a: np.ndarray,
     if info != 0:
         return None
     tc = np.triu(t, -1).astype(np.complex128)
-    for k in np.nonzero(np.diag(t, -1))[0]:
-        lam = complex(wr[k], wi[k])
+    k = np.nonzero(np.diag(t, -1))[0]  # the 2x2 blocks: disjoint pairs (k, k+1)
+    if k.size:
+        lam = wr[k] + 1j * wi[k]
         mu = lam - t[k + 1, k + 1]
         c = t[k + 1, k]
-        r = math.hypot(abs(mu), abs(c))
+        r = np.hypot(np.abs(mu), np.abs(c))
         cs, sn = mu / r, c / r
-        g = np.array([[cs.conjugate(), sn], [-sn, cs]])
-        tc[k:k + 2, k:] = g @ tc[k:k + 2, k:]
-        tc[:k + 2, k:k + 2] = tc[:k + 2, k:k + 2] @ g.conj().T
+        # G = [[conj(cs), sn], [-sn, cs]] on rows k, k+1, then Gᴴ on columns k, k+1; the
+        # pairs are disjoint, so all rotations apply at once.
+        top, bottom = tc[k].copy(), tc[k + 1].copy()
+        tc[k] = cs.conj()[:, None] * top + sn[:, None] * bottom
+        tc[k + 1] = -sn[:, None] * top + cs[:, None] * bottom
+        left, right = tc[:, k].copy(), tc[:, k + 1].copy()
+        tc[:, k] = left * cs[None, :] + right * sn[None, :]
+        tc[:, k + 1] = -left * sn[None, :] + right * cs.conj()[None, :]
         tc[k + 1, k] = 0.0
-        tc[k, k], tc[k + 1, k + 1] = lam, lam.conjugate()  # dgees's pair, exactly
+        tc[k, k], tc[k + 1, k + 1] = lam, lam.conj()  # dgees's pairs, exactly
         if rotations is not None:
-            rotations.append((int(k), g))
+            rotations.extend((int(kk), np.array([[a.conjugate(), b], [-b, a]]))
+                             for kk, a, b in zip(k, cs, sn))
     return np.triu(tc)
 
 
 def _real_schur_vectors(x: np.ndarray, lam: np.ndarray,
-                        rotations: list[tuple[int, np.ndarray]]) -> np.ndarray:
+                        rotations: list[tuple[int, np.ndarray]]
+                        ) -> tuple[np.ndarray, np.ndarray]:
     """T's unit eigenvectors ``x`` taken to the real quasi-triangular form (Rᴴx, see
     :func:`_real_schur_complex`), where a real matrix's eigenvectors are real for a
     real eigenvalue and conjugate for a conjugate pair: the imaginary rounding of the
     first is dropped and the second of each pair set to the conjugate of the first
-    (what dgeev returns), so :func:`_cond2_eigenvectors` takes the real SVD."""
+    (what dgeev returns); and the real W with σ(V) = σ(W) of
+    :func:`_cond2_eigenvectors` (a pair's columns √2·Re v, √2·Im v)."""
     v = x.copy()
-    for k, g in rotations:
-        v[k:k + 2] = g.conj().T @ v[k:k + 2]
-    pairs = {k for k, _ in rotations}
-    for k in pairs:
+    if rotations:
+        k = np.array([kk for kk, _ in rotations])
+        g = np.array([gg for _, gg in rotations])  # (p, 2, 2)
+        top, bottom = v[k].copy(), v[k + 1].copy()
+        gh = g.conj().transpose(0, 2, 1)
+        v[k] = gh[:, 0, 0, None] * top + gh[:, 0, 1, None] * bottom
+        v[k + 1] = gh[:, 1, 0, None] * top + gh[:, 1, 1, None] * bottom
         v[:, k + 1] = v[:, k].conj()
-    real = np.array([lam[j].imag == 0.0 for j in range(lam.size)])
+    real = lam.imag == 0.0
     v[:, real] = v[:, real].real
-    return v
+    w = v.real.copy()  # V = W·D·U (see _cond2_eigenvectors)
+    if rotations:
+        w[:, k] *= math.sqrt(2)
+        w[:, k + 1] = math.sqrt(2) * v[:, k].imag
+    return v, w
 
 
 def schur_eigenvectors(t: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
@@ -232,14 +248,14 @@ def schur_eigenvectors(t: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     n = t.shape[0]
     lam = np.diag(t)
     small = np.maximum(EPS * (np.abs(lam.real) + np.abs(lam.imag)), np.finfo(float).tiny)
+    den = lam[None, :] - lam[:, None]  # den[i, j] = λ_j - t_ii
+    den = np.where(np.abs(den.real) + np.abs(den.imag) < small[None, :], small[None, :],
+                   den)
     x = np.zeros((n, n), dtype=np.complex128)
     x[np.diag_indices(n)] = 1.0
     with np.errstate(all="ignore"):
         for i in range(n - 2, -1, -1):
-            den = lam[i + 1:] - lam[i]
-            den = np.where(np.abs(den.real) + np.abs(den.imag) < small[i + 1:],
-                           small[i + 1:], den)
-            x[i, i + 1:] = (t[i, i + 1:] @ x[i + 1:, i + 1:]) / den
+            x[i, i + 1:] = (t[i, i + 1:] @ x[i + 1:, i + 1:]) / den[i, i + 1:]
         if not np.all(np.isfinite(x)):
             return None
         xinv, info = ztrtri(x, lower=0, unitdiag=1)
@@ -258,15 +274,17 @@ def _eigenstructure(a: np.ndarray) -> EigenStructure:
     # formed), Henrici's departure and, through ``schur``, the Kreiss search. Where T's
     # eigenvectors overflow (a Jordan-like T), LAPACK geev's scaled ones are used instead.
     rotations: list[tuple[int, np.ndarray]] = []
+    real_w = None
     t = _real_schur_complex(a, rotations) if a.shape[0] else None
+    real_route = t is not None  # else zgees: its T is not R·T_real·Rᴴ
     if t is None:
         t, rotations = complex_schur(a), []
     found = schur_eigenvectors(t) if np.all(np.isfinite(t)) else None
     if found is not None:
         lam = np.diag(t).copy()
         vr, cond = found
-        if rotations or not np.iscomplexobj(a):
-            vr = _real_schur_vectors(vr, lam, rotations)
+        if real_route:
+            vr, real_w = _real_schur_vectors(vr, lam, rotations)
     else:
         t = None
         lam, vr, cond = _geev(a)
@@ -285,6 +303,8 @@ def _eigenstructure(a: np.ndarray) -> EigenStructure:
         kappa, kappa_o = math.inf, math.inf
     elif groups:
         kappa_o, kappa = _cond2(vo), None
+    elif real_w is not None:  # no cluster, the Schur route of a real matrix
+        kappa = kappa_o = _cond2(real_w)
     else:  # no cluster: vo is vr
         kappa = kappa_o = _cond2_eigenvectors(vr, lam)
     # Henrici: ‖N‖_F² = ‖A‖_F² - Σ|λ_i|² holds for the matrix A + E whose eigenvalues
