@@ -45,11 +45,12 @@ GATES = {4: ("i", "f", "g", "o"), 3: ("r", "z", "n")}
 #: κ(V), ‖A^k‖ and the Kreiss constant of a map describe the iteration x <- Ax, which a
 #: recurrent weight performs on its own output every time step; a feed-forward square
 #: layer (an attention projection, a residual MLP's square matrix) is applied once per
-#: forward pass, and its powers mean nothing. LAPACK ``geev`` also costs about 4x an
-#: SVD of the same matrix (25n³ vs ~6n³ flops, Golub & Van Loan §7.5.6).
+#: forward pass, and its powers mean nothing. The eigen-analysis also costs several
+#: SVDs of the same matrix (the Schur form alone ~10n³ flops against ~4n³ for the
+#: singular values, Golub & Van Loan §7.5.6 and §8.6.3).
 DEFAULT_SQUARE_MAX_DIM = 0
 #: A square matrix given alone is eigen-analysed under ``--square auto`` up to this side
-#: (geev, the power walk and the Kreiss search of a 1024x1024 matrix take seconds; a
+#: (the Schur form, the power walk and the Kreiss search of a 1024x1024 matrix take seconds; a
 #: stranger's file holding one huge matrix must not start hours of work by default:
 #: ``--square all`` asks for it).
 ALONE_MAX_DIM = 1024
@@ -190,7 +191,7 @@ def choose_backend(shape: tuple[int, int], options: AnalyzeOptions) -> str:
 #: ill-conditioned matrix) plus the k×k Gram product and eigvalsh's copy of it
 #: (2·k²/(m·n) of the copy, k = min(m, n), for the matrices that ``--svd-route auto``
 #: sends that way: aspect ratio >= 2 or k >= 512, see ``auto_takes_gram``),
-#: the eigen/non-normal analysis of a square matrix adds geev's copy, the Schur form and
+#: the eigen/non-normal analysis of a square matrix adds the Schur form, its eigenvectors and
 #: the matrix powers (the power curve also keeps A^(2^i), i < log2(power_max), for sides
 #: up to 1024: at most 8 MiB each); iterative backends hold a few vectors. Measured on TinyLlama's
 #: 32000x2048 embedding (bench/bench_llm.py): 738 MiB peak RSS of a worker, torch
