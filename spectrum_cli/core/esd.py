@@ -284,10 +284,120 @@ def _gamma_interval(S: float, n: int, level: float) -> tuple[float, float] | Non
     """1 + Gamma⁻¹(q; n - 1)/S for q = (1 ∓ level)/2 (None when n < 2 or S <= 0)."""
     if n < 2 or not S > 0 or not math.isfinite(S):
         return None
-    from scipy.special import gammaincinv
-
     q = (1.0 - level) / 2.0
-    return (1.0 + float(gammaincinv(n - 1, q)) / S, 1.0 + float(gammaincinv(n - 1, 1 - q)) / S)
+    return (1.0 + gamma_quantile(n - 1, q) / S, 1.0 + gamma_quantile(n - 1, 1.0 - q) / S)
+
+
+def _log_front(a: float, x: float) -> float:
+    """log(x^a·e^(-x)/Γ(a)) without the cancellation of its three large terms: with
+    x = a(1 + t), a·(log1p(t) - t) + ½·log(a/2π) - stirlerr(a), stirlerr(a) = log Γ(a) -
+    (a - ½)·log a + a - ½·log 2π (its asymptotic series from a = 15 on; Abramowitz &
+    Stegun 6.1.41)."""
+    t = (x - a) / a
+    # log(x/a) - t: log1p near x = a, where log(x/a) would cancel; log itself far from
+    # it, where forming 1 + t would lose the digits of a small x/a.
+    dev = (math.log1p(t) if abs(t) < 0.5 else math.log(x / a)) - t
+    if a >= 15.0:
+        r = 1.0 / (a * a)
+        stirlerr = (1.0 / 12 - r * (1.0 / 360 - r * (1.0 / 1260 - r * (1.0 / 1680
+                                                                       - r / 1188)))) / a
+        head = 0.5 * math.log(a / (2 * math.pi)) - stirlerr
+    else:
+        head = a * math.log(a) - a - math.lgamma(a)
+    return a * dev + head
+
+
+def _gamma_pq(a: float, x: float) -> tuple[float, float]:
+    """The regularized incomplete gamma functions P(a, x) and Q(a, x) = 1 - P(a, x), the
+    smaller of the two to full relative accuracy: the series of P for x < a + 1, else
+    the continued fraction of Q by the modified Lentz method (Numerical Recipes, 3rd
+    ed., §6.2; Abramowitz & Stegun 6.5.29 and 6.5.31)."""
+    if x <= 0.0:
+        return 0.0, 1.0
+    front = math.exp(_log_front(a, x))
+    if x < a + 1.0:
+        term = total = 1.0 / a
+        ap = a
+        for _ in range(1_000_000):
+            ap += 1.0
+            term *= x / ap
+            total += term
+            if abs(term) < abs(total) * 1e-17:
+                break
+        p = total * front
+        return p, 1.0 - p
+    tiny = 1e-300
+    b = x + 1.0 - a
+    c, d = 1.0 / tiny, 1.0 / b
+    h = d
+    for i in range(1, 1_000_000):
+        an = -i * (i - a)
+        b += 2.0
+        d = an * d + b
+        d = tiny if abs(d) < tiny else d
+        c = b + an / c
+        c = tiny if abs(c) < tiny else c
+        d = 1.0 / d
+        step = d * c
+        h *= step
+        if abs(step - 1.0) < 1e-16:
+            break
+    q = front * h
+    return 1.0 - q, q
+
+
+def gamma_quantile(a: float, q: float) -> float:
+    """x with P(a, x) = q: the q-quantile of Gamma(a, 1) (what ``scipy.special.
+    gammaincinv(a, q)`` gives, without importing scipy.special, ~0.3 s of every process
+    that fits a spectrum). Newton's method on log P(a, x) = log q (q < ½) or on
+    log Q(a, x) = log(1 - q), each computed to full relative accuracy, from the
+    Wilson-Hilferty approximation (Johnson, Kotz & Balakrishnan 1, ch. 17-18), kept
+    inside the bracket of the points evaluated (bisection, geometric where the bracket
+    spans decades), until a step changes x by under 1e-15 relative. a >= 1, 0 < q < 1."""
+    if not (a >= 1.0 and 0.0 < q < 1.0):
+        raise ValueError(f"gamma_quantile: expected a >= 1 and 0 < q < 1, got {a}, {q}")
+    if a == 1.0:
+        return -math.log1p(-q)
+    from statistics import NormalDist
+
+    lower = q < 0.5
+    target = math.log(q) if lower else math.log1p(-q)
+    z = NormalDist().inv_cdf(q)
+    x = a * (1.0 - 1.0 / (9.0 * a) + z / (3.0 * math.sqrt(a))) ** 3
+    if not x > 0.0:  # far in the lower tail: P ~ x^a / Γ(a + 1)
+        x = math.exp((math.log(q) + math.lgamma(a + 1.0)) / a)
+    lo, hi = 0.0, math.inf
+    for _ in range(400):
+        p, qq = _gamma_pq(a, x)
+        part = p if lower else qq
+        if part <= 0.0:  # underflow: outside the range of interest; step towards it
+            g = -math.inf if lower else math.inf
+        else:
+            g = math.log(part) - target  # increasing in x (lower) or decreasing (upper)
+        below = g < 0 if lower else g > 0  # x is below the quantile
+        if below:
+            lo = max(lo, x)
+        else:
+            hi = min(hi, x)
+        if math.isfinite(g):
+            density = math.exp(_log_front(a, x)) / x  # d/dx P = x^(a-1)e^(-x)/Γ(a)
+            slope = density / part if lower else -density / part
+            new = x - g / slope if slope != 0.0 else math.nan
+        else:
+            new = math.nan
+        if abs(new - x) <= 1e-15 * x:  # converged (a step within rounding of x)
+            return new
+        if not (lo < new < hi):
+            if math.isinf(hi):
+                new = 2.0 * x if x > 0 else 1.0
+            elif lo > 0.0 and hi / lo > 4.0:
+                new = math.sqrt(lo * hi)
+            else:
+                new = 0.5 * (lo + hi)
+        if abs(new - x) <= 1e-15 * x:
+            return new
+        x = new
+    return x
 
 
 def exact_interval(tail: np.ndarray, level: float = DEFAULT_LEVEL
