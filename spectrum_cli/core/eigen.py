@@ -143,14 +143,20 @@ def complex_schur(a: np.ndarray) -> np.ndarray:
     <= n·eps²·max|a_ij|, far below the decomposition's own backward error O(n·eps·‖A‖)
     (Golub & Van Loan, *Matrix Computations*, 4th ed., §7.5.6), so T is as exact as it
     would have been."""
-    import scipy.linalg as sla
-
     a = np.asarray(a)
     if not np.iscomplexobj(a) and a.shape[0] > 0:
-        t = _real_schur_complex(np.asarray(a, dtype=np.float64))
-        if t is not None:
-            return t
-    z = a.astype(np.complex128)
+        real = _real_schur_complex(np.asarray(a, dtype=np.float64))
+        if real is not None:
+            return real[0]
+    return _zgees(a)
+
+
+def _zgees(a: np.ndarray) -> np.ndarray:
+    """zgees on the complex copy, retried without the entries below eps²·max|a_ij| if it
+    does not converge (see :func:`complex_schur`)."""
+    import scipy.linalg as sla
+
+    z = np.asarray(a).astype(np.complex128)
     try:
         return sla.schur(z, output="complex", check_finite=False)[0]
     except np.linalg.LinAlgError:
@@ -160,12 +166,14 @@ def complex_schur(a: np.ndarray) -> np.ndarray:
                          check_finite=False)[0]
 
 
-def _real_schur_complex(a: np.ndarray,
-                        rotations: list[tuple[int, np.ndarray]] | None = None
-                        ) -> np.ndarray | None:
-    """dgees (no vectors) and the 2x2 blocks rotated to triangular; None if dgees fails.
-    ``rotations`` (when given) receives each (k, G): T = R·T_real·Rᴴ with R the product
-    of the G acting on rows and columns k, k+1 (disjoint pairs)."""
+#: The rotations of :func:`_real_schur_complex`: (k, cs, sn), one per 2x2 block (k, k+1),
+#: G_k = [[conj(cs), sn], [-sn, cs]] (sn real); T = R·T_real·Rᴴ, R the product of the G_k.
+Rotations = tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
+def _real_schur_complex(a: np.ndarray) -> tuple[np.ndarray, Rotations] | None:
+    """dgees (no vectors) and the 2x2 blocks rotated to triangular: (T, the rotations);
+    None if dgees fails."""
     from scipy.linalg.lapack import dgees
 
     n = a.shape[0]
@@ -182,30 +190,25 @@ def _real_schur_complex(a: np.ndarray,
         return None
     tc = np.triu(t, -1).astype(np.complex128)
     k = np.nonzero(np.diag(t, -1))[0]  # the 2x2 blocks: disjoint pairs (k, k+1)
-    if k.size:
-        lam = wr[k] + 1j * wi[k]
-        mu = lam - t[k + 1, k + 1]
-        c = t[k + 1, k]
-        r = np.hypot(np.abs(mu), np.abs(c))
-        cs, sn = mu / r, c / r
-        # G = [[conj(cs), sn], [-sn, cs]] on rows k, k+1, then Gᴴ on columns k, k+1; the
-        # pairs are disjoint, so all rotations apply at once.
-        top, bottom = tc[k].copy(), tc[k + 1].copy()
-        tc[k] = cs.conj()[:, None] * top + sn[:, None] * bottom
-        tc[k + 1] = -sn[:, None] * top + cs[:, None] * bottom
-        left, right = tc[:, k].copy(), tc[:, k + 1].copy()
-        tc[:, k] = left * cs[None, :] + right * sn[None, :]
-        tc[:, k + 1] = -left * sn[None, :] + right * cs.conj()[None, :]
-        tc[k + 1, k] = 0.0
-        tc[k, k], tc[k + 1, k + 1] = lam, lam.conj()  # dgees's pairs, exactly
-        if rotations is not None:
-            rotations.extend((int(kk), np.array([[a.conjugate(), b], [-b, a]]))
-                             for kk, a, b in zip(k, cs, sn))
-    return np.triu(tc)
+    lam = wr[k] + 1j * wi[k]
+    mu = lam - t[k + 1, k + 1]
+    c = t[k + 1, k]
+    r = np.hypot(np.abs(mu), np.abs(c))
+    cs, sn = mu / r, c / r
+    # G = [[conj(cs), sn], [-sn, cs]] on rows k, k+1, then Gᴴ on columns k, k+1; the
+    # pairs are disjoint, so all rotations apply at once.
+    top, bottom = tc[k].copy(), tc[k + 1].copy()
+    tc[k] = cs.conj()[:, None] * top + sn[:, None] * bottom
+    tc[k + 1] = -sn[:, None] * top + cs[:, None] * bottom
+    left, right = tc[:, k].copy(), tc[:, k + 1].copy()
+    tc[:, k] = left * cs[None, :] + right * sn[None, :]
+    tc[:, k + 1] = -left * sn[None, :] + right * cs.conj()[None, :]
+    tc[k + 1, k] = 0.0
+    tc[k, k], tc[k + 1, k + 1] = lam, lam.conj()  # dgees's pairs, exactly
+    return np.triu(tc), (k, cs, sn)
 
 
-def _real_schur_vectors(x: np.ndarray, lam: np.ndarray,
-                        rotations: list[tuple[int, np.ndarray]]
+def _real_schur_vectors(x: np.ndarray, lam: np.ndarray, rotations: Rotations
                         ) -> tuple[np.ndarray, np.ndarray]:
     """T's unit eigenvectors ``x`` taken to the real quasi-triangular form (Rᴴx, see
     :func:`_real_schur_complex`), where a real matrix's eigenvectors are real for a
@@ -213,21 +216,17 @@ def _real_schur_vectors(x: np.ndarray, lam: np.ndarray,
     first is dropped and the second of each pair set to the conjugate of the first
     (what dgeev returns); and the real W with σ(V) = σ(W) of
     :func:`_cond2_eigenvectors` (a pair's columns √2·Re v, √2·Im v)."""
+    k, cs, sn = rotations
     v = x.copy()
-    if rotations:
-        k = np.array([kk for kk, _ in rotations])
-        g = np.array([gg for _, gg in rotations])  # (p, 2, 2)
-        top, bottom = v[k].copy(), v[k + 1].copy()
-        gh = g.conj().transpose(0, 2, 1)
-        v[k] = gh[:, 0, 0, None] * top + gh[:, 0, 1, None] * bottom
-        v[k + 1] = gh[:, 1, 0, None] * top + gh[:, 1, 1, None] * bottom
-        v[:, k + 1] = v[:, k].conj()
+    top, bottom = v[k].copy(), v[k + 1].copy()  # Gᴴ = [[cs, -sn], [sn, conj(cs)]]
+    v[k] = cs[:, None] * top - sn[:, None] * bottom
+    v[k + 1] = sn[:, None] * top + cs.conj()[:, None] * bottom
+    v[:, k + 1] = v[:, k].conj()
     real = lam.imag == 0.0
     v[:, real] = v[:, real].real
     w = v.real.copy()  # V = W·D·U (see _cond2_eigenvectors)
-    if rotations:
-        w[:, k] *= math.sqrt(2)
-        w[:, k + 1] = math.sqrt(2) * v[:, k].imag
+    w[:, k] *= math.sqrt(2)
+    w[:, k + 1] = math.sqrt(2) * v[:, k].imag
     return v, w
 
 
@@ -273,17 +272,15 @@ def _eigenstructure(a: np.ndarray) -> EigenStructure:
     # (those of T: κ(V) and the condition numbers are unitarily invariant, so Q is never
     # formed), Henrici's departure and, through ``schur``, the Kreiss search. Where T's
     # eigenvectors overflow (a Jordan-like T), LAPACK geev's scaled ones are used instead.
-    rotations: list[tuple[int, np.ndarray]] = []
+    real = _real_schur_complex(a) if a.shape[0] else None
+    # zgees where dgees failed: its T is not R·T_real·Rᴴ, so no rotations
+    t, rotations = real if real is not None else (_zgees(a), None)
     real_w = None
-    t = _real_schur_complex(a, rotations) if a.shape[0] else None
-    real_route = t is not None  # else zgees: its T is not R·T_real·Rᴴ
-    if t is None:
-        t, rotations = complex_schur(a), []
     found = schur_eigenvectors(t) if np.all(np.isfinite(t)) else None
     if found is not None:
         lam = np.diag(t).copy()
         vr, cond = found
-        if real_route:
+        if rotations is not None:
             vr, real_w = _real_schur_vectors(vr, lam, rotations)
     else:
         t = None
