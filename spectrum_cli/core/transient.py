@@ -506,18 +506,18 @@ def kreiss_lower_bound(a: np.ndarray, per_decade: int = 2, angular: int = 24,
     ``spectral_radius`` (ρ(A) from the caller's eigenvalues) decides K = inf before any
     factorization; the Schur factor is computed only when the search needs it. Before
     any search, a certified numerical radius w(A) <= 1 (:func:`numerical_radius_upper`,
-    three symmetric eigenvalue problems, tried where ρ(A) < RANGE_CERTIFY_MAX_RHO)
+    three symmetric eigenvalue problems, tried where the given ρ(A) is below
+    RANGE_CERTIFY_MAX_RHO)
     gives K(A) = 1 exactly: the resolvent ratio never exceeds 1 outside the unit disk."""
     a = np.asarray(a, dtype=np.float64)
     e = scale_exponent(a)
     b = ldexp(a, -e)  # exact; zI - A = 2^e (2^-e z I - B)
     if spectral_radius is not None and spectral_radius >= 1.0:
         return KreissBound(math.inf, None, 0, ("ρ(A) >= 1: K(A) = inf",))
-    if schur is None and spectral_radius is not None and norm_upper is not None \
-            and norm_upper <= 1.0:
+    if spectral_radius is not None and norm_upper is not None and norm_upper <= 1.0:
         return KreissBound(1.0, None, 0, ("‖A‖₂ <= 1: K(A) = 1 exactly, the limit of "
                                           "(|z|-1)‖(zI-A)⁻¹‖ as |z| -> ∞",))
-    if spectral_radius is None or spectral_radius < RANGE_CERTIFY_MAX_RHO:
+    if spectral_radius is not None and spectral_radius < RANGE_CERTIFY_MAX_RHO:
         w = ldexp(numerical_radius_upper(b), e)
         if w <= 1.0:
             return KreissBound(1.0, None, 0, (
