@@ -385,9 +385,7 @@ def gamma_quantile(a: float, q: float) -> float:
             new = x - g / slope if slope != 0.0 else math.nan
         else:
             new = math.nan
-        if abs(new - x) <= 1e-15 * x:  # converged (a step within rounding of x)
-            return new
-        if not (lo < new < hi):
+        if not (lo <= new <= hi):  # NaN included
             if math.isinf(hi):
                 new = 2.0 * x if x > 0 else 1.0
             elif lo > 0.0 and hi / lo > 4.0:

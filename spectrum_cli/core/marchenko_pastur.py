@@ -170,8 +170,6 @@ def _fmin(f: Callable[[np.ndarray], float], x0: np.ndarray, xatol: float = 1e-4,
         pass
     ind = np.argsort(fsim)
     sim, fsim = np.take(sim, ind, 0), np.take(fsim, ind, 0)
-    ind = np.argsort(fsim)
-    fsim, sim = np.take(fsim, ind, 0), np.take(sim, ind, 0)
     iterations = 1
     while calls[0] < budget and iterations < budget:
         try:
