@@ -70,6 +70,10 @@ OVER_TRAINED_BELOW, UNDER_TRAINED_ABOVE = 2.0, 6.0
 DEFAULT_LEVEL = 0.95
 #: Row blocks of the KS scan hold at most this many entries.
 BLOCK_ENTRIES = 1 << 20
+#: The KS scan bounds each D_i from below on every KS_STRIDE-th eigenvalue, then
+#: evaluates candidates exactly KS_CHUNK at a time (:func:`ks_distances`); bounds within
+#: KS_SLACK of the cut-off are evaluated too (rounding of the bound's own arithmetic).
+KS_STRIDE, KS_CHUNK, KS_SLACK = 32, 64, 1e-12
 #: Candidates within this distance of the smallest D are rechecked exactly.
 TIE_TOLERANCE = 1e-9
 
@@ -212,33 +216,74 @@ def _ks_exact(x: np.ndarray, i: int, alpha: float) -> float:
         return float(np.max(np.abs(1 - (x[i:] / x[i]) ** (-alpha + 1) - np.arange(n) / n)))
 
 
+def _ks_rows(logx: np.ndarray, alphas: np.ndarray, r: np.ndarray,
+             cols: np.ndarray) -> np.ndarray:
+    """max over the columns j in ``cols`` (j >= i) of |1 - (x_j/x_i)^(1-α_i) - (j-i)/n_i|
+    for each candidate i in ``r`` (ascending, α finite): D_i when ``cols`` is every
+    j >= min(r), a lower bound of D_i for a subset (the same elementwise values)."""
+    N = logx.size
+    a = alphas[r]
+    dev = logx[None, cols] - logx[r, None]              # ln(x_j/x_i)
+    dev *= (1.0 - a)[:, None]
+    with np.errstate(over="ignore"):
+        np.exp(dev, out=dev)                            # (x_j/x_i)^(1-α)
+    np.subtract(1.0, dev, out=dev)                      # the fitted CDF
+    k = cols[None, :] - r[:, None]                      # j - i
+    dev -= k / (N - r)[:, None].astype(np.float64)      # minus the empirical CDF
+    np.abs(dev, out=dev)
+    dev[k < 0] = 0.0                                    # j < i is not in the tail
+    return dev.max(axis=1, initial=0.0)  # (a subset may hold no j >= i: bound 0)
+
+
+def ks_distances(logx: np.ndarray, alphas: np.ndarray, rows: np.ndarray,
+                 D: np.ndarray) -> int:
+    """Fill ``D[i]`` for the candidates i (True in ``rows``, α_i finite) of the sorted
+    eigenvalues exp(``logx``): exactly, D_i = max_{j>=i} |1 - (x_j/x_i)^(1-α_i) -
+    (j-i)/n_i|, for every candidate that can lie within TIE_TOLERANCE of the smallest D
+    (the other entries of ``D`` count as known); a lower bound above that for the rest,
+    which can then be neither the minimum nor tied with it. Returns how many were exact.
+
+    Branch and bound, not a scan of all N²/2 pairs: the maximum over every KS_STRIDE-th
+    j (the same elementwise values) bounds each D_i from below; candidates are then
+    evaluated exactly in the order of their bounds, in chunks, until the next bound
+    exceeds the smallest exact D plus TIE_TOLERANCE. The minimum, its index and every
+    D near it are the full scan's, bit for bit (tests/core/test_esd.py); 10-30x less
+    work on N = 2,000-10,000 eigenvalues."""
+    N = logx.size
+    cand = np.flatnonzero(rows & np.isfinite(alphas))
+    if not cand.size:
+        return 0
+    cols = np.arange(0, N, KS_STRIDE)
+    lower = np.empty(cand.size)
+    step = max(1, BLOCK_ENTRIES // cols.size)
+    for s in range(0, cand.size, step):
+        r = cand[s:s + step]
+        lower[s:s + step] = _ks_rows(logx, alphas, r, cols[cols >= r[0]])
+    known = np.ones(D.size, bool)
+    known[cand] = False
+    best = float(np.min(D[known], initial=math.inf))
+    order = np.argsort(lower, kind="stable")
+    chunk = max(1, min(KS_CHUNK, BLOCK_ENTRIES // N))
+    done = 0
+    while done < order.size and lower[order[done]] <= best + TIE_TOLERANCE + KS_SLACK:
+        r = np.sort(cand[order[done:done + chunk]])
+        d = _ks_rows(logx, alphas, r, np.arange(int(r[0]), N))
+        D[r] = d
+        best = min(best, float(d.min()))
+        done += r.size
+    D[cand[order[done:]]] = lower[order[done:]]
+    return done
+
+
 def _ks_scan(x: np.ndarray, logx: np.ndarray, alphas: np.ndarray,
              rows: np.ndarray) -> np.ndarray:
-    """D_i for every candidate i (True in ``rows``), 1 elsewhere: the KS distances of
-    the module docstring in row blocks of at most :data:`BLOCK_ENTRIES` entries."""
-    N = x.size
-    D = np.ones(N - 1)
+    """D_i for the candidates i (True in ``rows``) as :func:`ks_distances` gives them
+    (exact near the minimum), 1 elsewhere; α = ±inf by WeightWatcher's expression."""
+    D = np.ones(x.size - 1)
     finite = rows & np.isfinite(alphas)
     for i in np.flatnonzero(rows & ~finite):  # α = ±inf: 1^(-inf) needs pow's rules
         D[i] = _ks_exact(x, int(i), float(alphas[i]))
-    i0 = 0
-    while i0 < N - 1:
-        cols = N - i0
-        i1 = min(N - 1, i0 + max(1, BLOCK_ENTRIES // cols))
-        take = finite[i0:i1]
-        if take.any():
-            r = np.arange(i0, i1)[take]
-            a = alphas[r]
-            dev = logx[None, i0:] - logx[r, None]       # ln(x_j/x_i)
-            dev *= (1.0 - a)[:, None]
-            np.exp(dev, out=dev)                          # (x_j/x_i)^(1-α)
-            np.subtract(1.0, dev, out=dev)                # the fitted CDF
-            k = np.arange(i0, N)[None, :] - r[:, None]    # j - i
-            dev -= k / (N - r)[:, None].astype(np.float64)  # minus the empirical CDF
-            np.abs(dev, out=dev)
-            dev[k < 0] = 0.0                              # j < i is not in the tail
-            D[r] = dev.max(axis=1)
-        i0 = i1
+    ks_distances(logx, alphas, finite, D)
     return D
 
 

@@ -213,34 +213,28 @@ def _peak(x: np.ndarray, bins: int) -> float:
 
 def _scan_rows(x: np.ndarray, logx: np.ndarray, rows: np.ndarray
                ) -> tuple[np.ndarray, np.ndarray]:
-    """(α_i, D_i) for the candidate indices ``rows`` (ascending), in row blocks: S_i is
-    the sum of the non-negative ln x_j - ln x_i (no cancellation), D_i as in the module
-    docstring (1 where α_i is not finite; those are handled by the caller)."""
+    """(α_i, D_i) for the candidate indices ``rows`` (ascending): S_i is the sum of the
+    non-negative ln x_j - ln x_i (no cancellation), in row blocks; D_i as in the module
+    docstring, exact wherever it can be the minimum or tie with it (elsewhere a lower
+    bound that rules it out: :func:`spectrum_cli.core.esd.ks_distances`), 1 where α_i is
+    not finite (those are handled by the caller)."""
     N = x.size
     alphas = np.empty(rows.size)
-    D = np.ones(rows.size)
     start = 0
     while start < rows.size:
         i0 = int(rows[start])
         stop = min(rows.size, start + max(1, BLOCK_ENTRIES // (N - i0)))
         r = rows[start:stop]
-        k = np.arange(i0, N)[None, :] - r[:, None]      # j - i
         dev = logx[None, i0:] - logx[r, None]           # ln(x_j / x_i)
-        dev[k < 0] = 0.0                                # j < i: not in the tail
-        n = (N - r).astype(np.float64)
+        dev[np.arange(i0, N)[None, :] < r[:, None]] = 0.0  # j < i: not in the tail
         with np.errstate(divide="ignore"):
-            a = 1.0 + n / dev.sum(axis=1)
-        alphas[start:stop] = a
-        fin = np.isfinite(a)
-        dev *= np.where(fin, 1.0 - a, 0.0)[:, None]
-        np.exp(dev, out=dev)                            # (x_j/x_i)^(1-α)
-        np.subtract(1.0, dev, out=dev)
-        dev -= k / n[:, None]                           # minus the empirical CDF
-        np.abs(dev, out=dev)
-        dev[k < 0] = 0.0
-        D[start:stop] = np.where(fin, dev.max(axis=1), 1.0)
+            alphas[start:stop] = 1.0 + (N - r).astype(np.float64) / dev.sum(axis=1)
         start = stop
-    return alphas, D
+    full = np.full(N - 1, math.nan)
+    full[rows] = alphas
+    D = np.ones(N - 1)
+    esd.ks_distances(logx, full, np.isin(np.arange(N - 1), rows), D)
+    return alphas, D[rows]
 
 
 def fit_peak(evals: np.ndarray, *, bins: int = BINS, corrected: bool = False) -> TailFit:

@@ -80,6 +80,46 @@ def test_block_boundaries_do_not_change_the_scan(rng, monkeypatch):
     esd.clear_cache()
 
 
+def full_ks_scan(logx, alphas, rows):
+    """Every D_i of the candidates, one row at a time (no bound, no pruning)."""
+    N = logx.size
+    D = np.ones(N - 1)
+    for i in np.flatnonzero(rows & np.isfinite(alphas)):
+        with np.errstate(over="ignore"):
+            fitted = 1.0 - np.exp((logx[i:] - logx[i]) * (1.0 - alphas[i]))
+        D[i] = np.max(np.abs(fitted - np.arange(N - i) / float(N - i)))
+    return D
+
+
+@pytest.mark.parametrize("kind", ["pareto", "lognormal", "mp", "ties", "mp-large", "tiny"])
+@pytest.mark.parametrize("stride", [1, 7, 32])
+def test_branch_and_bound_keeps_the_full_scans_minimum(kind, stride, rng, monkeypatch):
+    lam = {"mp-large": lambda r: np.linalg.svd(r.standard_normal((1500, 700)),
+                                               compute_uv=False) ** 2,
+           "tiny": lambda r: pareto(r, 2.5, 20),  # fewer eigenvalues than the stride
+           **SPECTRA}[kind](rng)
+    x = np.sort(lam[lam > 1e-5])
+    logx = np.log(x)
+    S = esd._tail_sums(logx)
+    with np.errstate(divide="ignore"):
+        alphas = 1 + (x.size - np.arange(x.size - 1)) / S
+    rows = alphas > 1
+    monkeypatch.setattr(esd, "KS_STRIDE", stride)
+    monkeypatch.setattr(esd, "KS_CHUNK", 5)  # several rounds of exact evaluation
+    D = np.ones(x.size - 1)
+    exact = esd.ks_distances(logx, alphas, rows, D)
+    full = full_ks_scan(logx, alphas, rows)
+    best = full.min()
+    near = full <= best + esd.TIE_TOLERANCE
+    assert np.array_equal(D[near], full[near])  # the minimum and its ties, bit for bit
+    assert np.argmin(D) == np.argmin(full)
+    assert np.all(D <= full * (1 + 1e-15))  # elsewhere exact or a lower bound ...
+    assert np.all(D[~near] > best + esd.TIE_TOLERANCE)  # ... that rules the candidate out
+    assert np.count_nonzero(near) <= exact <= np.count_nonzero(rows)
+    if kind == "mp-large" and stride == 32:
+        assert exact < 0.2 * np.count_nonzero(rows)  # the bound prunes most candidates
+
+
 @pytest.mark.parametrize("alpha", [1.8, 3.0, 5.0])
 def test_pareto_exponent_is_recovered(alpha, rng):
     fit = esd.fit_power_law(pareto(rng, alpha, 4000, 0.01))
