@@ -26,6 +26,7 @@ from spectrum_cli.io.optimizer_state import locate
 from spectrum_cli.io.usercode import load_callable, resolve_loss
 from spectrum_cli.optim.base import OperatorContext
 from spectrum_cli.optim.preconditioned import commutator_estimate  # noqa: F401 (re-exported)
+from spectrum_cli.runs.threads import hessian_malloc
 
 DEFAULT_DENSE_MAX = 2000
 
@@ -133,6 +134,7 @@ def analyze_optimizer(state: Mapping, weights: Mapping[str, Any],
         raise InputError(f"{where}: {rule.before_first_step}; save the optimizer after at "
                          "least one step(), or analyse the weights without --model/--data")
 
+    hessian_malloc()  # a process of spectrum's own (the callbacks call operators_on)
     return operators_on(snapshot, report, before_first, options, backends,
                         lambda names: (model, load_callable(source.data, "--data")(),
                                        resolve_loss(source.loss), names), "--params")

@@ -8,6 +8,7 @@ import os
 import platform
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -16,6 +17,7 @@ from spectrum_cli.runs import dispatch as P
 from spectrum_cli.runs.executors import Cluster
 from spectrum_cli.runs.job import RunOptions
 
+SAMPLES = Path(__file__).resolve().parents[2] / "sample_checkpoints"
 GLIBC = sys.platform == "linux" and platform.libc_ver()[0] == "glibc"
 
 #: Frees a 24 MiB block (glibc then raises its threshold to 24 MiB), then fills and frees
@@ -63,17 +65,17 @@ def test_steady_malloc_respects_the_environment_and_runs_once(monkeypatch):
     import ctypes
 
     monkeypatch.setattr(ctypes, "CDLL", lambda *a: Libc())
-    monkeypatch.setattr(X, "_malloc_fixed", False)
+    monkeypatch.setattr(X, "_malloc_fixed", set())
     monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "65536")
     monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "65536")
     X.steady_malloc()
     assert calls == []  # the user's choices stand
-    monkeypatch.setattr(X, "_malloc_fixed", False)
+    monkeypatch.setattr(X, "_malloc_fixed", set())
     monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_")
     X.steady_malloc()
     assert calls == [(-1, X.TRIM_THRESHOLD)]  # only what the user left open
     calls.clear()
-    monkeypatch.setattr(X, "_malloc_fixed", False)
+    monkeypatch.setattr(X, "_malloc_fixed", set())
     monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_")
     X.steady_malloc()
     X.steady_malloc()
@@ -111,6 +113,55 @@ def test_steady_malloc_does_not_fault_in_each_workspace_again():
                              capture_output=True, text=True).stdout)
     assert old >= 200 * 200
     assert new < 2000
+
+
+#: Allocates, fills and frees a 40 MiB block 20 times (a Hessian temporary of each
+#: checkpoint) after the given setup, and prints the page faults that took.
+_HESSIAN_FAULTS = """
+import resource, sys
+import numpy as np
+from spectrum_cli.runs.threads import hessian_malloc, steady_malloc
+np._core.multiarray._set_madvise_hugepage(False)  # 4 KiB pages, as torch's tensors get
+for step in sys.argv[1:]:
+    {"steady": steady_malloc, "hessian": hessian_malloc}[step]()
+np.ones(5 << 20)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(20):
+    a = np.ones(5 << 20)
+    del a
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(not GLIBC, reason="glibc's mallopt")
+def test_hessian_malloc_keeps_the_temporaries_of_each_checkpoint():
+    """Under steady_malloc a freed 40 MiB temporary goes back to the system and the next
+    one faults its 10,240 pages in again; hessian_malloc keeps it in the heap, also when
+    steady_malloc is called after it (a batch's next checkpoint)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+
+    def faults(*steps: str) -> int:
+        return int(subprocess.run([sys.executable, "-c", _HESSIAN_FAULTS, *steps], env=env,
+                                  check=True, capture_output=True, text=True).stdout)
+
+    assert faults("steady") >= 19 * 10240
+    assert faults("steady", "hessian") < 2000
+    assert faults("hessian", "steady") < 2000
+
+
+def test_an_optimizer_with_a_hessian_source_raises_the_thresholds(monkeypatch, tmp_path):
+    from spectrum_cli.runs import optimizer as O
+    from tests.helpers import run_cli
+
+    calls: list[bool] = []
+    monkeypatch.setattr(O, "hessian_malloc", lambda: calls.append(True))
+    ckpt = tmp_path / "step-00005.pt"  # without the sample folder's spectrum.toml
+    ckpt.write_bytes((SAMPLES / "sgd-momentum" / "step-00005.pt").read_bytes())
+    assert run_cli("analyze", ckpt, "--json").exit_code in (0, 1) and calls == []
+    r = run_cli("analyze", ckpt, "--json", "--model", "spectrum_cli.examples:two_layer_relu",
+                "--data", "spectrum_cli.examples:paper_regression", "--loss", "mse")
+    assert r.exit_code in (0, 1), r.output
+    assert calls == [True]
 
 
 @pytest.fixture
