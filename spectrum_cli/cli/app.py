@@ -3,6 +3,7 @@ scipy or h5py at import time, so ``spectrum --help`` stays fast."""
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 import traceback
@@ -10,31 +11,17 @@ import traceback
 import typer
 
 from spectrum_cli import __version__
-from spectrum_cli.cli import allocate as _allocate
-from spectrum_cli.cli import analyze as _analyze
-from spectrum_cli.cli import backends as _backends
-from spectrum_cli.cli import batch as _batch
-from spectrum_cli.cli import diff as _diff
-from spectrum_cli.cli import esd as _esd
-from spectrum_cli.cli import model as _model
-from spectrum_cli.cli import pseudospectrum as _pseudospectrum
-from spectrum_cli.cli import report as _report
-from spectrum_cli.cli import trust as _trust
-from spectrum_cli.cli import watch as _watch
 from spectrum_cli.cli.console import reserved_stdout
 from spectrum_cli.cli.options import Command, Group
 from spectrum_cli.report.output import printable
 
-app = typer.Typer(
-    name="spectrum",
-    cls=Group,
-    help="What the spectra of your training state say about stability.\n\n"
-         "Exit codes: 0 ok, 1 a --fail-on threshold was violated, 2 usage, I/O or refused "
-         "input, 3 internal error, 5 no tensor matched.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
+#: The subcommands in the order of the help, each ``spectrum_cli.cli.<name>.<name>``
+#: ("report" is the group of ``spectrum_cli.cli.report``'s commands). A process builds
+#: only the one its command line names (:func:`build`): the other modules and typer's
+#: reading of every signature cost ~0.15 s of each run.
+COMMANDS = ("analyze", "batch", "diff", "model", "backends", "pseudospectrum", "trust",
+            "esd", "allocate", "watch", "report")
+REPORT_COMMANDS = ("show",)
 
 
 def _version(value: bool) -> None:
@@ -43,7 +30,6 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
-@app.callback()
 def _root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
                                  help="Print the version and exit."),
@@ -51,19 +37,45 @@ def _root(
     pass
 
 
-app.command("analyze", cls=Command)(_analyze.analyze)
-app.command("batch", cls=Command)(_batch.batch)
-app.command("diff", cls=Command)(_diff.diff)
-app.command("model", cls=Command)(_model.model)
-app.command("backends", cls=Command)(_backends.backends)
-app.command("pseudospectrum", cls=Command)(_pseudospectrum.pseudospectrum)
-app.command("trust", cls=Command)(_trust.trust)
-app.command("esd", cls=Command)(_esd.esd)
-app.command("allocate", cls=Command)(_allocate.allocate)
-app.command("watch", cls=Command)(_watch.watch)
-report_app = typer.Typer(help="Read reports back.", no_args_is_help=True, cls=Group)
-report_app.command("show", cls=Command)(_report.show)
-app.add_typer(report_app, name="report")
+def build(only: str | None = None) -> typer.Typer:
+    """The ``spectrum`` command with every subcommand, or with ``only`` that one."""
+    root = typer.Typer(
+        name="spectrum",
+        cls=Group,
+        help="What the spectra of your training state say about stability.\n\n"
+             "Exit codes: 0 ok, 1 a --fail-on threshold was violated, 2 usage, I/O or "
+             "refused input, 3 internal error, 5 no tensor matched.",
+        no_args_is_help=True,
+        add_completion=False,
+        pretty_exceptions_enable=False,
+    )
+    root.callback()(_root)
+    for name in COMMANDS if only is None else (only,):
+        module = importlib.import_module(f"spectrum_cli.cli.{name}")
+        if name != "report":
+            root.command(name, cls=Command)(getattr(module, name))
+            continue
+        group = typer.Typer(help="Read reports back.", no_args_is_help=True, cls=Group)
+        for sub in REPORT_COMMANDS:
+            group.command(sub, cls=Command)(getattr(module, sub))
+        root.add_typer(group, name="report")
+    return root
+
+
+def _named(argv: list[str]) -> str | None:
+    """The subcommand ``argv`` names first, or None (no subcommand, a root option, an
+    unknown name: the whole command answers those)."""
+    for word in argv:
+        return word if word in COMMANDS else None
+    return None
+
+
+def __getattr__(name: str) -> typer.Typer:
+    """``app``: the whole command (what tests invoke through CliRunner), built once."""
+    if name == "app":
+        globals()["app"] = built = build()
+        return built
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def run(argv: list[str] | None = None) -> int:
@@ -75,18 +87,20 @@ def run(argv: list[str] | None = None) -> int:
     reserved for spectrum's own document for the whole run (see
     :func:`~spectrum_cli.cli.console.reserved_stdout`).
     """
+    argv = sys.argv[1:] if argv is None else argv
+    cli = build(_named(argv))
     # typer vendors click from 0.29 on; its exception classes are reachable through
     # typer's public ones, whichever click is underneath.
     click_exception = next(c for c in type.mro(typer.BadParameter)
                            if c.__name__ == "ClickException")
     with reserved_stdout():
         try:
-            code = app(args=argv, standalone_mode=False, prog_name="spectrum")
+            code = cli(args=argv, standalone_mode=False, prog_name="spectrum")
         except typer.Exit as exc:
             code = exc.exit_code
         except click_exception as exc:
             if getattr(exc, "ctx", "n/a") is None:  # a parser error: give it the usage too
-                exc.ctx = _usage_context(sys.argv[1:] if argv is None else argv)
+                exc.ctx = _usage_context(cli, argv)
             exc.show()
             code = exc.exit_code
         except (typer.Abort, KeyboardInterrupt):
@@ -103,10 +117,10 @@ def run(argv: list[str] | None = None) -> int:
     return int(code or 0)
 
 
-def _usage_context(argv: list[str]) -> typer.Context | None:
+def _usage_context(cli: typer.Typer, argv: list[str]) -> typer.Context | None:
     """A context for the (sub)command named in ``argv``, for its usage line."""
     try:
-        group = typer.main.get_command(app)
+        group = typer.main.get_command(cli)
         path, cmd = ["spectrum"], group
         for word in argv:
             sub = getattr(cmd, "commands", {}).get(word)

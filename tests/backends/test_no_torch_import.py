@@ -41,6 +41,10 @@ def test_npy_analysis_does_not_import_torch(tmp_path, backend):
     mods = imported_modules("analyze", str(tmp_path / "w.npy"), "--json", "--backend",
                             backend)
     assert "torch" not in mods
+    # the process builds the subcommand it runs, not the other ones (cli.esd and
+    # cli.model import these at their top)
+    assert "spectrum_cli.api" in mods
+    assert not mods & {"spectrum_cli.core.esd_analysis", "spectrum_cli.model_spectra"}
 
 
 def test_fitting_a_spectrum_imports_neither_scipy_optimize_nor_scipy_special(tmp_path):
