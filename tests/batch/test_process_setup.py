@@ -82,71 +82,52 @@ def test_steady_malloc_respects_the_environment_and_runs_once(monkeypatch):
     assert calls == [(-3, X.MMAP_THRESHOLD), (-1, X.TRIM_THRESHOLD)]  # once
 
 
-#: Allocates, fills and frees a 1 MiB block 200 times (a 256x256 complex workspace of
-#: the non-normal analysis) and prints the page faults that took.
+#: Allocates, fills and frees a block of argv[1] float64 argv[2] times after the
+#: thresholds of argv[3:] ("steady", "hessian"), and prints the page faults that took.
 _FAULTS = """
-import resource, sys
-import numpy as np
-if sys.argv[1] == "fixed":
-    from spectrum_cli.runs.threads import steady_malloc
-    steady_malloc()
-np.ones(1 << 17)
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(200):
-    a = np.ones(1 << 17)
-    del a
-print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-"""
-
-
-@pytest.mark.skipif(not GLIBC, reason="glibc's mallopt")
-def test_steady_malloc_does_not_fault_in_each_workspace_again():
-    """A freed 1 MiB workspace is reused, not handed back and faulted in again: 200 of
-    them cost the 256 pages of one, not 200 x 256 (what the old 1 MiB threshold with
-    glibc's 128 KiB trim threshold did: 313,000 faults in the CRNN bench)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
-    env["MALLOC_MMAP_THRESHOLD_"] = str(1 << 20)  # the old setting, for contrast
-    old = int(subprocess.run([sys.executable, "-c", _FAULTS, "fixed"], env=env, check=True,
-                             capture_output=True, text=True).stdout)
-    del env["MALLOC_MMAP_THRESHOLD_"]
-    new = int(subprocess.run([sys.executable, "-c", _FAULTS, "fixed"], env=env, check=True,
-                             capture_output=True, text=True).stdout)
-    assert old >= 200 * 200
-    assert new < 2000
-
-
-#: Allocates, fills and frees a 40 MiB block 20 times (a Hessian temporary of each
-#: checkpoint) after the given setup, and prints the page faults that took.
-_HESSIAN_FAULTS = """
 import resource, sys
 import numpy as np
 from spectrum_cli.runs.threads import hessian_malloc, steady_malloc
 np._core.multiarray._set_madvise_hugepage(False)  # 4 KiB pages, as torch's tensors get
-for step in sys.argv[1:]:
+words, times = int(sys.argv[1]), int(sys.argv[2])
+for step in sys.argv[3:]:
     {"steady": steady_malloc, "hessian": hessian_malloc}[step]()
-np.ones(5 << 20)
+np.ones(words)
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(20):
-    a = np.ones(5 << 20)
+for _ in range(times):
+    a = np.ones(words)
     del a
 print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
 
+def faults(words: int, times: int, *steps: str, **env_vars: str) -> int:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    return int(subprocess.run([sys.executable, "-c", _FAULTS, str(words), str(times),
+                               *steps], env={**env, **env_vars}, check=True,
+                              capture_output=True, text=True).stdout)
+
+
+@pytest.mark.skipif(not GLIBC, reason="glibc's mallopt")
+def test_steady_malloc_does_not_fault_in_each_workspace_again():
+    """A freed 1 MiB workspace (a 256x256 complex matrix of the non-normal analysis) is
+    reused, not handed back and faulted in again: 200 of them cost the 256 pages of
+    one, not 200 x 256 (what the old 1 MiB threshold with glibc's 128 KiB trim
+    threshold did: 313,000 faults in the CRNN bench)."""
+    old = faults(1 << 17, 200, "steady", MALLOC_MMAP_THRESHOLD_=str(1 << 20))
+    assert old >= 200 * 200
+    assert faults(1 << 17, 200, "steady") < 2000
+
+
 @pytest.mark.skipif(not GLIBC, reason="glibc's mallopt")
 def test_hessian_malloc_keeps_the_temporaries_of_each_checkpoint():
-    """Under steady_malloc a freed 40 MiB temporary goes back to the system and the next
-    one faults its 10,240 pages in again; hessian_malloc keeps it in the heap, also when
-    steady_malloc is called after it (a batch's next checkpoint)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
-
-    def faults(*steps: str) -> int:
-        return int(subprocess.run([sys.executable, "-c", _HESSIAN_FAULTS, *steps], env=env,
-                                  check=True, capture_output=True, text=True).stdout)
-
-    assert faults("steady") >= 19 * 10240
-    assert faults("steady", "hessian") < 2000
-    assert faults("hessian", "steady") < 2000
+    """Under steady_malloc a freed 40 MiB temporary (a Hessian's, each checkpoint) goes
+    back to the system and the next one faults its 10,240 pages in again; hessian_malloc
+    keeps it in the heap, also when steady_malloc is called after it (a batch's next
+    checkpoint)."""
+    assert faults(5 << 20, 20, "steady") >= 19 * 10240
+    assert faults(5 << 20, 20, "steady", "hessian") < 2000
+    assert faults(5 << 20, 20, "hessian", "steady") < 2000
 
 
 def test_an_optimizer_with_a_hessian_source_raises_the_thresholds(monkeypatch, tmp_path):
