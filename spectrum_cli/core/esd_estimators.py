@@ -92,8 +92,9 @@ MiniLM-L6 and the synthetic matrices of the tests the three estimators agree wit
 reference run in float64 to 2e-14 (α) and 1e-14 (D).
 
 Cost on the eigenvalues spectrum already has: ``alpha_hill`` O(N); ``alpha_peak`` a
-histogram and the KS distances of the window's candidates (at most N²/2
-exponentials, as ``alpha``'s scan, usually fewer).
+histogram, the window's S_i (O(N) each) and their KS distances by ``alpha``'s branch
+and bound (:func:`spectrum_cli.core.esd.ks_distances`: exact near the minimum, bounded
+elsewhere). ``alpha_farms`` on MiniLM-L6's 39 matrices: 16 s, 51 s with the full scan.
 
 Convolutions: the reference code pools the σ² of the k·k kernel slices scaled by
 √0.5 (``conv_norm``); spectrum gives these metrics the matrix it analyses (a kernel
