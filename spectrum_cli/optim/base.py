@@ -13,6 +13,7 @@ The operator forms and their derivations are in docs/operators.md.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
@@ -20,6 +21,7 @@ from typing import Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
 import numpy as np
 
 from spectrum_cli.core.errors import InputError, UsageError
+from spectrum_cli.core.measure import blas_threads_for, matrix_threads, single_threaded
 from spectrum_cli.core.update_blocks import analyze_blocks
 from spectrum_cli.plugins import get_backend
 
@@ -290,7 +292,14 @@ def hessian_spectrum(ctx: OperatorContext, shift: np.ndarray | None,
     if n <= options.dense_max:
         h = problem.dense()
         mat = (w[:, None] * (h + np.diag(s))) * w[None, :]
-        lam = np.linalg.eigvalsh((mat + mat.T) / 2)
+        # BLAS threads only where the size gains from them (core/measure.py's rule for
+        # the Gram product; n < 512 gets one): eigvalsh of 385x385 took 9.2 ms with two
+        # OpenBLAS threads against 9.4 ms with one, at twice the CPU, and the second
+        # thread then spins beside torch: `spectrum batch sample_checkpoints/sgd-momentum
+        # --jobs 1` used 43 s of CPU for 25 s wall, 29 s for 22 s on one thread.
+        one = blas_threads_for((n, n), matrix_threads()) == 1
+        with single_threaded() if one else contextlib.nullcontext():
+            lam = np.linalg.eigvalsh((mat + mat.T) / 2)
         return lam, {"method": "dense (torch.func.hessian, eigh)", "kind": "exact",
                      "n_params": n, "hvps": problem.n_hvp, "dense_H": h}
     import scipy.sparse.linalg as spla

@@ -112,3 +112,40 @@ def test_threads_limited_sets_the_matrix_budget_and_records_the_callers_env(
         assert T.thread_settings(2)["threads_from"] == "environment"
     assert measure._budget == before
     assert T.blas_threads_for((4096, 1024), 2) == 2 and T.blas_threads_for((64, 64), 8) == 1
+
+
+@pytest.mark.parametrize("n, want", [(40, 1), (600, 2)])
+def test_the_dense_hessians_eigenproblem_gets_blas_threads_by_its_size(n, want,
+                                                                        monkeypatch):
+    """eigvalsh of a small Hessian on one BLAS thread whatever the budget (a second
+    thread gains nothing below ~512 and spins beside torch); a large one may use the
+    budget (core/measure.py's rule)."""
+    import numpy as np
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from spectrum_cli.core import measure
+    from spectrum_cli.optim.base import OperatorContext, hessian_spectrum
+    from spectrum_cli.runs.optimizer import OperatorOptions
+
+    class Quadratic:  # a Hessian source with H given
+        def __init__(self, h):
+            self.h, self.n, self.n_hvp = h, h.shape[0], 0
+
+        def dense(self):
+            return self.h
+
+    seen: list[int] = []
+    real = np.linalg.eigvalsh
+
+    def spy(a, *args, **kwargs):
+        seen.append(max(i["num_threads"] for i in threadpool_info()
+                        if i["user_api"] == "blas"))
+        return real(a, *args, **kwargs)
+
+    monkeypatch.setattr(np.linalg, "eigvalsh", spy)
+    h = np.diag(np.arange(1.0, n + 1))
+    monkeypatch.setattr(measure, "_budget", 2)
+    with threadpool_limits(2, user_api="blas"):
+        lam, info = hessian_spectrum(OperatorContext(Quadratic(h), OperatorOptions()), None)
+    assert seen == [want]
+    assert np.array_equal(lam, np.arange(1.0, n + 1)) and info["kind"] == "exact"
