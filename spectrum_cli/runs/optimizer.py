@@ -134,7 +134,7 @@ def analyze_optimizer(state: Mapping, weights: Mapping[str, Any],
         raise InputError(f"{where}: {rule.before_first_step}; save the optimizer after at "
                          "least one step(), or analyse the weights without --model/--data")
 
-    hessian_malloc()  # a process of spectrum's own (the callbacks call operators_on)
+    hessian_malloc()  # not in the callbacks (the host's process): they call operators_on
     return operators_on(snapshot, report, before_first, options, backends,
                         lambda names: (model, load_callable(source.data, "--data")(),
                                        resolve_loss(source.loss), names), "--params")
