@@ -33,8 +33,9 @@ Cost: the S_i are N - 1 suffix sums (numpy's pairwise sums, as WeightWatcher com
 them); the D_i would need Σ_i (N - i) ≈ N²/2 exponentials, but only those near the
 minimum are computed in full (:func:`ks_distances`, branch and bound, in row blocks of
 at most 2^20 entries): the minimum and its index are the full scan's, and N = 4096
-takes 0.03 s on one core (0.17 s for the full scan). Candidates whose D is within 1e-9 of the minimum are recomputed with
-WeightWatcher's own expression so that ties resolve as it resolves them.
+takes 0.03 s on one core (0.17 s for the full scan). Candidates whose D is within 1e-9
+of the minimum are recomputed with WeightWatcher's own expression so that ties resolve
+as it resolves them.
 
 Results are memoized (a small LRU cache keyed on a hash of the eigenvalues' bytes and
 the settings): the dozen metrics computed from one spectrum share one fit.

@@ -231,10 +231,10 @@ def _scan_rows(x: np.ndarray, logx: np.ndarray, rows: np.ndarray
         with np.errstate(divide="ignore"):
             alphas[start:stop] = 1.0 + (N - r).astype(np.float64) / dev.sum(axis=1)
         start = stop
-    full = np.full(N - 1, math.nan)
+    full = np.full(N - 1, math.nan)  # α by candidate index, as ks_distances reads it
     full[rows] = alphas
     D = np.ones(N - 1)
-    esd.ks_distances(logx, full, np.isin(np.arange(N - 1), rows), D)
+    esd.ks_distances(logx, full, np.isfinite(full), D)
     return alphas, D[rows]
 
 
