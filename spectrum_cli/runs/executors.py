@@ -85,12 +85,38 @@ def die_with_parent(main: int, every: float = 0.5) -> None:
                      name="spectrum-lifeline").start()
 
 
+def quiet_once_orphaned(main: int, grace: float = 2.0) -> Callable[..., None]:
+    """An excepthook for the processes the forkserver forks to become workers: an error
+    while one loads what the main process ``main`` sent it (the pool's locks, unlinked
+    as the main process exits after a Ctrl-C: ``FileNotFoundError`` in
+    ``SemLock._rebuild``) is printed only if ``main`` still runs ``grace`` seconds on.
+    The main process has said why it stopped; a worker that could not start then adds
+    nothing but a traceback."""
+    def hook(exc_type: Any, exc: Any, tb: Any) -> None:
+        deadline = time.monotonic() + grace
+        while _alive(main):
+            if time.monotonic() > deadline:
+                sys.__excepthook__(exc_type, exc, tb)
+                return
+            time.sleep(0.02)
+    return hook
+
+
 def _arm_forkserver() -> None:
     """In the forkserver started for a batch (its parent is the batch's main process),
-    ask for SIGKILL when that parent dies; it also exits on its own when the parent's
-    end of its pipe closes. Runs when the forkserver preloads this module."""
-    if os.environ.get(_MAIN_PID_ENV) == str(os.getppid()):
+    ask for SIGKILL when that parent dies (it also exits on its own when the parent's
+    end of its pipe closes), and keep the workers it forks quiet when they cannot start
+    because that parent has gone. A forkserver whose batch ended before this ran (a
+    Ctrl-C while it started) exits here: it would otherwise go on to fork the workers
+    the batch had asked for. Runs when the forkserver preloads this module."""
+    main = os.environ.get(_MAIN_PID_ENV, "")
+    if not main.isdigit():
+        return
+    if os.getppid() == int(main):
         _prctl_death_signal()
+        sys.excepthook = quiet_once_orphaned(int(main))
+    if os.getppid() != int(main) and not _alive(int(main)):  # gone before, or as, it armed
+        os._exit(0)
 
 
 _arm_forkserver()

@@ -157,6 +157,40 @@ def test_ctrl_c_stops_everything_without_a_traceback(slow_dir, tmp_path, when):
             os.kill(pid, signal.SIGKILL)
 
 
+def test_a_worker_that_cannot_start_is_quiet_only_once_its_parent_has_gone(capsys):
+    """The forkserver's children: an error while loading what the parent sent (its
+    semaphores unlinked by a Ctrl-C'd parent) prints nothing when the parent has ended,
+    and its traceback when the parent still runs."""
+    from spectrum_cli.runs.executors import quiet_once_orphaned
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    try:
+        raise FileNotFoundError(2, "No such file or directory")
+    except FileNotFoundError:
+        info = sys.exc_info()
+    quiet_once_orphaned(int(gone.stdout), grace=0.2)(*info)
+    assert capsys.readouterr().err == ""
+    t0 = time.monotonic()
+    quiet_once_orphaned(os.getpid(), grace=0.2)(*info)
+    assert time.monotonic() - t0 >= 0.2
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "FileNotFoundError" in err, err
+
+
+def test_a_forkserver_whose_batch_has_ended_exits_as_it_starts():
+    """The batch's main process was Ctrl-C'd before its forkserver preloaded
+    spectrum_cli.runs.executors: the forkserver must not go on to fork workers."""
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    code = "import spectrum_cli.runs.executors; print('still here')"
+    for main, expect in ((gone, ""), (str(os.getpid()), "still here\n")):
+        env = {**os.environ, "SPECTRUM_BATCH_MAIN_PID": main}
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                             text=True, timeout=60)
+        assert (out.returncode, out.stdout, out.stderr) == (0, expect, ""), main
+
+
 def test_a_worker_dies_when_its_parent_does(tmp_path):
     """The lifeline alone: a grandchild that armed it outlives no parent."""
     code = (
