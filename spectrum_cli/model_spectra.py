@@ -248,7 +248,7 @@ def analyze_model(problem, options: ModelOptions, lr: float | None = None,
     if n <= options.dense_max:
         lam = np.linalg.eigvalsh(problem.dense())
         hess = {"lambda_max": float(lam[-1]), "lambda_min": float(lam[0]), "kind": "exact",
-                "method": "dense (torch.func.hessian, eigh)"}
+                "method": "dense (double backward, eigh)"}
     else:
         lam = None
 

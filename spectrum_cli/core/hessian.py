@@ -1,10 +1,16 @@
-"""The loss Hessian of a user's model on the user's data, with torch.func.
+"""The loss Hessian of a user's model on the user's data, by autograd's double backward.
 
-Hessian-vector products are ``vjp`` of ``grad`` (reverse-over-reverse; ``jvp(grad)``
-fails with mean-reduced ``mse_loss`` on current torch, docs/operators.md §6), checked once
-against double backward. Everything runs in float64 unless told otherwise; the model is
-put in eval mode (BatchNorm uses its running statistics, Dropout is off) and the report
-says so. The loss is the mean over the batches of each batch's (mean-reduced) loss.
+Hessian-vector products are reverse-over-reverse (Pearlmutter 1994, "Fast exact
+multiplication by the Hessian"): the gradient g(θ) with its graph kept, then the gradient
+of vᵀg (``jvp`` of ``grad`` fails with mean-reduced ``mse_loss`` on current torch,
+docs/operators.md §6). The dense Hessian is the same second backward batched over the
+rows of the identity. Each source is checked once against the Hessian-vector product by
+the double-backward trick of ``torch.autograd.functional.hvp`` (a third backward through
+the transposed graph: H v, not vᵀH). ``torch.func`` is not used here: its ``grad`` and
+``vjp`` import torch._dynamo on first use, ~2 s of every process that analyses an
+optimizer. Everything runs in float64 unless told otherwise; the model is put in eval
+mode (BatchNorm uses its running statistics, Dropout is off) and the report says so. The
+loss is the mean over the batches of each batch's (mean-reduced) loss.
 """
 
 from __future__ import annotations
@@ -37,13 +43,22 @@ class HessianProblem:
     def n(self) -> int:
         return int(self.theta.numel())
 
+    def _gradient_graph(self) -> tuple[Any, Any]:
+        """(θ as a leaf that requires grad, g(θ) with its graph kept)."""
+        import torch
+
+        theta = self.theta.detach().clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad(self.loss_of(theta), theta, create_graph=True)
+        return theta, grad
+
     def hvp(self, v: Any) -> Any:
-        """H v (torch in, torch out)."""
-        import torch.func as tf
+        """H v (torch in, torch out), by double backward."""
+        import torch
 
         self.n_hvp += 1
-        _, vjp_fn = tf.vjp(tf.grad(self.loss_of), self.theta)
-        return vjp_fn(v)[0]
+        theta, grad = self._gradient_graph()
+        (hv,) = torch.autograd.grad(grad, theta, grad_outputs=v)
+        return hv.detach()
 
     def hvp_numpy(self, v: np.ndarray) -> np.ndarray:
         import torch
@@ -52,22 +67,39 @@ class HessianProblem:
         return self.hvp(t).detach().cpu().numpy()
 
     def dense(self) -> np.ndarray:
-        """The full Hessian (torch.func.hessian), symmetrized."""
-        import torch.func as tf
+        """The full Hessian, symmetrized: the second backward of one gradient graph,
+        batched over the rows of the identity (one at a time where an operation of the
+        model has no batching rule for it)."""
+        import torch
 
-        h = tf.hessian(self.loss_of)(self.theta).detach().cpu().numpy()
+        theta, grad = self._gradient_graph()
+        eye = torch.eye(self.n, dtype=theta.dtype)
+        try:
+            (h,) = torch.autograd.grad(grad, theta, grad_outputs=eye, retain_graph=True,
+                                       is_grads_batched=True)
+        except RuntimeError:
+            h = torch.stack([torch.autograd.grad(grad, theta, grad_outputs=e,
+                                                 retain_graph=True)[0] for e in eye])
         self.n_hvp += self.n
+        h = h.detach().cpu().numpy()
         return (h + h.T) / 2
 
-    def check_against_double_backward(self, seed: int = 0) -> float:
-        """Relative difference of one HVP by torch.func and by double backward."""
+    def gradient(self) -> Any:
+        """∇L(θ) (torch)."""
         import torch
+
+        theta = self.theta.detach().clone().requires_grad_(True)
+        return torch.autograd.grad(self.loss_of(theta), theta)[0].detach()
+
+    def check_against_double_backward(self, seed: int = 0) -> float:
+        """Relative difference of one Hessian-vector product by double backward and by
+        the double-backward trick (``torch.autograd.functional.hvp``)."""
+        import torch
+        from torch.autograd.functional import hvp
 
         g = torch.Generator().manual_seed(seed)
         v = torch.randn(self.n, generator=g, dtype=self.theta.dtype)
-        theta = self.theta.detach().clone().requires_grad_(True)
-        (grad,) = torch.autograd.grad(self.loss_of(theta), theta, create_graph=True)
-        (ref,) = torch.autograd.grad(grad @ v, theta)
+        _, ref = hvp(self.loss_of, self.theta.detach(), v)
         ours = self.hvp(v)
         denom = float(ref.norm()) or 1.0
         return float((ours - ref).norm()) / denom

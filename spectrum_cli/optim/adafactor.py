@@ -137,9 +137,7 @@ def _gradient(ctx: OperatorContext, chosen: list[ParamState]
               ) -> tuple[list[np.ndarray | None], str]:
     """The loss gradient at the snapshot's weights, per tensor, from the Hessian source."""
     try:
-        import torch.func as tf
-
-        g = tf.grad(ctx.problem.loss_of)(ctx.problem.theta).detach().cpu().numpy()
+        g = ctx.problem.gradient().cpu().numpy()
     except Exception as exc:  # a Hessian source without a usable gradient
         return [None] * len(chosen), (f"not computable ({type(exc).__name__}): clipping is "
                                       "taken as inactive")

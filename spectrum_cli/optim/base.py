@@ -300,7 +300,7 @@ def hessian_spectrum(ctx: OperatorContext, shift: np.ndarray | None,
         one = blas_threads_for((n, n), matrix_threads()) == 1
         with single_threaded() if one else contextlib.nullcontext():
             lam = np.linalg.eigvalsh((mat + mat.T) / 2)
-        return lam, {"method": "dense (torch.func.hessian, eigh)", "kind": "exact",
+        return lam, {"method": "dense (double backward, eigh)", "kind": "exact",
                      "n_params": n, "hvps": problem.n_hvp, "dense_H": h}
     import scipy.sparse.linalg as spla
 

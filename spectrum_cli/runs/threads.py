@@ -38,7 +38,7 @@ TRIM_THRESHOLD = 32 << 20
 #: ``mallopt`` parameters (<malloc.h>) and the variables that choose them instead.
 _MALLOPT = (("MALLOC_MMAP_THRESHOLD_", -3, MMAP_THRESHOLD),
             ("MALLOC_TRIM_THRESHOLD_", -1, TRIM_THRESHOLD))
-#: A process that builds loss Hessians (``torch.func`` over the whole batch) frees and
+#: A process that builds loss Hessians (autograd over the whole batch) frees and
 #: reallocates temporaries of 20-130 MiB for every checkpoint: they come from the heap
 #: below this size, and up to HESSIAN_TRIM_THRESHOLD of free heap is kept for the next
 #: checkpoint (see :func:`hessian_malloc`).
@@ -99,9 +99,10 @@ def hessian_malloc() -> None:
     """Raise the thresholds of :func:`steady_malloc` for the rest of a process that
     analyses optimizers with a Hessian source (``analyze``/``batch`` with ``--model``;
     not the training callbacks, whose process is the host's): each checkpoint's
-    ``torch.func`` Hessian frees and reallocates temporaries of 20-130 MiB, each a fresh
-    mapping whose pages fault in again. ``spectrum batch sample_checkpoints/sgd-momentum
-    --jobs 1`` (120 checkpoints): 2.63 million -> 129,000 page faults, 11.1 -> 1.3 s of
+    Hessian frees and reallocates temporaries of 20-130 MiB, each a fresh mapping whose
+    pages fault in again. Measured with the ``torch.func`` Hessian of the time,
+    ``spectrum batch sample_checkpoints/sgd-momentum --jobs 1`` (120 checkpoints):
+    2.63 million -> 129,000 page faults, 11.1 -> 1.3 s of
     system time, 33.5 -> 28.3 s wall, peak RSS 599 -> 578 MB. Once per process, each
     setting unless its ``MALLOC_*_`` variable chooses it (an API caller's process gets
     it as it gets :func:`steady_malloc`)."""
