@@ -110,3 +110,31 @@ def test_indefinite_hessian_gives_rho_at_least_one_with_the_reason(rng):
     assert res.metrics["kreiss_lower_bound"] == math.inf
     assert "non-convex" in res.details["rho_note"]
     assert res.details["negative_curvature"] == 2
+
+
+@pytest.mark.parametrize("chunk", [3, 4096])
+def test_block_power_norms_by_doubling_equal_the_products_one_by_one(monkeypatch, chunk):
+    """B^k by doubling (B^(m+j) = B^j B^m), chunked over the blocks, against B^k formed
+    one product at a time and its σ_max by numpy's SVD; from the first power with an
+    entry past the overflow bound the norms are inf, the block index carried."""
+    from spectrum_cli.core import update_blocks as ub
+
+    monkeypatch.setattr(ub, "POWER_CHUNK", chunk)
+    rng = np.random.default_rng(7)
+    b = rng.standard_normal((10, 2, 2)) * np.linspace(0.2, 1.2, 10)[:, None, None]
+    b[4] = [[0.99, 5.0], [0.0, 0.99]]  # Jordan-like: a transient hump
+    k_max = 37
+    norms, which = ub.block_power_norms(b, k_max)
+    p, expect = b.copy(), []
+    for _ in range(k_max):
+        s = np.linalg.svd(p, compute_uv=False)[:, 0]
+        expect.append((s.max(), int(np.argmax(s))))
+        p = np.einsum("nij,njk->nik", b, p)
+    np.testing.assert_allclose(norms, [e for e, _ in expect], rtol=1e-13)
+    assert list(which) == [i for _, i in expect]
+
+    grows = b.copy()
+    grows[9] = [[1e10, 0.0], [0.0, 0.5]]  # 1e10^k passes 1e70 at k = 8
+    norms, which = ub.block_power_norms(grows, 12)
+    assert np.all(np.isfinite(norms[:7])) and np.all(np.isinf(norms[7:]))
+    assert list(which[6:]) == [9] * 6
