@@ -19,7 +19,8 @@ SAMPLES = ROOT / "sample_checkpoints"
 
 
 #: Test modules whose tests share an expensive module-scoped fixture (a run computed once,
-#: a process group launched once, a Dask cluster, moto's server, a built wheel): under
+#: a process group launched once, a Dask cluster, moto's server, a built wheel, the import
+#: of transformers): under
 #: pytest-xdist each runs whole on one worker, so that fixture is made once instead of
 #: once per worker. Every other test is a unit of its own. (xdist's ``--dist loadgroup``
 #: would do this from ``xdist_group`` marks, but it renames node ids, which pytest 9
@@ -29,7 +30,7 @@ WHOLE_MODULES = frozenset({
     "tests/test_dask_executor.py", "tests/io/test_remote.py",
     "tests/hostile/test_remote_and_cluster.py", "tests/batch/test_weights_only.py",
     "tests/batch/test_determinism.py", "tests/test_packaging.py",
-    "tests/cli/test_allocate.py",
+    "tests/cli/test_allocate.py", "tests/integrations/test_huggingface.py",
 })
 
 

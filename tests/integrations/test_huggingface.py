@@ -3,6 +3,7 @@ Llama (built from a config: nothing is downloaded), a few steps on the CPU."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 
@@ -10,15 +11,23 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
-pytest.importorskip("transformers")
-pytest.importorskip("accelerate")  # the Trainer needs it
-
-from transformers import (LlamaConfig, LlamaForCausalLM, Trainer,  # noqa: E402
-                          TrainerCallback, TrainingArguments)
-
-from spectrum_cli.integrations.huggingface import SpectrumCallback  # noqa: E402
+for _needed in ("transformers", "accelerate"):  # the Trainer needs accelerate
+    if importlib.util.find_spec(_needed) is None:
+        pytest.skip(f"{_needed} is not installed", allow_module_level=True)
 
 VOCAB = 32
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _transformers():
+    """transformers (~6 s to import) when this module's tests run, not when a worker
+    that runs none of them collects it (conftest.py keeps the module on one worker)."""
+    global LlamaConfig, LlamaForCausalLM, Trainer, TrainerCallback, TrainingArguments
+    global SpectrumCallback
+    from transformers import (LlamaConfig, LlamaForCausalLM, Trainer, TrainerCallback,
+                              TrainingArguments)
+
+    from spectrum_cli.integrations.huggingface import SpectrumCallback
 
 
 def tiny_llama() -> "LlamaForCausalLM":
@@ -245,19 +254,22 @@ def test_an_include_that_matches_nothing_is_refused_at_attach(tmp_path):
     assert trainer.state.global_step == 0
 
 
-class Poison(TrainerCallback):
-    """Puts an Inf into one weight at the end of step ``at`` (before SpectrumCallback
-    runs) and keeps a float64 copy of the weights as they are then."""
+def Poison(at: int, name: str):  # noqa: N802 - a callback class, made once transformers is in
+    """A callback that puts an Inf into one weight at the end of step ``at`` (before
+    SpectrumCallback runs) and keeps a float64 copy of the weights as they are then."""
 
-    def __init__(self, at: int, name: str) -> None:
-        self.at, self.name, self.weights = at, name, None
+    class Poison(TrainerCallback):
+        def __init__(self) -> None:
+            self.at, self.name, self.weights = at, name, None
 
-    def on_step_end(self, args, state, control, model=None, **kwargs):
-        if state.global_step == self.at:
-            with torch.no_grad():
-                model.get_parameter(self.name)[0, 0] = float("inf")
-            self.weights = {n: p.detach().double().clone()
-                            for n, p in model.named_parameters()}
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            if state.global_step == self.at:
+                with torch.no_grad():
+                    model.get_parameter(self.name)[0, 0] = float("inf")
+                self.weights = {n: p.detach().double().clone()
+                                for n, p in model.named_parameters()}
+
+    return Poison()
 
 
 def test_nonfinite_weights_are_reported_and_nothing_raises_into_train(tmp_path, caplog):
