@@ -102,20 +102,34 @@ def quiet_once_orphaned(main: int, grace: float = 2.0) -> Callable[..., None]:
     return hook
 
 
+def _preloaded_by_forkserver() -> bool:
+    """Whether this import runs inside multiprocessing's forkserver preload (its ``main``
+    is on the stack), not in any other process that happens to carry the variable."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        if (frame.f_code.co_name == "main"
+                and frame.f_globals.get("__name__") == "multiprocessing.forkserver"):
+            return True
+        frame = frame.f_back
+    return False
+
+
 def _arm_forkserver() -> None:
     """In the forkserver started for a batch (its parent is the batch's main process),
     ask for SIGKILL when that parent dies (it also exits on its own when the parent's
     end of its pipe closes), and keep the workers it forks quiet when they cannot start
     because that parent has gone. A forkserver whose batch ended before this ran (a
     Ctrl-C while it started) exits here: it would otherwise go on to fork the workers
-    the batch had asked for. Runs when the forkserver preloads this module."""
+    the batch had asked for. Runs when the forkserver preloads this module; any other
+    process that imports it with the variable set (a stale copy in an environment) is
+    left alone."""
     main = os.environ.get(_MAIN_PID_ENV, "")
-    if not main.isdigit():
+    if not main.isdigit() or not _preloaded_by_forkserver():
         return
     if os.getppid() == int(main):
         _prctl_death_signal()
         sys.excepthook = quiet_once_orphaned(int(main))
-    if os.getppid() != int(main) and not _alive(int(main)):  # gone before, or as, it armed
+    elif not _alive(int(main)):  # gone before, or as, it armed
         os._exit(0)
 
 

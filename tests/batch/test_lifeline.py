@@ -157,19 +157,23 @@ def test_ctrl_c_stops_everything_without_a_traceback(slow_dir, tmp_path, when):
             os.kill(pid, signal.SIGKILL)
 
 
+def _ended_pid() -> int:
+    """The pid of a process that has ended (and been reaped)."""
+    return int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                              capture_output=True, text=True, check=True).stdout)
+
+
 def test_a_worker_that_cannot_start_is_quiet_only_once_its_parent_has_gone(capsys):
     """The forkserver's children: an error while loading what the parent sent (its
     semaphores unlinked by a Ctrl-C'd parent) prints nothing when the parent has ended,
     and its traceback when the parent still runs."""
     from spectrum_cli.runs.executors import quiet_once_orphaned
 
-    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True)
     try:
         raise FileNotFoundError(2, "No such file or directory")
     except FileNotFoundError:
         info = sys.exc_info()
-    quiet_once_orphaned(int(gone.stdout), grace=0.2)(*info)
+    quiet_once_orphaned(_ended_pid(), grace=0.2)(*info)
     assert capsys.readouterr().err == ""
     t0 = time.monotonic()
     quiet_once_orphaned(os.getpid(), grace=0.2)(*info)
@@ -178,17 +182,46 @@ def test_a_worker_that_cannot_start_is_quiet_only_once_its_parent_has_gone(capsy
     assert "Traceback" in err and "FileNotFoundError" in err, err
 
 
-def test_a_forkserver_whose_batch_has_ended_exits_as_it_starts():
+#: A parent that starts one worker through a real multiprocessing forkserver which
+#: preloads spectrum_cli.runs.executors, the batch's main pid being argv[1] ("self": its own).
+FORKSERVER_PARENT = """
+import multiprocessing as mp, os, sys
+
+def work():
+    print("worker ran", flush=True)
+
+if __name__ == "__main__":
+    main = str(os.getpid()) if sys.argv[1] == "self" else sys.argv[1]
+    os.environ["SPECTRUM_BATCH_MAIN_PID"] = main
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(["spectrum_cli.runs.executors"])
+    p = ctx.Process(target=work)
+    try:
+        p.start()
+        p.join(60)
+        print("exit", p.exitcode, flush=True)
+    except Exception as exc:  # the forkserver is gone: no worker can start
+        print("no worker:", type(exc).__name__, flush=True)
+"""
+
+
+def test_a_forkserver_whose_batch_has_ended_exits_as_it_starts(tmp_path):
     """The batch's main process was Ctrl-C'd before its forkserver preloaded
-    spectrum_cli.runs.executors: the forkserver must not go on to fork workers."""
-    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True).stdout.strip()
+    spectrum_cli.runs.executors: the forkserver must not go on to fork workers. With
+    the main process alive it serves them; and a process that is not a forkserver but
+    carries a stale copy of the variable is left alone."""
+    script = tmp_path / "parent.py"
+    script.write_text(FORKSERVER_PARENT)
+    ended = str(_ended_pid())
+    runs = {main: subprocess.run([sys.executable, str(script), main], capture_output=True,
+                                 text=True, timeout=120) for main in ("self", ended)}
+    assert "worker ran" in runs["self"].stdout and "exit 0" in runs["self"].stdout, runs
+    assert "worker ran" not in runs[ended].stdout, runs[ended]
+    assert "Traceback" not in runs[ended].stderr, runs[ended].stderr
     code = "import spectrum_cli.runs.executors; print('still here')"
-    for main, expect in ((gone, ""), (str(os.getpid()), "still here\n")):
-        env = {**os.environ, "SPECTRUM_BATCH_MAIN_PID": main}
-        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                             text=True, timeout=60)
-        assert (out.returncode, out.stdout, out.stderr) == (0, expect, ""), main
+    stale = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           env={**os.environ, "SPECTRUM_BATCH_MAIN_PID": ended}, timeout=60)
+    assert (stale.returncode, stale.stdout, stale.stderr) == (0, "still here\n", "")
 
 
 def test_a_worker_dies_when_its_parent_does(tmp_path):
