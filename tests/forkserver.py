@@ -102,7 +102,7 @@ def _send(doc: dict) -> None:
     os.write(1, json.dumps(doc).encode() + b"\n")
 
 
-def _serve(script: str) -> dict:
+def _serve() -> dict:
     """Preload, then fork one child per request; return the request in the child."""
     import importlib
 
@@ -158,5 +158,5 @@ def _become(script: str, req: dict) -> None:
 
 if __name__ == "__main__":
     _script = sys.argv[1]
-    _request = _serve(_script)
+    _request = _serve()
     _become(_script, _request)

@@ -43,12 +43,12 @@ class HessianProblem:
     def n(self) -> int:
         return int(self.theta.numel())
 
-    def _gradient_graph(self) -> tuple[Any, Any]:
-        """(θ as a leaf that requires grad, g(θ) with its graph kept)."""
+    def _gradient_graph(self, create_graph: bool = True) -> tuple[Any, Any]:
+        """(θ as a leaf that requires grad, g(θ), with its graph kept by default)."""
         import torch
 
         theta = self.theta.detach().clone().requires_grad_(True)
-        (grad,) = torch.autograd.grad(self.loss_of(theta), theta, create_graph=True)
+        (grad,) = torch.autograd.grad(self.loss_of(theta), theta, create_graph=create_graph)
         return theta, grad
 
     def hvp(self, v: Any) -> Any:
@@ -86,10 +86,7 @@ class HessianProblem:
 
     def gradient(self) -> Any:
         """∇L(θ) (torch)."""
-        import torch
-
-        theta = self.theta.detach().clone().requires_grad_(True)
-        return torch.autograd.grad(self.loss_of(theta), theta)[0].detach()
+        return self._gradient_graph(create_graph=False)[1].detach()
 
     def check_against_double_backward(self, seed: int = 0) -> float:
         """Relative difference of one Hessian-vector product by double backward and by

@@ -102,8 +102,8 @@ def hessian_malloc() -> None:
     Hessian frees and reallocates temporaries of 20-130 MiB, each a fresh mapping whose
     pages fault in again. Measured with the ``torch.func`` Hessian of the time,
     ``spectrum batch sample_checkpoints/sgd-momentum --jobs 1`` (120 checkpoints):
-    2.63 million -> 129,000 page faults, 11.1 -> 1.3 s of
-    system time, 33.5 -> 28.3 s wall, peak RSS 599 -> 578 MB. Once per process, each
+    2.63 million -> 129,000 page faults, 11.1 -> 1.3 s of system time, 33.5 -> 28.3 s
+    wall, peak RSS 599 -> 578 MB. Once per process, each
     setting unless its ``MALLOC_*_`` variable chooses it (an API caller's process gets
     it as it gets :func:`steady_malloc`)."""
     _mallopt("hessian", _HESSIAN_MALLOPT)

@@ -54,8 +54,7 @@ JOBS = int(os.environ.get("HOSTILE_JOBS", "3"))
 #: the first case of each issue item and every 16th case do, and the others are forked
 #: from a warm interpreter (:mod:`tests.forkserver`), which saves ~0.6 s of start-up each.
 EXEC_ALL = os.environ.get("HOSTILE_EXEC") == "1"
-EXECED = {c.id for i, c in enumerate(CASES)
-          if i % 16 == 0 or c is next(d for d in CASES if d.cls == c.cls)}
+EXECED = {c.id for c in CASES[::16]} | set({c.cls: c.id for c in reversed(CASES)}.values())
 
 
 def forked(case: M.Case) -> bool:
