@@ -30,6 +30,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from spectrum_cli.core.lapack import flapack
 from spectrum_cli.core.scaling import ldexp, scale_exponent
 
 EPS = float(np.finfo(np.float64).eps)
@@ -174,8 +175,7 @@ Rotations = tuple[np.ndarray, np.ndarray, np.ndarray]
 def _real_schur_complex(a: np.ndarray) -> tuple[np.ndarray, Rotations] | None:
     """dgees (no vectors) and the 2x2 blocks rotated to triangular: (T, the rotations);
     None if dgees fails."""
-    from scipy.linalg.lapack import dgees
-
+    dgees = flapack().dgees
     n = a.shape[0]
     if not np.all(np.isfinite(a)):
         return None
@@ -242,8 +242,7 @@ def schur_eigenvectors(t: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     are the rows of X⁻¹ (X⁻¹T = ΛX⁻¹) and row j of X⁻¹ times x_j is 1, so the condition
     number of λ_j is ‖x_j‖·‖(X⁻¹)_j‖ (Golub & Van Loan, *Matrix Computations*, 4th ed.,
     §7.2.2 and §7.6.4)."""
-    from scipy.linalg.lapack import ztrtri
-
+    ztrtri = flapack().ztrtri
     n = t.shape[0]
     lam = np.diag(t)
     small = np.maximum(EPS * (np.abs(lam.real) + np.abs(lam.imag)), np.finfo(float).tiny)

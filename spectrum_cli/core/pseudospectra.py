@@ -35,6 +35,7 @@ import numpy as np
 
 from spectrum_cli.core.eigen import complex_schur
 from spectrum_cli.core.errors import UsageError
+from spectrum_cli.core.lapack import flapack
 from spectrum_cli.core.scaling import ldexp, scale_exponent
 
 EPS = float(np.finfo(np.float64).eps)
@@ -294,8 +295,7 @@ def smin_triangular(t: np.ndarray, z: complex, iters: int = 60, rtol: float = 1e
     inverse iteration on (zI - T)ᴴ(zI - T) with two triangular solves per step (the
     method EigTool uses; Trefethen & Embree §39). The estimate 1/sqrt(Rayleigh quotient)
     never falls below the true σ_min, so ratios built on it stay lower bounds."""
-    from scipy.linalg.lapack import ztrtrs
-
+    ztrtrs = flapack().ztrtrs
     m = np.array(-t, dtype=np.complex128, order="F")  # LAPACK wants Fortran order
     m[np.diag_indices_from(m)] += z
     if np.any(np.diag(m) == 0):

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from spectrum_cli.core.eigen import complex_schur
+from spectrum_cli.core.lapack import fblas
 from spectrum_cli.core.scaling import ldexp, scale_exponent
 
 DEFAULT_POWER_MAX = 200
@@ -702,8 +703,7 @@ class _ResolventRatio:
         ratio. A dense SVD (:meth:`exact`) for n <= SMALL, where it is as cheap."""
         if self.n <= SMALL:
             return self.exact(z)
-        from scipy.linalg.blas import ztrsv
-
+        ztrsv = fblas().ztrsv
         self.evaluations += 1
         if self.neg_t is None:
             self.neg_t = np.asfortranarray(-self.t, dtype=np.complex128)
