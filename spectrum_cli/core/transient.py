@@ -44,6 +44,9 @@ COARSE_SIX_MAX_N = 128
 SHARP_ITERATIONS = 60
 SHARP_RTOL = 1e-13
 CERTIFIED_POINTS = 3
+#: The refinement's 1-D searches stop when the best point is known to within this
+#: fraction of a grid cell.
+REFINE_TOL = 1e-4
 #: The numerical-range certificate of K(A) = 1 (:func:`numerical_radius_upper`) uses this
 #: many supporting lines, and is tried only where ρ(A) < cos(π/RANGE_ANGLES), below which
 #: w(A) <= 1 can be certified at all (w(A) >= ρ(A)).
@@ -491,7 +494,7 @@ def kreiss_lower_bound(a: np.ndarray, per_decade: int = 2, angular: int = 24,
     whose ratios never exceed the true ones); the best points overall and the best of every
     decade of d are evaluated by inverse iteration on the Schur factor run to convergence
     (an upper estimate of σ_min, so again never above the true ratio), and the best
-    ``refine`` of those are refined by bounded 1-D searches (golden section) in log d and
+    ``refine`` of those are refined by bounded 1-D searches (Brent's method) in log d and
     in the angle (only those above the floor 1). The value is the ratio at the best z
     found, evaluated by a dense SVD of
     zI - T (``argmax`` records z), or 1 (the limit |z| -> ∞, ``argmax`` None) if that is
@@ -736,21 +739,59 @@ class _ResolventRatio:
         return float(self._finish(np.array([z]), np.array([s]))[0])
 
 
-def _golden(f, lo: float, hi: float, iters: int) -> tuple[float, float]:
-    """Maximize f on [lo, hi] by golden-section search; (best value, argument)."""
-    g = (math.sqrt(5) - 1) / 2
-    c, d = hi - g * (hi - lo), lo + g * (hi - lo)
-    fc, fd = f(c), f(d)
-    for _ in range(iters):
-        if fc >= fd:
-            hi, d, fd = d, c, fc
-            c = hi - g * (hi - lo)
-            fc = f(c)
+def _brent_max(f, lo: float, hi: float, x0: float, f0: float, tol: float,
+               max_evals: int = 16) -> tuple[float, float]:
+    """Maximize f on [lo, hi] from the point x0 (f(x0) = f0 known) by Brent's method:
+    parabolic interpolation through the best three points, a golden-section step where
+    the parabola is not trusted, stopped when the bracket around the best point is
+    within ``tol`` or after ``max_evals`` evaluations (R. P. Brent, *Algorithms for
+    Minimization without Derivatives*, 1973, ch. 5, procedure localmin, here on -f).
+    Returns the best (value, argument) evaluated, never below (f0, x0)."""
+    golden = (3 - math.sqrt(5)) / 2
+    a, b = lo, hi
+    x = w = v = x0
+    fx = fw = fv = -f0
+    d = e = 0.0
+    for _ in range(max_evals):
+        m = (a + b) / 2
+        tol1 = tol + 2 * EPS64 * abs(x)
+        if abs(x - m) <= 2 * tol1 - (b - a) / 2:
+            break
+        parabolic = False
+        if abs(e) > tol1:
+            r = (x - w) * (fx - fv)
+            q = (x - v) * (fx - fw)
+            p = (x - v) * q - (x - w) * r
+            q = 2 * (q - r)
+            if q > 0:
+                p = -p
+            q = abs(q)
+            if abs(p) < abs(0.5 * q * e) and q * (a - x) < p < q * (b - x):
+                e, d = d, p / q
+                parabolic = True
+                if (x + d) - a < 2 * tol1 or b - (x + d) < 2 * tol1:
+                    d = tol1 if x < m else -tol1
+        if not parabolic:
+            e = (a - x) if x >= m else (b - x)
+            d = golden * e
+        u = x + (d if abs(d) >= tol1 else math.copysign(tol1, d))
+        fu = -f(u)
+        if fu <= fx:
+            if u < x:
+                b = x
+            else:
+                a = x
+            v, fv, w, fw, x, fx = w, fw, x, fx, u, fu
         else:
-            lo, c, fc = c, d, fd
-            d = lo + g * (hi - lo)
-            fd = f(d)
-    return (fc, c) if fc >= fd else (fd, d)
+            if u < x:
+                a = u
+            else:
+                b = u
+            if fu <= fw or w == x:
+                v, fv, w, fw = w, fw, u, fu
+            elif fu <= fv or v == x or v == w:
+                v, fv = u, fu
+    return -fx, x
 
 
 def _smin_batched_svd(t: np.ndarray, w: np.ndarray, chunk: int = 512) -> np.ndarray:
@@ -807,24 +848,20 @@ def _smin_batched_inverse(t: np.ndarray, w: np.ndarray, iters: int) -> np.ndarra
 
 def _refine(ratio: _ResolventRatio, z0: complex, f0: float, step_d: float,
             step_t: float) -> tuple[float, complex]:
-    """Bounded 1-D maximizations (golden section) of the ratio in log10(|z|-1), then in
-    arg z, then in log10(|z|-1) again, each within one grid cell; returns the best
-    (value, z) evaluated."""
+    """Bounded 1-D maximizations (:func:`_brent_max`) of the ratio in log10(|z|-1), then in
+    arg z, then in log10(|z|-1) again, each within one grid cell around the best point
+    so far; returns the best (value, z) evaluated."""
     x, th = math.log10(abs(z0) - 1), float(np.angle(z0))
-    best = (f0, z0)
+    best = f0
 
     def point(x_: float, th_: float) -> complex:
         return complex((1 + 10.0 ** x_) * np.exp(1j * th_))
 
     for axis in ("d", "angle", "d"):
         if axis == "d":
-            val, arg = _golden(lambda v: ratio.sharp(point(v, th)), x - step_d,
-                               x + step_d, 14)
-            if val > best[0]:
-                best, x = (val, point(arg, th)), arg
+            best, x = _brent_max(lambda v: ratio.sharp(point(v, th)), x - step_d,
+                                 x + step_d, x, best, REFINE_TOL * step_d)
         else:
-            val, arg = _golden(lambda v: ratio.sharp(point(x, v)), th - step_t,
-                               th + step_t, 14)
-            if val > best[0]:
-                best, th = (val, point(x, arg)), arg
-    return best
+            best, th = _brent_max(lambda v: ratio.sharp(point(x, v)), th - step_t,
+                                  th + step_t, th, best, REFINE_TOL * step_t)
+    return best, point(x, th)

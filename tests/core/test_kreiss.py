@@ -195,3 +195,33 @@ def test_kreiss_one_certified_by_the_numerical_range(rng, m):
     thetas = np.linspace(-np.pi, np.pi, 12, endpoint=False)
     oracle = max((rr - 1) / sigma_min(rr * np.exp(1j * t), a) for rr in radii for t in thetas)
     assert oracle <= 1.0 + 1e-12
+
+
+@pytest.mark.parametrize("peak", [-0.93, -0.2, 0.0, 0.37, 0.999])
+@pytest.mark.parametrize("shape", ["smooth", "kink", "flat-top"])
+def test_brent_max_finds_the_peak_and_never_loses_the_start(peak, shape):
+    """The refinement's 1-D search (Brent's localmin on -f): the best point it returns is
+    within a few ``tol`` of the true maximizer on [-1, 1] (interior, kinked, or at the
+    edge), its value is f there, it never returns less than the start, and it stops
+    within ``max_evals`` evaluations."""
+    from spectrum_cli.core.transient import _brent_max
+
+    funcs = {"smooth": lambda x: 2.0 - (x - peak) ** 2 + 0.1 * (x - peak) ** 3,
+             "kink": lambda x: 1.0 - abs(x - peak),
+             "flat-top": lambda x: 1.0 - (x - peak) ** 4}
+    f = funcs[shape]
+    calls = []
+
+    def counted(x):
+        calls.append(x)
+        return f(x)
+
+    x0 = 0.5 if peak < 0.25 else -0.5
+    tol = 1e-6
+    value, arg = _brent_max(counted, -1.0, 1.0, x0, f(x0), tol, max_evals=60)
+    assert len(calls) <= 60
+    assert value == f(arg) and value >= f(x0)
+    assert all(-1.0 <= c <= 1.0 for c in calls)
+    assert abs(arg - peak) <= {"smooth": 1e-5, "kink": 1e-5, "flat-top": 0.05}[shape]
+    capped, _ = _brent_max(f, -1.0, 1.0, x0, f(x0), tol, max_evals=3)
+    assert capped >= f(x0)
