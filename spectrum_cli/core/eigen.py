@@ -327,6 +327,31 @@ def _eigenstructure(a: np.ndarray) -> EigenStructure:
         henrici=henrici, henrici_relative=henrici / fro if fro > 0 else 0.0, schur=t)
 
 
+#: The backward error of the Schur factorization, as a multiple of n·eps·‖A‖_F, that
+#: :func:`spectral_radius_lower` allows for (generous: Golub & Van Loan, *Matrix
+#: Computations*, 4th ed., §7.5.6, give O(n·eps·‖A‖)).
+BACKWARD_ERROR_FACTOR = 64.0
+
+
+def spectral_radius_lower(eig: EigenStructure, fro: float, n: int) -> float:
+    """A lower bound of ρ(A) from the computed eigenvalues: max_i |λ̂_i| - c_i·δ, with c_i
+    the condition number of λ̂_i and δ = BACKWARD_ERROR_FACTOR·n·eps·‖A‖_F the backward
+    error of the factorization: the computed λ̂_i are exact for some A + E, ‖E‖ <= δ, and
+    |λ_i - λ̂_i| <= c_i·‖E‖ to first order (Wilkinson, *The Algebraic Eigenvalue
+    Problem*, 1965, §2.8; the bound LAPACK's Users' Guide, 3rd ed., §4.8, reports as
+    EPS·ANORM/RCONDE). 0 (nothing certified) where the spectrum has a cluster or a
+    defective eigenvalue (a multiple eigenvalue moves like ‖E‖^(1/m), not c·‖E‖), no
+    condition number is finite, or ``fro`` (‖A‖_F) is not finite."""
+    if eig.eig_conditions is None or eig.defective or eig.clusters or \
+            not math.isfinite(fro) or eig.eigenvalues.size == 0:
+        return 0.0
+    delta = BACKWARD_ERROR_FACTOR * n * EPS * fro
+    with np.errstate(invalid="ignore", over="ignore"):
+        lower = np.abs(eig.eigenvalues) - eig.eig_conditions * delta
+    lower = lower[np.isfinite(lower)]
+    return max(0.0, float(np.max(lower))) if lower.size else 0.0
+
+
 def _geev(a: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Eigenvalues, unit right eigenvectors and condition numbers by LAPACK geev (left
     and right vectors, scaled against overflow by trevc)."""

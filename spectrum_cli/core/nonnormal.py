@@ -9,7 +9,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from spectrum_cli.core.eigen import EigenStructure, eigenstructure
+from spectrum_cli.core.eigen import EigenStructure, eigenstructure, spectral_radius_lower
 from spectrum_cli.core.pseudospectra import PseudospectralRadius, pseudospectral_radius
 from spectrum_cli.core.transient import (
     KreissBound, PowerNorms, kreiss_lower_bound, power_norms, transient_window,
@@ -76,14 +76,16 @@ def analyze_square(a: np.ndarray, eps: Sequence[float] = (), eps_relative: bool 
     factorization (of 2^-e·A, the exact scaling of :mod:`spectrum_cli.core.scaling`)
     gives the eigenvalues, ρ (which decides K = inf before any search), κ(V) and the
     condition numbers (from T's eigenvectors), Henrici's departure and the Kreiss
-    search's triangular factor; the certified power curve's ‖A‖₂ bound and Neumann
-    bound spare the Kreiss search an SVD and prune its grid."""
+    search's triangular factor; a certified ρ(A) > 1 spares the power curve its walk;
+    the certified power curve's ‖A‖₂ bound and Neumann bound spare the Kreiss search an
+    SVD and prune its grid."""
     eig = eigenstructure(a)
     scale = (sigma_max if sigma_max is not None else float(np.linalg.norm(a, 2))) \
         if eps_relative else 1.0
     ps = [pseudospectral_radius(a, e * scale, eigenvalues=eig.eigenvalues)
           for e in eps] if scale > 0 else []
-    powers = power_norms(a, power_max)
+    rho_lower = spectral_radius_lower(eig, float(np.linalg.norm(a)), a.shape[0])
+    powers = power_norms(a, power_max, rho_lower=rho_lower)
     norm_upper = None
     if powers.upper is not None and powers.upper.size:
         norm_upper = float(powers.upper[0])

@@ -123,7 +123,7 @@ CACHE_MAX_N = 1024
 
 
 def power_norms(a: np.ndarray, k_max: int = DEFAULT_POWER_MAX,
-                method: str = "auto") -> PowerNorms:
+                method: str = "auto", rho_lower: float = 0.0) -> PowerNorms:
     """‖A^k‖₂ for k = 1..k_max (the curve), its maximum and argmax, the last k with
     ‖A^k‖ > 1, and whether the maximum is the exact supremum over all k >= 1.
 
@@ -149,6 +149,13 @@ def power_norms(a: np.ndarray, k_max: int = DEFAULT_POWER_MAX,
     (``max_kind``) with its certified upper bound ``max_upper`` and ``growth_rate`` =
     ‖A^k_max‖^(1/k_max) (Gelfand: >= ρ(A), tending to it).
 
+    ``rho_lower``: a certified lower bound of ρ(A) (e.g.
+    :func:`spectrum_cli.core.eigen.spectral_radius_lower`). Where it exceeds 1 the walk
+    is skipped: ‖A^k‖₂ >= ρ(A^k) = ρ(A)^k > 1 for every k (a norm bounds the spectral
+    radius), so the last k above 1 is k_max and the curve grows without bound; only the
+    powers 2^i and k_max (repeated squaring) are bounded, k_max exactly, and the result
+    is the one of a curve still above 1 at k_max (below).
+
     The powers are formed from B = 2^-e·A (exact scaling) and renormalized by powers of
     two, so no product overflows; a norm beyond the float64 range is reported as inf
     (with a note), never as a crash or NaN."""
@@ -159,7 +166,8 @@ def power_norms(a: np.ndarray, k_max: int = DEFAULT_POWER_MAX,
     a = np.asarray(a, dtype=np.float64)
     if method == "dense" or (method == "auto" and a.shape[0] <= FULL_CURVE_MAX_N):
         return power_norms_dense(a, k_max)
-    return _CurveWalk(a, k_max).run()
+    walk = _CurveWalk(a, k_max)
+    return walk.growing(rho_lower) if rho_lower > 1.0 else walk.run()
 
 
 def power_norms_dense(a: np.ndarray, k_max: int = DEFAULT_POWER_MAX) -> PowerNorms:
@@ -245,6 +253,8 @@ class _CurveWalk:
         self.single_level_until = 0  # Schatten levels that do not help are skipped
         # Rounding of the products, Frobenius norms and Rayleigh quotients (generous).
         self.round = math.log2(1 + 64 * self.n * EPS64)
+        self.stopped = 0  # the k where the walk's budget ran out (0: it did not)
+        self.notes: tuple[str, ...] = ()
 
     def power(self, k: int) -> tuple[np.ndarray, int]:
         """B^k = 2^s·P by repeated squaring, through the cached powers 2^i."""
@@ -382,6 +392,24 @@ class _CurveWalk:
                     return self._sparse()
         return self._certify()
 
+    def growing(self, rho_lower: float) -> PowerNorms:
+        """The curve of a matrix with ρ(A) >= ``rho_lower`` > 1 (see :func:`power_norms`):
+        ρ^k is a certified lower bound of every ‖A^k‖₂; the powers 1, 2, 4, ... < k_max
+        and k_max are bounded (one Gram product each, their squares shared), k_max and
+        the best of them exactly."""
+        rate = math.log2(rho_lower)
+        self.lo[1:] = np.maximum(self.lo[1:], rate * np.arange(1, self.k_max + 1))
+        k = 1
+        while True:
+            p, s = self.power(k)
+            self.bound(k, p, s, [])
+            if k == self.k_max:
+                break
+            k = min(2 * k, self.k_max)
+        self.notes = (f"ρ(A) >= {rho_lower:.6g} > 1: ‖A^k‖₂ >= ρ(A)^k > 1 for every k, "
+                      "so only the powers 2^i and k_max were evaluated",)
+        return self._sparse()
+
     def _certify(self) -> PowerNorms:
         """Exact max, argmax and last k above 1 (dense SVDs where intervals cannot tell)."""
         while True:
@@ -452,11 +480,11 @@ class _CurveWalk:
         value = float(norms[i])
         max_upper = value if max_kind == "exact" else float(np.max(upper))
         sup_exact = max_kind == "exact" and bool(np.any(self.hi[1:] < 0.0))
-        notes = _range_notes(norms)
+        notes = _range_notes(norms) + self.notes
         if growth is not None:
             notes += (f"‖A^k‖₂ still exceeds 1 at k = {k_max}: growth rate ‖A^k‖^(1/k) "
                       f"there {growth:.6g}",)
-        if getattr(self, "stopped", 0):
+        if self.stopped:
             notes += (f"‖A^k‖₂ bounded, not computed, from k = {self.stopped} on (work "
                       "budget of the certified walk)",)
         if max_kind != "exact":

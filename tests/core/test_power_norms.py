@@ -12,7 +12,7 @@ import scipy.linalg as sla
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from spectrum_cli.core.eigen import complex_schur, eigenstructure
+from spectrum_cli.core.eigen import complex_schur, eigenstructure, spectral_radius_lower
 from spectrum_cli.core.errors import UsageError
 from spectrum_cli.core.nonnormal import analyze_square
 from spectrum_cli.core.pseudospectra import criss_cross, pseudospectral_radius, sigma_min
@@ -31,8 +31,8 @@ def dense_curve(a: np.ndarray, k_max: int) -> np.ndarray:
     return out
 
 
-def check_against_dense(a: np.ndarray, k_max: int = 200) -> None:
-    p = power_norms(a, k_max, method="walk")
+def check_against_dense(a: np.ndarray, k_max: int = 200, rho_lower: float = 0.0) -> None:
+    p = power_norms(a, k_max, method="walk", rho_lower=rho_lower)
     ref = dense_curve(a, k_max)
     rtol = 1e-10
     assert np.all(p.lower <= ref * (1 + rtol)), "a lower bound above the true norm"
@@ -136,6 +136,46 @@ def test_growing_curve_is_reported_by_its_rate(rng):
     assert p.last_above_one == 200 and p.above_one_kind == "exact"
     assert any("growth rate" in n for n in p.notes)
     check_against_dense(a)
+
+
+def certified_rho(a: np.ndarray) -> float:
+    return spectral_radius_lower(eigenstructure(a), float(np.linalg.norm(a)), a.shape[0])
+
+
+@pytest.mark.parametrize("rho,hump", [(1.0002, 0.0), (1.02, 1.0), (1.05, 0.0), (1.2, 1.0)])
+def test_certified_growth_skips_the_walk(rng, rho, hump):
+    """ρ(A) > 1 certified by the eigen-analysis: ‖A^k‖ >= ρ^k > 1 for every k, so the
+    curve needs only the powers 2^i and k_max: the bounds still enclose the dense
+    curve, the last k above 1 is k_max exactly, the growth rate is ‖A^200‖^(1/200)."""
+    a = random_with_radius(rng, 48, rho, hump)
+    true = float(np.max(np.abs(np.linalg.eigvals(a))))
+    assert true > 1.0001  # the case is what it says
+    lower = certified_rho(a)
+    assert 1.0 < lower <= true and lower == pytest.approx(true, rel=1e-9)
+    check_against_dense(a, rho_lower=lower)
+    p = power_norms(a, method="walk", rho_lower=lower)
+    ref = dense_curve(a, 200)
+    assert p.evaluations == 9 and p.svds <= 2  # k = 1, 2, 4, ..., 128, 200
+    assert p.last_above_one == 200 and p.above_one_kind == "exact"
+    assert p.growth_rate == pytest.approx(ref[-1] ** (1 / 200), rel=1e-12)
+    assert any("ρ(A) >=" in n for n in p.notes)
+    assert np.isnan(p.norms[2])  # k = 3 not evaluated
+    # Below 1 the walk runs as before (k = 1, 2, 3, ...).
+    assert not np.isnan(power_norms(a, method="walk", rho_lower=0.999).norms[2])
+
+
+def test_spectral_radius_lower_bound(rng):
+    """Known eigenvalues (A = S·diag(λ)·S⁻¹): the bound is below ρ and within the first-
+    order error c·δ of it; a defective spectrum certifies nothing (0)."""
+    n = 30
+    s = rng.standard_normal((n, n)) + 3 * np.eye(n)
+    lam = rng.uniform(-1.0, 1.0, n)
+    lam[7] = -1.3
+    a = s @ np.diag(lam) @ np.linalg.inv(s)
+    lower = certified_rho(a)
+    assert 1.3 * (1 - 1e-7) <= lower <= 1.3 * (1 + 1e-13)
+    jordan = 1.1 * np.eye(n) + np.diag(np.ones(n - 1), 1)
+    assert certified_rho(jordan) == 0.0
 
 
 def test_scaled_matrix_beyond_float64_range(rng):
