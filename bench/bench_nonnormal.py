@@ -1,6 +1,6 @@
 """Whole-process benchmark of the non-normal analysis (issue 24, goal 1).
 
-    python bench/bench_nonnormal.py [--runs 3] [--pythonpath OLD_TREE] [--keep DIR]
+    python bench/bench_nonnormal.py [--runs 3] [--pythonpath OLD_TREE] [--keep DIR] [--floor]
 
 Writes two synthetic safetensors checkpoints and times whole `spectrum analyze` processes
 (`--threads 1`, OPENBLAS/OMP/MKL_NUM_THREADS=1, `--json` to /dev/null), interleaved:
@@ -14,6 +14,14 @@ Writes two synthetic safetensors checkpoints and times whole `spectrum analyze` 
           the pooler) and 15 non-square (FFN, embeddings). Target: ``--square all`` <= 8x
           the default run (which analyses no 384x384 eigen-structure).
 
+``--floor`` adds two runs of the CRNN that show what no algorithm for the power curve
+or the Kreiss bound can go below: the default run with those two replaced by nothing
+(``eigen-only``: the Schur factorization, eigenvectors, κ(V), condition numbers and
+Henrici's departure of every gate block, as the default computes them) and with the whole
+non-normal analysis replaced by ``numpy.linalg.eigvals`` (``eigvals-only``: the
+eigenvalues, nothing else). Their ratios to the same baseline are printed; they are
+measurements of cost, not results (the runs' reports are wrong by construction).
+
 The gate blocks and square matrices are a mix of what trained networks hold: init-like
 (ρ ≈ 0.6), contracting with a transient hump (ρ ≈ 0.95 plus a strong non-normal rank-one
 term), growing (ρ ≈ 1.05) and orthogonal-like (ρ ≈ 1, ‖A‖ ≈ 1). Every ratio is measured in
@@ -26,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import struct
@@ -115,12 +124,37 @@ def minilm(rng: np.random.Generator) -> dict[str, np.ndarray]:
     return out
 
 
-def run(path: Path, args: list[str], pythonpath: str | None) -> float:
+def floor_main(mode: str, argv: list[str]) -> None:
+    """The ``--floor`` runs: the CLI with the non-normal analysis cut down to ``mode``."""
+    from spectrum_cli.core import measure, nonnormal
+    from spectrum_cli.core.eigen import EigenStructure
+    from spectrum_cli.core.transient import KreissBound, PowerNorms
+
+    def cut(a, eps=(), eps_relative=False, power_max=200, sigma_max=None):
+        if mode == "eigen-only":
+            eig = nonnormal.eigenstructure(a)
+        else:
+            lam = np.linalg.eigvals(a)
+            rho = float(np.max(np.abs(lam)))
+            eig = EigenStructure(lam, rho, math.nan, False, math.nan, False)
+        flat = PowerNorms(np.full(power_max, math.nan), math.nan, 0, False, 0)
+        return nonnormal.NonNormal(eig, flat, KreissBound(math.nan, None, 0))
+
+    measure.analyze_square = cut
+    from spectrum_cli.cli.entry import main as cli_main
+
+    sys.argv = ["spectrum", *argv]
+    cli_main()
+
+
+def run(path: Path, args: list[str], pythonpath: str | None, floor: str | None = None
+        ) -> float:
     env = dict(ENV)
     if pythonpath:
         env["PYTHONPATH"] = pythonpath + os.pathsep + env.get("PYTHONPATH", "")
-    cmd = [sys.executable, "-m", "spectrum_cli", "analyze", str(path), "--threads", "1",
-           "--json", "--no-progress", *args]
+    head = [sys.executable, __file__, "--as-floor", floor] if floor else \
+        [sys.executable, "-m", "spectrum_cli"]
+    cmd = [*head, "analyze", str(path), "--threads", "1", "--json", "--no-progress", *args]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
                           cwd=tempfile.gettempdir())
@@ -136,6 +170,11 @@ def main() -> None:
     ap.add_argument("--pythonpath", help="run the spectrum_cli of this tree instead")
     ap.add_argument("--keep", type=Path, help="write the checkpoints here (kept)")
     ap.add_argument("--only", choices=("crnn", "minilm"))
+    ap.add_argument("--floor", action="store_true",
+                    help="also time the CRNN's eigen-only and eigvals-only floors")
+    if sys.argv[1:2] == ["--as-floor"]:
+        floor_main(sys.argv[2], sys.argv[3:])
+        return
     ns = ap.parse_args()
     folder = ns.keep or Path(tempfile.mkdtemp(prefix="bench_nonnormal_"))
     folder.mkdir(parents=True, exist_ok=True)
@@ -148,11 +187,19 @@ def main() -> None:
         path = folder / f"{name}.safetensors"
         if not path.exists():
             write_safetensors(path, make(np.random.default_rng(0)))
+        floors = ("eigen-only", "eigvals-only") if ns.floor and name == "crnn" else ()
         base, test = [], []
+        cut: dict[str, list[float]] = {f: [] for f in floors}
         for _ in range(ns.runs):
             base.append(run(path, base_args, ns.pythonpath))
             test.append(run(path, test_args, ns.pythonpath))
+            for f in floors:
+                cut[f].append(run(path, test_args, ns.pythonpath, f))
         b, t = statistics.median(base), statistics.median(test)
+        for f, times in cut.items():
+            m = statistics.median(times)
+            print(f"{name:7s} floor {f:13s} {m:7.2f} s [{min(times):.2f}-{max(times):.2f}]"
+                  f"   ratio to the baseline {m / b:6.2f}x (not a result)", flush=True)
         ok = t <= target * b
         failed |= not ok
         print(f"{name:7s} baseline {' '.join(base_args) or 'default':15s} "
