@@ -159,7 +159,7 @@ def run(path: Path, args: list[str], pythonpath: str | None, floor: str | None =
     proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
                           cwd=tempfile.gettempdir())
     wall = time.perf_counter() - t0
-    if proc.returncode not in (0, 1):
+    if proc.returncode not in (0, 1) or b"Traceback" in proc.stderr:
         raise SystemExit(f"{' '.join(cmd)}: exit {proc.returncode}\n{proc.stderr.decode()}")
     return wall
 

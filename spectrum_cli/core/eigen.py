@@ -329,27 +329,61 @@ def _eigenstructure(a: np.ndarray) -> EigenStructure:
 
 #: The backward error of the Schur factorization, as a multiple of n·eps·‖A‖_F, that
 #: :func:`spectral_radius_lower` allows for (generous: Golub & Van Loan, *Matrix
-#: Computations*, 4th ed., §7.5.6, give O(n·eps·‖A‖)).
+#: Computations*, 4th ed., §7.5.6, give O(n·eps·‖A‖) for the QR algorithm).
 BACKWARD_ERROR_FACTOR = 64.0
 
 
-def spectral_radius_lower(eig: EigenStructure, fro: float, n: int) -> float:
-    """A lower bound of ρ(A) from the computed eigenvalues: max_i |λ̂_i| - c_i·δ, with c_i
-    the condition number of λ̂_i and δ = BACKWARD_ERROR_FACTOR·n·eps·‖A‖_F the backward
-    error of the factorization: the computed λ̂_i are exact for some A + E, ‖E‖ <= δ, and
-    |λ_i - λ̂_i| <= c_i·‖E‖ to first order (Wilkinson, *The Algebraic Eigenvalue
-    Problem*, 1965, §2.8; the bound LAPACK's Users' Guide, 3rd ed., §4.8, reports as
-    EPS·ANORM/RCONDE). 0 (nothing certified) where the spectrum has a cluster or a
-    defective eigenvalue (a multiple eigenvalue moves like ‖E‖^(1/m), not c·‖E‖), no
-    condition number is finite, or ``fro`` (‖A‖_F) is not finite."""
-    if eig.eig_conditions is None or eig.defective or eig.clusters or \
-            not math.isfinite(fro) or eig.eigenvalues.size == 0:
+def spectral_radius_lower(eig: EigenStructure, a: np.ndarray) -> float:
+    """A lower bound of ρ(A) from ``eig = eigenstructure(a)`` (0: nothing certified).
+
+    The computed Schur form T = XΛX⁻¹ (unit eigenvector columns x_i, λ̂_i = Λ_ii) is exact
+    for A + E with ‖E‖₂ <= δ = BACKWARD_ERROR_FACTOR·n·eps·‖A‖_F, so A's eigenvalues are
+    those of Λ - X⁻¹FX for some ‖F‖₂ <= δ. By Gershgorin's theorem each lies in a disc about
+    some λ̂_i of radius r_i = Σ_j |(X⁻¹FX)_ij| <= √n·‖y_i‖·‖F‖·‖X‖₂ <= n·c_i·δ (y_i row i
+    of X⁻¹, c_i = ‖y_i‖ the condition number of λ̂_i, ‖X‖₂ <= √n), and a connected group
+    of m discs holds exactly m of them (Golub & Van Loan, *Matrix Computations*, 4th ed.,
+    §7.2.1, Theorem 7.2.1 and the counting argument after it). Every group therefore
+    gives ρ(A) >= min over its discs of |λ̂_j| - r_j, and the bound is the best group's:
+    rigorous up to the rounding of the computed X and c_i (second order in eps).
+    Overlapping discs (a cluster) are one group, not a failure; an eigenvalue without a
+    finite condition number (defective, or overflowing eigenvectors) has an unbounded
+    disc that joins every group, and then nothing is certified. Computed for 2^-e·A, the
+    exact scaling the eigen-analysis used, so no norm under- or overflows."""
+    lam, cond = eig.eigenvalues, eig.eig_conditions
+    n = lam.size
+    if cond is None or n == 0 or not np.all(np.isfinite(cond)):
         return 0.0
-    delta = BACKWARD_ERROR_FACTOR * n * EPS * fro
-    with np.errstate(invalid="ignore", over="ignore"):
-        lower = np.abs(eig.eigenvalues) - eig.eig_conditions * delta
-    lower = lower[np.isfinite(lower)]
-    return max(0.0, float(np.max(lower))) if lower.size else 0.0
+    b = ldexp(np.asarray(a), -eig.scale)
+    fro = float(np.linalg.norm(b))
+    if not math.isfinite(fro) or fro == 0.0:
+        return 0.0
+    lam = ldexp(lam, -eig.scale)
+    r = n * cond * (BACKWARD_ERROR_FACTOR * n * EPS * fro)
+    if not np.all(np.isfinite(r)):
+        return 0.0
+    low = np.abs(lam) - r
+    unseen = np.ones(n, dtype=bool)
+    best = -math.inf
+    # Groups in the order of their best disc; a group's bound is at most its seed's
+    # |λ̂| - r, so once that is no better than the best so far, no later group can be.
+    for seed in np.argsort(-low):
+        if low[seed] <= best:
+            break
+        if not unseen[seed]:
+            continue
+        group = np.zeros(n, dtype=bool)
+        group[seed] = True
+        frontier = [int(seed)]
+        while frontier:
+            near = np.zeros(n, dtype=bool)
+            for i in frontier:
+                near |= np.abs(lam - lam[i]) <= r + r[i]
+            new = near & ~group
+            group |= new
+            frontier = np.nonzero(new)[0].tolist()
+        unseen &= ~group
+        best = max(best, float(np.min(low[group])))
+    return max(0.0, float(ldexp(best, eig.scale))) if math.isfinite(best) else 0.0
 
 
 def _geev(a: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

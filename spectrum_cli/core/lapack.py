@@ -7,9 +7,15 @@ process that eigen-analyses one square matrix, against ~0.04 s for the two f2py
 extension modules themselves (SciPy 1.17, measured in ``docs/benchmarks.md``). The
 eigen analysis needs only those: :func:`flapack` and :func:`fblas` load
 ``scipy/linalg/_flapack*.so`` and ``_fblas*.so`` from SciPy's folder by file, under
-their own names, and register them in ``sys.modules`` as an ordinary import would, so a
-later ``import scipy.linalg`` finds and reuses them. Where SciPy is laid out otherwise,
-or ``scipy.linalg`` is already imported, it is the ordinary import.
+their own names, and register them in ``sys.modules``, so a later ``import scipy.linalg``
+finds and reuses them (``from scipy.linalg import _flapack`` and SciPy's own lookups work;
+the one difference from an ordinary import is that the attribute ``scipy.linalg._flapack``
+of the package imported later is not set). Where SciPy is laid out otherwise, or
+``scipy.linalg`` is already imported, it is the ordinary import.
+
+The module lock serializes this module's callers, not Python's import of
+``scipy.linalg`` in another thread; an f2py module is complete when ``exec_module``
+returns, so the worst such a race can do is load the extension a second time.
 """
 
 from __future__ import annotations

@@ -84,7 +84,7 @@ def analyze_square(a: np.ndarray, eps: Sequence[float] = (), eps_relative: bool 
         if eps_relative else 1.0
     ps = [pseudospectral_radius(a, e * scale, eigenvalues=eig.eigenvalues)
           for e in eps] if scale > 0 else []
-    rho_lower = spectral_radius_lower(eig, float(np.linalg.norm(a)), a.shape[0])
+    rho_lower = spectral_radius_lower(eig, a)
     powers = power_norms(a, power_max, rho_lower=rho_lower)
     norm_upper = None
     if powers.upper is not None and powers.upper.size:

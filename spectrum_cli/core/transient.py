@@ -167,7 +167,7 @@ def power_norms(a: np.ndarray, k_max: int = DEFAULT_POWER_MAX,
     if method == "dense" or (method == "auto" and a.shape[0] <= FULL_CURVE_MAX_N):
         return power_norms_dense(a, k_max)
     walk = _CurveWalk(a, k_max)
-    return walk.growing(rho_lower) if rho_lower > 1.0 else walk.run()
+    return walk.growing(rho_lower) if 1.0 < rho_lower < math.inf else walk.run()
 
 
 def power_norms_dense(a: np.ndarray, k_max: int = DEFAULT_POWER_MAX) -> PowerNorms:

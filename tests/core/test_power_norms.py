@@ -139,7 +139,7 @@ def test_growing_curve_is_reported_by_its_rate(rng):
 
 
 def certified_rho(a: np.ndarray) -> float:
-    return spectral_radius_lower(eigenstructure(a), float(np.linalg.norm(a)), a.shape[0])
+    return spectral_radius_lower(eigenstructure(a), a)
 
 
 @pytest.mark.parametrize("rho,hump", [(1.0002, 0.0), (1.02, 1.0), (1.05, 0.0), (1.2, 1.0)])
@@ -165,17 +165,40 @@ def test_certified_growth_skips_the_walk(rng, rho, hump):
 
 
 def test_spectral_radius_lower_bound(rng):
-    """Known eigenvalues (A = S·diag(λ)·S⁻¹): the bound is below ρ and within the first-
-    order error c·δ of it; a defective spectrum certifies nothing (0)."""
+    """Known eigenvalues (A = S·diag(λ)·S⁻¹): the bound is below ρ and within the
+    Gershgorin radius n·c·δ of it; exact scaling by 2^±600 scales it exactly; a
+    defective spectrum certifies nothing."""
     n = 30
     s = rng.standard_normal((n, n)) + 3 * np.eye(n)
     lam = rng.uniform(-1.0, 1.0, n)
     lam[7] = -1.3
     a = s @ np.diag(lam) @ np.linalg.inv(s)
     lower = certified_rho(a)
-    assert 1.3 * (1 - 1e-7) <= lower <= 1.3 * (1 + 1e-13)
+    assert 1.3 * (1 - 1e-6) <= lower <= 1.3 * (1 + 1e-13)
+    for e in (-600, 600):  # ‖2^-600·A‖_F² underflows: the bound must not lose δ
+        assert certified_rho(np.ldexp(a, e)) == pytest.approx(np.ldexp(lower, e), rel=1e-12)
     jordan = 1.1 * np.eye(n) + np.diag(np.ones(n - 1), 1)
     assert certified_rho(jordan) == 0.0
+
+
+def test_an_ill_conditioned_eigenvalue_just_above_one_is_not_certified():
+    """|λ̂| = 1 + 1e-12 with condition number ~2e6: the rounding of the factorization
+    could move it by far more than 1e-12, so ρ > 1 must not be claimed; the same shape
+    with a clear margin is certified, and tightly."""
+    a = np.array([[1.0 + 1e-12, 1e6], [0.0, 0.5]])
+    assert max(abs(np.linalg.eigvals(a))) > 1.0
+    assert certified_rho(a) < 1.0
+    b = np.array([[1.01, 1.0], [0.0, 0.5]])
+    assert 1.0 < certified_rho(b) <= 1.01 and certified_rho(b) == pytest.approx(1.01, rel=1e-12)
+
+
+def test_a_cluster_is_one_group_not_a_failure():
+    """Two eigenvalues 1e-13 apart (their discs overlap) still certify ρ > 1: the group's
+    smallest |λ̂| - r, not nothing."""
+    a = np.diag([1.2, 1.2 + 1e-13, 0.3, -0.5])
+    a[0, 2] = a[1, 3] = 0.7
+    lower = certified_rho(a)
+    assert 1.2 * (1 - 1e-9) <= lower <= 1.2 + 1e-13
 
 
 def test_scaled_matrix_beyond_float64_range(rng):
