@@ -165,6 +165,9 @@ def run(path: Path, args: list[str], pythonpath: str | None, floor: str | None =
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["--as-floor"]:  # one of --floor's runs (see floor_main)
+        floor_main(sys.argv[2], sys.argv[3:])
+        return
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--pythonpath", help="run the spectrum_cli of this tree instead")
@@ -172,9 +175,6 @@ def main() -> None:
     ap.add_argument("--only", choices=("crnn", "minilm"))
     ap.add_argument("--floor", action="store_true",
                     help="also time the CRNN's eigen-only and eigvals-only floors")
-    if sys.argv[1:2] == ["--as-floor"]:
-        floor_main(sys.argv[2], sys.argv[3:])
-        return
     ns = ap.parse_args()
     folder = ns.keep or Path(tempfile.mkdtemp(prefix="bench_nonnormal_"))
     folder.mkdir(parents=True, exist_ok=True)

@@ -61,8 +61,9 @@ class EigenStructure:
     scale: int = 0
 
 
-def _clusters(lam: np.ndarray, cond: np.ndarray, scale: float) -> list[list[int]]:
-    """Groups of indices whose eigenvalues are indistinguishable (single linkage)."""
+def _linked_groups(lam: np.ndarray, radius: np.ndarray) -> list[list[int]]:
+    """The connected groups of the discs |z - λ_i| <= radius_i (single linkage: two discs
+    that touch are in one group); every index in exactly one group."""
     n = lam.size
     parent = list(range(n))
 
@@ -72,15 +73,20 @@ def _clusters(lam: np.ndarray, cond: np.ndarray, scale: float) -> list[list[int]
             i = parent[i]
         return i
 
-    c = np.where(np.isfinite(cond), cond, 1.0 / EPS)
     dist = np.abs(lam[:, None] - lam[None, :])
-    tol = CLUSTER_SAFETY * EPS * scale * (c[:, None] + c[None, :])
-    for i, j in zip(*np.nonzero(np.triu(dist <= tol, 1))):
+    for i, j in zip(*np.nonzero(np.triu(dist <= radius[:, None] + radius[None, :], 1))):
         parent[find(i)] = find(j)
     groups: dict[int, list[int]] = {}
     for i in range(n):
         groups.setdefault(find(i), []).append(i)
-    return [g for g in groups.values() if len(g) > 1]
+    return list(groups.values())
+
+
+def _clusters(lam: np.ndarray, cond: np.ndarray, scale: float) -> list[list[int]]:
+    """Groups of indices whose eigenvalues are indistinguishable: discs of radius
+    CLUSTER_SAFETY·eps·scale·c_i that touch (c_i the condition number, 1/eps if none)."""
+    c = np.where(np.isfinite(cond), cond, 1.0 / EPS)
+    return [g for g in _linked_groups(lam, CLUSTER_SAFETY * EPS * scale * c) if len(g) > 1]
 
 
 def _cond2_eigenvectors(v: np.ndarray, lam: np.ndarray) -> float:
@@ -362,28 +368,8 @@ def spectral_radius_lower(eig: EigenStructure, a: np.ndarray) -> float:
     if not np.all(np.isfinite(r)):
         return 0.0
     low = np.abs(lam) - r
-    unseen = np.ones(n, dtype=bool)
-    best = -math.inf
-    # Groups in the order of their best disc; a group's bound is at most its seed's
-    # |λ̂| - r, so once that is no better than the best so far, no later group can be.
-    for seed in np.argsort(-low):
-        if low[seed] <= best:
-            break
-        if not unseen[seed]:
-            continue
-        group = np.zeros(n, dtype=bool)
-        group[seed] = True
-        frontier = [int(seed)]
-        while frontier:
-            near = np.zeros(n, dtype=bool)
-            for i in frontier:
-                near |= np.abs(lam - lam[i]) <= r + r[i]
-            new = near & ~group
-            group |= new
-            frontier = np.nonzero(new)[0].tolist()
-        unseen &= ~group
-        best = max(best, float(np.min(low[group])))
-    return max(0.0, float(ldexp(best, eig.scale))) if math.isfinite(best) else 0.0
+    best = max(float(np.min(low[g])) for g in _linked_groups(lam, r))
+    return max(0.0, float(ldexp(best, eig.scale)))
 
 
 def _geev(a: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
