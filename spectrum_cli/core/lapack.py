@@ -6,16 +6,17 @@ star import of NumPy that loads ``numpy.f2py``, ``numpy.char``, ...): ~0.3 s of 
 process that eigen-analyses one square matrix, against ~0.04 s for the two f2py
 extension modules themselves (SciPy 1.17, measured in ``docs/benchmarks.md``). The
 eigen analysis needs only those: :func:`flapack` and :func:`fblas` load
-``scipy/linalg/_flapack*.so`` and ``_fblas*.so`` from SciPy's folder by file, under
-their own names, and register them in ``sys.modules``, so a later ``import scipy.linalg``
-finds and reuses them (``from scipy.linalg import _flapack`` and SciPy's own lookups work;
-the one difference from an ordinary import is that the attribute ``scipy.linalg._flapack``
-of the package imported later is not set). Where SciPy is laid out otherwise, or
-``scipy.linalg`` is already imported, it is the ordinary import.
+``scipy/linalg/_flapack*.so`` and ``_fblas*.so`` from SciPy's folder by file, as
+``spectrum_cli.core.lapack._flapack`` and ``..._fblas``: names of spectrum's own, so
+spectrum never stands in for SciPy's modules. A host process that imports
+``scipy.linalg`` later (a Dask worker, a training script) gets SciPy's ordinary import,
+with its own module objects and attributes; the wrappers are the same Fortran routines
+either way. Where SciPy is laid out otherwise, or ``scipy.linalg`` is already imported,
+SciPy's own modules are used.
 
-The module lock serializes this module's callers, not Python's import of
-``scipy.linalg`` in another thread; an f2py module is complete when ``exec_module``
-returns, so the worst such a race can do is load the extension a second time.
+The loaded modules are in ``sys.modules`` (CPython puts a single-phase extension
+module there), so :func:`spectrum_cli.core.measure.single_threaded` sees the BLAS they
+bring and limits its threads.
 """
 
 from __future__ import annotations
@@ -32,9 +33,9 @@ _lock = threading.Lock()
 
 
 def _extension(name: str) -> ModuleType:
-    full = f"scipy.linalg.{name}"
+    own = f"{__name__}.{name}"  # the last part must stay the module's: PyInit_<name>
     with _lock:
-        module = sys.modules.get(full)
+        module = sys.modules.get(own)
         if module is not None:
             return module
         if "scipy.linalg" not in sys.modules:
@@ -43,27 +44,23 @@ def _extension(name: str) -> ModuleType:
             folder = Path(scipy.__file__).parent / "linalg"
             for suffix in importlib.machinery.EXTENSION_SUFFIXES:
                 path = folder / f"{name}{suffix}"
-                spec = importlib.util.spec_from_file_location(full, path) \
+                spec = importlib.util.spec_from_file_location(own, path) \
                     if path.is_file() else None
                 if spec is None or spec.loader is None:
                     continue
                 module = importlib.util.module_from_spec(spec)
-                sys.modules[full] = module
-                try:
-                    spec.loader.exec_module(module)
-                except BaseException:
-                    del sys.modules[full]
-                    raise
+                spec.loader.exec_module(module)
+                sys.modules.setdefault(own, module)
                 return module
-    return importlib.import_module(full)
+    return importlib.import_module(f"scipy.linalg.{name}")
 
 
 def flapack() -> ModuleType:
-    """``scipy.linalg._flapack`` (what ``scipy.linalg.lapack`` re-exports: ``dgees``,
+    """SciPy's ``_flapack`` (what ``scipy.linalg.lapack`` re-exports: ``dgees``,
     ``ztrtri``, ``ztrtrs``, ...)."""
     return _extension("_flapack")
 
 
 def fblas() -> ModuleType:
-    """``scipy.linalg._fblas`` (what ``scipy.linalg.blas`` re-exports: ``ztrsv``, ...)."""
+    """SciPy's ``_fblas`` (what ``scipy.linalg.blas`` re-exports: ``ztrsv``, ...)."""
     return _extension("_fblas")
